@@ -1,0 +1,56 @@
+# opencwm: every set-up step a fresh machine needs, then the main job or the tests.
+#   make run        set up, then the end-to-end demo (trace collection on the shipped example programs)
+#   make test       set up, then the test suite (< 15 min on 2 cores)
+#   make test-slow  set up, then the slow real-world checks
+#   make bench      set up, then the benchmarks (writes rows to benchmarks/RESULTS.md)
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel of this release lies on disk here; GPU users override it, e.g. TORCH_SPEC="torch==2.13.0".
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test,bench,ray
+BIN := $(VENV)/bin
+export PYTHONHASHSEED := 0
+
+.PHONY: run test test-slow bench lint system-deps install clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(BIN)/.installed system-deps
+
+# bubblewrap is the sandbox's preferred backend; without root the sandbox falls back to unshare or rlimits.
+system-deps:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null \
+				|| echo "warning: could not install bubblewrap; the sandbox will fall back to unshare/rlimits"; \
+		else \
+			echo "note: bubblewrap is not installed and this user is not root, so it cannot be installed here;" \
+			     "the sandbox falls back to unshare or rlimits (apt-get install bubblewrap to fix)"; \
+		fi; \
+	fi
+
+run: install
+	rm -rf runs/demo
+	$(BIN)/opencwm trace collect examples/programs.jsonl --out runs/demo
+	$(BIN)/opencwm trace collect examples/bank.py --out runs/demo
+	$(BIN)/opencwm trace show runs/demo --limit 1
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/python benchmarks/trace_overhead.py
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,331 @@
+"""The execution tracer: runs one call and records its CWM frames (see ``record`` for the frame semantics).
+
+Two interchangeable backends feed one ``TraceBuilder``:
+
+- ``settrace`` (every CPython): a ``sys.settrace`` hook that returns a local tracer only for code objects of the
+  traced source, so other code pays one call event per Python call and nothing per line.
+- ``monitoring`` (CPython 3.12+, PEP 669): ``sys.monitoring`` with line and return events switched on only for
+  code objects of the traced source, and the start event disabled at every other code location after its first
+  hit, so untraced code runs at full speed after warm-up.
+
+Only code of the traced source is stepped into (``source.is_traced_scope`` on code whose file is the traced file);
+stdlib, site-packages and builtins run untraced. Comprehensions are atomic (see ``source``).
+
+Determinism: values are rendered by ``render.Renderer`` (addresses renumbered); set and dict orders of strings
+depend on the hash seed, so collection runs children with ``PYTHONHASHSEED=0``.
+"""
+
+from __future__ import annotations
+
+import dis
+import inspect
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from opencwm.trace.record import CALL, EXCEPTION, LINE, OK, RAISED, RETURN, TRUNCATED, UNCHANGED, Frame, Trace
+from opencwm.trace.render import DEFAULT_MAX_CHARS, IMMUTABLE_ATOMS, Renderer
+from opencwm.trace.source import SourceMap, is_traced_scope
+
+_RETURN_OPS = frozenset(dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap)
+# After a yield, 3.11/3.12 report the YIELD_VALUE itself, 3.13 the RESUME that follows it.
+_YIELD_OPS = frozenset(dis.opmap[name] for name in ("YIELD_VALUE", "RESUME") if name in dis.opmap)
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+BACKENDS = ("settrace", "monitoring")
+
+
+def default_backend() -> str:
+    return "monitoring" if sys.version_info >= (3, 12) else "settrace"
+
+
+@dataclass
+class Limits:
+    max_frames: int = 10_000
+    max_bytes: int = 1_000_000  # characters of rendered locals, values and lines
+    max_value_chars: int = DEFAULT_MAX_CHARS
+
+
+class LimitReached(BaseException):
+    """Raised into the traced program to stop it once a per-trace limit is hit (BaseException so that the usual
+    ``except Exception`` in user code does not swallow it)."""
+
+
+class _Scope:
+    """What the builder remembers about one live function frame."""
+
+    __slots__ = ("cache", "last_event", "last_statement", "exception", "fresh_exception")
+
+    def __init__(self) -> None:
+        self.cache: dict[str, tuple[Any, str]] = {}  # name -> (object if immutable else None, rendering)
+        self.last_event = ""
+        self.last_statement = 0
+        self.exception: BaseException | None = None  # the exception most recently raised into this frame
+        self.fresh_exception = False  # raised since the last line event
+
+
+class TraceBuilder:
+    """Turns interpreter events into frames; backends call the ``on_*`` methods with the live frame object."""
+
+    def __init__(self, source_map: SourceMap, filename: str, limits: Limits):
+        self.map = source_map
+        self.filename = filename
+        self.limits = limits
+        self.renderer = Renderer(limits.max_value_chars)
+        self.frames: list[Frame] = []
+        self.status = OK
+        self.error: str | None = None
+        self.entry_frame: types.FrameType | None = None
+        self.finished = False
+        self._scopes: dict[types.FrameType, _Scope] = {}
+        self._is_traced: dict[types.CodeType, bool] = {}
+        self._bytes = 0
+
+    def is_traced(self, code: types.CodeType) -> bool:
+        traced = self._is_traced.get(code)
+        if traced is None:
+            traced = self._is_traced[code] = code.co_filename == self.filename and is_traced_scope(code)
+        return traced
+
+    # -- events ---------------------------------------------------------------------------------------------------
+    def on_call(self, frame: types.FrameType) -> None:
+        if self.finished:
+            return
+        if self.entry_frame is None:
+            self.entry_frame = frame
+        scope = self._scopes.get(frame)
+        if scope is None:
+            scope = self._scopes[frame] = _Scope()
+        # Call frames always carry every local in full, so a reader needs no earlier frame to know the state.
+        locals_ = self._snapshot(scope, frame, full=True)
+        lineno = self.map.def_line(frame.f_code)
+        self._emit(scope, Frame(CALL, self.map.text(lineno), lineno, locals=locals_))
+
+    def on_line(self, frame: types.FrameType, lineno: int | None = None) -> None:
+        scope = self._scopes.get(frame)
+        if scope is None or self.finished:
+            return
+        scope.fresh_exception = False
+        statement = self.map.statement_line(frame.f_lineno if lineno is None else lineno)
+        # A statement reported again without another step of this scope in between (continuation lines of a
+        # multi-line statement, loops inside one line, 3.12's inlined comprehensions) is one step.
+        if scope.last_event == LINE and scope.last_statement == statement:
+            return
+        locals_ = self._snapshot(scope, frame, full=False)
+        self._emit(scope, Frame(LINE, self.map.text(statement), statement, locals=locals_))
+
+    def on_exception(self, frame: types.FrameType, exception: BaseException) -> None:
+        scope = self._scopes.get(frame)
+        if scope is not None:
+            scope.exception = exception
+            scope.fresh_exception = True
+
+    def on_return(self, frame: types.FrameType, value: Any) -> None:
+        """A frame of the traced source is left normally, or a generator yields (its scope stays alive)."""
+        self._leave(frame, RETURN, value)
+
+    def on_unwind(self, frame: types.FrameType, exception: BaseException | None) -> None:
+        scope = self._scopes.get(frame)
+        if scope is not None and exception is None:
+            exception = scope.exception
+        self._leave(frame, EXCEPTION, exception)
+
+    def classify_settrace_return(self, frame: types.FrameType) -> str:
+        """``sys.settrace`` reports returns, yields and unwinding all as 'return'; the instruction tells them
+        apart."""
+        op = frame.f_code.co_code[frame.f_lasti]
+        if op in _RETURN_OPS:
+            return RETURN
+        scope = self._scopes.get(frame)
+        if frame.f_code.co_flags & _GENERATOR_FLAGS and op in _YIELD_OPS and not (scope and scope.fresh_exception):
+            return "yield"
+        return EXCEPTION
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _leave(self, frame: types.FrameType, event: str, value: Any, *, suspended: bool = False) -> None:
+        scope = self._scopes.get(frame)
+        if scope is None or self.finished:
+            return
+        statement = self.map.statement_line(frame.f_lineno)
+        self._emit(scope, Frame(event, self.map.text(statement), statement, value=self.renderer.render(value)))
+        if not suspended:
+            del self._scopes[frame]
+        if frame is self.entry_frame:
+            self.finished = True
+            self.status = OK if event == RETURN else RAISED
+
+    def _snapshot(self, scope: _Scope, frame: types.FrameType, full: bool) -> dict[str, str]:
+        previous = scope.cache
+        cache: dict[str, tuple[Any, str]] = {}
+        out: dict[str, str] = {}
+        render = self.renderer.render
+        current = {name: obj for name, obj in frame.f_locals.items() if name[:1] != "."}  # skip ".0" and the like
+        # Names keep the order in which they were first bound; names new in this step follow in source order, so
+        # the order does not depend on the Python version's co_varnames.
+        names = [name for name in previous if name in current]
+        if len(names) < len(current):
+            rank = self.map.name_rank(frame.f_code)
+            names += sorted((n for n in current if n not in previous), key=lambda n: (rank.get(n, len(rank)), n))
+        for name in names:
+            obj = current[name]
+            before = previous.get(name)
+            immutable = type(obj) in IMMUTABLE_ATOMS
+            if before is not None and immutable and before[0] is obj:
+                text = before[1]
+            else:
+                text = render(obj)
+            cache[name] = (obj if immutable else None, text)
+            out[name] = UNCHANGED if (not full and before is not None and before[1] == text) else text
+        scope.cache = cache
+        return out
+
+    def _emit(self, scope: _Scope, frame: Frame) -> None:
+        self.frames.append(frame)
+        scope.last_event = frame.event
+        scope.last_statement = frame.lineno or 0
+        size = len(frame.line) + (len(frame.value) if frame.value is not None else 0)
+        if frame.locals:
+            size += sum(len(k) + len(v) for k, v in frame.locals.items())
+        self._bytes += size
+        if len(self.frames) >= self.limits.max_frames or self._bytes >= self.limits.max_bytes:
+            self.finished = True
+            self.status = TRUNCATED
+            which = "frames" if len(self.frames) >= self.limits.max_frames else "bytes"
+            self.error = f"trace cut at the {which} limit ({len(self.frames)} frames, {self._bytes} chars)"
+            raise LimitReached(self.error)
+
+
+# -- backends ---------------------------------------------------------------------------------------------------------
+def _run_settrace(builder: TraceBuilder, call: Callable[[], Any]) -> None:
+    def local(frame, event, arg):
+        if event == "line":
+            builder.on_line(frame)
+        elif event == "return":
+            kind = builder.classify_settrace_return(frame)
+            if kind == "yield":
+                builder._leave(frame, RETURN, arg, suspended=True)
+            elif kind == RETURN:
+                builder.on_return(frame, arg)
+            else:
+                builder.on_unwind(frame, None)
+        elif event == "exception":
+            builder.on_exception(frame, arg[1])
+        return local
+
+    def global_(frame, event, arg):
+        if event != "call" or builder.finished or not builder.is_traced(frame.f_code):
+            return None
+        builder.on_call(frame)
+        return local
+
+    previous = sys.gettrace()
+    sys.settrace(global_)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+
+
+def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
+    mon = sys.monitoring
+    events = mon.events
+    tool = next((t for t in (mon.DEBUGGER_ID, 3, 4) if mon.get_tool(t) is None), None)
+    if tool is None:
+        raise RuntimeError("no free sys.monitoring tool id")
+    local_events = events.LINE | events.PY_RETURN | events.PY_YIELD | events.PY_RESUME
+    enabled: set[types.CodeType] = set()
+    disable = mon.DISABLE
+
+    def user_frame() -> types.FrameType:
+        return sys._getframe(2)  # 0: this helper, 1: the callback, 2: the instrumented frame
+
+    def on_start(code, offset):
+        if builder.finished or not builder.is_traced(code):
+            return disable
+        if code not in enabled:
+            mon.set_local_events(tool, code, local_events)
+            enabled.add(code)
+        builder.on_call(user_frame())
+
+    def on_resume(code, offset):
+        builder.on_call(user_frame())
+
+    def on_line(code, line):
+        builder.on_line(user_frame(), line)
+
+    def on_return(code, offset, value):
+        builder.on_return(user_frame(), value)
+
+    def on_yield(code, offset, value):
+        builder._leave(user_frame(), RETURN, value, suspended=True)
+
+    def on_unwind(code, offset, exception):
+        if builder.is_traced(code):
+            builder.on_unwind(user_frame(), exception)
+
+    def on_throw(code, offset, exception):
+        if builder.is_traced(code):
+            builder.on_call(user_frame())
+
+    callbacks = {
+        events.PY_START: on_start,
+        events.PY_RESUME: on_resume,
+        events.LINE: on_line,
+        events.PY_RETURN: on_return,
+        events.PY_YIELD: on_yield,
+        events.PY_UNWIND: on_unwind,
+        events.PY_THROW: on_throw,
+    }
+    mon.use_tool_id(tool, "opencwm")
+    try:
+        for event, callback in callbacks.items():
+            mon.register_callback(tool, event, callback)
+        mon.restart_events()  # forget DISABLEs left by an earlier trace in this process
+        mon.set_events(tool, events.PY_START | events.PY_UNWIND | events.PY_THROW)
+        call()
+    finally:
+        mon.set_events(tool, 0)
+        for code in enabled:
+            mon.set_local_events(tool, code, 0)
+        for event in callbacks:
+            mon.register_callback(tool, event, None)
+        mon.free_tool_id(tool)
+
+
+def trace_call(
+    func: Callable,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    *,
+    source: str,
+    filename: str | None = None,
+    source_map: SourceMap | None = None,
+    limits: Limits | None = None,
+    backend: str | None = None,
+) -> Trace:
+    """Call ``func(*args, **kwargs)`` and return its trace. ``source`` is the text of the file that defines
+    ``func`` (``filename`` defaults to ``func``'s own file); functions of that file are stepped into."""
+    backend = backend or default_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown tracing backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend == "monitoring" and sys.version_info < (3, 12):
+        raise ValueError("the monitoring backend needs Python 3.12 or newer")
+    code = func.__code__
+    source_map = source_map or SourceMap(source)
+    builder = TraceBuilder(source_map, filename or code.co_filename, limits or Limits())
+    runner = _run_monitoring if backend == "monitoring" else _run_settrace
+    try:
+        runner(builder, lambda: func(*args, **(kwargs or {})))
+    except LimitReached:
+        pass
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001 -- the trace already ends with the entry's exception frame
+        pass
+    trace = Trace(source=source, entry_lineno=source_map.def_line(code), frames=builder.frames)
+    trace.status = builder.status if builder.finished else trace.status
+    trace.error = builder.error
+    if not builder.finished and builder.status == OK and not builder.frames:
+        trace.error = "the entry function ran no traced code"
+    return trace
