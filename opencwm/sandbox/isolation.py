@@ -112,7 +112,7 @@ class ProcessCap:
         self.max_processes = max_processes
         self.path: Path | None = None
         for root in self.ROOTS:
-            if (root / "pids.max").exists() or (root / "cgroup.procs").exists() and self._v2_has_pids(root):
+            if (root / "pids.max").exists() or ((root / "cgroup.procs").exists() and self._v2_has_pids(root)):
                 path = root / f"opencwm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 try:
                     path.mkdir()

@@ -52,7 +52,7 @@ def _child(request: dict, write_fd: int, protocol_fds: tuple[int, ...]) -> None:
             reply = {"status": OK, "result": fn(**request.get("kwargs", {}))}
         except MemoryError:
             reply = {"status": MEMORY, "error": "the job ran out of memory (MemoryError)"}
-        except BaseException as exc:  # noqa: BLE001 -- report everything
+        except BaseException as exc:
             tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
             reply = {"status": EXCEPTION, "error": tail[:2000]}
         try:

@@ -56,13 +56,13 @@ def trace_program(
     namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         exec(code, namespace)
-    except BaseException as exc:  # noqa: BLE001 -- user code
+    except BaseException as exc:
         return _error(source, f"the program's module code raised {type(exc).__name__}: {exc}")
 
     def evaluate(expr: ast.expr, what: str):
         try:
             return eval(compile(ast.Expression(expr), "<call>", "eval"), namespace)
-        except BaseException as exc:  # noqa: BLE001 -- user code
+        except BaseException as exc:
             raise ProgramError(f"{what} failed: {type(exc).__name__}: {exc}") from None
 
     try:

@@ -36,7 +36,7 @@ class Renderer:
     def render(self, value: object) -> str:
         try:
             text = self._bounded_repr(value)
-        except Exception as exc:  # noqa: BLE001 -- any failure of user code becomes a placeholder
+        except Exception as exc:
             text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
         if "0x" in text:
             text = _ADDRESS.sub(self._renumber, text)

@@ -21,10 +21,11 @@ import dis
 import inspect
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from opencwm.trace.record import CALL, EXCEPTION, LINE, OK, RAISED, RETURN, TRUNCATED, UNCHANGED, Frame, Trace
+from opencwm.trace.record import CALL, ERROR, EXCEPTION, LINE, OK, RAISED, RETURN, TRUNCATED, UNCHANGED, Frame, Trace
 from opencwm.trace.render import DEFAULT_MAX_CHARS, IMMUTABLE_ATOMS, Renderer
 from opencwm.trace.source import SourceMap, is_traced_scope
 
@@ -55,7 +56,7 @@ class LimitReached(BaseException):
 class _Scope:
     """What the builder remembers about one live function frame."""
 
-    __slots__ = ("cache", "last_event", "last_statement", "exception", "fresh_exception")
+    __slots__ = ("cache", "exception", "fresh_exception", "last_event", "last_statement")
 
     def __init__(self) -> None:
         self.cache: dict[str, tuple[Any, str]] = {}  # name -> (object if immutable else None, rendering)
@@ -68,8 +69,9 @@ class _Scope:
 class TraceBuilder:
     """Turns interpreter events into frames; backends call the ``on_*`` methods with the live frame object."""
 
-    def __init__(self, source_map: SourceMap, filename: str, limits: Limits):
+    def __init__(self, source_map: SourceMap, filename: str, limits: Limits, *, abort_on_limit: bool = True):
         self.map = source_map
+        self.abort_on_limit = abort_on_limit  # else stop recording and let the program run on
         self.filename = filename
         self.limits = limits
         self.renderer = Renderer(limits.max_value_chars)
@@ -125,6 +127,11 @@ class TraceBuilder:
         """A frame of the traced source is left normally, or a generator yields (its scope stays alive)."""
         self._leave(frame, RETURN, value)
 
+    def on_yield(self, frame: types.FrameType, value: Any) -> None:
+        """A generator suspends: shown as a return frame with the yielded value; its scope stays alive and its
+        resumption is a call frame."""
+        self._leave(frame, RETURN, value, suspended=True)
+
     def on_unwind(self, frame: types.FrameType, exception: BaseException | None) -> None:
         scope = self._scopes.get(frame)
         if scope is not None and exception is None:
@@ -141,6 +148,13 @@ class TraceBuilder:
         if frame.f_code.co_flags & _GENERATOR_FLAGS and op in _YIELD_OPS and not (scope and scope.fresh_exception):
             return "yield"
         return EXCEPTION
+
+    def to_trace(self, source: str, entry_lineno: int) -> Trace:
+        trace = Trace(source=source, entry_lineno=entry_lineno, frames=self.frames, status=self.status)
+        trace.error = self.error
+        if not self.frames:
+            trace.status, trace.error = ERROR, "the entry function ran no traced code"
+        return trace
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _leave(self, frame: types.FrameType, event: str, value: Any, *, suspended: bool = False) -> None:
@@ -193,18 +207,21 @@ class TraceBuilder:
             self.status = TRUNCATED
             which = "frames" if len(self.frames) >= self.limits.max_frames else "bytes"
             self.error = f"trace cut at the {which} limit ({len(self.frames)} frames, {self._bytes} chars)"
-            raise LimitReached(self.error)
+            if self.abort_on_limit:
+                raise LimitReached(self.error)
 
 
 # -- backends ---------------------------------------------------------------------------------------------------------
-def _run_settrace(builder: TraceBuilder, call: Callable[[], Any]) -> None:
+def settrace_local(builder: TraceBuilder) -> Callable:
+    """The per-frame ``sys.settrace`` function that feeds ``builder``."""
+
     def local(frame, event, arg):
         if event == "line":
             builder.on_line(frame)
         elif event == "return":
             kind = builder.classify_settrace_return(frame)
             if kind == "yield":
-                builder._leave(frame, RETURN, arg, suspended=True)
+                builder.on_yield(frame, arg)
             elif kind == RETURN:
                 builder.on_return(frame, arg)
             else:
@@ -212,6 +229,12 @@ def _run_settrace(builder: TraceBuilder, call: Callable[[], Any]) -> None:
         elif event == "exception":
             builder.on_exception(frame, arg[1])
         return local
+
+    return local
+
+
+def _run_settrace(builder: TraceBuilder, call: Callable[[], Any]) -> None:
+    local = settrace_local(builder)
 
     def global_(frame, event, arg):
         if event != "call" or builder.finished or not builder.is_traced(frame.f_code):
@@ -258,7 +281,7 @@ def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
         builder.on_return(user_frame(), value)
 
     def on_yield(code, offset, value):
-        builder._leave(user_frame(), RETURN, value, suspended=True)
+        builder.on_yield(user_frame(), value)
 
     def on_unwind(code, offset, exception):
         if builder.is_traced(code):
@@ -319,13 +342,8 @@ def trace_call(
         runner(builder, lambda: func(*args, **(kwargs or {})))
     except LimitReached:
         pass
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # noqa: BLE001 -- the trace already ends with the entry's exception frame
+    except (KeyboardInterrupt, MemoryError):
+        raise  # out of memory is the sandbox's outcome to report, not a trace to keep
+    except BaseException:
         pass
-    trace = Trace(source=source, entry_lineno=source_map.def_line(code), frames=builder.frames)
-    trace.status = builder.status if builder.finished else trace.status
-    trace.error = builder.error
-    if not builder.finished and builder.status == OK and not builder.frames:
-        trace.error = "the entry function ran no traced code"
-    return trace
+    return builder.to_trace(source, source_map.def_line(code))

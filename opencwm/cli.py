@@ -1,0 +1,269 @@
+"""The ``opencwm`` command: one entry point, a subcommand per area.
+
+    opencwm trace run FILE.py --call "f(1, 2)" [--format pretty|cwm|json]
+    opencwm trace collect SOURCE --out DIR [--workers N] [--ray ADDRESS]
+    opencwm trace show DIR [--limit N] [--id ID] [--format pretty|cwm|json]
+    opencwm sandbox check
+
+Imports stay inside the commands, so ``opencwm --help`` and ``trace run`` start fast (nothing imports torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class CliError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def _add_sandbox_args(parser: argparse.ArgumentParser, timeout: float) -> None:
+    group = parser.add_argument_group("sandbox")
+    group.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits"],
+                       help="isolation backend (default: the best that works here)")
+    group.add_argument("--timeout", type=float, default=timeout, help="seconds per item (default: %(default)s)")
+    group.add_argument("--memory-mb", type=int, default=2048, help="memory limit per item (default: %(default)s)")
+    group.add_argument("--python", default=sys.executable,
+                       help="interpreter that runs the traced code, any CPython >= 3.11 (default: this one)")
+
+
+def _add_tracer_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tracer")
+    group.add_argument("--tracer", choices=["settrace", "monitoring"], default=None,
+                       help="tracing backend (default: monitoring on Python 3.12+, else settrace)")
+    group.add_argument("--max-frames", type=int, default=10_000, help="frames per trace (default: %(default)s)")
+    group.add_argument("--max-bytes", type=int, default=1_000_000,
+                       help="characters of rendered values per trace (default: %(default)s)")
+    group.add_argument("--max-value-chars", type=int, default=1000,
+                       help="characters per rendered value (default: %(default)s)")
+
+
+def _limits(args):
+    from opencwm.trace.tracer import Limits
+
+    for name in ("max_frames", "max_bytes", "max_value_chars"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1")
+    return Limits(args.max_frames, args.max_bytes, args.max_value_chars)
+
+
+def _sandbox_config(args, preload=()):
+    from opencwm.sandbox import SandboxConfig
+
+    if args.timeout <= 0:
+        raise CliError("--timeout must be positive")
+    if args.memory_mb < 64:
+        raise CliError("--memory-mb must be at least 64")
+    if not Path(args.python).exists():
+        raise CliError(f"--python {args.python}: no such interpreter")
+    return SandboxConfig(backend=args.sandbox, timeout=args.timeout, memory_mb=args.memory_mb, python=args.python,
+                         preload=tuple(preload))
+
+
+def _print_trace(trace, fmt: str) -> None:
+    if fmt == "cwm":
+        from opencwm.trace.codec import encode
+
+        print(encode(trace))
+    elif fmt == "json":
+        frames = [{"event": f.event, "line": f.line, "lineno": f.lineno, "locals": f.locals, "value": f.value}
+                  for f in trace.frames]
+        print(json.dumps({"status": trace.status, "error": trace.error, "frames": frames}, indent=1))
+    else:
+        from opencwm.trace.pretty import format_trace
+
+        print(format_trace(trace))
+
+
+# -- trace run ------------------------------------------------------------------------------------------------------
+def cmd_trace_run(args) -> int:
+    from dataclasses import asdict
+
+    from opencwm.trace.program import ProgramError
+    from opencwm.trace.record import ERROR, Trace
+    from opencwm.trace.sources import SourceError, python_file_items
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"{args.file}: no such file")
+    try:
+        items = python_file_items(path, [args.call] if args.call else None)
+    except (SourceError, ProgramError) as exc:
+        raise CliError(str(exc)) from None
+    item = items[0]
+    limits = _limits(args)
+    kwargs = {**item.kwargs, "limits": asdict(limits), "backend": args.tracer}
+    if args.no_sandbox:
+        from opencwm.trace.jobs import trace_program_job
+
+        result = trace_program_job(**kwargs)
+        trace = Trace.from_dict(result["trace"])
+    else:
+        from opencwm.sandbox import Sandbox, SandboxError, SandboxUnavailable
+
+        try:
+            with Sandbox(_sandbox_config(args, preload=("opencwm.trace.jobs",))) as box:
+                outcome = box.run(item.job, **kwargs)
+        except (SandboxError, SandboxUnavailable) as exc:
+            raise CliError(str(exc)) from None
+        if outcome.ok:
+            trace = Trace.from_dict(outcome.result["trace"])
+        else:
+            trace = Trace(item.kwargs["source"], 0, status=outcome.status, error=outcome.error)
+    if trace.status == ERROR or not trace.frames:
+        print(f"opencwm: {trace.error or trace.status}", file=sys.stderr)
+        return 1
+    _print_trace(trace, args.format)
+    return 0
+
+
+# -- trace collect --------------------------------------------------------------------------------------------------
+def cmd_trace_collect(args) -> int:
+    from opencwm.shards import DatasetError
+    from opencwm.trace.collect import PRELOAD, CollectConfig, collect
+    from opencwm.trace.program import ProgramError
+    from opencwm.trace.sources import SourceError
+
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    config = CollectConfig(
+        workers=args.workers, sandbox=_sandbox_config(args, preload=PRELOAD), limits=_limits(args),
+        tracer_backend=args.tracer, ray_address=args.ray, max_items=args.max_items, progress=not args.quiet,
+        rows_per_shard=args.rows_per_shard,
+    )
+    try:
+        summary = collect(args.source, args.out, config, calls=args.call or None)
+    except (SourceError, ProgramError, DatasetError) as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps(summary))
+    return 0
+
+
+# -- trace show -----------------------------------------------------------------------------------------------------
+def cmd_trace_show(args) -> int:
+    from collections import Counter
+
+    from opencwm.shards import DatasetError, read_manifest
+    from opencwm.trace.collect import read_traces
+
+    try:
+        manifest = read_manifest(args.dir)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    statuses, frames, shown = Counter(), [], 0
+    chosen = []
+    for row, trace in read_traces(args.dir):
+        statuses[trace.status] += 1
+        frames.append(len(trace.frames))
+        if (args.id is None or row["id"] == args.id) and len(chosen) < args.limit and trace.frames:
+            chosen.append((row, trace))
+    frames.sort()
+    summary = {
+        "dataset": str(args.dir), "traces": sum(statuses.values()), "shards": len(manifest["shards"]),
+        "statuses": dict(statuses),
+        "frames_median": frames[len(frames) // 2] if frames else 0,
+        "frames_p95": frames[int(len(frames) * 0.95)] if frames else 0,
+    }
+    print(json.dumps(summary))
+    if args.id is not None and not chosen:
+        raise CliError(f"no trace with id {args.id!r} in {args.dir}")
+    for row, trace in chosen:
+        print(f"\n=== {row['id']} ({row['origin']}) ===")
+        _print_trace(trace, args.format)
+    return 0
+
+
+# -- sandbox check --------------------------------------------------------------------------------------------------
+def cmd_sandbox_check(args) -> int:
+    from opencwm.sandbox import Sandbox, SandboxError, SandboxUnavailable
+
+    probes = {
+        "network": "import socket; socket.create_connection(('127.0.0.1', 9), timeout=1)",
+        "write outside scratch": f"open({str(Path.home() / '.opencwm-sandbox-probe')!r}, 'w')",
+        "infinite loop": "while True: pass",
+        "10 GB allocation": "bytearray(10 * 1024**3)",
+    }
+    try:
+        with Sandbox(_sandbox_config(args)) as box:
+            print(f"backend: {box.backend}")
+            for name, code in probes.items():
+                outcome = box.run("opencwm.sandbox.probe:run_code", code=code)
+                print(f"{name:<24} {outcome.status:<10} {outcome.error or ''}")
+    except (SandboxError, SandboxUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opencwm", description="opencwm: an open Code World Model system.")
+    areas = parser.add_subparsers(dest="area", metavar="AREA", required=True)
+
+    trace = areas.add_parser("trace", help="execution traces in CWM's format")
+    commands = trace.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="trace one call of a Python file and print the trace",
+                              description="Trace one call of a Python file (in the sandbox) and print it.")
+    run.add_argument("file", help="Python file defining the function")
+    run.add_argument("--call", help='call expression, e.g. "f(1, 2)" (default: the call at the end of the file)')
+    run.add_argument("--format", choices=["pretty", "cwm", "json"], default="pretty")
+    run.add_argument("--no-sandbox", action="store_true", help="run in this process (trusted code only)")
+    _add_sandbox_args(run, timeout=30.0)
+    _add_tracer_args(run)
+    run.set_defaults(func=cmd_trace_run)
+
+    coll = commands.add_parser(
+        "collect", help="trace many programs into Parquet shards",
+        description="Trace every item of SOURCE into Parquet shards under --out. SOURCE is a .jsonl file of "
+                    '{"code", "input", "id"} items (CruxEval schema), a .py file with call expressions, or a '
+                    "package/repository directory whose pytest suite is traced. Resumable: rerunning skips "
+                    "finished items.")
+    coll.add_argument("source")
+    coll.add_argument("--out", required=True, help="dataset directory (created or resumed)")
+    coll.add_argument("--call", action="append", help="call expression for a .py source (repeatable)")
+    coll.add_argument("--workers", type=int, default=_cpu_count(), help="parallel sandboxes (default: %(default)s)")
+    coll.add_argument("--ray", metavar="ADDRESS", help='spread work over a Ray cluster ("local" starts one here)')
+    coll.add_argument("--max-items", type=int, help="stop after this many new items")
+    coll.add_argument("--rows-per-shard", type=int, default=2000)
+    coll.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_sandbox_args(coll, timeout=10.0)
+    _add_tracer_args(coll)
+    coll.set_defaults(func=cmd_trace_collect)
+
+    show = commands.add_parser("show", help="summarise a collected dataset and print traces from it")
+    show.add_argument("dir")
+    show.add_argument("--limit", type=int, default=1, help="traces to print (default: %(default)s)")
+    show.add_argument("--id", help="print the trace with this id")
+    show.add_argument("--format", choices=["pretty", "cwm", "json"], default="pretty")
+    show.set_defaults(func=cmd_trace_show)
+
+    sandbox = areas.add_parser("sandbox", help="the sandbox for untrusted code")
+    sandbox_commands = sandbox.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    check = sandbox_commands.add_parser("check", help="show the backend in use and run hostile probes")
+    _add_sandbox_args(check, timeout=3.0)
+    check.set_defaults(func=cmd_sandbox_check)
+    return parser
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"opencwm: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("opencwm: interrupted (finished results are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Parquet shards with a manifest: the dataset format of every corpus opencwm writes (traces, trajectories, ...).
+
+A dataset directory holds ``shard-NNNNN.parquet`` files and ``manifest.json``. The manifest is the source of
+truth: a shard exists for readers once it is listed there. Both are written to a temporary name and renamed, so a
+process killed at any moment leaves either the old state or the new one, never a half-written file; shard files
+the manifest does not list (a kill between the two renames) are deleted when the dataset is reopened, and their
+items are redone.
+
+Every row belongs to a work item (column ``item``); items that produced no rows are listed per shard in the
+manifest (``empty_items``), so a resumed run knows every finished item. Readable with ``pyarrow.dataset`` or
+``datasets.load_dataset("parquet", data_files=...)`` from the files the manifest lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+
+
+class DatasetError(ValueError):
+    """A dataset directory is missing, malformed, or of another kind."""
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise DatasetError(f"{directory} is not an opencwm dataset (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DatasetError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or "shards" not in manifest:
+        raise DatasetError(f"{path} is not an opencwm manifest")
+    return manifest
+
+
+def shard_paths(directory: str | Path) -> list[Path]:
+    return [Path(directory) / shard["file"] for shard in read_manifest(directory)["shards"]]
+
+
+def read_rows(directory: str | Path, columns: list[str] | None = None) -> Iterator[dict]:
+    for path in shard_paths(directory):
+        yield from pq.read_table(path, columns=columns).to_pylist()
+
+
+class ShardWriter:
+    """Appends rows to a dataset directory, shard by shard; reopening it resumes where the last run stopped."""
+
+    def __init__(self, directory: str | Path, schema: pa.Schema, kind: str, *, rows_per_shard: int = 2000,
+                 seconds_per_shard: float = 60.0, metadata: dict | None = None):
+        self.directory = Path(directory)
+        self.schema = schema
+        self.kind = kind
+        self.rows_per_shard = rows_per_shard
+        self.seconds_per_shard = seconds_per_shard
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if (self.directory / MANIFEST).exists():
+            self.manifest = read_manifest(self.directory)
+            if self.manifest.get("kind") != kind:
+                raise DatasetError(f"{directory} holds a {self.manifest.get('kind')!r} dataset, not {kind!r}")
+        else:
+            self.manifest = {"kind": kind, "format_version": 1, "schema": _describe(schema), "rows": 0,
+                             "shards": [], "metadata": metadata or {}}
+        self._remove_unlisted()
+        self._rows: list[dict] = []
+        self._empty: list[str] = []
+        self._last_flush = time.monotonic()
+
+    def _remove_unlisted(self) -> None:
+        listed = {shard["file"] for shard in self.manifest["shards"]}
+        for path in self.directory.glob("shard-*.parquet"):
+            if path.name not in listed:
+                path.unlink()
+        for path in self.directory.glob(".*.tmp"):
+            path.unlink()
+
+    def finished_items(self) -> set[str]:
+        done: set[str] = set()
+        for shard in self.manifest["shards"]:
+            done.update(shard.get("empty_items", []))
+            done.update(pq.read_table(self.directory / shard["file"], columns=["item"]).column("item").to_pylist())
+        return done
+
+    def add(self, item: str, rows: Iterable[dict]) -> None:
+        """Record a finished work item with its rows (possibly none)."""
+        rows = list(rows)
+        for row in rows:
+            row["item"] = item
+        if rows:
+            self._rows.extend(rows)
+        else:
+            self._empty.append(item)
+        if (len(self._rows) >= self.rows_per_shard
+                or time.monotonic() - self._last_flush >= self.seconds_per_shard):
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._rows and not self._empty:
+            return
+        index = len(self.manifest["shards"])
+        name = f"shard-{index:05d}.parquet"
+        while (self.directory / name).exists():  # never overwrite a listed shard
+            index += 1
+            name = f"shard-{index:05d}.parquet"
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        tmp = self.directory / f".{name}.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.directory / name)
+        self.manifest["shards"].append({"file": name, "rows": table.num_rows, "empty_items": self._empty})
+        self.manifest["rows"] += table.num_rows
+        _atomic_write_bytes(self.directory / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+        self._rows, self._empty = [], []
+
+    def close(self) -> None:
+        self.flush()
+        if not (self.directory / MANIFEST).exists():
+            _atomic_write_bytes(self.directory / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _describe(schema: pa.Schema) -> dict[str, str]:
+    return {field.name: str(field.type) for field in schema}

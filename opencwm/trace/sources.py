@@ -1,0 +1,142 @@
+"""Where traces come from: turns a collection SOURCE into work items for the sandbox.
+
+- a ``.jsonl`` file of ``{"code", "input", "id"}`` items (CruxEval's schema): one trace of ``f(INPUT)`` each; an
+  item may instead name its entry (``"entry"``) or give the whole call (``"call"``);
+- a ``.py`` file: one trace per call expression, given with ``--call`` or written as top-level call statements
+  at the end of the file (``main(3)``), which are taken out of the program that is run;
+- a directory (a package or repository with a pytest suite): one work item per test file, whose calls into the
+  package's own functions become traces (see ``harvest``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opencwm.trace.program import cruxeval_call, parse_call
+
+_SKIP_DIRS = {".git", ".hg", ".tox", ".nox", ".venv", "venv", "env", "build", "dist", "node_modules", "__pycache__",
+              "site-packages", ".eggs"}
+_NOT_PACKAGES = {"tests", "test", "testing", "docs", "doc", "examples", "example", "benchmarks", "scripts"}
+
+
+class SourceError(ValueError):
+    """The collection source cannot be read."""
+
+
+@dataclass
+class WorkItem:
+    key: str  # unique within the source; what resumption skips
+    job: str  # "module:function" run in the sandbox
+    kwargs: dict
+    meta: dict = field(default_factory=dict)  # copied into every record of the item
+
+
+def load_items(source: str | Path, calls: list[str] | None = None) -> tuple[str, list[WorkItem]]:
+    """(kind of source, work items). Raises SourceError with a one-line reason."""
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(f"{source}: no such file or directory")
+    if path.is_dir():
+        return "repository", repository_items(path)
+    if path.suffix == ".jsonl":
+        return "jsonl", jsonl_items(path)
+    if path.suffix == ".py":
+        return "python", python_file_items(path, calls)
+    raise SourceError(f"{source}: expected a .jsonl file, a .py file or a directory")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: cannot read: {exc}") from None
+
+
+def jsonl_items(path: Path) -> list[WorkItem]:
+    items, seen = [], set()
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise SourceError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or "code" not in record or not ("input" in record or "call" in record):
+            raise SourceError(f'{path}:{number}: expected an object with "code" and "input" (or "call")')
+        key = str(record.get("id", f"line-{number}"))
+        if key in seen:
+            raise SourceError(f"{path}:{number}: duplicate id {key!r}")
+        seen.add(key)
+        call = record.get("call") or cruxeval_call(record.get("entry", "f"), record["input"])
+        items.append(WorkItem(key, "opencwm.trace.jobs:trace_program_job",
+                              {"source": record["code"], "call": call}, {"call": call}))
+    return items
+
+
+def python_file_items(path: Path, calls: list[str] | None = None) -> list[WorkItem]:
+    text = _read_text(path)
+    try:
+        tree = ast.parse(text, str(path))
+    except SyntaxError as exc:
+        raise SourceError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    source = text
+    if not calls:
+        # Trailing top-level call statements are the calls to trace; the program is what precedes them.
+        trailing = []
+        for statement in reversed(tree.body):
+            if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
+                trailing.append(statement)
+            else:
+                break
+        if not trailing:
+            raise SourceError(f"{path}: no call to trace: pass --call 'f(...)' or end the file with a call")
+        trailing.reverse()
+        calls = [ast.get_source_segment(text, s.value) or ast.unparse(s.value) for s in trailing]
+        source = "\n".join(text.splitlines()[: trailing[0].lineno - 1]).rstrip() + "\n"
+    items = []
+    for index, call in enumerate(calls):
+        parse_call(call)  # fail early on a malformed expression
+        items.append(WorkItem(f"{path.name}:{index}:{call}", "opencwm.trace.jobs:trace_program_job",
+                              {"source": source, "call": call}, {"call": call}))
+    return items
+
+
+def _walk(root: Path):
+    for path in sorted(root.iterdir()):
+        if path.is_dir():
+            if path.name in _SKIP_DIRS or path.name.startswith("."):
+                continue
+            yield from _walk(path)
+        else:
+            yield path
+
+
+def find_packages(root: Path) -> list[str]:
+    """Package directories and top-level modules of a repository (under ``src/`` when it has one)."""
+    base = root / "src" if (root / "src").is_dir() else root
+    found = []
+    for path in sorted(base.iterdir()):
+        if path.name in _SKIP_DIRS or path.name.startswith(".") or path.name in _NOT_PACKAGES:
+            continue
+        if (path.is_dir() and (path / "__init__.py").exists()) or (path.suffix == ".py" and path.name not in ("setup.py", "conftest.py", "noxfile.py") \
+                and not path.name.startswith("test_")):
+            found.append(str(path.resolve()))
+    return found
+
+
+def repository_items(root: Path) -> list[WorkItem]:
+    root = root.resolve()
+    packages = find_packages(root)
+    if not packages:
+        raise SourceError(f"{root}: found no Python package or module to trace")
+    tests = [p for p in _walk(root) if p.suffix == ".py" and (p.name.startswith("test_") or p.name.endswith("_test.py"))]
+    if not tests:
+        raise SourceError(f"{root}: found no test files (test_*.py or *_test.py)")
+    return [
+        WorkItem(str(p.relative_to(root)), "opencwm.trace.jobs:harvest_tests_job",
+                 {"root": str(root), "test_file": str(p.relative_to(root)), "packages": packages})
+        for p in tests
+    ]
