@@ -153,7 +153,7 @@ def cmd_trace_show(args) -> int:
         manifest = read_manifest(args.dir)
     except DatasetError as exc:
         raise CliError(str(exc)) from None
-    statuses, frames, shown = Counter(), [], 0
+    statuses, frames = Counter(), []
     chosen = []
     for row, trace in read_traces(args.dir):
         statuses[trace.status] += 1

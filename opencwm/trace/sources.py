@@ -19,6 +19,7 @@ from opencwm.trace.program import cruxeval_call, parse_call
 
 _SKIP_DIRS = {".git", ".hg", ".tox", ".nox", ".venv", "venv", "env", "build", "dist", "node_modules", "__pycache__",
               "site-packages", ".eggs"}
+_NOT_MODULES = {"setup.py", "conftest.py", "noxfile.py"}
 _NOT_PACKAGES = {"tests", "test", "testing", "docs", "doc", "examples", "example", "benchmarks", "scripts"}
 
 
@@ -121,8 +122,9 @@ def find_packages(root: Path) -> list[str]:
     for path in sorted(base.iterdir()):
         if path.name in _SKIP_DIRS or path.name.startswith(".") or path.name in _NOT_PACKAGES:
             continue
-        if (path.is_dir() and (path / "__init__.py").exists()) or (path.suffix == ".py" and path.name not in ("setup.py", "conftest.py", "noxfile.py") \
-                and not path.name.startswith("test_")):
+        is_package = path.is_dir() and (path / "__init__.py").exists()
+        is_module = path.suffix == ".py" and path.name not in _NOT_MODULES and not path.name.startswith("test_")
+        if is_package or is_module:
             found.append(str(path.resolve()))
     return found
 
@@ -132,7 +134,10 @@ def repository_items(root: Path) -> list[WorkItem]:
     packages = find_packages(root)
     if not packages:
         raise SourceError(f"{root}: found no Python package or module to trace")
-    tests = [p for p in _walk(root) if p.suffix == ".py" and (p.name.startswith("test_") or p.name.endswith("_test.py"))]
+    tests = [
+        p for p in _walk(root)
+        if p.suffix == ".py" and (p.name.startswith("test_") or p.name.endswith("_test.py"))
+    ]
     if not tests:
         raise SourceError(f"{root}: found no test files (test_*.py or *_test.py)")
     return [

@@ -185,10 +185,8 @@ class TraceBuilder:
             obj = current[name]
             before = previous.get(name)
             immutable = type(obj) in IMMUTABLE_ATOMS
-            if before is not None and immutable and before[0] is obj:
-                text = before[1]
-            else:
-                text = render(obj)
+            reuse = before is not None and immutable and before[0] is obj  # cannot have changed: skip repr
+            text = before[1] if reuse else render(obj)
             cache[name] = (obj if immutable else None, text)
             out[name] = UNCHANGED if (not full and before is not None and before[1] == text) else text
         scope.cache = cache
