@@ -34,14 +34,19 @@ class Renderer:
         self._addresses: dict[str, str] = {}
 
     def render(self, value: object) -> str:
+        hidden = 0  # characters known to be left out before the repr was built
         try:
+            kind = type(value)
+            if kind in (str, bytes, bytearray) and len(value) > 2 * self.max_chars:
+                hidden = len(value) - 2 * self.max_chars
+                value = value[: 2 * self.max_chars]
             text = self._bounded_repr(value)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- any failure of user code becomes a placeholder
             text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
         if "0x" in text:
             text = _ADDRESS.sub(self._renumber, text)
-        if len(text) > self.max_chars:
-            text = text[: self.max_chars] + truncation_marker(len(text) - self.max_chars)
+        if len(text) > self.max_chars or hidden:
+            text = text[: self.max_chars] + truncation_marker(len(text) - self.max_chars + hidden)
         return text
 
     def _renumber(self, match: re.Match) -> str:
@@ -53,11 +58,6 @@ class Renderer:
     def _bounded_repr(self, value: object) -> str:
         kind = type(value)
         limit = self.max_chars
-        if kind is str and len(value) > limit:
-            head = repr(value[:limit])
-            return head + truncation_marker(len(value) - limit)
-        if kind in (bytes, bytearray) and len(value) > limit:
-            return repr(value[:limit]) + truncation_marker(len(value) - limit)
         if kind is dict and len(value) > limit // 4:
             return self._cut_items(
                 "{", "}", (f"{self._bounded_repr(k)}: {self._bounded_repr(v)}" for k, v in value.items()), len(value)
@@ -68,13 +68,12 @@ class Renderer:
         return repr(value)
 
     def _cut_items(self, opening: str, closing: str, items, count: int) -> str:
-        """Render items until the budget is spent; the rest is replaced by the marker (a container this long
-        cannot fit anyway, since each item takes at least three characters with its separator)."""
-        parts, used, shown = [], len(opening), 0
+        """Render items while they fit the budget and mark the rest (a container this long cannot fit anyway,
+        since each item takes at least three characters with its separator)."""
+        parts, used = [], len(opening) + len(closing) + 24  # room for the marker
         for text in items:
-            parts.append(text)
             used += len(text) + 2
-            shown += 1
             if used > self.max_chars:
                 break
-        return f"{opening}{', '.join(parts)}, ...<+{count - shown} items>{closing}"
+            parts.append(text)
+        return f"{opening}{', '.join(parts)}, ...<+{count - len(parts)} items>{closing}"

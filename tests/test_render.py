@@ -1,0 +1,54 @@
+"""Value rendering: exact repr for ordinary values, visible markers for everything else."""
+
+from opencwm.trace.render import Renderer, truncation_marker
+
+
+def test_ordinary_values_render_as_exact_repr():
+    r = Renderer()
+    for value in [0, -3, 2.5, "a'b\"c\n", b"\x00x", None, True, [1, (2, 3)], {"k": {1, 2}},
+                  frozenset(), range(3), 1 + 2j]:
+        assert r.render(value) == repr(value)
+        assert eval(r.render(value)) == value
+    assert r.render(float("nan")) == "nan"
+
+
+def test_addresses_are_renumbered_by_first_appearance():
+    class Thing:
+        pass
+
+    a, b = Thing(), Thing()
+    r = Renderer()
+    first, second, again = r.render(a), r.render(b), r.render(a)
+    assert first.endswith("object at 0x1>") and second.endswith("object at 0x2>")
+    assert again == first
+    assert hex(id(a)) not in first
+
+
+def test_raising_and_recursive_repr_become_placeholders():
+    class Bad:
+        def __repr__(self):
+            raise RuntimeError("no")
+
+    class Loop:
+        def __repr__(self):
+            return repr(self)
+
+    r = Renderer()
+    assert r.render(Bad()) == "<unrepresentable Bad: RuntimeError>"
+    assert r.render(Loop()) == "<unrepresentable Loop: RecursionError>"
+
+
+def test_long_values_are_cut_with_a_visible_marker():
+    r = Renderer(max_chars=50)
+    text = r.render("x" * 1000)
+    assert text == repr("x" * 1000)[:50] + truncation_marker(1002 - 50)
+    huge = list(range(10**6))
+    rendered = r.render(huge)
+    assert len(rendered) < 200 and "items>" in rendered and rendered.startswith("[0, 1, 2")
+
+    class Enormous:
+        def __repr__(self):
+            return "y" * 10_000
+
+    out = r.render(Enormous())
+    assert out == "y" * 50 + truncation_marker(10_000 - 50)
