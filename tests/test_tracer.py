@@ -147,7 +147,7 @@ def run_real(source: str, call: str):
     exec(compile(textwrap.dedent(source), "<real>", "exec"), namespace)
     try:
         return "ok", eval(call, namespace)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return "raised", exc
 
 
@@ -167,7 +167,7 @@ def reference_lines(source: str, call: str):
     sys.settrace(tracer)
     try:
         eval(call, namespace)
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     finally:
         sys.settrace(None)
@@ -246,7 +246,8 @@ def test_closure_shows_free_variable():
 def test_methods_and_with_block_step_into_dunder_methods():
     trace = trace_of("with_block")
     entered = [f.line.strip() for f in trace.frames if f.event == CALL]
-    assert entered == ["def f(v):", "def __init__(self):", "def __enter__(self):", "def __exit__(self, kind, value, tb):"]
+    assert entered == ["def f(v):", "def __init__(self):", "def __enter__(self):",
+                       "def __exit__(self, kind, value, tb):"]
     exit_call = next(f for f in trace.frames if f.event == CALL and "__exit__" in f.line)
     assert exit_call.locals["kind"] == "None" and exit_call.locals["value"] == "None"
 

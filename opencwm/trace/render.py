@@ -41,7 +41,7 @@ class Renderer:
                 hidden = len(value) - 2 * self.max_chars
                 value = value[: 2 * self.max_chars]
             text = self._bounded_repr(value)
-        except Exception as exc:  # noqa: BLE001 -- any failure of user code becomes a placeholder
+        except Exception as exc:  # any failure of user code becomes a placeholder
             text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
         if "0x" in text:
             text = _ADDRESS.sub(self._renumber, text)
