@@ -36,7 +36,7 @@ class SandboxConfig:
     python: str = sys.executable  # the interpreter inside the sandbox (any CPython >= 3.11)
     preload: tuple[str, ...] = ()  # modules the server imports once, before forking jobs
     env: dict[str, str] = field(default_factory=dict)
-    readable_paths: tuple[str, ...] = ()  # extra entries for PYTHONPATH inside the sandbox
+    visible_paths: tuple[str, ...] = ()  # host paths the jobs read (e.g. a repository); always read-only
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Sandbox:
             "LANG": "C.UTF-8",
             "PYTHONHASHSEED": "0",
             "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONPATH": os.pathsep.join([PACKAGE_ROOT, *self.config.readable_paths]),
+            "PYTHONPATH": PACKAGE_ROOT,
             "OPENCWM_SANDBOX_PIDNS": "1" if self.backend in ("bwrap", "unshare") else "0",
             "OPENCWM_SANDBOX_PRELOAD": ",".join(self.config.preload),
         }
@@ -85,8 +85,13 @@ class Sandbox:
             return
         self.close_process()
         argv = [self.config.python, "-s", "-m", "opencwm.sandbox.server"]
-        command = launch_command(self.backend, argv, self.scratch, self._environment())
         self._cap = ProcessCap(self.config.max_processes)
+        env = self._environment()
+        if self._cap.path is not None:
+            env["OPENCWM_SANDBOX_CGROUP_PROCS"] = str(self._cap.path / "cgroup.procs")
+        interpreter_prefix = str(Path(self.config.python).absolute().parent.parent)  # a venv or an installation
+        visible = (PACKAGE_ROOT, interpreter_prefix, *map(str, self.config.visible_paths))
+        command = launch_command(self.backend, argv, self.scratch, env, visible)
         try:
             self._process = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

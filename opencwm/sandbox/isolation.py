@@ -72,14 +72,18 @@ def warn_weak_isolation() -> None:
     print(f"WARNING: {message}", file=sys.stderr)
 
 
-def launch_command(backend: str, argv: list[str], scratch: Path, env: dict[str, str]) -> list[str]:
-    """The host command that starts ``argv`` inside the sandbox with ``scratch`` as its only writable directory."""
+def launch_command(backend: str, argv: list[str], scratch: Path, env: dict[str, str],
+                   visible: tuple[str, ...] = ()) -> list[str]:
+    """The host command that starts ``argv`` inside the sandbox with ``scratch`` as its only writable directory.
+    ``visible`` paths are guaranteed readable inside (bubblewrap hides the host's /tmp behind a private one)."""
     scratch = str(scratch)
     if backend == "bwrap":
         exe = shutil.which("bwrap")
         if exe is None:
             raise SandboxUnavailable("bubblewrap (bwrap) is not installed")
         command = [exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        for path in visible:
+            command += ["--ro-bind-try", path, path]
         command += ["--bind", scratch, scratch, "--chdir", scratch]
         command += ["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
         for key, value in env.items():
@@ -112,7 +116,8 @@ class ProcessCap:
         self.max_processes = max_processes
         self.path: Path | None = None
         for root in self.ROOTS:
-            if (root / "pids.max").exists() or ((root / "cgroup.procs").exists() and self._v2_has_pids(root)):
+            v1 = root.name == "pids" and (root / "cgroup.procs").exists()
+            if v1 or self._v2_has_pids(root):
                 path = root / f"opencwm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 try:
                     path.mkdir()

@@ -77,9 +77,10 @@ def _kill_group(pid: int) -> None:
 
 def _sweep_namespace() -> None:
     """In a private PID namespace, every process but the namespace's init and this server is a leftover of a job
-    (e.g. a daemonised grandchild or a fork bomb): kill them all."""
+    (e.g. a daemonised grandchild or a fork bomb): kill them all, and reap those that were reparented to us."""
     me = os.getpid()
-    for _ in range(3):
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
         others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
         if not others:
             return
@@ -89,6 +90,28 @@ def _sweep_namespace() -> None:
             except OSError:
                 pass
         _reap()
+        time.sleep(0.005)
+
+
+def _sweep_cgroup(procs_file: str) -> None:
+    """Without a PID namespace, the sandbox's cgroup still knows every process it holds: kill all but us."""
+    me = os.getpid()
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            with open(procs_file) as handle:
+                others = [int(p) for p in handle.read().split() if int(p) != me]
+        except OSError:
+            return
+        if not others:
+            return
+        for pid in others:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _reap()
+        time.sleep(0.005)
 
 
 def _reap() -> None:
@@ -101,7 +124,7 @@ def _reap() -> None:
             return
 
 
-def run_job(request: dict, protocol_fds: tuple[int, ...], own_namespace: bool) -> dict:
+def run_job(request: dict, protocol_fds: tuple[int, ...], own_namespace: bool, cgroup_procs: str = "") -> dict:
     timeout = float(request.get("timeout") or 3600)
     read_fd, write_fd = os.pipe()
     start = time.monotonic()
@@ -110,32 +133,49 @@ def run_job(request: dict, protocol_fds: tuple[int, ...], own_namespace: bool) -
         os.close(read_fd)
         _child(request, write_fd, protocol_fds)
     os.close(write_fd)
+    # Read the reply until EOF or until the job's process has exited (processes it left behind may hold the pipe
+    # open; they are killed below and must not turn a finished job into a timeout).
     chunks: list[bytes] = []
     size = 0
     timed_out = False
+    wait_status = None
     deadline = start + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             timed_out = True
             break
-        ready, _, _ = select.select([read_fd], [], [], remaining)
-        if not ready:
+        ready, _, _ = select.select([read_fd], [], [], min(remaining, 0.05))
+        if ready:
+            chunk = os.read(read_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _MAX_REPLY:
+                break
             continue
-        chunk = os.read(read_fd, 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > _MAX_REPLY:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            wait_status = status
+            os.set_blocking(read_fd, False)
+            try:
+                while chunk := os.read(read_fd, 1 << 20):
+                    chunks.append(chunk)
+                    size += len(chunk)
+            except BlockingIOError:
+                pass
             break
     os.close(read_fd)
     if timed_out:
         _kill_group(pid)
-    _, wait_status = os.waitpid(pid, 0)
+    if wait_status is None:
+        _, wait_status = os.waitpid(pid, 0)
     _kill_group(pid)  # leftovers that stayed in the job's process group
     if own_namespace:
         _sweep_namespace()
+    elif cgroup_procs:
+        _sweep_cgroup(cgroup_procs)
     else:
         _reap()
     seconds = time.monotonic() - start
@@ -167,6 +207,7 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     own_namespace = os.environ.get("OPENCWM_SANDBOX_PIDNS") == "1"
+    cgroup_procs = os.environ.get("OPENCWM_SANDBOX_CGROUP_PROCS", "")
     for name in filter(None, os.environ.get("OPENCWM_SANDBOX_PRELOAD", "").split(",")):
         importlib.import_module(name)  # warm imports, shared by every forked job
     reader = os.fdopen(protocol_in, "rb")
@@ -179,7 +220,7 @@ def main() -> None:
         except ValueError:
             reply = {"status": CRASH, "error": "malformed request"}
         else:
-            reply = run_job(request, (protocol_in, protocol_out), own_namespace)
+            reply = run_job(request, (protocol_in, protocol_out), own_namespace, cgroup_procs)
         writer.write(json.dumps(reply).encode() + b"\n")
         writer.flush()
 
