@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -181,6 +181,9 @@ def collect(source: str | Path, out: str | Path, config: CollectConfig | None = 
         job_args = {}
     kind, items = load_items(source, calls)
     origin = str(source)
+    if kind == "repository":  # the jobs read the repository (bubblewrap shows no host path under /tmp by default)
+        visible = (*config.sandbox.visible_paths, str(Path(source).resolve()))
+        config = replace(config, sandbox=replace(config.sandbox, visible_paths=visible))
     writer = ShardWriter(out, SCHEMA, KIND, rows_per_shard=config.rows_per_shard,
                          seconds_per_shard=config.seconds_per_shard,
                          metadata={"source": origin, "source_kind": kind})
