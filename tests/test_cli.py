@@ -1,0 +1,113 @@
+"""The opencwm command as a user runs it: output formats, one-line errors, non-zero exits, fast start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def opencwm(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "opencwm.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def program(tmp_path) -> Path:
+    path = tmp_path / "prog.py"
+    path.write_text("def helper(v):\n    return v * 2\n\ndef f(a, b):\n    c = helper(a) + b\n    return c\n")
+    return path
+
+
+def test_run_json_format_matches_the_cwm_text(program):
+    result = opencwm("trace", "run", str(program), "--call", "f(1, 2)", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["status"] == "ok"
+    assert [f["event"] for f in data["frames"]] == ["call", "line", "call", "line", "return", "line", "return"]
+    assert data["frames"][0]["locals"] == {"a": "1", "b": "2"} and data["frames"][-1]["value"] == "4"
+    assert set(data["frames"][0]) == {"event", "line", "lineno", "locals", "value"}
+    cwm = opencwm("trace", "run", str(program), "--call", "f(1, 2)", "--format", "cwm").stdout
+    for frame in data["frames"]:  # locals and values appear in the CWM text exactly as in the JSON
+        if frame["locals"] is not None:
+            assert json.dumps(frame["locals"]) in cwm
+        else:
+            assert "<|arg_sep|>" + json.dumps(frame["value"]) in cwm
+
+
+def test_run_pretty_in_and_out_of_the_sandbox(program):
+    sandboxed = opencwm("trace", "run", str(program), "--call", "f(3, 4)")
+    direct = opencwm("trace", "run", str(program), "--call", "f(3, 4)", "--no-sandbox")
+    assert sandboxed.returncode == direct.returncode == 0
+    assert sandboxed.stdout == direct.stdout and "-> 10" in sandboxed.stdout
+
+
+def test_run_uses_the_files_trailing_call():
+    result = opencwm("trace", "run", "examples/bank.py", "--format", "json")
+    assert json.loads(result.stdout)["frames"][-1]["value"] == "{'balance': 75, 'rejected': [-150]}"
+
+
+@pytest.mark.parametrize(("content", "call", "message"), [
+    ("def f(:\n", "f()", "syntax error"),
+    ("def f():\n    return 1\n", "g()", "NameError"),
+    ("def f():\n    return 1\n", "f(", "bad call expression"),
+    ("def f():\n    return 1\n", None, "no call to trace"),
+])
+def test_run_errors_are_one_line_with_nonzero_exit(tmp_path, content, call, message):
+    path = tmp_path / "bad.py"
+    path.write_text(content)
+    args = ["trace", "run", str(path)] + (["--call", call] if call else [])
+    result = opencwm(*args)
+    assert result.returncode != 0 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("opencwm: ") and message in lines[0]
+
+
+def test_unreadable_and_missing_inputs(tmp_path):
+    missing = opencwm("trace", "run", str(tmp_path / "nope.py"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    binary = tmp_path / "bin.py"
+    binary.write_bytes(b"\xff\xfe\x00")
+    result = opencwm("trace", "run", str(binary))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"code": "def f(x): return x", "input": "1", "id": "a"}\n{oops\n')
+    result = opencwm("trace", "collect", str(bad_jsonl), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "bad.jsonl:2" in result.stderr
+    result = opencwm("trace", "show", str(tmp_path))
+    assert result.returncode == 2 and "not an opencwm dataset" in result.stderr
+    result = opencwm("trace", "collect", "examples/programs.jsonl", "--out", str(tmp_path / "o2"), "--workers", "0")
+    assert result.returncode == 2 and "--workers" in result.stderr
+
+
+def test_collect_then_show(tmp_path):
+    out = tmp_path / "ds"
+    result = opencwm("trace", "collect", "examples/programs.jsonl", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["traces"] == summary["items"]
+    shown = opencwm("trace", "show", str(out), "--id", "fib", "--format", "json")
+    head, _, body = shown.stdout.partition("\n=== fib")
+    assert json.loads(head)["traces"] == summary["traces"]
+    assert '"value": "55"' in body  # fib(10), as Python computes it
+
+
+def test_tracing_commands_never_import_torch(program):
+    code = ("import sys; from opencwm.cli import main; "
+            f"main(['trace', 'run', {str(program)!r}, '--call', 'f(1, 2)', '--no-sandbox']); "
+            "assert 'torch' not in sys.modules and 'pyarrow' not in sys.modules, 'heavy import'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
+def test_help_lists_every_command():
+    result = opencwm("trace", "--help")
+    assert result.returncode == 0
+    for command in ("run", "collect", "show"):
+        assert command in result.stdout
+    assert opencwm("sandbox", "check").returncode == 0
