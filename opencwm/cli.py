@@ -178,23 +178,43 @@ def cmd_trace_show(args) -> int:
 
 # -- sandbox check --------------------------------------------------------------------------------------------------
 def cmd_sandbox_check(args) -> int:
+    import socket
+    import tempfile
+    from dataclasses import replace
+
     from opencwm.sandbox import Sandbox, SandboxError, SandboxUnavailable
 
-    probes = {
-        "network": "import socket; socket.create_connection(('127.0.0.1', 9), timeout=1)",
-        "write outside scratch": f"open({str(Path.home() / '.opencwm-sandbox-probe')!r}, 'w')",
-        "infinite loop": "while True: pass",
-        "10 GB allocation": "bytearray(10 * 1024**3)",
-    }
-    try:
-        with Sandbox(_sandbox_config(args)) as box:
-            print(f"backend: {box.backend}")
-            for name, code in probes.items():
-                outcome = box.run("opencwm.sandbox.probe:run_code", code=code)
-                print(f"{name:<24} {outcome.status:<10} {outcome.error or ''}")
-    except (SandboxError, SandboxUnavailable) as exc:
-        raise CliError(str(exc)) from None
-    return 0
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    with tempfile.TemporaryDirectory(dir=Path.home()) as host_dir:
+        victim = Path(host_dir) / "victim.txt"
+        victim.write_text("host data")
+        probes = {  # name -> (code, contained if the job's outcome is one of these statuses)
+            "network (host port)": (f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)",
+                                    {"exception"}),
+            "write a host file": (f"open({str(victim)!r}, 'w').write('pwned')", {"exception"}),
+            "infinite loop": ("while True: pass", {"timeout"}),
+            "10 GB allocation": ("bytearray(10 * 1024**3)", {"memory"}),
+        }
+        config = replace(_sandbox_config(args), visible_paths=(host_dir,))
+        failures = 0
+        try:
+            with Sandbox(config) as box:
+                print(f"backend: {box.backend}")
+                for name, (code, contained) in probes.items():
+                    outcome = box.run("opencwm.sandbox.probe:run_code", code=code)
+                    held = outcome.status in contained and victim.read_text() == "host data"
+                    victim.write_text("host data")
+                    failures += not held
+                    verdict = "contained" if held else "NOT CONTAINED"
+                    print(f"{name:<22} {verdict:<14} {outcome.status:<10} {outcome.error or ''}")
+        except (SandboxError, SandboxUnavailable) as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            listener.close()
+    return 1 if failures else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = areas.add_parser("sandbox", help="the sandbox for untrusted code")
     sandbox_commands = sandbox.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    check = sandbox_commands.add_parser("check", help="show the backend in use and run hostile probes")
+    check = sandbox_commands.add_parser(
+        "check", help="show the backend in use and run hostile probes (exit 1 if one is not contained)")
     _add_sandbox_args(check, timeout=3.0)
     check.set_defaults(func=cmd_sandbox_check)
     return parser

@@ -110,4 +110,8 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for command in ("run", "collect", "show"):
         assert command in result.stdout
-    assert opencwm("sandbox", "check").returncode == 0
+    check = opencwm("sandbox", "check")
+    assert check.returncode == 0 and check.stdout.count(" contained ") == 4, check.stdout
+    weak = opencwm("sandbox", "check", "--sandbox", "rlimits")  # no namespaces: network and files reachable
+    assert weak.returncode == 1 and "NOT CONTAINED" in weak.stdout and "WARNING" in weak.stderr
+    assert " contained " in weak.stdout  # limits still hold without namespaces

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-import warnings
 from pathlib import Path
 
 BACKENDS = ("bwrap", "unshare", "rlimits")
@@ -53,6 +52,8 @@ def detect_backend(preferred: str | None = None) -> str:
             raise SandboxUnavailable(f"unknown sandbox backend {preferred!r} (choose from {', '.join(BACKENDS)})")
         if not _probe(preferred):
             raise SandboxUnavailable(f"the {preferred} sandbox backend does not work on this machine")
+        if preferred == "rlimits":
+            warn_weak_isolation()
         return preferred
     for backend in BACKENDS:
         if _probe(backend):
@@ -64,11 +65,10 @@ def detect_backend(preferred: str | None = None) -> str:
 
 def warn_weak_isolation() -> None:
     message = (
-        "opencwm sandbox: neither bubblewrap nor unshare works here, falling back to rlimits only. "
+        "opencwm sandbox: using rlimits only (no bubblewrap or unshare). "
         "Untrusted code can reach the network and write files the current user may write. "
         "Install bubblewrap (apt-get install bubblewrap) for real isolation."
     )
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
     print(f"WARNING: {message}", file=sys.stderr)
 
 
