@@ -52,3 +52,23 @@ def test_long_values_are_cut_with_a_visible_marker():
 
     out = r.render(Enormous())
     assert out == "y" * 50 + truncation_marker(10_000 - 50)
+
+
+def test_fast_and_itemwise_cuts_agree():
+    """Huge containers of simple values take a C-speed path; it must render exactly like the item-by-item one."""
+    r = Renderer(max_chars=120)
+    for value in [list(range(1000)), tuple(range(-500, 500)), [True, None, 2.5] * 300, dict.fromkeys(range(900), 0)]:
+        fast = r.render(value)
+        if isinstance(value, dict):
+            slow = r._cut_items("{", "}", (f"{k!r}: {v!r}" for k, v in value.items()), len(value))
+        else:
+            opening, closing = ("[", "]") if isinstance(value, list) else ("(", ")")
+            slow = r._cut_items(opening, closing, (repr(v) for v in value), len(value))
+        assert fast == slow and len(fast) <= 120
+        shown = fast.rsplit(", ...<+", 1)[0][1:]
+        if isinstance(value, dict):
+            head = eval(f"{{{shown}}}")
+            assert list(head.items()) == list(value.items())[: len(head)]  # a true prefix of the real items
+        else:
+            head = eval(f"[{shown}]")
+            assert head == list(value)[: len(head)]

@@ -31,7 +31,7 @@ TRUNCATED = "truncated"  # a per-trace limit was hit; frames so far are kept, th
 ERROR = "error"  # the item could not be set up: syntax error, missing function, bad call expression
 
 
-@dataclass
+@dataclass(slots=True)
 class Frame:
     event: str
     line: str  # the source line of the action, without its newline

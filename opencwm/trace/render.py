@@ -12,11 +12,14 @@ exceptions, each visible in the text:
 
 from __future__ import annotations
 
+import itertools
 import re
 
 DEFAULT_MAX_CHARS = 1000
 
-_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{4,}\b")
+# An address as default reprs show it: "<Foo object at 0x7f3a1c2b5e10>", "<function f at 0x...>".
+_ADDRESS = re.compile(r"(?<= at )0x[0-9a-fA-F]{4,}(?=>)")
+_SIMPLE = frozenset({int, float, bool, type(None)})  # types whose repr is short, safe and address-free
 # Values whose rendering cannot change while the same object is bound: a cache hit on identity is exact.
 IMMUTABLE_ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None), range})
 _SEQUENCES = {list: ("[", "]"), tuple: ("(", ")"), set: ("{", "}"), frozenset: ("frozenset({", "})")}
@@ -34,16 +37,20 @@ class Renderer:
         self._addresses: dict[str, str] = {}
 
     def render(self, value: object) -> str:
+        kind = type(value)
+        if kind in _SIMPLE:
+            text = repr(value) if kind is not int or -(10**300) < value < 10**300 else None
+            if text is not None and len(text) <= self.max_chars:
+                return text
         hidden = 0  # characters known to be left out before the repr was built
         try:
-            kind = type(value)
             if kind in (str, bytes, bytearray) and len(value) > 2 * self.max_chars:
                 hidden = len(value) - 2 * self.max_chars
                 value = value[: 2 * self.max_chars]
             text = self._bounded_repr(value)
         except Exception as exc:  # any failure of user code becomes a placeholder
             text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
-        if "0x" in text:
+        if kind is not str and " at 0x" in text:
             text = _ADDRESS.sub(self._renumber, text)
         if len(text) > self.max_chars or hidden:
             text = text[: self.max_chars] + truncation_marker(len(text) - self.max_chars + hidden)
@@ -59,13 +66,29 @@ class Renderer:
         kind = type(value)
         limit = self.max_chars
         if kind is dict and len(value) > limit // 4:
-            return self._cut_items(
-                "{", "}", (f"{self._bounded_repr(k)}: {self._bounded_repr(v)}" for k, v in value.items()), len(value)
-            )
+            head = list(itertools.islice(value.items(), limit // 4))
+            if set(map(type, dict(head))) <= _SIMPLE and set(map(type, dict(head).values())) <= _SIMPLE:
+                return self._cut_simple("{", "}", repr(dict(head))[1:-1], len(value))
+            items = (f"{self._bounded_repr(k)}: {self._bounded_repr(v)}" for k, v in value.items())
+            return self._cut_items("{", "}", items, len(value))
         if kind in _SEQUENCES and len(value) > limit // 3:
             opening, closing = _SEQUENCES[kind]
+            if kind in (list, tuple):
+                head = value[: limit // 3]
+                if set(map(type, head)) <= _SIMPLE:  # C-speed repr of a bounded slice
+                    return self._cut_simple(opening, closing, repr(list(head))[1:-1], len(value))
             return self._cut_items(opening, closing, (self._bounded_repr(v) for v in value), len(value))
         return repr(value)
+
+    def _cut_simple(self, opening: str, closing: str, inner: str, count: int) -> str:
+        """Cut the comma-separated reprs of simple values (which contain no ", " themselves) to the budget."""
+        budget = self.max_chars - len(opening) - len(closing) - 24  # room for the marker
+        if len(inner) > budget:
+            cut = inner.rfind(", ", 0, budget)  # the last whole item with its separator within budget
+            inner = inner[:cut] if cut > 0 else ""
+        shown = inner.count(", ") + 1 if inner else 0
+        parts = f"{inner}, " if inner else ""
+        return f"{opening}{parts}...<+{count - shown} items>{closing}"
 
     def _cut_items(self, opening: str, closing: str, items, count: int) -> str:
         """Render items while they fit the budget and mark the rest (a container this long cannot fit anyway,
@@ -76,4 +99,5 @@ class Renderer:
             if used > self.max_chars:
                 break
             parts.append(text)
-        return f"{opening}{', '.join(parts)}, ...<+{count - len(parts)} items>{closing}"
+        inner = f"{', '.join(parts)}, " if parts else ""
+        return f"{opening}{inner}...<+{count - len(parts)} items>{closing}"

@@ -35,35 +35,38 @@ class SourceMap:
         tree = tree if tree is not None else ast.parse(source)
         self.statement_of: dict[int, int] = {}
         self.def_line_of: dict[int, int] = {}  # a function's first line (its first decorator) -> its def line
-        self._functions: dict[tuple[int, str], ast.AST] = {}  # (first line, name) -> function node
+        self._functions: dict[tuple[int, str], ast.AST] = {}  # (first line, name) -> def node
         self._name_ranks: dict[types.CodeType, dict[str, int]] = {}
         self._visit(tree)
 
     def _visit(self, tree: ast.AST) -> None:
-        for node in ast.walk(tree):
+        # Only statements are visited (never expressions), outer before inner so that inner statements overwrite
+        # the lines of the compound statement around them.
+        pending = list(getattr(tree, "body", []))
+        while pending:
+            node = pending.pop()
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
                 self.def_line_of.setdefault(first, node.lineno)
                 self.def_line_of.setdefault(node.lineno, node.lineno)
                 self._functions.setdefault((first, node.name), node)
-            elif isinstance(node, ast.Lambda):
-                self.def_line_of.setdefault(node.lineno, node.lineno)
-                self._functions.setdefault((node.lineno, "<lambda>"), node)
-        # Outer statements first, inner ones overwrite: ast.walk is breadth-first, so depth order holds.
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.stmt):
-                continue
-            body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-                header_end = self._header_end(node)
-            else:
-                header_end = node.end_lineno or node.lineno
+            children = []
+            for name in ("body", "orelse", "finalbody"):
+                block = getattr(node, name, None)
+                if isinstance(block, list):
+                    children.extend(block)
+            for clause in getattr(node, "handlers", None) or getattr(node, "cases", None) or ():
+                children.extend(clause.body)
+            header_end = self._header_end(node) if children else (node.end_lineno or node.lineno)
             for lineno in range(node.lineno, header_end + 1):
                 self.statement_of[lineno] = node.lineno
+            pending.extend(children)
 
     @staticmethod
     def _header_end(node: ast.stmt) -> int:
         """Last line of a compound statement's header: the line before its first body statement (or decorator)."""
+        if not node.body:
+            return node.lineno
         first_body = node.body[0]
         start = first_body.lineno
         decorators = getattr(first_body, "decorator_list", None)
@@ -89,7 +92,9 @@ class SourceMap:
         ranks = self._name_ranks.get(code)
         if ranks is None:
             node = self._functions.get((code.co_firstlineno, code.co_name))
-            ranks = self._name_ranks[code] = {name: i for i, name in enumerate(_names_in_order(node))} if node else {}
+            # Lambdas bind only their parameters, which lead co_varnames in every version.
+            names = _names_in_order(node) if node else code.co_varnames
+            ranks = self._name_ranks[code] = {name: i for i, name in enumerate(names)}
         return ranks
 
 

@@ -53,13 +53,18 @@ class LimitReached(BaseException):
     ``except Exception`` in user code does not swallow it)."""
 
 
+_MUTABLE = object()  # cache marker: the rendering of a mutable object must be redone at every step
+
+
 class _Scope:
     """What the builder remembers about one live function frame."""
 
-    __slots__ = ("cache", "exception", "fresh_exception", "last_event", "last_statement")
+    __slots__ = ("cache", "exception", "fresh_exception", "last_event", "last_statement", "names", "raw_names")
 
     def __init__(self) -> None:
-        self.cache: dict[str, tuple[Any, str]] = {}  # name -> (object if immutable else None, rendering)
+        self.cache: dict[str, tuple[Any, str]] = {}  # name -> (the object if immutable else _MUTABLE, rendering)
+        self.raw_names: list[str] = []  # f_locals' key order at the last snapshot ...
+        self.names: list[str] = []  # ... and the order the trace shows (first bound first)
         self.last_event = ""
         self.last_statement = 0
         self.exception: BaseException | None = None  # the exception most recently raised into this frame
@@ -170,27 +175,41 @@ class TraceBuilder:
             self.status = OK if event == RETURN else RAISED
 
     def _snapshot(self, scope: _Scope, frame: types.FrameType, full: bool) -> dict[str, str]:
+        f_locals = frame.f_locals
+        raw_names = list(f_locals)
+        names = scope.names if raw_names == scope.raw_names else self._order_names(scope, frame, raw_names)
         previous = scope.cache
         cache: dict[str, tuple[Any, str]] = {}
         out: dict[str, str] = {}
         render = self.renderer.render
-        current = {name: obj for name, obj in frame.f_locals.items() if name[:1] != "."}  # skip ".0" and the like
-        # Names keep the order in which they were first bound; names new in this step follow in source order, so
-        # the order does not depend on the Python version's co_varnames.
-        names = [name for name in previous if name in current]
-        if len(names) < len(current):
-            rank = self.map.name_rank(frame.f_code)
-            names += sorted((n for n in current if n not in previous), key=lambda n: (rank.get(n, len(rank)), n))
         for name in names:
-            obj = current[name]
+            obj = f_locals[name]
             before = previous.get(name)
-            immutable = type(obj) in IMMUTABLE_ATOMS
-            reuse = before is not None and immutable and before[0] is obj  # cannot have changed: skip repr
-            text = before[1] if reuse else render(obj)
-            cache[name] = (obj if immutable else None, text)
-            out[name] = UNCHANGED if (not full and before is not None and before[1] == text) else text
+            if before is None:
+                text = out[name] = render(obj)
+            elif before[0] is obj:  # the same immutable object: it cannot have changed, skip its repr
+                cache[name] = before
+                out[name] = before[1] if full else UNCHANGED
+                continue
+            else:
+                text = render(obj)
+                out[name] = UNCHANGED if (not full and before[1] == text) else text
+            cache[name] = (obj if type(obj) in IMMUTABLE_ATOMS else _MUTABLE, text)
         scope.cache = cache
         return out
+
+    def _order_names(self, scope: _Scope, frame: types.FrameType, raw_names: list[str]) -> list[str]:
+        """Names keep the order in which they were first bound; names new in this step follow in source order,
+        so the order does not depend on the Python version's co_varnames. Hidden interpreter locals (".0") are
+        left out."""
+        present = {name for name in raw_names if name[:1] != "."}
+        names = [name for name in scope.names if name in present]
+        if len(names) < len(present):
+            rank = self.map.name_rank(frame.f_code)
+            known = set(names)
+            names += sorted((n for n in present if n not in known), key=lambda n: (rank.get(n, len(rank)), n))
+        scope.raw_names, scope.names = raw_names, names
+        return names
 
     def _emit(self, scope: _Scope, frame: Frame) -> None:
         self.frames.append(frame)
