@@ -25,6 +25,33 @@ IMMUTABLE_ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None), 
 _SEQUENCES = {list: ("[", "]"), tuple: ("(", ")"), set: ("{", "}"), frozenset: ("frozenset({", "})")}
 
 
+# Equal values of these types have identical reprs (unlike floats: 0.0 == -0.0, or 1 == True across types).
+_EXACT = frozenset({int, str, bool, type(None), bytes})
+_FINGERPRINT_MAX_ITEMS = 512  # beyond, the bounded rendering costs less than the check
+
+
+def fingerprint(value: object):
+    """A cheap copy of a mutable list or dict of simple values, or None. If ``unchanged(value, fp)`` later holds,
+    ``repr(value)`` is what it was when the fingerprint was taken, so a tracer can skip rendering it again."""
+    kind = type(value)
+    if kind is list and len(value) <= _FINGERPRINT_MAX_ITEMS:
+        types = list(map(type, value))
+        if set(types) <= _EXACT:
+            return list(value), types
+    elif kind is dict and len(value) <= _FINGERPRINT_MAX_ITEMS:
+        key_types, value_types = list(map(type, value)), list(map(type, value.values()))
+        if set(key_types) <= _EXACT and set(value_types) <= _EXACT:
+            return list(value.items()), key_types, value_types
+    return None
+
+
+def unchanged(value: object, print_: tuple) -> bool:
+    if type(value) is list:
+        return value == print_[0] and list(map(type, value)) == print_[1]
+    return (list(value.items()) == print_[0] and list(map(type, value)) == print_[1]
+            and list(map(type, value.values())) == print_[2])
+
+
 def truncation_marker(hidden_chars: int) -> str:
     return f"...<+{hidden_chars} chars>"
 
@@ -74,9 +101,15 @@ class Renderer:
         if kind in _SEQUENCES and len(value) > limit // 3:
             opening, closing = _SEQUENCES[kind]
             if kind in (list, tuple):
-                head = value[: limit // 3]
-                if set(map(type, head)) <= _SIMPLE:  # C-speed repr of a bounded slice
-                    return self._cut_simple(opening, closing, repr(list(head))[1:-1], len(value))
+                # Guess how many items fill the budget from the first one; take them all if the guess falls short.
+                guess = limit // (len(repr(value[0])) + 2) + 8
+                for count in (guess, limit // 3) if guess < limit // 3 else (limit // 3,):
+                    head = value[:count]
+                    if not set(map(type, head)) <= _SIMPLE:
+                        break
+                    inner = repr(list(head))[1:-1]  # C-speed repr of a bounded slice
+                    if len(inner) >= limit or count == limit // 3:
+                        return self._cut_simple(opening, closing, inner, len(value))
             return self._cut_items(opening, closing, (self._bounded_repr(v) for v in value), len(value))
         return repr(value)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import types
 
 START_MARKER = "  # << START_OF_TRACE"
@@ -35,8 +36,7 @@ class SourceMap:
         tree = tree if tree is not None else ast.parse(source)
         self.statement_of: dict[int, int] = {}
         self.def_line_of: dict[int, int] = {}  # a function's first line (its first decorator) -> its def line
-        self._functions: dict[tuple[int, str], ast.AST] = {}  # (first line, name) -> def node
-        self._name_ranks: dict[types.CodeType, dict[str, int]] = {}
+        self._line_offsets: list[int] | None = None
         self._visit(tree)
 
     def _visit(self, tree: ast.AST) -> None:
@@ -49,7 +49,6 @@ class SourceMap:
                 first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
                 self.def_line_of.setdefault(first, node.lineno)
                 self.def_line_of.setdefault(node.lineno, node.lineno)
-                self._functions.setdefault((first, node.name), node)
             children = []
             for name in ("body", "orelse", "finalbody"):
                 block = getattr(node, name, None)
@@ -83,19 +82,36 @@ class SourceMap:
     def def_line(self, code: types.CodeType) -> int:
         return self.def_line_of.get(code.co_firstlineno, code.co_firstlineno)
 
-    def name_rank(self, code: types.CodeType) -> dict[str, int]:
-        """Order in which a function's local names first occur in its source (parameters first).
+    def new_names_order(self, code: types.CodeType, names: list[str]) -> list[str]:
+        """Order for locals that are first bound in the same step (the trace lists locals in the order they were
+        first bound): parameters in signature order, then by first appearance as a word in the function's source
+        from its def line on. Unlike ``co_varnames`` this does not depend on the Python version (3.12 inlines
+        comprehensions and so reorders co_varnames)."""
+        if len(names) < 2:
+            return names
+        parameters = code.co_varnames[: _parameter_count(code)]
+        if all(name in parameters for name in names):
+            return sorted(names, key=parameters.index)
+        start = self._offset_of_line(self.def_line(code))
+        return sorted(names, key=lambda name: (self._first_use(name, start), name))
 
-        Locals are listed in the order they were first bound; names bound in the same step are ordered by this
-        rank, which (unlike ``co_varnames``) does not depend on the Python version.
-        """
-        ranks = self._name_ranks.get(code)
-        if ranks is None:
-            node = self._functions.get((code.co_firstlineno, code.co_name))
-            # Lambdas bind only their parameters, which lead co_varnames in every version.
-            names = _names_in_order(node) if node else code.co_varnames
-            ranks = self._name_ranks[code] = {name: i for i, name in enumerate(names)}
-        return ranks
+    def _offset_of_line(self, lineno: int) -> int:
+        if self._line_offsets is None:
+            offsets, total = [0], 0
+            for line in self.source.split("\n"):
+                total += len(line) + 1
+                offsets.append(total)
+            self._line_offsets = offsets
+        return self._line_offsets[min(max(lineno - 1, 0), len(self._line_offsets) - 1)]
+
+    def _first_use(self, name: str, start: int) -> int:
+        match = re.compile(rf"(?<![\w.]){re.escape(name)}(?!\w)").search(self.source, start)
+        return match.start() if match else len(self.source)
+
+
+def _parameter_count(code: types.CodeType) -> int:
+    count = code.co_argcount + code.co_kwonlyargcount
+    return count + bool(code.co_flags & inspect.CO_VARARGS) + bool(code.co_flags & inspect.CO_VARKEYWORDS)
 
 
 def mark_entry(source: str, entry_lineno: int) -> str:
@@ -115,37 +131,3 @@ def unmark_entry(context: str) -> tuple[str, int]:
             return "\n".join(lines), index + 1
     return context, 0
 
-
-_NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
-
-
-def _names_in_order(function: ast.AST) -> list[str]:
-    seen: dict[str, None] = {}
-    args = function.args
-    for arg in [*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg]:
-        if arg is not None:
-            seen.setdefault(arg.arg)
-
-    def visit(node: ast.AST) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.Name):
-                seen.setdefault(child.id)
-            elif isinstance(child, _NESTED_SCOPES):
-                if not isinstance(child, ast.Lambda):
-                    seen.setdefault(child.name)
-            elif isinstance(child, _COMPREHENSIONS):
-                visit(child.generators[0].iter)  # the only part evaluated in this scope
-            elif isinstance(child, ast.ExceptHandler) and child.name:
-                seen.setdefault(child.name)
-                visit(child)
-            else:
-                visit(child)
-
-    body = function.body if isinstance(function.body, list) else [function.body]
-    for statement in body:
-        if isinstance(statement, ast.Name):
-            seen.setdefault(statement.id)
-        else:
-            visit(statement)
-    return list(seen)

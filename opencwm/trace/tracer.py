@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opencwm.trace.record import CALL, ERROR, EXCEPTION, LINE, OK, RAISED, RETURN, TRUNCATED, UNCHANGED, Frame, Trace
-from opencwm.trace.render import DEFAULT_MAX_CHARS, IMMUTABLE_ATOMS, Renderer
+from opencwm.trace.render import DEFAULT_MAX_CHARS, IMMUTABLE_ATOMS, Renderer, fingerprint, unchanged
 from opencwm.trace.source import SourceMap, is_traced_scope
 
 _RETURN_OPS = frozenset(dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap)
@@ -62,7 +62,8 @@ class _Scope:
     __slots__ = ("cache", "exception", "fresh_exception", "last_event", "last_statement", "names", "raw_names")
 
     def __init__(self) -> None:
-        self.cache: dict[str, tuple[Any, str]] = {}  # name -> (the object if immutable else _MUTABLE, rendering)
+        # name -> (the object if immutable else _MUTABLE, its rendering, a fingerprint proving it unchanged or None)
+        self.cache: dict[str, tuple[Any, str, Any]] = {}
         self.raw_names: list[str] = []  # f_locals' key order at the last snapshot ...
         self.names: list[str] = []  # ... and the order the trace shows (first bound first)
         self.last_event = ""
@@ -86,6 +87,7 @@ class TraceBuilder:
         self.entry_frame: types.FrameType | None = None
         self.finished = False
         self._scopes: dict[types.FrameType, _Scope] = {}
+        self._statement_of = source_map.statement_of
         self._is_traced: dict[types.CodeType, bool] = {}
         self._bytes = 0
 
@@ -105,22 +107,24 @@ class TraceBuilder:
         if scope is None:
             scope = self._scopes[frame] = _Scope()
         # Call frames always carry every local in full, so a reader needs no earlier frame to know the state.
-        locals_ = self._snapshot(scope, frame, full=True)
+        locals_, size = self._snapshot(scope, frame, True)
         lineno = self.map.def_line(frame.f_code)
-        self._emit(scope, Frame(CALL, self.map.text(lineno), lineno, locals=locals_))
+        self._emit(scope, Frame(CALL, self.map.text(lineno), lineno, locals_), size)
 
     def on_line(self, frame: types.FrameType, lineno: int | None = None) -> None:
         scope = self._scopes.get(frame)
         if scope is None or self.finished:
             return
         scope.fresh_exception = False
-        statement = self.map.statement_line(frame.f_lineno if lineno is None else lineno)
+        if lineno is None:
+            lineno = frame.f_lineno
+        statement = self._statement_of.get(lineno, lineno)
         # A statement reported again without another step of this scope in between (continuation lines of a
         # multi-line statement, loops inside one line, 3.12's inlined comprehensions) is one step.
         if scope.last_event == LINE and scope.last_statement == statement:
             return
-        locals_ = self._snapshot(scope, frame, full=False)
-        self._emit(scope, Frame(LINE, self.map.text(statement), statement, locals=locals_))
+        locals_, size = self._snapshot(scope, frame, False)
+        self._emit(scope, Frame(LINE, self.map.text(statement), statement, locals_), size)
 
     def on_exception(self, frame: types.FrameType, exception: BaseException) -> None:
         scope = self._scopes.get(frame)
@@ -167,36 +171,47 @@ class TraceBuilder:
         if scope is None or self.finished:
             return
         statement = self.map.statement_line(frame.f_lineno)
-        self._emit(scope, Frame(event, self.map.text(statement), statement, value=self.renderer.render(value)))
+        text = self.renderer.render(value)
+        self._emit(scope, Frame(event, self.map.text(statement), statement, None, text), len(text))
         if not suspended:
             del self._scopes[frame]
         if frame is self.entry_frame:
             self.finished = True
             self.status = OK if event == RETURN else RAISED
 
-    def _snapshot(self, scope: _Scope, frame: types.FrameType, full: bool) -> dict[str, str]:
+    def _snapshot(self, scope: _Scope, frame: types.FrameType, full: bool) -> tuple[dict[str, str], int]:
+        """The locals as the frame shows them, and the characters newly rendered (for the size limit)."""
         f_locals = frame.f_locals
         raw_names = list(f_locals)
         names = scope.names if raw_names == scope.raw_names else self._order_names(scope, frame, raw_names)
         previous = scope.cache
-        cache: dict[str, tuple[Any, str]] = {}
+        cache: dict[str, tuple[Any, str, Any]] = {}
         out: dict[str, str] = {}
         render = self.renderer.render
+        size = 0
         for name in names:
             obj = f_locals[name]
             before = previous.get(name)
             if before is None:
                 text = out[name] = render(obj)
-            elif before[0] is obj:  # the same immutable object: it cannot have changed, skip its repr
+                size += len(text)
+            elif before[0] is obj or (before[2] is not None and unchanged(obj, before[2])):
+                # An immutable object still bound, or a list/dict of simple values equal to its last copy:
+                # its repr cannot have changed, so it is not rendered again.
                 cache[name] = before
                 out[name] = before[1] if full else UNCHANGED
                 continue
             else:
                 text = render(obj)
-                out[name] = UNCHANGED if (not full and before[1] == text) else text
-            cache[name] = (obj if type(obj) in IMMUTABLE_ATOMS else _MUTABLE, text)
+                out[name] = shown = UNCHANGED if (not full and before[1] == text) else text
+                size += len(shown)
+            kind = type(obj)
+            if kind in IMMUTABLE_ATOMS:
+                cache[name] = (obj, text, None)
+            else:  # long renderings of lists and dicts are worth a cheap copy that proves them unchanged
+                cache[name] = (_MUTABLE, text, fingerprint(obj) if len(text) > 64 and kind in (list, dict) else None)
         scope.cache = cache
-        return out
+        return out, size
 
     def _order_names(self, scope: _Scope, frame: types.FrameType, raw_names: list[str]) -> list[str]:
         """Names keep the order in which they were first bound; names new in this step follow in source order,
@@ -205,21 +220,18 @@ class TraceBuilder:
         present = {name for name in raw_names if name[:1] != "."}
         names = [name for name in scope.names if name in present]
         if len(names) < len(present):
-            rank = self.map.name_rank(frame.f_code)
             known = set(names)
-            names += sorted((n for n in present if n not in known), key=lambda n: (rank.get(n, len(rank)), n))
+            names += self.map.new_names_order(frame.f_code, [n for n in raw_names if n in present and n not in known])
         scope.raw_names, scope.names = raw_names, names
         return names
 
-    def _emit(self, scope: _Scope, frame: Frame) -> None:
-        self.frames.append(frame)
+    def _emit(self, scope: _Scope, frame: Frame, size: int) -> None:
+        frames = self.frames
+        frames.append(frame)
         scope.last_event = frame.event
-        scope.last_statement = frame.lineno or 0
-        size = len(frame.line) + (len(frame.value) if frame.value is not None else 0)
-        if frame.locals:
-            size += sum(len(k) + len(v) for k, v in frame.locals.items())
-        self._bytes += size
-        if len(self.frames) >= self.limits.max_frames or self._bytes >= self.limits.max_bytes:
+        scope.last_statement = frame.lineno
+        self._bytes += size + len(frame.line)
+        if len(frames) >= self.limits.max_frames or self._bytes >= self.limits.max_bytes:
             self.finished = True
             self.status = TRUNCATED
             which = "frames" if len(self.frames) >= self.limits.max_frames else "bytes"
