@@ -191,9 +191,12 @@ def test_repository_test_suite_becomes_traces_with_real_inputs(tmp_path):
 
 
 def test_ray_spreads_work_and_gives_the_same_traces(tmp_path):
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
     source = REPO / "examples" / "programs.jsonl"
-    summary = collect(source, tmp_path / "ray", _config(ray_address="local"))
+    try:
+        summary = collect(source, tmp_path / "ray", _config(ray_address="local"))
+    finally:
+        ray.shutdown()
     collect(source, tmp_path / "local", _config())
     assert summary["traces"] == sum(1 for _ in source.open())
     ray_traces = {row["id"]: encode(t) for row, t in read_traces(tmp_path / "ray")}

@@ -72,3 +72,38 @@ def test_fast_and_itemwise_cuts_agree():
         else:
             head = eval(f"[{shown}]")
             assert head == list(value)[: len(head)]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+simple = st.one_of(st.integers(-3, 3), st.booleans(), st.none(), st.sampled_from(["a", "b", ""]), st.just(b"x"),
+                   st.sampled_from([0.0, -0.0, 1.0]))
+mutation = st.tuples(st.sampled_from(["set", "append", "pop", "insert"]), st.integers(0, 400), simple)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(simple, max_size=400), st.lists(mutation, max_size=20), st.sampled_from([60, 1000]))
+def test_fingerprint_never_hides_a_change_of_rendering(start, mutations, max_chars):
+    """If the renderer says a container is unchanged, its rendering is indeed the same as before."""
+    r = Renderer(max_chars=max_chars)
+    for container in (list(start), {i: v for i, v in enumerate(start[:40])}):
+        text, proof = r.render(container), r.fingerprint(container)
+        for op, index, value in mutations:
+            if isinstance(container, list):
+                if op == "set" and container:
+                    container[index % len(container)] = value
+                elif op == "append":
+                    container.append(value)
+                elif op == "pop" and container:
+                    container.pop(index % len(container))
+                elif op == "insert":
+                    container.insert(index, value)
+            else:
+                if op == "pop":
+                    container.pop(index % 50, None)
+                else:
+                    container[index % 50] = value
+            if proof is not None and r.unchanged(container, proof):
+                assert r.render(container) == text
+            text, proof = r.render(container), r.fingerprint(container)

@@ -27,31 +27,6 @@ _SEQUENCES = {list: ("[", "]"), tuple: ("(", ")"), set: ("{", "}"), frozenset: (
 
 # Equal values of these types have identical reprs (unlike floats: 0.0 == -0.0, or 1 == True across types).
 _EXACT = frozenset({int, str, bool, type(None), bytes})
-_FINGERPRINT_MAX_ITEMS = 512  # beyond, the bounded rendering costs less than the check
-
-
-def fingerprint(value: object):
-    """A cheap copy of a mutable list or dict of simple values, or None. If ``unchanged(value, fp)`` later holds,
-    ``repr(value)`` is what it was when the fingerprint was taken, so a tracer can skip rendering it again."""
-    kind = type(value)
-    if kind is list and len(value) <= _FINGERPRINT_MAX_ITEMS:
-        types = list(map(type, value))
-        if set(types) <= _EXACT:
-            return list(value), types
-    elif kind is dict and len(value) <= _FINGERPRINT_MAX_ITEMS:
-        key_types, value_types = list(map(type, value)), list(map(type, value.values()))
-        if set(key_types) <= _EXACT and set(value_types) <= _EXACT:
-            return list(value.items()), key_types, value_types
-    return None
-
-
-def unchanged(value: object, print_: tuple) -> bool:
-    if type(value) is list:
-        return value == print_[0] and list(map(type, value)) == print_[1]
-    return (list(value.items()) == print_[0] and list(map(type, value)) == print_[1]
-            and list(map(type, value.values())) == print_[2])
-
-
 def truncation_marker(hidden_chars: int) -> str:
     return f"...<+{hidden_chars} chars>"
 
@@ -82,6 +57,34 @@ class Renderer:
         if len(text) > self.max_chars or hidden:
             text = text[: self.max_chars] + truncation_marker(len(text) - self.max_chars + hidden)
         return text
+
+    def fingerprint(self, value: object):
+        """A cheap copy of what ``render(value)`` depends on, for a list or dict of simple values, else None.
+
+        While ``unchanged(value, fp)`` holds, ``render(value)`` gives the same text, so a tracer can skip
+        rendering a mutable container that was not modified. A long list's rendering depends only on its length
+        and on the items that fit the budget (at most ``max_chars // 3``), so only those are copied."""
+        kind = type(value)
+        if kind is list:
+            head = value[: self.max_chars // 3]
+            types = list(map(type, head))
+            if set(types) <= _EXACT:
+                return len(value), head, types
+        elif kind is dict and len(value) <= self.max_chars // 4:
+            key_types, value_types = list(map(type, value)), list(map(type, value.values()))
+            if set(key_types) <= _EXACT and set(value_types) <= _EXACT:
+                return len(value), list(value.items()), key_types, value_types
+        return None
+
+    @staticmethod
+    def unchanged(value: object, print_: tuple) -> bool:
+        if len(value) != print_[0]:
+            return False
+        if type(value) is list:
+            head = value[: len(print_[1])]
+            return head == print_[1] and list(map(type, head)) == print_[2]
+        return (list(value.items()) == print_[1] and list(map(type, value)) == print_[2]
+                and list(map(type, value.values())) == print_[3])
 
     def _renumber(self, match: re.Match) -> str:
         address = match.group(0)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opencwm.trace.record import CALL, ERROR, EXCEPTION, LINE, OK, RAISED, RETURN, TRUNCATED, UNCHANGED, Frame, Trace
-from opencwm.trace.render import DEFAULT_MAX_CHARS, IMMUTABLE_ATOMS, Renderer, fingerprint, unchanged
+from opencwm.trace.render import DEFAULT_MAX_CHARS, IMMUTABLE_ATOMS, Renderer
 from opencwm.trace.source import SourceMap, is_traced_scope
 
 _RETURN_OPS = frozenset(dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap)
@@ -187,7 +187,8 @@ class TraceBuilder:
         previous = scope.cache
         cache: dict[str, tuple[Any, str, Any]] = {}
         out: dict[str, str] = {}
-        render = self.renderer.render
+        renderer = self.renderer
+        render, unchanged = renderer.render, renderer.unchanged
         size = 0
         for name in names:
             obj = f_locals[name]
@@ -209,7 +210,8 @@ class TraceBuilder:
             if kind in IMMUTABLE_ATOMS:
                 cache[name] = (obj, text, None)
             else:  # long renderings of lists and dicts are worth a cheap copy that proves them unchanged
-                cache[name] = (_MUTABLE, text, fingerprint(obj) if len(text) > 64 and kind in (list, dict) else None)
+                proof = renderer.fingerprint(obj) if len(text) > 64 and (kind is list or kind is dict) else None
+                cache[name] = (_MUTABLE, text, proof)
         scope.cache = cache
         return out, size
 
