@@ -19,7 +19,8 @@ DEFAULT_MAX_CHARS = 1000
 
 # An address as default reprs show it: "<Foo object at 0x7f3a1c2b5e10>", "<function f at 0x...>".
 _ADDRESS = re.compile(r"(?<= at )0x[0-9a-fA-F]{4,}(?=>)")
-_SIMPLE = frozenset({int, float, bool, type(None)})  # types whose repr is short, safe and address-free
+_SIMPLE = frozenset({int, float, bool, type(None)})
+_BIG_INT = 10**300  # larger ints take the guarded path (their repr can be slow or refused)  # types whose repr is short, safe and address-free
 # Values whose rendering cannot change while the same object is bound: a cache hit on identity is exact.
 IMMUTABLE_ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None), range})
 _SEQUENCES = {list: ("[", "]"), tuple: ("(", ")"), set: ("{", "}"), frozenset: ("frozenset({", "})")}
@@ -40,9 +41,9 @@ class Renderer:
 
     def render(self, value: object) -> str:
         kind = type(value)
-        if kind in _SIMPLE:
-            text = repr(value) if kind is not int or -(10**300) < value < 10**300 else None
-            if text is not None and len(text) <= self.max_chars:
+        if kind in _SIMPLE and (kind is not int or -_BIG_INT < value < _BIG_INT):
+            text = repr(value)
+            if len(text) <= self.max_chars:
                 return text
         hidden = 0  # characters known to be left out before the repr was built
         try:
