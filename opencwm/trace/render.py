@@ -19,8 +19,8 @@ DEFAULT_MAX_CHARS = 1000
 
 # An address as default reprs show it: "<Foo object at 0x7f3a1c2b5e10>", "<function f at 0x...>".
 _ADDRESS = re.compile(r"(?<= at )0x[0-9a-fA-F]{4,}(?=>)")
-_SIMPLE = frozenset({int, float, bool, type(None)})
-_BIG_INT = 10**300  # larger ints take the guarded path (their repr can be slow or refused)  # types whose repr is short, safe and address-free
+_SIMPLE = frozenset({int, float, bool, type(None)})  # types whose repr is short, safe and address-free
+_BIG_INT = 10**300  # larger ints take the guarded path (their repr can be slow or refused)
 # Values whose rendering cannot change while the same object is bound: a cache hit on identity is exact.
 IMMUTABLE_ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None), range})
 _SEQUENCES = {list: ("[", "]"), tuple: ("(", ")"), set: ("{", "}"), frozenset: ("frozenset({", "})")}
