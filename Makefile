@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel of this release lies on disk here; GPU users override it, e.g. TORCH_SPEC="torch==2.13.0".
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test,bench,ray
+EXTRAS ?= model,test,bench,ray
 BIN := $(VENV)/bin
 export PYTHONHASHSEED := 0
 

@@ -1,0 +1,124 @@
+"""Attention with CWM's masks: causal, document-causal for packed sequences, and a sliding window on local layers.
+
+A query at position i may see key j when ``j <= i``, both belong to the same document (when document ids are
+given), and, on local layers, ``i - j < window``. Backends, all computing the same function:
+
+- ``dense``: the reference, a full (T, T) boolean mask and an explicit softmax in fp32; used by the tests.
+- ``sdpa``: PyTorch's scaled_dot_product_attention. Global layers use the causal kernel (or a document mask);
+  local layers run query chunks against only the keys their window can reach, so time and memory grow linearly
+  with the sequence length instead of quadratically.
+- ``flex``: FlexAttention with a block mask (CUDA), compiled.
+
+Tensors are (batch, heads, time, head_dim); keys and values have ``num_key_value_heads`` heads (GQA).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("dense", "sdpa", "flex")
+
+
+def default_backend(device: torch.device) -> str:
+    return "flex" if device.type == "cuda" else "sdpa"
+
+
+def allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, q_doc: torch.Tensor | None = None,
+            k_doc: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean (batch, Tq, Tk) mask from positions (batch, Tq) / (batch, Tk) and optional document ids."""
+    ok = k_pos[:, None, :] <= q_pos[:, :, None]
+    if window is not None:
+        ok &= (q_pos[:, :, None] - k_pos[:, None, :]) < window
+    if q_doc is not None:
+        ok &= q_doc[:, :, None] == k_doc[:, None, :]
+    return ok
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def dense_attention(q, k, v, *, window=None, document_ids=None, mask=None) -> torch.Tensor:
+    """Reference attention. ``mask`` (batch, Tq, Tk) overrides the positional rules (used with a KV cache)."""
+    batch, heads, tq, _ = q.shape
+    if mask is None:
+        pos = torch.arange(tq, device=q.device).expand(batch, tq)
+        mask = allowed(pos, pos, window, document_ids, document_ids)
+    groups = heads // k.shape[1]
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query that sees nothing (padding) gets zeros
+    return (weights @ v.float()).to(q.dtype)
+
+
+def _sdpa(q, k, v, mask=None, causal=False):
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None],
+                                          is_causal=causal)
+
+
+def sdpa_attention(q, k, v, *, window=None, document_ids=None, mask=None, chunk: int | None = None):
+    batch, _, t, _ = q.shape
+    if mask is not None:
+        return _sdpa(q, k, v, mask)
+    if window is None or window >= t:
+        if document_ids is None:
+            return _sdpa(q, k, v, causal=True)
+        pos = torch.arange(t, device=q.device).expand(batch, t)
+        return _sdpa(q, k, v, allowed(pos, pos, window, document_ids, document_ids))
+    # Banded: each chunk of queries attends to the keys its window reaches (at most chunk + window - 1 of them).
+    chunk = chunk or window
+    outputs = []
+    positions = torch.arange(t, device=q.device)
+    for start in range(0, t, chunk):
+        end = min(start + chunk, t)
+        first = max(0, start - window + 1)
+        q_pos = positions[start:end].expand(batch, -1)
+        k_pos = positions[first:end].expand(batch, -1)
+        docs = (document_ids[:, start:end], document_ids[:, first:end]) if document_ids is not None else (None, None)
+        band = allowed(q_pos, k_pos, window, *docs)
+        outputs.append(_sdpa(q[:, :, start:end], k[:, :, first:end], v[:, :, first:end], band))
+    return torch.cat(outputs, dim=2)
+
+
+_compiled_flex = None
+
+
+def flex_attention(q, k, v, *, window=None, document_ids=None, mask=None):
+    """FlexAttention with a block mask (skips fully masked blocks); falls back to SDPA for explicit masks."""
+    global _compiled_flex
+    if mask is not None:
+        return _sdpa(q, k, v, mask)
+    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex, dynamic=False)
+    docs = document_ids
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        ok = kv_idx <= q_idx
+        if window is not None:
+            ok = ok & (q_idx - kv_idx < window)
+        if docs is not None:
+            ok = ok & (docs[b, q_idx] == docs[b, kv_idx])
+        return ok
+
+    t = q.shape[2]
+    block_mask = create_block_mask(mask_mod, B=q.shape[0] if docs is not None else None, H=None, Q_LEN=t, KV_LEN=t,
+                                   device=q.device)
+    return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def attention(q, k, v, *, backend: str, window=None, document_ids=None, mask=None) -> torch.Tensor:
+    if backend == "sdpa":
+        return sdpa_attention(q, k, v, window=window, document_ids=document_ids, mask=mask)
+    if backend == "dense":
+        return dense_attention(q, k, v, window=window, document_ids=document_ids, mask=mask)
+    if backend == "flex":
+        return flex_attention(q, k, v, window=window, document_ids=document_ids, mask=mask)
+    raise ValueError(f"unknown attention backend {backend!r} (choose from {', '.join(BACKENDS)})")

@@ -1,0 +1,71 @@
+"""Batched generation with the KV cache: greedy, temperature and nucleus (top-p) sampling, stop tokens.
+
+Good enough for evaluation and the neural debugger; the serving engine builds on the same cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from opencwm.model.transformer import CWM
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop_tokens: tuple[int, ...] = ()
+    seed: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """Next token ids (batch,) from last-position logits (batch, vocab)."""
+    if sampling.temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p  # keep the smallest set above top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: CWM, prompts: list[list[int]], sampling: Sampling | None = None) -> list[list[int]]:
+    """Continue each prompt; returns the new tokens of each (the stop token included when one was produced)."""
+    sampling = sampling or Sampling()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = model.device
+    batch = len(prompts)
+    longest = max(len(p) for p in prompts)
+    cache = model.new_cache(batch, min(longest + sampling.max_new_tokens, model.config.max_position_embeddings))
+    ids = torch.zeros(batch, longest, dtype=torch.long, device=device)
+    for b, prompt in enumerate(prompts):
+        ids[b, : len(prompt)] = torch.tensor(prompt, device=device)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    logits = model(ids, cache=cache, lengths=lengths)
+    last = logits[torch.arange(batch, device=device), lengths - 1]
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    stops = set(sampling.stop_tokens)
+    for _ in range(sampling.max_new_tokens):
+        if int(cache.lengths.max()) >= cache.max_length:
+            break
+        token = sample_next(last, sampling, generator)
+        for b in range(batch):
+            if not done[b]:
+                outputs[b].append(int(token[b]))
+                done[b] = int(token[b]) in stops
+        if all(done):
+            break
+        last = model(token[:, None], cache=cache)[:, -1]
+    return outputs

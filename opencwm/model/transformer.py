@@ -1,0 +1,177 @@
+"""The CWM transformer in one module: a Llama-3-style decoder with interleaved local and global attention.
+
+Module and parameter names are those of Hugging Face's ``CwmForCausalLM`` (``model.layers.N.self_attn.q_proj``,
+...), so checkpoints load by name. Each ``Block`` is self-contained, so FSDP2 ``fully_shard``, activation
+checkpointing and ``torch.compile`` apply per block.
+
+    model = CWM(preset("nano"))
+    logits = model(input_ids)                                   # (batch, time, vocab)
+    logits = model(input_ids, document_ids=doc_ids)             # packed documents never see each other
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from opencwm.model.attention import attention, default_backend
+from opencwm.model.cache import KVCache
+from opencwm.model.config import FULL, CwmConfig
+from opencwm.model.rope import RotaryEmbedding, apply_rotary
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: CwmConfig, window: int | None):
+        super().__init__()
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.window = window
+        self.q_proj = nn.Linear(config.hidden_size, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, *, backend, document_ids=None, cache=None, layer=0, positions=None, valid=None):
+        batch, time, _ = x.shape
+        q = self.q_proj(x).view(batch, time, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, time, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, time, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is None:
+            out = attention(q, k, v, backend=backend, window=self.window, document_ids=document_ids)
+        else:
+            keys, values, mask = cache.attend_inputs(layer, k, v, positions, valid)
+            out = attention(q, keys, values, backend="dense" if backend == "dense" else "sdpa", mask=mask)
+            cache.write(layer, k, v, positions, valid)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: CwmConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: CwmConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.is_global = config.layer_types[layer] == FULL
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, None if self.is_global else config.sliding_window)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, **kwargs):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer=self.layer, **kwargs)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Body(nn.Module):
+    """``model.*`` of the Hugging Face layout: embeddings, blocks, final norm."""
+
+    def __init__(self, config: CwmConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_parameters)
+
+
+class CWM(nn.Module):
+    def __init__(self, config: CwmConfig):
+        super().__init__()
+        self.config = config
+        self.model = Body(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.attention_backend: str | None = None  # None: flex on CUDA, sdpa elsewhere
+        self.gradient_checkpointing = False
+
+    def init_weights(self, seed: int | None = None) -> CWM:
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                with torch.no_grad():
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def forward(self, input_ids: torch.Tensor, *, document_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, time, vocab).
+
+        ``document_ids`` (batch, time): packed documents; each attends only within itself, and positions restart
+        at every document unless ``position_ids`` are given. With a ``cache``, ``input_ids`` continue each
+        sequence from ``cache.lengths``; ``lengths`` (batch,) says how many of the tokens are real (right
+        padding), and the cache advances by that much.
+        """
+        batch, time = input_ids.shape
+        backend = self.attention_backend or default_backend(input_ids.device)
+        valid = None
+        if cache is not None:
+            steps = torch.arange(time, device=input_ids.device)
+            lengths = torch.full((batch,), time, device=input_ids.device) if lengths is None else lengths
+            valid = steps[None, :] < lengths[:, None]
+            position_ids = cache.lengths[:, None] + steps[None, :]
+        elif position_ids is None:
+            position_ids = _positions(document_ids, batch, time, input_ids.device)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary(position_ids, x.dtype)
+        kwargs = dict(backend=backend, document_ids=document_ids, cache=cache, positions=position_ids, valid=valid)
+        for block in self.model.layers:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False, **kwargs)
+            else:
+                x = block(x, cos, sin, **kwargs)
+        if cache is not None:
+            cache.lengths += lengths
+        return self.lm_head(self.model.norm(x))
+
+    def new_cache(self, batch: int, max_length: int) -> KVCache:
+        return KVCache(self.config, batch, max_length, device=self.device, dtype=self.lm_head.weight.dtype)
+
+    # Hugging Face-style persistence (see opencwm.model.hf).
+    @classmethod
+    def from_pretrained(cls, path, *, device="cpu", dtype=None) -> CWM:
+        from opencwm.model.hf import load_pretrained
+
+        return load_pretrained(path, device=device, dtype=dtype)
+
+    def save_pretrained(self, path, *, max_shard_bytes: int = 5 * 1024**3) -> None:
+        from opencwm.model.hf import save_pretrained
+
+        save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
+
+
+def _positions(document_ids, batch, time, device):
+    steps = torch.arange(time, device=device).expand(batch, time)
+    if document_ids is None:
+        return steps
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    start_index = torch.cummax(torch.where(starts, steps, torch.zeros_like(steps)), dim=1).values
+    return steps - start_index
