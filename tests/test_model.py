@@ -1,0 +1,175 @@
+"""The CWM transformer against transformers' CwmForCausalLM (the reference), and its own invariants: attention
+backends against the dense reference, document masking against separate runs, KV-cache decoding against full
+forward passes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from opencwm.model import CWM, CwmConfig, preset
+from opencwm.model.attention import dense_attention, sdpa_attention
+from opencwm.model.generate import Sampling, generate
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, sliding_window=7, max_position_embeddings=512)
+
+
+def hf_model(**overrides):
+    torch.manual_seed(0)
+    config = transformers.CwmConfig(**{**SMALL, **overrides})
+    return transformers.CwmForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("backend", ["dense", "sdpa"])
+@pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 1, "sliding_window": 3, "num_hidden_layers": 9}])
+def test_transformers_checkpoint_loads_with_identical_logits(tmp_path, backend, overrides):
+    reference = hf_model(**overrides)
+    reference.save_pretrained(tmp_path)
+    ours = CWM.from_pretrained(tmp_path)
+    ours.attention_backend = backend
+    assert ours.config.layer_types == reference.config.layer_types
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 45))  # longer than the window, not a multiple of anything
+    with torch.no_grad():
+        expected = reference(ids).logits
+        got = ours(ids)
+    assert got.shape == (2, 45, SMALL["vocab_size"])
+    assert (got - expected).abs().max() < 1e-4
+
+
+def test_our_checkpoint_loads_in_transformers(tmp_path):
+    ours = CWM(CwmConfig(**SMALL)).init_weights(seed=1).eval()
+    ours.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "cwm" and config["architectures"] == ["CwmForCausalLM"]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(reference).__name__ == "CwmForCausalLM"
+    ids = torch.randint(0, SMALL["vocab_size"], (1, 37))
+    with torch.no_grad():
+        assert (reference(ids).logits - ours(ids)).abs().max() < 1e-4
+
+
+def test_sharded_checkpoints_round_trip_both_ways(tmp_path):
+    ours = CWM(CwmConfig(**SMALL)).init_weights(seed=2).eval()
+    ours.save_pretrained(tmp_path / "ours", max_shard_bytes=60_000)
+    index = json.loads((tmp_path / "ours" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 3
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    reference.save_pretrained(tmp_path / "theirs", max_shard_size="50KB")
+    assert (tmp_path / "theirs" / "model.safetensors.index.json").exists()
+    back = CWM.from_pretrained(tmp_path / "theirs")
+    ids = torch.randint(0, SMALL["vocab_size"], (1, 20))
+    with torch.no_grad():
+        assert (back(ids) - ours(ids)).abs().max() < 1e-5
+
+
+def test_older_config_format_with_rope_theta_and_rope_scaling():
+    data = {**SMALL, "model_type": "cwm", "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 8192}}
+    config = CwmConfig.from_hf(data)
+    assert config.rope_parameters == {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                      "original_max_position_embeddings": 8192}
+
+
+def test_rope_frequencies_match_transformers():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from opencwm.model.rope import inverse_frequencies
+
+    for name in ("cwm-32b", "tiny"):
+        config = preset(name)
+        hf_config = transformers.CwmConfig(**{k: v for k, v in config.to_hf().items()
+                                              if k not in ("architectures", "model_type")})
+        expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_config)
+        assert torch.allclose(inverse_frequencies(config.head_dim, config.rope_parameters), expected)
+
+
+def test_cwm_32b_preset_is_the_released_architecture():
+    config = preset("cwm-32b")
+    reference = transformers.CwmConfig()  # transformers' defaults are the released model's
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "sliding_window", "max_position_embeddings", "rms_norm_eps",
+                 "layer_types", "rope_parameters"):
+        assert getattr(config, name) == getattr(reference, name), name
+    with torch.device("meta"):
+        ours = CWM(config)
+        theirs = transformers.CwmForCausalLM(reference)
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters()) == config.num_parameters
+    assert round(count / 1e9, 2) == 32.58
+
+
+@pytest.mark.parametrize("name", ["1b", "small", "tiny", "nano"])
+def test_presets_keep_the_architecture(name):
+    config = preset(name)
+    assert config.layer_types == ["full_attention" if i % 4 == 0 else "sliding_attention"
+                                  for i in range(config.num_hidden_layers)]
+    assert config.num_key_value_heads < config.num_attention_heads
+    assert config.rope_parameters["rope_type"] == "llama3" and not config.tie_word_embeddings
+
+
+@pytest.mark.parametrize(("t", "window", "chunk"), [(50, 7, None), (64, 16, 16), (33, 8, 5), (20, 40, None)])
+def test_banded_sdpa_matches_dense_reference(t, window, chunk):
+    torch.manual_seed(t)
+    q = torch.randn(2, 4, t, 16)
+    k, v = torch.randn(2, 2, t, 16), torch.randn(2, 2, t, 16)
+    # documents whose boundaries straddle chunk edges
+    docs = torch.tensor([[0] * (t // 3) + [1] * (t - t // 3), [0] * 5 + [1] * (t - 12) + [2] * 7])
+    for document_ids in (None, docs):
+        for w in (window, None):
+            expected = dense_attention(q, k, v, window=w, document_ids=document_ids)
+            got = sdpa_attention(q, k, v, window=w, document_ids=document_ids, chunk=chunk)
+            assert (expected - got).abs().max() < 1e-5
+
+
+def test_documents_never_see_each_other():
+    model = CWM(CwmConfig(**SMALL)).init_weights(seed=3).eval()
+    a, b = torch.randint(0, 300, (1, 19)), torch.randint(0, 300, (1, 26))
+    packed = torch.cat([a, b], dim=1)
+    docs = torch.tensor([[0] * 19 + [1] * 26])
+    with torch.no_grad():
+        together = model(packed, document_ids=docs)
+        apart = torch.cat([model(a), model(b)], dim=1)
+    assert (together - apart).abs().max() < 1e-4
+
+
+def test_kv_cache_decoding_reproduces_full_forward_past_the_window():
+    model = CWM(CwmConfig(**SMALL)).init_weights(seed=4).eval()
+    ids = torch.randint(0, 300, (2, 40))  # prompt 6 + 34 decoded tokens, window 7
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache(2, 64)
+        steps = [model(ids[:, :6], cache=cache)] + [model(ids[:, t : t + 1], cache=cache) for t in range(6, 40)]
+    assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
+    # local layers hold only the window
+    assert {k.shape[2] for k, w in zip(cache.keys, cache.windows) if w} == {7}
+
+
+def test_batched_prompts_of_different_lengths():
+    model = CWM(CwmConfig(**SMALL)).init_weights(seed=5).eval()
+    prompts = [torch.randint(0, 300, (n,)).tolist() for n in (3, 17, 9)]
+    out = generate(model, prompts, Sampling(max_new_tokens=12))
+    for prompt, new in zip(prompts, out):
+        sequence = list(prompt)
+        with torch.no_grad():
+            for _ in range(12):  # greedy decoding by full forward passes, one sequence at a time
+                sequence.append(int(model(torch.tensor([sequence]))[0, -1].argmax()))
+        assert new == sequence[len(prompt):]
+
+
+def test_stop_tokens_and_seeded_sampling():
+    model = CWM(CwmConfig(**SMALL)).init_weights(seed=6).eval()
+    prompt = [[5, 6, 7]]
+    greedy = generate(model, prompt, Sampling(max_new_tokens=8))[0]
+    stopped = generate(model, prompt, Sampling(max_new_tokens=8, stop_tokens=(greedy[2],)))[0]
+    assert stopped == greedy[: greedy.index(greedy[2]) + 1]
+    sampled = [generate(model, prompt, Sampling(max_new_tokens=8, temperature=1.0, seed=11))[0] for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    nucleus = generate(model, prompt, Sampling(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=3))[0]
+    assert nucleus == greedy  # a nucleus this small holds only the most likely token
