@@ -3,6 +3,7 @@
     opencwm trace run FILE.py --call "f(1, 2)" [--format pretty|cwm|json]
     opencwm trace collect SOURCE --out DIR [--workers N] [--ray ADDRESS]
     opencwm trace show DIR [--limit N] [--id ID] [--format pretty|cwm|json]
+    opencwm model info cwm-32b --quant int8 --gpu-gb 80
     opencwm sandbox check
 
 Imports stay inside the commands, so ``opencwm --help`` and ``trace run`` start fast (nothing imports torch).
@@ -217,6 +218,60 @@ def cmd_sandbox_check(args) -> int:
     return 1 if failures else 0
 
 
+# -- model info -----------------------------------------------------------------------------------------------------
+def cmd_model_info(args) -> int:
+    from opencwm.model.config import PRESETS, CwmConfig, preset
+
+    if args.model in PRESETS:
+        config = preset(args.model)
+    else:
+        path = Path(args.model)
+        config_path = path / "config.json" if path.is_dir() else path
+        if not config_path.exists():
+            raise CliError(f"{args.model}: not a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+        try:
+            config = CwmConfig.load(config_path)
+        except (ValueError, TypeError) as exc:
+            raise CliError(f"{config_path}: {exc}") from None
+    if args.context < 1 or args.batch < 1:
+        raise CliError("--context and --batch must be positive")
+    gib = 1024**3
+    quant = None if args.quant == "bf16" else args.quant
+    linear = config.num_linear_parameters
+    other = config.num_parameters - linear
+    scales = config.num_linear_output_channels * 2 if quant else 0  # one bf16 scale per output channel
+    weights = linear * (1 if quant else 2) + other * 2 + scales
+    kv = config.kv_cache_bytes(args.context, args.batch, bytes_per_value=2)
+    margin = 0.05 * (weights + kv) + 1 * gib  # activations, workspace, allocator slack
+    total = weights + kv + margin
+    n_global = config.layer_types.count("full_attention")
+    report = {
+        "model": args.model, "parameters": config.num_parameters,
+        "parameters_billions": round(config.num_parameters / 1e9, 3),
+        "quant": args.quant, "weights_gib": round(weights / gib, 2), "context": args.context, "batch": args.batch,
+        "kv_cache_gib": round(kv / gib, 2), "global_layers": n_global,
+        "local_layers": config.num_hidden_layers - n_global, "sliding_window": config.sliding_window,
+        "total_gib": round(total / gib, 2),
+    }
+    if args.gpu_gb is not None:
+        report["gpu_gib"] = args.gpu_gb
+        report["fits"] = total <= args.gpu_gb * gib
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"model        {args.model}: {report['parameters_billions']} B parameters "
+          f"({config.num_hidden_layers} layers: {n_global} global, {report['local_layers']} local, "
+          f"window {config.sliding_window})")
+    print(f"weights      {report['weights_gib']} GiB ({args.quant})")
+    print(f"KV cache     {report['kv_cache_gib']} GiB (bf16, context {args.context}, batch {args.batch}; "
+          f"local layers capped at {min(args.context, config.sliding_window)} tokens)")
+    print(f"total        {report['total_gib']} GiB with a runtime margin (5% + 1 GiB)")
+    if args.gpu_gb is not None:
+        verdict = "fits" if report["fits"] else "does NOT fit"
+        print(f"GPU          {verdict} in {args.gpu_gb} GiB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opencwm", description="opencwm: an open Code World Model system.")
     areas = parser.add_subparsers(dest="area", metavar="AREA", required=True)
@@ -258,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--id", help="print the trace with this id")
     show.add_argument("--format", choices=["pretty", "cwm", "json"], default="pretty")
     show.set_defaults(func=cmd_trace_show)
+
+    model = areas.add_parser("model", help="the CWM transformer")
+    model_commands = model.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    info = model_commands.add_parser(
+        "info", help="parameters, weight and KV-cache memory, and whether a model fits a GPU (no weights loaded)")
+    info.add_argument("model", help="a preset (cwm-32b, 1b, small, tiny, nano) or a checkpoint directory")
+    info.add_argument("--quant", choices=["bf16", "int8", "fp8"], default="bf16", help="weight format")
+    info.add_argument("--context", type=int, default=131072, help="tokens held in the KV cache (default: %(default)s)")
+    info.add_argument("--batch", type=int, default=1)
+    info.add_argument("--gpu-gb", type=float, help="GPU memory in GiB, to check the fit")
+    info.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    info.set_defaults(func=cmd_model_info)
 
     sandbox = areas.add_parser("sandbox", help="the sandbox for untrusted code")
     sandbox_commands = sandbox.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -173,3 +173,41 @@ def test_stop_tokens_and_seeded_sampling():
     assert sampled[0] == sampled[1]
     nucleus = generate(model, prompt, Sampling(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=3))[0]
     assert nucleus == greedy  # a nucleus this small holds only the most likely token
+
+
+@pytest.mark.parametrize(("mode", "max_relative_error", "min_agreement"), [("int8", 0.3, 0.9), ("fp8", 1.0, 0.75)])
+def test_weight_only_quantization_stays_close(mode, max_relative_error, min_agreement):
+    import copy
+
+    from opencwm.model.quant import QuantLinear, quantize
+
+    model = CWM(CwmConfig(**{**SMALL, "initializer_range": 0.08})).init_weights(seed=7).eval()
+    quantized = quantize(copy.deepcopy(model), mode)
+    assert sum(isinstance(m, QuantLinear) for m in quantized.modules()) == 7 * SMALL["num_hidden_layers"] + 1
+    ids = torch.randint(0, 300, (4, 50), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, approx = model(ids), quantized(ids)
+    relative = float((full - approx).abs().max() / full.std())
+    agreement = float((full.argmax(-1) == approx.argmax(-1)).float().mean())  # teacher-forced greedy tokens
+    assert relative < max_relative_error and agreement >= min_agreement
+    # the weights really are 8-bit
+    layer = quantized.model.layers[0].mlp.up_proj
+    assert layer.weight.element_size() == 1
+
+
+def test_model_info_arithmetic_matches_real_tensors():
+    import subprocess
+    import sys
+
+    config = preset("nano")
+    model = CWM(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert linear == config.num_linear_parameters
+    assert sum(p.numel() for p in model.parameters()) == config.num_parameters
+    cache = model.new_cache(batch=2, max_length=300)
+    assert cache.bytes() == config.kv_cache_bytes(300, batch=2, bytes_per_value=4)  # fp32 cache here
+    out = subprocess.run([sys.executable, "-m", "opencwm.cli", "model", "info", "cwm-32b", "--quant", "int8",
+                          "--gpu-gb", "80", "--json"], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout)
+    assert report["parameters_billions"] == 32.581 and report["fits"] is True
+    assert report["weights_gib"] < 34 and report["kv_cache_gib"] < 10

@@ -96,6 +96,20 @@ class CwmConfig:
         embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return self.num_hidden_layers * per_layer + embeddings + h
 
+    @property
+    def num_linear_parameters(self) -> int:
+        """Parameters in linear layers (attention, MLP, output head): what weight-only quantization shrinks."""
+        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size
+        return self.num_hidden_layers * per_layer + self.vocab_size * h
+
+    @property
+    def num_linear_output_channels(self) -> int:
+        """Output channels of all linear layers (one quantization scale each)."""
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        per_layer = q + 2 * kv + self.hidden_size + 2 * self.intermediate_size + self.hidden_size
+        return self.num_hidden_layers * per_layer + self.vocab_size
+
     def kv_cache_bytes(self, context: int, batch: int = 1, bytes_per_value: float = 2) -> int:
         """K and V for ``context`` tokens: global layers hold all of them, local layers at most the window."""
         per_token = 2 * self.num_key_value_heads * self.head_dim * bytes_per_value * batch
