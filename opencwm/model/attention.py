@@ -54,11 +54,8 @@ def dense_attention(q, k, v, *, window=None, document_ids=None, mask=None) -> to
 
 
 def _sdpa(q, k, v, mask=None, causal=False):
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None],
-                                          is_causal=causal)
+                                          is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def sdpa_attention(q, k, v, *, window=None, document_ids=None, mask=None, chunk: int | None = None):

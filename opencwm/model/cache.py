@@ -2,8 +2,13 @@
 
 Each slot remembers the position it holds (-1 when empty), so attention over the cache needs no assumption about
 order: a query at position p may see a slot holding position s when ``0 <= s <= p`` and, on local layers,
-``p - s < window``. Sequences in a batch have their own lengths (right-padded prompts), and a local layer's memory
-stays capped at the window however long the context grows.
+``p - s < window``. All layers of one kind (global, or local with one window) write the same positions, so slot
+positions and masks are computed once per step and kind, not per layer. Sequences in a batch have their own
+lengths (right-padded prompts), and a local layer's memory stays capped at the window however long the context.
+
+Two ways through a step: decoding one token writes it into its slot first and attends over the static buffers
+in place (no copies); a multi-token step (prefill) attends over the cache as it was plus its own keys, then
+writes (a ring buffer cannot take several new tokens before they are attended to).
 """
 
 from __future__ import annotations
@@ -21,52 +26,86 @@ class KVCache:
                              f"{config.max_position_embeddings}")
         self.config = config
         self.max_length = max_length
-        self.windows: list[int | None] = []
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.slot_positions: list[torch.Tensor] = []
-        shape = (batch, config.num_key_value_heads, 0, config.head_dim)
-        for kind in config.layer_types:
-            window = None if kind == FULL else config.sliding_window
-            size = max_length if window is None else min(window, max_length)
-            self.windows.append(window)
-            self.keys.append(torch.zeros((*shape[:2], size, shape[3]), device=device, dtype=dtype))
-            self.values.append(torch.zeros((*shape[:2], size, shape[3]), device=device, dtype=dtype))
-            self.slot_positions.append(torch.full((batch, size), -1, device=device, dtype=torch.long))
+        self.windows: list[int | None] = [None if t == FULL else config.sliding_window for t in config.layer_types]
+        self.sizes = {w: max_length if w is None else min(w, max_length) for w in set(self.windows)}
+        shape = (batch, config.num_key_value_heads)
+        self.keys = [torch.zeros(*shape, self.sizes[w], config.head_dim, device=device, dtype=dtype)
+                     for w in self.windows]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.slot_positions = {w: torch.full((batch, size), -1, device=device, dtype=torch.long)
+                               for w, size in self.sizes.items()}
         self.lengths = torch.zeros(batch, device=device, dtype=torch.long)
+        self._step: dict = {}
 
     def bytes(self) -> int:
         return sum(k.numel() * k.element_size() * 2 for k in self.keys)
 
-    def attend_inputs(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, positions: torch.Tensor,
-                      valid: torch.Tensor):
-        """Keys, values and the (batch, Tq, Tk) mask for this step's queries: the cache as it was before this
-        step, followed by this step's own keys."""
+    def begin_step(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        """Called once per forward pass, before the layers: slots and masks of this step for every kind."""
+        last = int(positions.masked_fill(~valid, -1).max())
+        if last >= self.max_length:
+            raise ValueError(f"position {last} is past the cache's max_length {self.max_length}")
+        batch, steps = positions.shape
+        rows = torch.arange(batch, device=positions.device)
+        self._step = {"positions": positions, "valid": valid, "decode": steps == 1}
+        for window, size in self.sizes.items():
+            slot_positions = self.slot_positions[window]
+            if steps == 1:
+                slots = positions[:, 0] % size
+                updated = slot_positions.clone()
+                updated[rows[valid[:, 0]], slots[valid[:, 0]]] = positions[valid[:, 0], 0]
+                mask = allowed(positions, updated, window) & (updated >= 0)[:, None, :]
+                self._step[window] = (slots, mask)
+                self.slot_positions[window] = updated
+            else:
+                new_positions = positions.masked_fill(~valid, -1)
+                keys_positions = torch.cat([slot_positions, new_positions], dim=1)
+                mask = allowed(positions, keys_positions, window) & (keys_positions >= 0)[:, None, :]
+                mask[:, :, -steps:] |= torch.eye(steps, dtype=torch.bool, device=positions.device) & ~valid[:, :, None]
+                self._step[window] = (None, mask)
+
+    def attend_inputs(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
+        """Keys, values and the (batch, Tq, Tk) mask for this step's queries at ``layer``."""
         window = self.windows[layer]
+        slots, mask = self._step[window]
+        if self._step["decode"]:
+            rows = torch.arange(k_new.shape[0], device=k_new.device)
+            valid = self._step["valid"][:, 0]
+            self.keys[layer][rows[valid], :, slots[valid]] = k_new[valid, :, 0].to(self.keys[layer].dtype)
+            self.values[layer][rows[valid], :, slots[valid]] = v_new[valid, :, 0].to(self.values[layer].dtype)
+            return self.keys[layer].to(k_new.dtype), self.values[layer].to(v_new.dtype), mask
         keys = torch.cat([self.keys[layer], k_new.to(self.keys[layer].dtype)], dim=2)
         values = torch.cat([self.values[layer], v_new.to(self.values[layer].dtype)], dim=2)
-        new_positions = positions.masked_fill(~valid, -1)
-        slot_positions = torch.cat([self.slot_positions[layer], new_positions], dim=1)
-        mask = allowed(positions, slot_positions, window) & (slot_positions >= 0)[:, None, :]
-        # A padding query sees only itself, so that no row of the mask is empty.
-        steps = positions.shape[1]
-        eye = torch.eye(steps, dtype=torch.bool, device=positions.device)
-        mask[:, :, -steps:] |= eye & ~valid[:, :, None]
+        self._write(layer, k_new, v_new)
         return keys.to(k_new.dtype), values.to(v_new.dtype), mask
 
-    def write(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, positions: torch.Tensor,
-              valid: torch.Tensor) -> None:
-        size = self.keys[layer].shape[2]
-        ring = self.windows[layer] is not None
+    def end_step(self, lengths: torch.Tensor) -> None:
+        if not self._step["decode"]:
+            positions, valid = self._step["positions"], self._step["valid"]
+            for window, size in self.sizes.items():
+                self._write_positions(window, size, positions, valid)
+        self.lengths += lengths
+        self._step = {}
+
+    def _keep(self, size: int, positions: torch.Tensor, valid: torch.Tensor, b: int):
+        pos = positions[b][valid[b]]
+        keep = pos > pos.max() - size  # a ring keeps only the newest `size` positions
+        return torch.nonzero(valid[b]).squeeze(1)[keep], pos[keep]
+
+    def _write(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        window = self.windows[layer]
+        size = self.sizes[window]
+        positions, valid = self._step["positions"], self._step["valid"]
         for b in range(positions.shape[0]):
-            pos = positions[b][valid[b]]
-            if pos.numel() == 0:
+            if not bool(valid[b].any()):
                 continue
-            if pos.max() >= self.max_length:
-                raise ValueError(f"position {int(pos.max())} is past the cache's max_length {self.max_length}")
-            keep = pos > pos.max() - size  # a ring keeps only the newest `size` positions
-            index = torch.nonzero(valid[b]).squeeze(1)[keep]
-            slots = pos[keep] % size if ring else pos[keep]
+            index, pos = self._keep(size, positions, valid, b)
+            slots = pos % size
             self.keys[layer][b, :, slots] = k_new[b, :, index].to(self.keys[layer].dtype)
             self.values[layer][b, :, slots] = v_new[b, :, index].to(self.values[layer].dtype)
-            self.slot_positions[layer][b, slots] = pos[keep]
+
+    def _write_positions(self, window, size: int, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        for b in range(positions.shape[0]):
+            if bool(valid[b].any()):
+                _, pos = self._keep(size, positions, valid, b)
+                self.slot_positions[window][b, pos % size] = pos

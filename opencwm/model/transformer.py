@@ -52,9 +52,8 @@ class Attention(nn.Module):
         if cache is None:
             out = attention(q, k, v, backend=backend, window=self.window, document_ids=document_ids)
         else:
-            keys, values, mask = cache.attend_inputs(layer, k, v, positions, valid)
+            keys, values, mask = cache.attend_inputs(layer, k, v)
             out = attention(q, keys, values, backend="dense" if backend == "dense" else "sdpa", mask=mask)
-            cache.write(layer, k, v, positions, valid)
         return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))
 
 
@@ -137,6 +136,7 @@ class CWM(nn.Module):
             lengths = torch.full((batch,), time, device=input_ids.device) if lengths is None else lengths
             valid = steps[None, :] < lengths[:, None]
             position_ids = cache.lengths[:, None] + steps[None, :]
+            cache.begin_step(position_ids, valid)
         elif position_ids is None:
             position_ids = _positions(document_ids, batch, time, input_ids.device)
         x = self.model.embed_tokens(input_ids)
@@ -148,7 +148,7 @@ class CWM(nn.Module):
             else:
                 x = block(x, cos, sin, **kwargs)
         if cache is not None:
-            cache.lengths += lengths
+            cache.end_step(lengths)
         return self.lm_head(self.model.norm(x))
 
     def new_cache(self, batch: int, max_length: int) -> KVCache:

@@ -1,0 +1,212 @@
+"""The CWM transformer against transformers' CwmForCausalLM, same config and weights, in one run (CPU).
+
+1. training step (forward + backward, cross-entropy) tokens/s;
+2. greedy decoding tokens/s at batch 1 (our KV-cache ``generate`` against ``model.generate``);
+3. peak memory of a forward pass at 4k, 8k, 16k and 32k tokens with local (sliding-window) layers: it should
+   grow linearly, so the 32k/8k ratio is reported (4 is linear, 16 quadratic); each length runs in a fresh
+   process and the figure is the growth of its peak RSS (VmHWM) during the forward pass, beside the dense
+   reference attention at the lengths it can afford;
+4. int8 weight-only quantization: logit error and greedy-token agreement against full precision.
+
+    python benchmarks/model_bench.py [--preset tiny] [--repeats 5] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from opencwm.model import CWM, preset  # noqa: E402
+from opencwm.model.generate import Sampling, generate  # noqa: E402
+from opencwm.model.quant import quantize  # noqa: E402
+
+
+def load_pair(name: str, vocab: int):
+    import transformers
+
+    config = preset(name, vocab_size=vocab)
+    ours = CWM(config).init_weights(seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours.save_pretrained(tmp)
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp, attn_implementation="sdpa")
+    return ours, theirs
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_step(model, ids, hf: bool):
+    model.zero_grad(set_to_none=True)
+    logits = model(ids).logits if hf else model(ids)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+
+
+def bench_training(ours, theirs, batch: int, length: int, repeats: int) -> dict:
+    ids = torch.randint(0, ours.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
+    ours.train()
+    theirs.train()
+    results = {"ours": [], "transformers": []}
+    for _ in range(repeats):  # interleaved, so machine noise hits both alike
+        results["ours"].append(median_time(lambda: training_step(ours, ids, False), 1))
+        results["transformers"].append(median_time(lambda: training_step(theirs, ids, True), 1))
+    tokens = batch * length
+    return {k: tokens / statistics.median(v) for k, v in results.items()}
+
+
+def bench_decode(ours, theirs, prompt_length: int, new_tokens: int, repeats: int) -> dict:
+    ours.eval()
+    theirs.eval()
+    prompt = torch.randint(0, ours.config.vocab_size, (1, prompt_length), generator=torch.Generator().manual_seed(1))
+    sampling = Sampling(max_new_tokens=new_tokens)
+
+    def run_ours():
+        return generate(ours, prompt.tolist(), sampling)[0]
+
+    def run_theirs():
+        with torch.no_grad():
+            out = theirs.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                  pad_token_id=0)
+        return out[0, prompt_length:].tolist()
+
+    same = run_ours() == run_theirs()
+    results = {"ours": [], "transformers": []}
+    for _ in range(repeats):
+        results["ours"].append(median_time(run_ours, 1))
+        results["transformers"].append(median_time(run_theirs, 1))
+    return {**{k: new_tokens / statistics.median(v) for k, v in results.items()}, "same_tokens": same}
+
+
+MEMORY_PROBE = """
+import resource, sys, torch
+sys.path.insert(0, {repo!r})
+from opencwm.model import CWM, CwmConfig
+torch.set_grad_enabled(False)
+# Wide enough that activations, not the interpreter, dominate the peak; every layer local (window 1024).
+config = CwmConfig(vocab_size=256, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                   num_attention_heads=8, num_key_value_heads=2, head_dim=64, sliding_window=1024,
+                   layer_types=["sliding_attention"] * 2, max_position_embeddings=65536)
+model = CWM(config).eval()
+model.attention_backend = {backend!r}
+ids = torch.randint(0, 256, (1, {length}))
+model(ids[:, :64])
+def status(field):  # kB
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (ru_maxrss would include the parent's peak)
+before = status("VmRSS:")
+model(ids)
+print((status("VmHWM:") - before) * 1024)
+"""
+
+
+def bench_memory(lengths: list[int], backend: str) -> dict[int, int]:
+    peaks = {}
+    for length in lengths:
+        code = MEMORY_PROBE.format(repo=str(REPO), length=length, backend=backend)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        peaks[length] = int(out.stdout.strip())
+    return peaks
+
+
+def bench_int8(ours, length: int = 256) -> dict:
+    ours.eval()
+    quantized = quantize(copy.deepcopy(ours), "int8")
+    ids = torch.randint(0, ours.config.vocab_size, (4, length), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, approx = ours(ids), quantized(ids)
+    return {"max_abs_logit_error": float((full - approx).abs().max()),
+            "relative_to_logit_std": float((full - approx).abs().max() / full.std()),
+            "greedy_token_agreement": float((full.argmax(-1) == approx.argmax(-1)).float().mean())}
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} cores {cpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--lengths", default="4096,8192,16384,32768")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    ours, theirs = load_pair(args.preset, args.vocab)
+    train = bench_training(ours, theirs, args.batch, args.length, args.repeats)
+    print(f"training step: ours {train['ours']:.0f} tok/s, transformers {train['transformers']:.0f} tok/s "
+          f"-> {train['ours'] / train['transformers']:.2f}x (goal >= 1.3x)")
+    decode = bench_decode(ours, theirs, 32, 128, args.repeats)
+    print(f"greedy decode (batch 1): ours {decode['ours']:.1f} tok/s, transformers generate "
+          f"{decode['transformers']:.1f} tok/s -> {decode['ours'] / decode['transformers']:.2f}x (goal >= 2x); "
+          f"same tokens: {decode['same_tokens']}")
+    lengths = [int(x) for x in args.lengths.split(",")]
+    memory = bench_memory(lengths, "sdpa")
+    dense = bench_memory(lengths[:2], "dense")  # the quadratic reference, at the lengths it can afford
+    for length, peak in memory.items():
+        reference = f" (dense reference: {dense[length] / 2**20:.0f} MiB)" if length in dense else ""
+        print(f"forward peak memory at {length} tokens (local layers): {peak / 2**20:.0f} MiB{reference}")
+    ratio = memory[lengths[-1]] / memory[lengths[1]] if len(lengths) > 1 else None
+    if ratio:
+        print(f"  {lengths[-1]}/{lengths[1]} ratio: {ratio:.2f} (linear: {lengths[-1] / lengths[1]:.0f}, "
+              f"quadratic: {(lengths[-1] / lengths[1]) ** 2:.0f})")
+    int8 = bench_int8(ours)
+    print(f"int8: max logit error {int8['max_abs_logit_error']:.4f} ({int8['relative_to_logit_std']:.3f} of the "
+          f"logit std), greedy-token agreement {int8['greedy_token_agreement']:.3f}")
+
+    if not args.no_write:
+        figures = (
+            f"`{args.preset}` preset (vocab {args.vocab}), batch {args.batch} x {args.length}: training step "
+            f"{train['ours']:.0f} vs {train['transformers']:.0f} tok/s = {train['ours'] / train['transformers']:.2f}x "
+            f"transformers; greedy decode batch 1 {decode['ours']:.1f} vs {decode['transformers']:.1f} tok/s = "
+            f"{decode['ours'] / decode['transformers']:.2f}x (same tokens: {decode['same_tokens']}); forward peak "
+            "memory (local layers, banded sdpa) "
+            + ", ".join(f"{k // 1024}k {v / 2**20:.0f} MiB" for k, v in memory.items())
+            + " vs dense reference " + ", ".join(f"{k // 1024}k {v / 2**20:.0f} MiB" for k, v in dense.items())
+            + (f", {lengths[-1] // 1024}k/{lengths[1] // 1024}k = {ratio:.2f}" if ratio else "")
+            + f"; int8 logit error {int8['relative_to_logit_std']:.3f} of std, greedy agreement "
+            f"{int8['greedy_token_agreement']:.3f}; median of {args.repeats}"
+        )
+        command = "`python benchmarks/model_bench.py`"
+        row = f"| {datetime.date.today()} | model_bench | {command} | {machine()} | {figures} |\n"
+        with (REPO / "benchmarks" / "RESULTS.md").open("a") as handle:
+            handle.write(row)
+        print("row appended to benchmarks/RESULTS.md")
+    print(json.dumps({"training": train, "decode": decode, "memory": memory, "dense_memory": dense, "int8": int8}))
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    main()
