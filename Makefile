@@ -48,6 +48,7 @@ test-slow: install
 
 bench: install
 	$(BIN)/python benchmarks/trace_overhead.py
+	$(BIN)/python benchmarks/model_bench.py
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
