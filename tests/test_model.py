@@ -211,3 +211,35 @@ def test_model_info_arithmetic_matches_real_tensors():
     report = json.loads(out.stdout)
     assert report["parameters_billions"] == 32.581 and report["fits"] is True
     assert report["weights_gib"] < 34 and report["kv_cache_gib"] < 10
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = CWM(CwmConfig(**SMALL)).init_weights(seed=8)
+    ids = torch.randint(0, 300, (2, 30))
+
+    def grads(checkpointing: bool):
+        model.zero_grad()
+        model.gradient_checkpointing = checkpointing
+        model.train()
+        model(ids).logsumexp(-1).mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for a, b in zip(grads(False), grads(True)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_flex_attention_matches_dense_reference_on_cpu():
+    """FlexAttention (compiled; on CPU here, CUDA on GPUs) against the dense reference, documents and windows."""
+    from opencwm.model.attention import flex_attention
+
+    torch.manual_seed(0)
+    t = 200
+    q, k, v = torch.randn(2, 4, t, 16), torch.randn(2, 2, t, 16), torch.randn(2, 2, t, 16)
+    docs = torch.tensor([[0] * 70 + [1] * 130, [0] * 5 + [1] * 150 + [2] * 45])
+    for document_ids in (None, docs):
+        for window in (7, None):
+            expected = dense_attention(q, k, v, window=window, document_ids=document_ids)
+            got = flex_attention(q, k, v, window=window, document_ids=document_ids)
+            assert (expected - got).abs().max() < 1e-5
