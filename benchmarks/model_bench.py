@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -31,6 +28,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _common import append_row  # noqa: E402
 
 from opencwm.model import CWM, preset  # noqa: E402
 from opencwm.model.generate import Sampling, generate  # noqa: E402
@@ -142,16 +141,6 @@ def bench_int8(ours, length: int = 256) -> dict:
             "greedy_token_agreement": float((full.argmax(-1) == approx.argmax(-1)).float().mean())}
 
 
-def machine() -> str:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores {cpu}, torch {torch.__version__}, Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
@@ -199,11 +188,7 @@ def main() -> None:
             + f"; int8 logit error {int8['relative_to_logit_std']:.3f} of std, greedy agreement "
             f"{int8['greedy_token_agreement']:.3f}; median of {args.repeats}"
         )
-        command = "`python benchmarks/model_bench.py`"
-        row = f"| {datetime.date.today()} | model_bench | {command} | {machine()} | {figures} |\n"
-        with (REPO / "benchmarks" / "RESULTS.md").open("a") as handle:
-            handle.write(row)
-        print("row appended to benchmarks/RESULTS.md")
+        append_row("model_bench", "python benchmarks/model_bench.py", figures)
     print(json.dumps({"training": train, "decode": decode, "memory": memory, "dense_memory": dense, "int8": int8}))
 
 

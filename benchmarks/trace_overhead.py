@@ -15,11 +15,9 @@ Part 2 -- sandboxed collection throughput (items/s on this machine, a fresh proc
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _common import append_row  # noqa: E402
 
 from opencwm.trace.source import SourceMap  # noqa: E402
 from opencwm.trace.tracer import Limits, trace_call  # noqa: E402
@@ -186,16 +186,6 @@ def collection_throughput(cruxeval: Path, workers: int) -> dict:
             "statuses": summary["statuses"], "naive_fresh_interpreter_items_per_s": round(naive, 1)}
 
 
-def machine() -> str:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores {cpu}, {platform.python_implementation()} {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cruxeval", type=Path, default=DEFAULT_CRUXEVAL)
@@ -253,12 +243,7 @@ def main() -> None:
                f"fresh process per item) vs {throughput['naive_fresh_interpreter_items_per_s']} items/s with a "
                f"fresh interpreter per item"] if throughput else []),
         ])
-        command = "`python benchmarks/trace_overhead.py`"
-        row = f"| {datetime.date.today()} | trace_overhead | {command} | {machine()} | {figures} |\n"
-        results = REPO / "benchmarks" / "RESULTS.md"
-        with results.open("a") as handle:
-            handle.write(row)
-        print(f"row appended to {results}")
+        append_row("trace_overhead", "python benchmarks/trace_overhead.py", figures)
 
 
 if __name__ == "__main__":

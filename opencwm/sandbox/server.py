@@ -75,43 +75,37 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _sweep_namespace() -> None:
+def _sweep(list_others) -> None:
+    """Kill every process ``list_others()`` names until none is left (5 s at most), reaping those that were
+    reparented to us."""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        others = list_others()
+        if not others:
+            return
+        for pid in others:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _reap()
+        time.sleep(0.005)
+
+
+def _namespace_others() -> list[int]:
     """In a private PID namespace, every process but the namespace's init and this server is a leftover of a job
-    (e.g. a daemonised grandchild or a fork bomb): kill them all, and reap those that were reparented to us."""
+    (e.g. a daemonised grandchild or a fork bomb)."""
     me = os.getpid()
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
-        if not others:
-            return
-        for pid in others:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        _reap()
-        time.sleep(0.005)
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
 
 
-def _sweep_cgroup(procs_file: str) -> None:
-    """Without a PID namespace, the sandbox's cgroup still knows every process it holds: kill all but us."""
-    me = os.getpid()
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        try:
-            with open(procs_file) as handle:
-                others = [int(p) for p in handle.read().split() if int(p) != me]
-        except OSError:
-            return
-        if not others:
-            return
-        for pid in others:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        _reap()
-        time.sleep(0.005)
+def _cgroup_others(procs_file: str) -> list[int]:
+    """Without a PID namespace, the sandbox's cgroup still knows every process it holds."""
+    try:
+        with open(procs_file) as handle:
+            return [int(p) for p in handle.read().split() if int(p) != os.getpid()]
+    except OSError:
+        return []
 
 
 def _reap() -> None:
@@ -173,9 +167,9 @@ def run_job(request: dict, protocol_fds: tuple[int, ...], own_namespace: bool, c
         _, wait_status = os.waitpid(pid, 0)
     _kill_group(pid)  # leftovers that stayed in the job's process group
     if own_namespace:
-        _sweep_namespace()
+        _sweep(_namespace_others)
     elif cgroup_procs:
-        _sweep_cgroup(cgroup_procs)
+        _sweep(lambda: _cgroup_others(cgroup_procs))
     else:
         _reap()
     seconds = time.monotonic() - start
