@@ -47,7 +47,7 @@ class KVCache:
             raise ValueError(f"position {last} is past the cache's max_length {self.max_length}")
         batch, steps = positions.shape
         rows = torch.arange(batch, device=positions.device)
-        self._step = {"positions": positions, "valid": valid, "decode": steps == 1}
+        self._step = {"positions": positions, "valid": valid, "decode": steps == 1, "all_valid": bool(valid.all())}
         for window, size in self.sizes.items():
             slot_positions = self.slot_positions[window]
             if steps == 1:
@@ -70,9 +70,13 @@ class KVCache:
         slots, mask = self._step[window]
         if self._step["decode"]:
             rows = torch.arange(k_new.shape[0], device=k_new.device)
-            valid = self._step["valid"][:, 0]
-            self.keys[layer][rows[valid], :, slots[valid]] = k_new[valid, :, 0].to(self.keys[layer].dtype)
-            self.values[layer][rows[valid], :, slots[valid]] = v_new[valid, :, 0].to(self.values[layer].dtype)
+            if self._step["all_valid"]:  # the usual case: shapes stay static (friendly to torch.compile)
+                self.keys[layer][rows, :, slots] = k_new[:, :, 0].to(self.keys[layer].dtype)
+                self.values[layer][rows, :, slots] = v_new[:, :, 0].to(self.values[layer].dtype)
+            else:
+                valid = self._step["valid"][:, 0]
+                self.keys[layer][rows[valid], :, slots[valid]] = k_new[valid, :, 0].to(self.keys[layer].dtype)
+                self.values[layer][rows[valid], :, slots[valid]] = v_new[valid, :, 0].to(self.values[layer].dtype)
             return self.keys[layer].to(k_new.dtype), self.values[layer].to(v_new.dtype), mask
         keys = torch.cat([self.keys[layer], k_new.to(self.keys[layer].dtype)], dim=2)
         values = torch.cat([self.values[layer], v_new.to(self.values[layer].dtype)], dim=2)

@@ -33,8 +33,9 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: CwmConfig, window: int | None):
+    def __init__(self, config: CwmConfig, window: int | None, layer: int):
         super().__init__()
+        self.layer = layer  # read only with a KV cache, so compiled blocks share one graph in training
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.head_dim
         self.window = window
@@ -43,7 +44,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, *, backend, document_ids=None, cache=None, layer=0, positions=None, valid=None):
+    def forward(self, x, cos, sin, *, backend, document_ids=None, cache=None):
         batch, time, _ = x.shape
         q = self.q_proj(x).view(batch, time, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, time, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -52,7 +53,7 @@ class Attention(nn.Module):
         if cache is None:
             out = attention(q, k, v, backend=backend, window=self.window, document_ids=document_ids)
         else:
-            keys, values, mask = cache.attend_inputs(layer, k, v)
+            keys, values, mask = cache.attend_inputs(self.layer, k, v)
             out = attention(q, keys, values, backend="dense" if backend == "dense" else "sdpa", mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))
 
@@ -74,12 +75,12 @@ class Block(nn.Module):
         self.layer = layer
         self.is_global = config.layer_types[layer] == FULL
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, None if self.is_global else config.sliding_window)
+        self.self_attn = Attention(config, None if self.is_global else config.sliding_window, layer)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
     def forward(self, x, cos, sin, **kwargs):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer=self.layer, **kwargs)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, **kwargs)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -114,6 +115,17 @@ class CWM(nn.Module):
                 nn.init.ones_(module.weight)
         return self
 
+    def compile_blocks(self, **options) -> CWM:
+        """``torch.compile`` each block separately (as FSDP2 wraps them): short compiles, one graph per block."""
+        import torch._dynamo
+
+        # Blocks share one forward; local and global ones, training and cached decoding each need a graph.
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, 4 * len(self.model.layers))
+        for block in self.model.layers:
+            block.compile(**options)
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
@@ -141,7 +153,7 @@ class CWM(nn.Module):
             position_ids = _positions(document_ids, batch, time, input_ids.device)
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary(position_ids, x.dtype)
-        kwargs = dict(backend=backend, document_ids=document_ids, cache=cache, positions=position_ids, valid=valid)
+        kwargs = dict(backend=backend, document_ids=document_ids, cache=cache)
         for block in self.model.layers:
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False, **kwargs)
