@@ -243,3 +243,10 @@ def test_flex_attention_matches_dense_reference_on_cpu():
             expected = dense_attention(q, k, v, window=window, document_ids=document_ids)
             got = flex_attention(q, k, v, window=window, document_ids=document_ids)
             assert (expected - got).abs().max() < 1e-5
+
+
+def test_compiled_decoding_step_gives_the_same_tokens():
+    model = CWM(CwmConfig(**SMALL)).init_weights(seed=9).eval()
+    prompts = [[4, 5, 6, 7, 8], [9, 10]]
+    eager = generate(model, prompts, Sampling(max_new_tokens=10))
+    assert generate(model, prompts, Sampling(max_new_tokens=10, compile=True)) == eager

@@ -64,6 +64,18 @@ class KVCache:
                 mask[:, :, -steps:] |= torch.eye(steps, dtype=torch.bool, device=positions.device) & ~valid[:, :, None]
                 self._step[window] = (None, mask)
 
+    def begin_decode(self, positions: torch.Tensor) -> None:
+        """``begin_step`` for one new token in every sequence, without host synchronisation (the caller keeps
+        positions below ``max_length``), so a whole decoding step can be compiled into one graph."""
+        rows = torch.arange(positions.shape[0], device=positions.device)
+        self._step = {"positions": positions, "decode": True, "all_valid": True}
+        for window, size in self.sizes.items():
+            slots = positions[:, 0] % size
+            updated = self.slot_positions[window].clone()
+            updated[rows, slots] = positions[:, 0]
+            self._step[window] = (slots, allowed(positions, updated, window) & (updated >= 0)[:, None, :])
+            self.slot_positions[window] = updated
+
     def attend_inputs(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
         """Keys, values and the (batch, Tq, Tk) mask for this step's queries at ``layer``."""
         window = self.windows[layer]

@@ -16,6 +16,7 @@ from opencwm.model.transformer import CWM
 class Sampling:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
+    compile: bool = False  # torch.compile the decoding step (worth it for long generations)
     top_p: float = 1.0
     stop_tokens: tuple[int, ...] = ()
     seed: int | None = None
@@ -44,7 +45,10 @@ def generate(model: CWM, prompts: list[list[int]], sampling: Sampling | None = N
     device = model.device
     batch = len(prompts)
     longest = max(len(p) for p in prompts)
-    cache = model.new_cache(batch, min(longest + sampling.max_new_tokens, model.config.max_position_embeddings))
+    needed = longest + sampling.max_new_tokens
+    if sampling.compile:  # a few cache sizes, so that the compiled step is reused across calls
+        needed = 1 << (needed - 1).bit_length()
+    cache = model.new_cache(batch, min(needed, model.config.max_position_embeddings))
     ids = torch.zeros(batch, longest, dtype=torch.long, device=device)
     for b, prompt in enumerate(prompts):
         ids[b, : len(prompt)] = torch.tensor(prompt, device=device)
@@ -57,15 +61,22 @@ def generate(model: CWM, prompts: list[list[int]], sampling: Sampling | None = N
     outputs: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     stops = set(sampling.stop_tokens)
-    for _ in range(sampling.max_new_tokens):
-        if int(cache.lengths.max()) >= cache.max_length:
-            break
+    step = compiled_decode(model) if sampling.compile else model.decode
+    for position in range(longest, longest + sampling.max_new_tokens):
         token = sample_next(last, sampling, generator)
-        for b in range(batch):
+        for b, value in enumerate(token.tolist()):
             if not done[b]:
-                outputs[b].append(int(token[b]))
-                done[b] = int(token[b]) in stops
-        if all(done):
+                outputs[b].append(value)
+                done[b] = value in stops
+        if all(done) or position >= cache.max_length:
             break
-        last = model(token[:, None], cache=cache)[:, -1]
+        last = step(token, cache)
     return outputs
+
+
+def compiled_decode(model: CWM):
+    """``model.decode`` compiled once per model (the cache's buffers are static, so the graph is reused)."""
+    compiled = getattr(model, "_compiled_decode", None)
+    if compiled is None:
+        compiled = model._compiled_decode = torch.compile(model.decode, dynamic=False)
+    return compiled

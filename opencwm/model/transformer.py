@@ -163,6 +163,22 @@ class CWM(nn.Module):
             cache.end_step(lengths)
         return self.lm_head(self.model.norm(x))
 
+    def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decoding step for every sequence: ``tokens`` (batch,) -> next-token logits (batch, vocab).
+
+        Same result as ``forward(tokens[:, None], cache=cache)[:, -1]``, with static shapes and no host
+        synchronisation, so ``torch.compile(model.decode)`` makes one graph of the whole step."""
+        positions = cache.lengths[:, None]
+        x = self.model.embed_tokens(tokens[:, None])
+        cos, sin = self.model.rotary(positions, x.dtype)
+        cache.begin_decode(positions)
+        backend = "dense" if self.attention_backend == "dense" else "sdpa"
+        for block in self.model.layers:
+            x = block(x, cos, sin, backend=backend, document_ids=None, cache=cache)
+        cache.lengths += 1
+        cache._step = {}
+        return self.lm_head(self.model.norm(x))[:, -1]
+
     def new_cache(self, batch: int, max_length: int) -> KVCache:
         return KVCache(self.config, batch, max_length, device=self.device, dtype=self.lm_head.weight.dtype)
 
