@@ -1,0 +1,1 @@
+"""Training: the one loop for every stage, its configuration, schedules and checkpoints."""

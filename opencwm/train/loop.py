@@ -1,0 +1,178 @@
+"""The one training loop, for every stage (pretrain, midtrain, SFT): AdamW, warmup-stable-decay or cosine
+schedules, gradient accumulation and clipping, bf16 autocast on GPU (fp32 on CPU), optional per-block
+``torch.compile`` and activation checkpointing, metrics to JSONL, and checkpoints that resume exactly.
+
+A checkpoint directory ``checkpoints/step-NNNNNN`` holds the model in Hugging Face format (``model/``), the
+optimizer state, the data stream's state and every RNG state; it is written under a temporary name and renamed,
+and ``checkpoints/latest`` names the newest one, so a run killed at any moment resumes from its last complete
+checkpoint and continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from opencwm.data.packing import IGNORE, PackedStream
+from opencwm.model.transformer import CWM
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8  # sequences per micro-batch
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    schedule: str = "wsd"  # wsd (warmup-stable-decay) | cosine
+    decay_fraction: float = 0.2  # wsd: the final fraction of steps that decays
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    compile: bool = False
+    activation_checkpointing: bool = False
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("wsd", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r} (wsd or cosine)")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be positive")
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based)."""
+    peak, floor = config.lr, config.lr * config.min_lr_ratio
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    if config.schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    decay_start = config.steps - int(config.steps * config.decay_fraction)
+    if step < decay_start:
+        return peak
+    progress = (step - decay_start) / max(1, config.steps - decay_start)
+    return peak + (floor - peak) * min(1.0, progress)
+
+
+def loss_fn(model: CWM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the learned tokens of the batch, and how many there were."""
+    logits = model(batch["input_ids"], document_ids=batch["document_ids"])
+    labels = batch["labels"]
+    count = int((labels != IGNORE).sum())
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
+                                             reduction="sum")
+    return loss / max(count, 1), count
+
+
+class Trainer:
+    def __init__(self, model: CWM, stream: PackedStream, config: TrainConfig, out_dir: str | Path):
+        self.model, self.stream, self.config = model, stream, config
+        self.out_dir = Path(out_dir)
+        self.device = model.device
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=config.betas,
+                                           fused=self.device.type == "cuda")
+        self.step = 0
+        model.gradient_checkpointing = config.activation_checkpointing
+        if config.compile:
+            model.compile_blocks()
+
+    def _param_groups(self):
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]  # norms
+        return [{"params": decay, "weight_decay": self.config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def save(self) -> Path:
+        final = self.checkpoints / f"step-{self.step:06d}"
+        tmp = self.checkpoints / f".step-{self.step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(tmp / "model")
+        torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+                   tmp / "trainer.pt")
+        state = {"step": self.step, "config": asdict(self.config), "stream": self.stream.state_dict(),
+                 "python_rng": random.getstate()}
+        (tmp / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        latest = self.checkpoints / "latest"
+        (self.checkpoints / ".latest.tmp").write_text(final.name)
+        os.replace(self.checkpoints / ".latest.tmp", latest)
+        for old in sorted(self.checkpoints.glob("step-*"))[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def resume(self) -> bool:
+        latest = self.checkpoints / "latest"
+        if not latest.exists():
+            return False
+        directory = self.checkpoints / latest.read_text().strip()
+        loaded = CWM.from_pretrained(directory / "model", device=self.device)
+        self.model.load_state_dict(loaded.state_dict())
+        trainer_state = torch.load(directory / "trainer.pt", weights_only=False)
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        torch.set_rng_state(trainer_state["torch_rng"])
+        state = json.loads((directory / "state.json").read_text())
+        self.stream.load_state_dict(state["stream"])
+        rng = state["python_rng"]
+        random.setstate((rng[0], tuple(rng[1]), rng[2]))
+        self.step = state["step"]
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+    def train(self, *, progress: bool = True) -> dict:
+        config = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = (self.out_dir / "metrics.jsonl").open("a")
+        self.model.train()
+        on_gpu = self.device.type == "cuda"
+        start, start_step, tokens_seen, last = time.monotonic(), self.step, 0, {}
+        while self.step < config.steps:
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(self.step, config)
+            total_loss, total_tokens = 0.0, 0
+            for _ in range(config.grad_accum):
+                batch = {k: v.to(self.device) for k, v in self.stream.next_batch(config.batch_size).items()}
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                    loss, _ = loss_fn(self.model, batch)
+                (loss / config.grad_accum).backward()
+                total_loss += float(loss.detach()) / config.grad_accum
+                total_tokens += batch["input_ids"].numel()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            tokens_seen += total_tokens
+            elapsed = time.monotonic() - start
+            last = {"step": self.step, "loss": round(total_loss, 5), "lr": learning_rate(self.step - 1, config),
+                    "grad_norm": round(float(norm), 4), "tokens_per_s": round(tokens_seen / elapsed, 1)}
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                metrics.write(json.dumps(last) + "\n")
+                metrics.flush()
+                if progress:
+                    eta = elapsed / (self.step - start_step) * (config.steps - self.step)
+                    print(f"step {self.step}/{config.steps}  loss {total_loss:.4f}  lr {last['lr']:.2e}  "
+                          f"{last['tokens_per_s']:.0f} tok/s  eta {eta:.0f}s", file=sys.stderr)
+            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                self.save()
+        metrics.close()
+        return last

@@ -1,0 +1,69 @@
+"""The training loop: it learns, its schedules have the right shape, and an interrupted run resumed from its
+checkpoint ends with the same weights as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from opencwm.data.packing import Document, PackedStream
+from opencwm.model import CWM, preset
+from opencwm.train.loop import TrainConfig, Trainer, learning_rate
+
+
+def _stream(seed: int = 0) -> PackedStream:
+    rng = random.Random(0)
+    # a learnable language: counting sequences with random starts and strides
+    docs = []
+    for _ in range(200):
+        start, stride = rng.randint(0, 50), rng.randint(1, 3)
+        docs.append(Document([(start + stride * i) % 97 for i in range(rng.randint(5, 30))]))
+    return PackedStream({"count": docs}, {"count": 1.0}, seq_len=64, seed=seed)
+
+
+def _model() -> CWM:
+    torch.manual_seed(0)
+    return CWM(preset("nano", vocab_size=97, max_position_embeddings=128)).init_weights(seed=0)
+
+
+def _config(**kwargs) -> TrainConfig:
+    return TrainConfig(**{"steps": 6, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "checkpoint_every": 3,
+                          "log_every": 1, **kwargs})
+
+
+def test_schedules():
+    wsd = TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_fraction=0.2, min_lr_ratio=0.1)
+    assert learning_rate(0, wsd) == pytest.approx(0.1) and learning_rate(9, wsd) == pytest.approx(1.0)
+    assert learning_rate(50, wsd) == 1.0 and learning_rate(79, wsd) == 1.0
+    assert learning_rate(99, wsd) == pytest.approx(0.1 + 0.9 * (1 / 20))
+    cosine = TrainConfig(steps=100, lr=1.0, warmup_steps=0, schedule="cosine", min_lr_ratio=0.0)
+    assert learning_rate(0, cosine) == pytest.approx(1.0) and learning_rate(50, cosine) == pytest.approx(0.5)
+
+
+def test_loss_goes_down(tmp_path):
+    trainer = Trainer(_model(), _stream(), _config(steps=60, checkpoint_every=1000, log_every=10), tmp_path)
+    trainer.train(progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    straight = Trainer(_model(), _stream(), _config(grad_accum=2), tmp_path / "straight")
+    straight.train(progress=False)
+
+    first = Trainer(_model(), _stream(), _config(grad_accum=2, steps=3), tmp_path / "resumed")
+    first.train(progress=False)  # stops after step 3, with a checkpoint
+    second = Trainer(_model(), _stream(), _config(grad_accum=2), tmp_path / "resumed")
+    assert second.resume() and second.step == 3
+    second.train(progress=False)
+
+    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert (tmp_path / "resumed" / "checkpoints" / "latest").read_text() == "step-000006"
+    assert not list((tmp_path / "resumed" / "checkpoints").glob(".*tmp"))
+    # the checkpoint's model is a Hugging Face checkpoint
+    reloaded = CWM.from_pretrained(tmp_path / "resumed" / "checkpoints" / "step-000006" / "model")
+    assert torch.equal(reloaded.lm_head.weight, second.model.lm_head.weight)
