@@ -58,11 +58,16 @@ def load_pretrained(path, *, device="cpu", dtype: torch.dtype | None = None) -> 
 
 
 def save_pretrained(model: CWM, path, *, max_shard_bytes: int = 5 * 1024**3) -> None:
+    save_state_dict(model.state_dict(), model.config, path, max_shard_bytes=max_shard_bytes)
+
+
+def save_state_dict(state: dict, config: CwmConfig, path, *, max_shard_bytes: int = 5 * 1024**3) -> None:
+    """Write a full (unsharded) state dict as a checkpoint directory, e.g. one gathered from FSDP2 shards."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     dtype = next(iter(state.values())).dtype
-    config = model.config.to_hf()
+    config = config.to_hf()
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     config["dtype"] = config["torch_dtype"]
     shards: list[dict[str, torch.Tensor]] = [{}]

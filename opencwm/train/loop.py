@@ -79,10 +79,25 @@ def loss_fn(model: CWM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
 
 
 class Trainer:
-    def __init__(self, model: CWM, stream: PackedStream, config: TrainConfig, out_dir: str | Path):
+    """With ``distributed=True`` (under torchrun) the model is sharded with FSDP2; give each rank its own stream
+    (e.g. seeded with seed + rank). Rank 0 writes the model and metrics; every rank keeps its optimizer shard and
+    stream state in the checkpoint."""
+
+    def __init__(self, model: CWM, stream: PackedStream, config: TrainConfig, out_dir: str | Path,
+                 *, distributed: bool = False):
         self.model, self.stream, self.config = model, stream, config
         self.out_dir = Path(out_dir)
         self.device = model.device
+        self.distributed = distributed
+        self.rank, self.world = 0, 1
+        self.model_config = model.config
+        if distributed:
+            import torch.distributed as dist
+
+            from opencwm.train.distributed import shard
+
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            shard(model)
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=config.betas,
                                            fused=self.device.type == "cuda")
         self.step = 0
@@ -101,24 +116,43 @@ class Trainer:
     def checkpoints(self) -> Path:
         return self.out_dir / "checkpoints"
 
+    def _barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def save(self) -> Path:
         final = self.checkpoints / f"step-{self.step:06d}"
         tmp = self.checkpoints / f".step-{self.step:06d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp / "model")
-        torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
-                   tmp / "trainer.pt")
-        state = {"step": self.step, "config": asdict(self.config), "stream": self.stream.state_dict(),
-                 "python_rng": random.getstate()}
-        (tmp / "state.json").write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        latest = self.checkpoints / "latest"
-        (self.checkpoints / ".latest.tmp").write_text(final.name)
-        os.replace(self.checkpoints / ".latest.tmp", latest)
-        for old in sorted(self.checkpoints.glob("step-*"))[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        if self.distributed:
+            from opencwm.train.distributed import full_state_dict
+
+            state_dict = full_state_dict(self.model)  # collective
+        else:
+            state_dict = self.model.state_dict()
+        if self.rank == 0:
+            from opencwm.model.hf import save_state_dict
+
+            save_state_dict(state_dict, self.model_config, tmp / "model")
+            state = {"step": self.step, "config": asdict(self.config), "world_size": self.world,
+                     "python_rng": random.getstate()}
+            (tmp / "state.json").write_text(json.dumps(state))
+        torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "stream": self.stream.state_dict()}, tmp / f"trainer-rank{self.rank}.pt")
+        self._barrier()
+        if self.rank == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            (self.checkpoints / ".latest.tmp").write_text(final.name)
+            os.replace(self.checkpoints / ".latest.tmp", self.checkpoints / "latest")
+            for old in sorted(self.checkpoints.glob("step-*"))[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
         return final
 
     def resume(self) -> bool:
@@ -126,13 +160,21 @@ class Trainer:
         if not latest.exists():
             return False
         directory = self.checkpoints / latest.read_text().strip()
-        loaded = CWM.from_pretrained(directory / "model", device=self.device)
-        self.model.load_state_dict(loaded.state_dict())
-        trainer_state = torch.load(directory / "trainer.pt", weights_only=False)
-        self.optimizer.load_state_dict(trainer_state["optimizer"])
-        torch.set_rng_state(trainer_state["torch_rng"])
         state = json.loads((directory / "state.json").read_text())
-        self.stream.load_state_dict(state["stream"])
+        if state.get("world_size", 1) != self.world:
+            raise ValueError(f"{directory} was written by {state.get('world_size', 1)} processes, this run has "
+                             f"{self.world}")
+        full = CWM.from_pretrained(directory / "model").state_dict()
+        if self.distributed:
+            from opencwm.train.distributed import load_full_state_dict
+
+            load_full_state_dict(self.model, full)
+        else:
+            self.model.load_state_dict(full)
+        mine = torch.load(directory / f"trainer-rank{self.rank}.pt", weights_only=False)
+        self.optimizer.load_state_dict(mine["optimizer"])
+        torch.set_rng_state(mine["torch_rng"])
+        self.stream.load_state_dict(mine["stream"])
         rng = state["python_rng"]
         random.setstate((rng[0], tuple(rng[1]), rng[2]))
         self.step = state["step"]
@@ -142,7 +184,7 @@ class Trainer:
     def train(self, *, progress: bool = True) -> dict:
         config = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = (self.out_dir / "metrics.jsonl").open("a")
+        metrics = (self.out_dir / "metrics.jsonl").open("a") if self.rank == 0 else None
         self.model.train()
         on_gpu = self.device.type == "cuda"
         start, start_step, tokens_seen, last = time.monotonic(), self.step, 0, {}
@@ -158,14 +200,22 @@ class Trainer:
                 total_loss += float(loss.detach()) / config.grad_accum
                 total_tokens += batch["input_ids"].numel()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
+            if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+                norm = norm.full_tensor()
+            if self.distributed:  # report the mean loss over ranks
+                import torch.distributed as dist
+
+                reduced = torch.tensor([total_loss], device=self.device)
+                dist.all_reduce(reduced)
+                total_loss = float(reduced) / self.world
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            tokens_seen += total_tokens
+            tokens_seen += total_tokens * self.world
             elapsed = time.monotonic() - start
             last = {"step": self.step, "loss": round(total_loss, 5), "lr": learning_rate(self.step - 1, config),
                     "grad_norm": round(float(norm), 4), "tokens_per_s": round(tokens_seen / elapsed, 1)}
-            if self.step % config.log_every == 0 or self.step == config.steps:
+            if metrics is not None and (self.step % config.log_every == 0 or self.step == config.steps):
                 metrics.write(json.dumps(last) + "\n")
                 metrics.flush()
                 if progress:
@@ -174,5 +224,6 @@ class Trainer:
                           f"{last['tokens_per_s']:.0f} tok/s  eta {eta:.0f}s", file=sys.stderr)
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                 self.save()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         return last
