@@ -3,6 +3,8 @@
     opencwm trace run FILE.py --call "f(1, 2)" [--format pretty|cwm|json]
     opencwm trace collect SOURCE --out DIR [--workers N] [--ray ADDRESS]
     opencwm trace show DIR [--limit N] [--id ID] [--format pretty|cwm|json]
+    opencwm data code --out runs/code [--holdout cruxeval.jsonl]
+    opencwm data programs --out runs/programs --count 1000 --difficulty 2
     opencwm model info cwm-32b --quant int8 --gpu-gb 80
     opencwm sandbox check
 
@@ -218,6 +220,45 @@ def cmd_sandbox_check(args) -> int:
     return 1 if failures else 0
 
 
+# -- data -----------------------------------------------------------------------------------------------------------
+def _holdout(path):
+    if path is None:
+        return None
+    from opencwm.data.corpora import Holdout
+
+    try:
+        return Holdout(json.loads(line) for line in Path(path).read_text().splitlines() if line.strip())
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"--holdout {path}: cannot read held-out programs ({exc})") from None
+
+
+def cmd_data_code(args) -> int:
+    from opencwm.data.corpora import build_code_corpus
+    from opencwm.shards import DatasetError
+
+    try:
+        summary = build_code_corpus(args.out, include_site_packages=not args.stdlib_only, max_files=args.max_files,
+                                    holdout=_holdout(args.holdout))
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_data_programs(args) -> int:
+    from opencwm.data.corpora import build_program_corpus
+    from opencwm.shards import DatasetError
+
+    if args.count < 1 or not 1 <= args.difficulty <= 5:
+        raise CliError("--count must be positive and --difficulty between 1 and 5")
+    try:
+        summary = build_program_corpus(args.out, args.count, difficulty=args.difficulty, seed=args.seed)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps(summary))
+    return 0
+
+
 # -- model info -----------------------------------------------------------------------------------------------------
 def cmd_model_info(args) -> int:
     from opencwm.model.config import PRESETS, CwmConfig, preset
@@ -313,6 +354,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--id", help="print the trace with this id")
     show.add_argument("--format", choices=["pretty", "cwm", "json"], default="pretty")
     show.set_defaults(func=cmd_trace_show)
+
+    data = areas.add_parser("data", help="training corpora")
+    data_commands = data.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    code = data_commands.add_parser("code", help="Python source of the stdlib and installed packages, deduplicated, "
+                                                 "with licenses, as Parquet shards")
+    code.add_argument("--out", required=True)
+    code.add_argument("--stdlib-only", action="store_true")
+    code.add_argument("--max-files", type=int)
+    code.add_argument("--holdout", help="JSONL of {code, id} programs to keep out (e.g. CruxEval)")
+    code.set_defaults(func=cmd_data_code)
+    programs = data_commands.add_parser("programs", help="synthetic programs with inputs (then: opencwm trace "
+                                                         "collect DIR --out TRACES)")
+    programs.add_argument("--out", required=True)
+    programs.add_argument("--count", type=int, default=1000)
+    programs.add_argument("--difficulty", type=int, default=2, help="1 (easiest) to 5")
+    programs.add_argument("--seed", type=int, default=0)
+    programs.set_defaults(func=cmd_data_programs)
 
     model = areas.add_parser("model", help="the CWM transformer")
     model_commands = model.add_subparsers(dest="command", metavar="COMMAND", required=True)

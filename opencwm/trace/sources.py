@@ -5,7 +5,8 @@
 - a ``.py`` file: one trace per call expression, given with ``--call`` or written as top-level call statements
   at the end of the file (``main(3)``), which are taken out of the program that is run;
 - a directory (a package or repository with a pytest suite): one work item per test file, whose calls into the
-  package's own functions become traces (see ``harvest``).
+  package's own functions become traces (see ``harvest``);
+- a dataset directory of synthetic programs (``opencwm data programs``): one trace per program.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def load_items(source: str | Path, calls: list[str] | None = None) -> tuple[str,
     if not path.exists():
         raise SourceError(f"{source}: no such file or directory")
     if path.is_dir():
+        if (path / "manifest.json").exists():
+            return "programs", program_dataset_items(path)
         return "repository", repository_items(path)
     if path.suffix == ".jsonl":
         return "jsonl", jsonl_items(path)
@@ -75,6 +78,17 @@ def jsonl_items(path: Path) -> list[WorkItem]:
         items.append(WorkItem(key, "opencwm.trace.jobs:trace_program_job",
                               {"source": record["code"], "call": call}, {"call": call}))
     return items
+
+
+def program_dataset_items(path: Path) -> list[WorkItem]:
+    """A dataset of synthetic programs (``opencwm data programs``): one trace per program."""
+    from opencwm.shards import DatasetError, read_manifest, read_rows
+
+    manifest = read_manifest(path)
+    if manifest.get("kind") != "opencwm.programs":
+        raise DatasetError(f"{path} holds a {manifest.get('kind')!r} dataset, not programs to trace")
+    return [WorkItem(row["id"], "opencwm.trace.jobs:trace_program_job", {"source": row["source"], "call": row["call"]},
+                     {"call": row["call"]}) for row in read_rows(path, columns=["id", "source", "call"])]
 
 
 def python_file_items(path: Path, calls: list[str] | None = None) -> list[WorkItem]:
