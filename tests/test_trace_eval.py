@@ -1,0 +1,61 @@
+"""The trace evaluator, end to end: a small model trained to memorise a few traces scores (near) perfectly on
+them, an untrained one does not; value comparison follows Python's equality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opencwm.data.packing import Document, PackedStream
+from opencwm.eval.trace_eval import TraceEvaluator, direct_prompt, direct_target, same_value
+from opencwm.model import CWM, preset
+from opencwm.tokenizer import Tokenizer
+from opencwm.trace.codec import encode
+from opencwm.trace.program import trace_program
+from opencwm.train.loop import TrainConfig, Trainer
+
+PROGRAMS = [
+    ("def f(a):\n    b = a * 2\n    return b + 1\n", "f(3)"),
+    ("def f(s):\n    t = s.upper()\n    return t + '!'\n", "f('ab')"),
+    ("def f(xs):\n    xs.append(4)\n    return len(xs)\n", "f([1, 2])"),
+]
+
+
+def test_same_value():
+    assert same_value("(1, 2)", "(1,2)") and same_value("{'a': 1}", "{'a':1}") and not same_value("1", "2")
+    assert same_value("<object>", "<object>") and not same_value(None, "1")
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory):
+    traces = [trace_program(source, call) for source, call in PROGRAMS]
+    texts = [encode(t) for t in traces]
+    directs = [direct_prompt(s, c) + direct_target(t.return_value) for (s, c), t in zip(PROGRAMS, traces)]
+    tokenizer = Tokenizer.train(texts + directs, vocab_size=400)
+    documents = [Document(tokenizer.encode(text, allow_special=True)) for text in texts + directs]
+    torch.manual_seed(0)
+    config = preset("nano", vocab_size=tokenizer.vocab_size, max_position_embeddings=512)
+    model = CWM(config).init_weights(seed=0)
+    stream = PackedStream({"memorise": documents}, {"memorise": 1.0}, seq_len=256, seed=0)
+    train = TrainConfig(steps=250, batch_size=4, lr=1e-2, warmup_steps=10, checkpoint_every=10_000, log_every=50)
+    Trainer(model, stream, train, tmp_path_factory.mktemp("run")).train(progress=False)
+    return model.eval(), tokenizer, traces
+
+
+def test_memorised_traces_are_predicted(memorised):
+    model, tokenizer, traces = memorised
+    evaluator = TraceEvaluator(model, tokenizer, max_trace_tokens=300)
+    frames = evaluator.next_frame(traces)
+    assert frames.total == sum(len(t.frames) for t in traces) and frames.rate >= 0.9
+    whole, output = evaluator.rollout(traces)
+    assert whole.total == 3 and output.rate >= 2 / 3
+    direct = evaluator.direct([(s, c, t.return_value) for (s, c), t in zip(PROGRAMS, traces)])
+    assert direct.rate >= 2 / 3
+
+
+def test_an_untrained_model_scores_low(memorised):
+    _, tokenizer, traces = memorised
+    model = CWM(preset("nano", vocab_size=tokenizer.vocab_size, max_position_embeddings=512)).init_weights(seed=1)
+    evaluator = TraceEvaluator(model.eval(), tokenizer, max_frame_tokens=40, max_trace_tokens=60)
+    assert evaluator.next_frame(traces).rate < 0.2
+    assert evaluator.rollout(traces)[1].rate < 0.5
