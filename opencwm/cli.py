@@ -5,6 +5,7 @@
     opencwm trace show DIR [--limit N] [--id ID] [--format pretty|cwm|json]
     opencwm data code --out runs/code [--holdout cruxeval.jsonl]
     opencwm data programs --out runs/programs --count 1000 --difficulty 2
+    opencwm train --stage pretrain --preset tiny --out runs/pt --data code=runs/code:0.5 --data traces=runs/tr:0.5
     opencwm model info cwm-32b --quant int8 --gpu-gb 80
     opencwm sandbox check
 
@@ -259,6 +260,79 @@ def cmd_data_programs(args) -> int:
     return 0
 
 
+# -- train ----------------------------------------------------------------------------------------------------------
+def _parse_data(specs: list[str]) -> dict[str, tuple[Path, float]]:
+    sources = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        path, _, weight = rest.rpartition(":") if ":" in rest else (rest, "", "1")
+        if not sep or not name or not path:
+            raise CliError(f"--data {spec!r}: expected NAME=DIR[:WEIGHT]")
+        try:
+            sources[name] = (Path(path), float(weight))
+        except ValueError:
+            raise CliError(f"--data {spec!r}: weight {weight!r} is not a number") from None
+    return sources
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from opencwm.data.documents import documents, texts
+    from opencwm.data.packing import PackedStream
+    from opencwm.model import CWM, preset
+    from opencwm.shards import DatasetError
+    from opencwm.tokenizer import Tokenizer
+    from opencwm.train import distributed
+    from opencwm.train.loop import TrainConfig, Trainer
+
+    sources = _parse_data(args.data)
+    out = Path(args.out)
+    rank, world, device = (distributed.setup() if distributed.launched_by_torchrun()
+                           else (0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")))
+    try:
+        tokenizer_dir = Path(args.tokenizer) if args.tokenizer else out / "tokenizer"
+        if (tokenizer_dir / "tokenizer.json").exists() or (tokenizer_dir / "tokenizer.model").exists():
+            tokenizer = Tokenizer.load(tokenizer_dir)
+        elif args.tokenizer:
+            raise CliError(f"--tokenizer {args.tokenizer}: no tokenizer.json or tokenizer.model there")
+        else:  # train one on the first source (rank 0), the others wait and load it
+            if rank == 0:
+                first = next(iter(sources.values()))[0]
+                Tokenizer.train(texts(first, limit=args.tokenizer_docs), vocab_size=args.vocab).save(tokenizer_dir)
+            if world > 1:
+                torch.distributed.barrier()
+            tokenizer = Tokenizer.load(tokenizer_dir)
+        docs = {name: documents(path, tokenizer) for name, (path, _) in sources.items()}
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    if args.init:
+        model = CWM.from_pretrained(args.init, device=device)
+    else:
+        overrides = {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": max(args.seq_len, 1024)}
+        with torch.device(device):
+            model = CWM(preset(args.preset, **overrides))
+        model.init_weights(seed=args.seed)
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise CliError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's")
+    stream = PackedStream(docs, {name: weight for name, (_, weight) in sources.items()}, seq_len=args.seq_len,
+                          seed=args.seed + rank)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                         warmup_steps=args.warmup, schedule=args.schedule, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every, compile=args.compile,
+                         activation_checkpointing=args.activation_checkpointing)
+    trainer = Trainer(model, stream, config, out, distributed=world > 1)
+    if trainer.resume() and rank == 0:
+        print(f"resumed from step {trainer.step}", file=sys.stderr)
+    if rank == 0:
+        tokenizer.save(out / "tokenizer")
+    last = trainer.train(progress=rank == 0 and not args.quiet)
+    if rank == 0:
+        print(json.dumps({"out": str(out), "stage": args.stage, **last,
+                          "checkpoint": str(trainer.checkpoints / (trainer.checkpoints / "latest").read_text())}))
+    return 0
+
+
 # -- model info -----------------------------------------------------------------------------------------------------
 def cmd_model_info(args) -> int:
     from opencwm.model.config import PRESETS, CwmConfig, preset
@@ -371,6 +445,34 @@ def build_parser() -> argparse.ArgumentParser:
     programs.add_argument("--difficulty", type=int, default=2, help="1 (easiest) to 5")
     programs.add_argument("--seed", type=int, default=0)
     programs.set_defaults(func=cmd_data_programs)
+
+    train = areas.add_parser(
+        "train", help="train a CWM (any stage) on corpora; resumable; data-parallel under torchrun",
+        description="One loop for every stage. Example: opencwm train --stage pretrain --preset tiny --out runs/pt "
+                    "--data code=runs/code:0.5 --data traces=runs/traces:0.5 --steps 500")
+    train.add_argument("--stage", choices=["pretrain", "midtrain", "sft"], default="pretrain")
+    train.add_argument("--preset", default="tiny")
+    train.add_argument("--init", help="start from this checkpoint (e.g. the previous stage's model directory)")
+    train.add_argument("--out", required=True)
+    train.add_argument("--data", action="append", required=True, metavar="NAME=DIR[:WEIGHT]",
+                       help="a code or traces dataset and its mixture weight (repeatable)")
+    train.add_argument("--tokenizer", help="tokenizer directory (default: train one on the first --data source)")
+    train.add_argument("--vocab", type=int, default=4096, help="BPE size when training a tokenizer")
+    train.add_argument("--tokenizer-docs", type=int, default=5000)
+    train.add_argument("--steps", type=int, default=500)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--grad-accum", type=int, default=1)
+    train.add_argument("--seq-len", type=int, default=1024)
+    train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument("--warmup", type=int, default=50)
+    train.add_argument("--schedule", choices=["wsd", "cosine"], default="wsd")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=200)
+    train.add_argument("--log-every", type=int, default=10)
+    train.add_argument("--compile", action="store_true", help="torch.compile each block")
+    train.add_argument("--activation-checkpointing", action="store_true")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=cmd_train)
 
     model = areas.add_parser("model", help="the CWM transformer")
     model_commands = model.add_subparsers(dest="command", metavar="COMMAND", required=True)

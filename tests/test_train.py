@@ -95,3 +95,41 @@ def test_two_process_fsdp2_training_shards_and_resumes_exactly(tmp_path):
     assert not torch.allclose(a["lm_head.weight"], initial["lm_head.weight"])  # it did train
     losses = [json.loads(line)["loss"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and losses[-1] < losses[0]
+
+
+def test_train_cli_pretrain_resume_then_midtrain(tmp_path):
+    import subprocess
+    import sys
+
+    from opencwm.data.corpora import build_code_corpus, build_program_corpus
+    from opencwm.trace.collect import CollectConfig, collect
+
+    build_code_corpus(tmp_path / "code", include_site_packages=False, max_files=40)
+    build_program_corpus(tmp_path / "programs", 40, difficulty=1)
+    collect(tmp_path / "programs", tmp_path / "traces", CollectConfig(workers=2, progress=False))
+
+    def opencwm(*args):
+        result = subprocess.run([sys.executable, "-m", "opencwm.cli", "train", "--quiet", "--batch-size", "2",
+                                 "--seq-len", "128", "--checkpoint-every", "4", *args],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+    data = ["--data", f"code={tmp_path / 'code'}:0.5", "--data", f"traces={tmp_path / 'traces'}:0.5"]
+    first, _ = opencwm("--preset", "nano", "--vocab", "600", "--out", str(tmp_path / "pt"), "--steps", "4", *data)
+    again, log = opencwm("--preset", "nano", "--out", str(tmp_path / "pt"), "--steps", "8", *data)
+    assert first["step"] == 4 and again["step"] == 8 and "resumed from step 4" in log
+    mid, _ = opencwm("--stage", "midtrain", "--init", f"{again['checkpoint']}/model", "--tokenizer",
+                     str(tmp_path / "pt" / "tokenizer"), "--out", str(tmp_path / "mid"), "--steps", "4",
+                     "--data", f"traces={tmp_path / 'traces'}")
+    assert mid["stage"] == "midtrain" and mid["step"] == 4
+    assert _tokenizer_loads(tmp_path / "mid" / "tokenizer")
+    bad = subprocess.run([sys.executable, "-m", "opencwm.cli", "train", "--out", str(tmp_path / "x"), "--data",
+                          "oops"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "NAME=DIR" in bad.stderr
+
+
+def _tokenizer_loads(path) -> bool:
+    from opencwm.tokenizer import Tokenizer
+
+    return Tokenizer.load(path).vocab_size > 256
