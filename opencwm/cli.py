@@ -6,6 +6,7 @@
     opencwm data code --out runs/code [--holdout cruxeval.jsonl]
     opencwm data programs --out runs/programs --count 1000 --difficulty 2
     opencwm train --stage pretrain --preset tiny --out runs/pt --data code=runs/code:0.5 --data traces=runs/tr:0.5
+    opencwm eval trace --model runs/pt/checkpoints/step-000500/model --traces runs/heldout --cruxeval hf
     opencwm model info cwm-32b --quant int8 --gpu-gb 80
     opencwm sandbox check
 
@@ -333,6 +334,38 @@ def cmd_train(args) -> int:
     return 0
 
 
+# -- eval -----------------------------------------------------------------------------------------------------------
+def cmd_eval_trace(args) -> int:
+    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_scores, evaluate_traces, load_cruxeval
+    from opencwm.model import CWM
+    from opencwm.model.hf import CheckpointError
+    from opencwm.shards import DatasetError
+    from opencwm.tokenizer import Tokenizer
+    from opencwm.trace.collect import read_traces
+
+    try:
+        model = CWM.from_pretrained(args.model).eval()
+        tokenizer = Tokenizer.load(args.tokenizer or Path(args.model).parent.parent.parent / "tokenizer")
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    evaluator = TraceEvaluator(model, tokenizer, max_trace_tokens=args.max_trace_tokens, batch_size=args.batch_size)
+    report: dict = {}
+    if args.traces:
+        try:
+            report.update(evaluate_traces(evaluator, read_traces(args.traces), limit=args.limit,
+                                          max_frames_per_trace=args.max_frames_per_trace))
+        except DatasetError as exc:
+            raise CliError(str(exc)) from None
+    if args.cruxeval:
+        items, why = load_cruxeval(args.cruxeval)
+        if items is None:
+            report.update(cruxeval_o_direct=None, cruxeval_o_rollout=None, cruxeval_missing=why)
+        else:
+            report.update(cruxeval_scores(evaluator, items[: args.limit]))
+    print(json.dumps(report))
+    return 0
+
+
 # -- model info -----------------------------------------------------------------------------------------------------
 def cmd_model_info(args) -> int:
     from opencwm.model.config import PRESETS, CwmConfig, preset
@@ -473,6 +506,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--activation-checkpointing", action="store_true")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)
+
+    evaluation = areas.add_parser("eval", help="evaluate a checkpoint")
+    eval_commands = evaluation.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    trace_eval = eval_commands.add_parser(
+        "trace", help="world modeling: next-frame and rollout exact match, output prediction, CruxEval-O")
+    trace_eval.add_argument("--model", required=True, help="checkpoint model directory (Hugging Face format)")
+    trace_eval.add_argument("--tokenizer", help="tokenizer directory (default: the training run's)")
+    trace_eval.add_argument("--traces", help="held-out trace dataset (opencwm trace collect output)")
+    trace_eval.add_argument("--cruxeval", help='CruxEval JSONL path, or "hf" for the public dataset')
+    trace_eval.add_argument("--limit", type=int, help="at most this many traces / CruxEval items")
+    trace_eval.add_argument("--max-frames-per-trace", type=int)
+    trace_eval.add_argument("--max-trace-tokens", type=int, default=1024)
+    trace_eval.add_argument("--batch-size", type=int, default=8)
+    trace_eval.set_defaults(func=cmd_eval_trace)
 
     model = areas.add_parser("model", help="the CWM transformer")
     model_commands = model.add_subparsers(dest="command", metavar="COMMAND", required=True)

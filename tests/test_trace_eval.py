@@ -59,3 +59,27 @@ def test_an_untrained_model_scores_low(memorised):
     evaluator = TraceEvaluator(model.eval(), tokenizer, max_frame_tokens=40, max_trace_tokens=60)
     assert evaluator.next_frame(traces).rate < 0.2
     assert evaluator.rollout(traces)[1].rate < 0.5
+
+
+def test_eval_cli_on_a_checkpoint(memorised, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from opencwm.trace.collect import CollectConfig, collect
+
+    model, tokenizer, _ = memorised
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save(tmp_path / "tokenizer")
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": f"p{i}", "code": s, "call": c}) + "\n"
+                             for i, (s, c) in enumerate(PROGRAMS)))
+    collect(items, tmp_path / "traces", CollectConfig(workers=1, progress=False))
+    result = subprocess.run([sys.executable, "-m", "opencwm.cli", "eval", "trace", "--model", str(tmp_path / "model"),
+                             "--tokenizer", str(tmp_path / "tokenizer"), "--traces", str(tmp_path / "traces"),
+                             "--cruxeval", str(tmp_path / "missing.jsonl"), "--max-trace-tokens", "300"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["traces"] == 3 and report["frame_exact_match"] >= 0.9
+    assert report["cruxeval_o_direct"] is None and "no such file" in report["cruxeval_missing"]

@@ -111,3 +111,59 @@ class TraceEvaluator:
         for (_, _, expected), got in zip(programs, self._generate(prompts, self.max_frame_tokens, stops)):
             score.add(same_value(got.split("\n")[0], expected))
         return score
+
+
+def load_cruxeval(source: str) -> tuple[list[dict] | None, str | None]:
+    """CruxEval items from a local JSONL path, or from the public Hugging Face dataset when ``source`` is "hf" and
+    the network allows. Returns (items, None) or (None, why they are missing)."""
+    import json
+    from pathlib import Path
+
+    if source != "hf":
+        path = Path(source)
+        if not path.exists():
+            return None, f"{source}: no such file"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()], None
+    try:
+        from datasets import load_dataset
+
+        return [dict(row) for row in load_dataset("cruxeval-org/cruxeval", split="test")], None
+    except Exception as exc:  # no datasets package, no network, no hub: say why
+        return None, f"CruxEval could not be loaded from Hugging Face ({type(exc).__name__}: {str(exc)[:120]})"
+
+
+def cruxeval_scores(evaluator: TraceEvaluator, items: list[dict]) -> dict:
+    """CruxEval-O by direct answer and by trace rollout (the model traces ``f(input)`` from the source alone)."""
+    from opencwm.trace.source import SourceMap
+
+    direct = evaluator.direct([(item["code"], f"f({item['input']})", item["output"]) for item in items])
+    contexts = []
+    for item in items:
+        source_map = SourceMap(item["code"])
+        entry = next((line for line, text in enumerate(source_map.lines, 1) if text.startswith("def f(")), 1)
+        contexts.append(Trace(source=item["code"], entry_lineno=entry))
+    # the rollout needs no true frames: score only its output against CruxEval's
+    prompts = [encode_context(t.source, t.entry_lineno) for t in contexts]
+    generated = evaluator._generate(prompts, evaluator.max_trace_tokens, (evaluator.end,))
+    rollout = Score()
+    for item, prompt, text in zip(items, prompts, generated):
+        try:
+            predicted = decode(prompt + text)
+            value = predicted.frames[-1].value if predicted.frames and predicted.frames[-1].event == RETURN else None
+        except TraceDecodeError:
+            value = None
+        rollout.add(same_value(value, item["output"]))
+    return {"cruxeval_o_direct": direct.rate, "cruxeval_o_rollout": rollout.rate, "cruxeval_items": direct.total}
+
+
+def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | None = None,
+                    max_frames_per_trace: int | None = None) -> dict:
+    """All world-modeling figures on held-out traces (rows from ``opencwm.trace.collect.read_traces``)."""
+    chosen = [(row, trace) for row, trace in rows_and_traces if trace.status == "ok" and trace.frames][:limit]
+    traces = [trace for _, trace in chosen]
+    frames = evaluator.next_frame(traces, max_frames_per_trace)
+    whole, output = evaluator.rollout(traces)
+    direct = evaluator.direct([(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")])
+    return {"frame_exact_match": frames.rate, "frames": frames.total, "trace_exact_match": whole.rate,
+            "output_exact_match_rollout": output.rate, "output_exact_match_direct": direct.rate,
+            "traces": len(traces)}
