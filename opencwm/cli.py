@@ -7,6 +7,7 @@
     opencwm data programs --out runs/programs --count 1000 --difficulty 2
     opencwm train --stage pretrain --preset tiny --out runs/pt --data code=runs/code:0.5 --data traces=runs/tr:0.5
     opencwm eval trace --model runs/pt/checkpoints/step-000500/model --traces runs/heldout --cruxeval hf
+    opencwm speedrun --out runs/speedrun [--cruxeval PATH|hf|none]
     opencwm model info cwm-32b --quant int8 --gpu-gb 80
     opencwm sandbox check
 
@@ -366,6 +367,22 @@ def cmd_eval_trace(args) -> int:
     return 0
 
 
+# -- speedrun -------------------------------------------------------------------------------------------------------
+def cmd_speedrun(args) -> int:
+    from dataclasses import fields
+
+    from opencwm.speedrun import SpeedrunConfig, speedrun
+
+    values = {f.name: getattr(args, f.name) for f in fields(SpeedrunConfig) if getattr(args, f.name, None) is not None}
+    if args.no_traces:
+        values["traces"] = False
+    if args.cruxeval == "none":
+        values["cruxeval"] = None
+    report = speedrun(SpeedrunConfig(**values), ablation=not args.no_ablation)
+    print(json.dumps({k: v for k, v in report.items() if k != "difficulty"}))
+    return 0
+
+
 # -- model info -----------------------------------------------------------------------------------------------------
 def cmd_model_info(args) -> int:
     from opencwm.model.config import PRESETS, CwmConfig, preset
@@ -520,6 +537,21 @@ def build_parser() -> argparse.ArgumentParser:
     trace_eval.add_argument("--max-trace-tokens", type=int, default=1024)
     trace_eval.add_argument("--batch-size", type=int, default=8)
     trace_eval.set_defaults(func=cmd_eval_trace)
+
+    run = areas.add_parser("speedrun", help="corpora -> tokenizer -> pretrain -> midtrain -> eval, with the no-traces "
+                                            "ablation; writes report.md and report.json")
+    from opencwm.speedrun import SpeedrunConfig
+
+    defaults = SpeedrunConfig()
+    for name in ("out", "preset", "train_programs", "heldout_programs", "difficulty", "code_files", "vocab",
+                 "seq_len", "batch_size", "pretrain_steps", "midtrain_steps", "lr", "eval_traces",
+                 "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed"):
+        default = getattr(defaults, name)
+        run.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else str,
+                         default=None, help=f"default: {default}")
+    run.add_argument("--no-traces", action="store_true", help="run only the ablation (code instead of traces)")
+    run.add_argument("--no-ablation", action="store_true", help="skip the no-traces comparison run")
+    run.set_defaults(func=cmd_speedrun)
 
     model = areas.add_parser("model", help="the CWM transformer")
     model_commands = model.add_subparsers(dest="command", metavar="COMMAND", required=True)

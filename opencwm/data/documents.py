@@ -40,5 +40,23 @@ def texts(directory: str | Path, limit: int | None = None) -> list[str]:
     return out
 
 
-def documents(directory: str | Path, tokenizer: Tokenizer, limit: int | None = None) -> list[Document]:
-    return [Document(tokenizer.encode(text, allow_special=True)) for text in texts(directory, limit)]
+def direct_texts(directory: str | Path, limit: int | None = None) -> list[str]:
+    """Output-prediction examples from a trace dataset: the source, ``assert CALL == `` and the real value (the
+    CruxEval-O style answer that ``opencwm.eval`` scores), one document per program that returned."""
+    from opencwm.eval.trace_eval import direct_prompt, direct_target
+    from opencwm.trace.collect import read_traces
+
+    out = []
+    for row, trace in read_traces(directory):
+        if trace.status == "ok" and row.get("call") and trace.return_value is not None:
+            out.append(direct_prompt(trace.source, row["call"]) + direct_target(trace.return_value) + END_OF_TEXT)
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def documents(directory: str | Path, tokenizer: Tokenizer, limit: int | None = None, *,
+              direct: bool = False) -> list[Document]:
+    """Tokenized training documents of a dataset; ``direct=True`` gives a trace dataset's direct-answer view."""
+    source = direct_texts(directory, limit) if direct else texts(directory, limit)
+    return [Document(tokenizer.encode(text, allow_special=True)) for text in source]

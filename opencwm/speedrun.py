@@ -1,0 +1,255 @@
+"""The CPU speedrun: train a small code world model end to end and measure what execution traces buy.
+
+Steps (each resumable; finished steps are skipped when rerun):
+1. corpora: standard-library code; synthetic programs for training and a held-out set from another seed; their
+   traces, collected in the sandbox;
+2. a byte-level BPE tokenizer with CWM's special tokens, trained on code and traces;
+3. pretraining (code, traces, direct answers) and midtraining (mostly traces) of a preset;
+4. evaluation on the held-out programs: next-frame exact match, whole-trace rollout, output prediction by
+   rollout and by direct answer, plus CruxEval-O when a CruxEval file or the public dataset is available;
+5. the ablation: the same pipeline and token budget with traces replaced by code (``no_traces``);
+6. ``report.md`` (tables, loss and accuracy plots) and ``report.json`` (stable keys).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from opencwm.trace.tracer import Limits
+
+
+@dataclass
+class SpeedrunConfig:
+    out: str = "runs/speedrun"
+    preset: str = "tiny"
+    train_programs: int = 3000
+    heldout_programs: int = 100
+    difficulty: int = 1
+    code_files: int = 600
+    vocab: int = 2048
+    seq_len: int = 1024
+    batch_size: int = 8
+    pretrain_steps: int = 300
+    midtrain_steps: int = 200
+    lr: float = 3e-3
+    eval_traces: int = 100
+    max_trace_tokens: int = 1024
+    cruxeval: str | None = "hf"  # a JSONL path, "hf", or None
+    cruxeval_limit: int = 200
+    traces: bool = True  # False: the ablation (code instead of traces, same token budget)
+    seed: int = 0
+
+
+def _log(message: str) -> None:
+    print(f"[speedrun {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build_data(config: SpeedrunConfig, root: Path) -> dict[str, Path]:
+    from opencwm.data.corpora import Holdout, build_code_corpus, build_program_corpus
+    from opencwm.eval.trace_eval import load_cruxeval
+    from opencwm.trace.collect import CollectConfig, collect
+
+    data = root / "data"
+    paths = {name: data / name for name in ("code", "programs", "heldout-programs", "traces", "heldout-traces")}
+    holdout = None
+    if config.cruxeval:
+        items, _ = load_cruxeval(config.cruxeval)
+        holdout = Holdout(items) if items else None
+    _log("corpus: standard-library code")
+    build_code_corpus(paths["code"], include_site_packages=False, max_files=config.code_files, holdout=holdout)
+    _log("corpus: synthetic programs (training and held out)")
+    build_program_corpus(paths["programs"], config.train_programs, difficulty=config.difficulty, seed=config.seed)
+    build_program_corpus(paths["heldout-programs"], config.heldout_programs, difficulty=config.difficulty,
+                         seed=config.seed + 1_000_003)
+    limits = Limits(max_frames=400, max_bytes=20_000, max_value_chars=200)  # traces that fit the context
+    for programs, traces in (("programs", "traces"), ("heldout-programs", "heldout-traces")):
+        _log(f"tracing {programs} in the sandbox")
+        collect(paths[programs], paths[traces], CollectConfig(limits=limits, progress=False))
+    return paths
+
+
+def _stage_sources(config: SpeedrunConfig, stage: str) -> dict[str, float]:
+    if config.traces:
+        return {"code": 0.4, "traces": 0.4, "direct": 0.2} if stage == "pretrain" else \
+            {"code": 0.1, "traces": 0.7, "direct": 0.2}
+    return {"code": 0.8, "direct": 0.2}  # same budget, traces replaced by code
+
+
+def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], tokenizer) -> tuple[Path, list[dict]]:
+    import torch
+
+    from opencwm.data.documents import documents
+    from opencwm.data.packing import PackedStream
+    from opencwm.model import CWM, preset
+    from opencwm.train.loop import TrainConfig, Trainer
+
+    docs = {"code": documents(paths["code"], tokenizer), "traces": documents(paths["traces"], tokenizer),
+            "direct": documents(paths["traces"], tokenizer, direct=True)}
+    torch.manual_seed(config.seed)
+    model = CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
+                       max_position_embeddings=max(4096, config.seq_len))).init_weights(seed=config.seed)
+    history: list[dict] = []
+    for stage, steps in (("pretrain", config.pretrain_steps), ("midtrain", config.midtrain_steps)):
+        weights = _stage_sources(config, stage)
+        stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed)
+        train_config = TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
+                                   warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
+                                   log_every=5, seed=config.seed)
+        trainer = Trainer(model, stream, train_config, root / stage)
+        trainer.resume()
+        _log(f"{stage}: {steps} steps on {weights}")
+        trainer.train(progress=False)
+        for line in (root / stage / "metrics.jsonl").read_text().splitlines():
+            history.append({"stage": stage, **json.loads(line)})
+    return root / "midtrain", history
+
+
+def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -> dict:
+    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_scores, evaluate_traces, load_cruxeval
+    from opencwm.trace.collect import read_traces
+
+    evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens)
+    results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces)
+    if config.cruxeval:
+        items, why = load_cruxeval(config.cruxeval)
+        if items is None:
+            results.update(cruxeval_o_direct=None, cruxeval_o_rollout=None, cruxeval_missing=why)
+        else:
+            results.update(cruxeval_scores(evaluator, items[: config.cruxeval_limit]))
+    else:
+        results.update(cruxeval_o_direct=None, cruxeval_o_rollout=None, cruxeval_missing="not requested")
+    return results
+
+
+def difficulty_profile(paths: dict[str, Path], limit: int) -> dict:
+    """How hard the held-out programs are: trace lengths and the share with loops, helpers, exceptions."""
+    from opencwm.shards import read_rows
+    from opencwm.trace.collect import read_traces
+
+    features = {r["id"]: json.loads(r["features"]) for r in read_rows(paths["heldout-programs"])}
+    lengths, flags = [], {"loops": 0, "helper_calls": 0, "exceptions": 0, "branches": 0}
+    for row, trace in list(read_traces(paths["heldout-traces"]))[:limit]:
+        lengths.append(len(trace.frames))
+        for key in flags:
+            flags[key] += bool(features.get(row["id"], {}).get(key))
+    lengths.sort()
+    n = max(1, len(lengths))
+    return {"programs": len(lengths), "frames_median": statistics.median(lengths) if lengths else 0,
+            "frames_p95": lengths[int(0.95 * (len(lengths) - 1))] if lengths else 0,
+            **{f"share_{k}": round(v / n, 3) for k, v in flags.items()}}
+
+
+def run_one(config: SpeedrunConfig) -> dict:
+    from opencwm.data.documents import texts
+    from opencwm.model import CWM
+    from opencwm.tokenizer import Tokenizer
+
+    start = time.monotonic()
+    root = Path(config.out) / ("traces" if config.traces else "no_traces")
+    shared = Path(config.out) / "shared"
+    paths = build_data(config, shared)
+    tokenizer_dir = shared / "tokenizer"
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        _log("tokenizer")
+        corpus = texts(paths["code"], limit=400) + texts(paths["traces"], limit=1500)
+        Tokenizer.train(corpus, vocab_size=config.vocab).save(tokenizer_dir)
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    results_file = root / "results.json"
+    if results_file.exists():
+        return json.loads(results_file.read_text())
+    last_stage, history = train_model(config, root, paths, tokenizer)
+    checkpoint = last_stage / "checkpoints" / (last_stage / "checkpoints" / "latest").read_text().strip()
+    model = CWM.from_pretrained(checkpoint / "model")
+    _log("evaluating")
+    results = evaluate(config, model, tokenizer, paths)
+    results.update(wall_seconds=round(time.monotonic() - start, 1), history=history,
+                   difficulty=difficulty_profile(paths, config.eval_traces), config=asdict(config))
+    results_file.write_text(json.dumps(results))
+    return results
+
+
+KEYS = ("frame_exact_match", "trace_exact_match", "output_exact_match_rollout", "output_exact_match_direct",
+        "cruxeval_o_direct", "cruxeval_o_rollout", "wall_seconds")
+
+
+def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float) -> dict:
+    report = {key: main.get(key) for key in KEYS}
+    report["wall_seconds"] = round(total_seconds, 1)
+    report["difficulty"] = main.get("difficulty")
+    if main.get("cruxeval_missing"):
+        report["cruxeval_missing"] = main["cruxeval_missing"]
+    if ablation is not None:
+        report["no_traces"] = {key: ablation.get(key) for key in KEYS}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    _plots(out, main, ablation)
+
+    def fmt(value):
+        return "missing" if value is None else (f"{100 * value:.1f}%" if isinstance(value, float) and value <= 1
+                                                 else str(value))
+
+    rows = ["| figure | with traces | no traces (ablation) |", "|---|---|---|"]
+    for key in KEYS:
+        rows.append(f"| {key} | {fmt(main.get(key))} | {fmt((ablation or {}).get(key))} |")
+    difficulty = main.get("difficulty") or {}
+    lines = [
+        "# opencwm CPU speedrun",
+        "",
+        f"Total wall time: {total_seconds / 60:.1f} min. Model: `{main['config']['preset']}` preset. "
+        "Held-out programs come from another seed of the same generator as the training programs.",
+        "",
+        *rows,
+        "",
+        "Held-out difficulty: " + ", ".join(f"{k} {v}" for k, v in difficulty.items()),
+        "",
+    ]
+    if main.get("cruxeval_missing"):
+        lines += [f"CruxEval-O missing: {main['cruxeval_missing']}", ""]
+    lines += ["![loss](loss.png)", "", "![accuracy](accuracy.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return report
+
+
+def _plots(out: Path, main: dict, ablation: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, result in (("with traces", main), ("no traces", ablation)):
+        if result:
+            history = result["history"]
+            ax.plot(range(len(history)), [h["loss"] for h in history], label=label)
+    ax.set_xlabel("logged step (pretrain, then midtrain)")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    keys = [k for k in KEYS if k != "wall_seconds"]
+    x = range(len(keys))
+    ax.bar([i - 0.2 for i in x], [main.get(k) or 0 for k in keys], width=0.4, label="with traces")
+    if ablation:
+        ax.bar([i + 0.2 for i in x], [ablation.get(k) or 0 for k in keys], width=0.4, label="no traces")
+    ax.set_xticks(list(x), [k.replace("_", " ") for k in keys], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=100)
+    plt.close(fig)
+
+
+def speedrun(config: SpeedrunConfig, *, ablation: bool = True) -> dict:
+    start = time.monotonic()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    main = run_one(config)
+    other = run_one(replace(config, traces=False)) if ablation and config.traces else None
+    report = write_report(out, main, other, time.monotonic() - start)
+    _log(f"report: {out / 'report.md'}")
+    return report
