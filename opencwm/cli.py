@@ -337,7 +337,7 @@ def cmd_train(args) -> int:
 
 # -- eval -----------------------------------------------------------------------------------------------------------
 def cmd_eval_trace(args) -> int:
-    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_scores, evaluate_traces, load_cruxeval
+    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_report, evaluate_traces
     from opencwm.model import CWM
     from opencwm.model.hf import CheckpointError
     from opencwm.shards import DatasetError
@@ -358,11 +358,7 @@ def cmd_eval_trace(args) -> int:
         except DatasetError as exc:
             raise CliError(str(exc)) from None
     if args.cruxeval:
-        items, why = load_cruxeval(args.cruxeval)
-        if items is None:
-            report.update(cruxeval_o_direct=None, cruxeval_o_rollout=None, cruxeval_missing=why)
-        else:
-            report.update(cruxeval_scores(evaluator, items[: args.limit]))
+        report.update(cruxeval_report(evaluator, args.cruxeval, args.limit))
     print(json.dumps(report))
     return 0
 

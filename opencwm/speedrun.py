@@ -109,19 +109,12 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
 
 
 def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -> dict:
-    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_scores, evaluate_traces, load_cruxeval
+    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_report, evaluate_traces
     from opencwm.trace.collect import read_traces
 
     evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens)
     results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces)
-    if config.cruxeval:
-        items, why = load_cruxeval(config.cruxeval)
-        if items is None:
-            results.update(cruxeval_o_direct=None, cruxeval_o_rollout=None, cruxeval_missing=why)
-        else:
-            results.update(cruxeval_scores(evaluator, items[: config.cruxeval_limit]))
-    else:
-        results.update(cruxeval_o_direct=None, cruxeval_o_rollout=None, cruxeval_missing="not requested")
+    results.update(cruxeval_report(evaluator, config.cruxeval, config.cruxeval_limit))
     return results
 
 

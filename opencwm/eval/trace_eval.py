@@ -156,6 +156,14 @@ def cruxeval_scores(evaluator: TraceEvaluator, items: list[dict]) -> dict:
     return {"cruxeval_o_direct": direct.rate, "cruxeval_o_rollout": rollout.rate, "cruxeval_items": direct.total}
 
 
+def cruxeval_report(evaluator: TraceEvaluator, source: str | None, limit: int | None = None) -> dict:
+    """CruxEval-O figures, or None for both with ``cruxeval_missing`` saying why they could not be measured."""
+    items, why = load_cruxeval(source) if source else (None, "not requested")
+    if items is None:
+        return {"cruxeval_o_direct": None, "cruxeval_o_rollout": None, "cruxeval_missing": why}
+    return cruxeval_scores(evaluator, items[:limit])
+
+
 def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | None = None,
                     max_frames_per_trace: int | None = None) -> dict:
     """All world-modeling figures on held-out traces (rows from ``opencwm.trace.collect.read_traces``)."""
