@@ -5,7 +5,7 @@ Good enough for evaluation and the neural debugger; the serving engine builds on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -20,7 +20,6 @@ class Sampling:
     top_p: float = 1.0
     stop_tokens: tuple[int, ...] = ()
     seed: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:

@@ -170,7 +170,6 @@ def resolve_locals(frames: list[Frame]) -> list[dict[str, str] | None]:
 
 
 __all__ = [
-    "OK",
     "TraceDecodeError",
     "decode",
     "decode_frame",
