@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel of this release lies on disk here; GPU users override it, e.g. TORCH_SPEC="torch==2.13.0".
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= model,test,bench,ray
+EXTRAS ?= model,test,bench,ray,forage
 BIN := $(VENV)/bin
 export PYTHONHASHSEED := 0
 

@@ -10,6 +10,7 @@
     opencwm speedrun --out runs/speedrun [--cruxeval PATH|hf|none]
     opencwm model info cwm-32b --quant int8 --gpu-gb 80
     opencwm sandbox check
+    opencwm forage env|mutate|import|run|show ...   (see opencwm.forage.cli)
 
 Imports stay inside the commands, so ``opencwm --help`` and ``trace run`` start fast (nothing imports torch).
 """
@@ -26,10 +27,14 @@ class CliError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
 
 
+def _add_sandbox_choice(parser) -> None:
+    parser.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits"],
+                        help="isolation backend (default: the best that works here)")
+
+
 def _add_sandbox_args(parser: argparse.ArgumentParser, timeout: float) -> None:
     group = parser.add_argument_group("sandbox")
-    group.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits"],
-                       help="isolation backend (default: the best that works here)")
+    _add_sandbox_choice(group)
     group.add_argument("--timeout", type=float, default=timeout, help="seconds per item (default: %(default)s)")
     group.add_argument("--memory-mb", type=int, default=2048, help="memory limit per item (default: %(default)s)")
     group.add_argument("--python", default=sys.executable,
@@ -322,7 +327,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                          warmup_steps=args.warmup, schedule=args.schedule, seed=args.seed,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every, compile=args.compile,
-                         activation_checkpointing=args.activation_checkpointing)
+                         activation_checkpointing=args.activation_checkpointing, precision=args.precision)
     trainer = Trainer(model, stream, config, out, distributed=world > 1)
     if trainer.resume() and rank == 0:
         print(f"resumed from step {trainer.step}", file=sys.stderr)
@@ -517,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--log-every", type=int, default=10)
     train.add_argument("--compile", action="store_true", help="torch.compile each block")
     train.add_argument("--activation-checkpointing", action="store_true")
+    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                       help="auto: bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere (default: %(default)s)")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)
 
@@ -567,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="show the backend in use and run hostile probes (exit 1 if one is not contained)")
     _add_sandbox_args(check, timeout=3.0)
     check.set_defaults(func=cmd_sandbox_check)
+
+    from opencwm.forage.cli import add_parser as add_forage_parser
+
+    add_forage_parser(areas)
     return parser
 
 
@@ -588,5 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m opencwm.cli: run the imported module, so its exception classes are shared
+    from opencwm.cli import main as package_main
+
+    sys.exit(package_main())

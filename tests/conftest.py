@@ -48,3 +48,4 @@ def run_python(exe: str, code: str, stdin: str = "", timeout: float = 300) -> st
                             timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+collect_ignore = ["data"]  # repositories made for the tests, with test suites of their own

@@ -1,5 +1,6 @@
 """The one training loop, for every stage (pretrain, midtrain, SFT): AdamW, warmup-stable-decay or cosine
-schedules, gradient accumulation and clipping, bf16 autocast on GPU (fp32 on CPU), optional per-block
+schedules, gradient accumulation and clipping, bf16 autocast on GPU and on CPUs with bf16 matrix units (AMX),
+fp32 elsewhere (``precision``), optional per-block
 ``torch.compile`` and activation checkpointing, metrics to JSONL, and checkpoints that resume exactly.
 
 A checkpoint directory ``checkpoints/step-NNNNNN`` holds the model in Hugging Face format (``model/``), the
@@ -45,10 +46,13 @@ class TrainConfig:
     compile: bool = False
     activation_checkpointing: bool = False
     keep_checkpoints: int = 2
+    precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 autocast on CUDA and on CPUs with AMX, else fp32)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("wsd", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r} (wsd or cosine)")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"unknown precision {self.precision!r} (auto, bf16 or fp32)")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps, batch_size and grad_accum must be positive")
 
@@ -66,6 +70,17 @@ def learning_rate(step: int, config: TrainConfig) -> float:
         return peak
     progress = (step - decay_start) / max(1, config.steps - decay_start)
     return peak + (floor - peak) * min(1.0, progress)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to autocast to bf16: asked for, or ``auto`` on CUDA and on CPUs whose matrix units (AMX) make bf16
+    faster than fp32 (about 2x for the tiny preset here); plain AVX-512 CPUs are faster in fp32."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return device.type == "cpu" and bool(is_amx and is_amx())
 
 
 def loss_fn(model: CWM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -186,7 +201,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         metrics = (self.out_dir / "metrics.jsonl").open("a") if self.rank == 0 else None
         self.model.train()
-        on_gpu = self.device.type == "cuda"
+        bf16 = use_bf16(config.precision, self.device)
         start, start_step, tokens_seen, last = time.monotonic(), self.step, 0, {}
         while self.step < config.steps:
             for group in self.optimizer.param_groups:
@@ -194,7 +209,7 @@ class Trainer:
             total_loss, total_tokens = 0.0, 0
             for _ in range(config.grad_accum):
                 batch = {k: v.to(self.device) for k, v in self.stream.next_batch(config.batch_size).items()}
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss, _ = loss_fn(self.model, batch)
                 (loss / config.grad_accum).backward()
                 total_loss += float(loss.detach()) / config.grad_accum

@@ -1,0 +1,193 @@
+"""The agent loop: one episode of a policy on a task, with CWM's tools (SPEC §3) in the sandbox.
+
+The work tree (the task's ``base_commit``, fresh for every episode) is the only directory the agent's commands may
+write; the network is off; each ``bash`` command has a timeout and its output is truncated with a marker. ``edit``
+and ``create`` are carried out by the host on paths that must resolve inside the work tree. One tool call per
+assistant turn, parsed by the chat codec; a malformed call gets an error observation and the episode goes on.
+
+When the agent submits (or a budget runs out) the work tree's diff against ``base_commit`` is the patch; it is
+applied to another fresh work tree and the task's ``FAIL_TO_PASS`` + ``PASS_TO_PASS`` tests decide the reward
+(1.0 when all pass, else 0.0).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from opencwm.chat import ChatFormatError, parse_create, parse_edit, parse_tool_call, tool_role
+from opencwm.forage.environment import Environment, git
+from opencwm.forage.policies import Policy
+from opencwm.sandbox.shell import Shell, truncate_output
+
+SYSTEM_PROMPT = """You are an autonomous software engineer working in a Python repository at {tree}.
+Fix the problem the user describes. Use exactly one tool per turn, written as
+
+<tool: NAME>
+ARGS
+</tool>
+
+Tools:
+- bash: run one non-interactive shell command or script in a persistent session (no network; {timeout:.0f} s
+  per command; long outputs are truncated). The repository's tests run with `python -m pytest`.
+- edit: edit a file. ARGS: the file's path on the first line, then one or more blocks
+<<<<<<< SEARCH
+exact existing lines
+=======
+their replacement
+>>>>>>> REPLACE
+- create: create a new file. ARGS: its path on the first line, then its content.
+- submit: finish; your changes to the repository are the solution (ARGS empty).
+"""
+
+
+@dataclass
+class Budget:
+    max_turns: int = 30
+    max_tokens: int = 65_536  # prompt + completion tokens the policy reports over the episode
+    max_seconds: float = 900.0
+    command_timeout: float = 120.0
+    max_output: int = 8_000
+
+
+class Tools:
+    """CWM's agentic tools acting on one work tree."""
+
+    def __init__(self, tree: Path, shell: Shell, budget: Budget):
+        self.tree, self.shell, self.budget = tree.resolve(), shell, budget
+
+    def _path(self, name: str) -> Path:
+        path = (self.tree / name).resolve()  # symlinks followed: a link out of the tree is refused
+        if (path != self.tree and self.tree not in path.parents) or ".git" in path.relative_to(self.tree).parts:
+            raise ChatFormatError(f"{name}: outside the repository")
+        return path
+
+    def bash(self, args: str) -> tuple[str, str]:
+        result = self.shell.run(args, timeout=self.budget.command_timeout)
+        output = truncate_output(result.output, self.budget.max_output)
+        if result.status == "timeout":
+            return "timeout", f"{output}\n[the command timed out after {self.budget.command_timeout:.0f} s and " \
+                              "was killed; the shell was restarted in the repository root]"
+        if result.status == "killed":
+            return "killed", f"{output}\n[the shell exited; a new one starts in the repository root]"
+        return "ok", f"{output}\n[exit code {result.returncode}]"
+
+    def edit(self, args: str) -> tuple[str, str]:
+        name, blocks = parse_edit(args)
+        path = self._path(name)
+        if not path.is_file():
+            raise ChatFormatError(f"{name}: no such file (use create for new files)")
+        text = path.read_text(encoding="utf-8")
+        for old, new in blocks:
+            count = text.count(old)
+            if count != 1:
+                raise ChatFormatError(f"{name}: the SEARCH text occurs {count} times (it must occur exactly once)")
+            text = text.replace(old, new, 1)
+        path.write_text(text, encoding="utf-8")
+        return "ok", f"{name}: {len(blocks)} block(s) replaced"
+
+    def create(self, args: str) -> tuple[str, str]:
+        name, content = parse_create(args)
+        path = self._path(name)
+        if path.exists():
+            raise ChatFormatError(f"{name}: already exists (use edit)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+        return "ok", f"{name}: created ({len(content)} characters)"
+
+
+def diff_of(tree: Path, base_commit: str) -> str:
+    """The work tree's changes against ``base_commit``, new files included (git's ignore rules apply)."""
+    git(tree, "add", "-A")
+    return git(tree, "diff", "--cached", "--binary", base_commit)
+
+
+def evaluate_patch(env: Environment, task: dict, patch: str, *, backend: str = "auto",
+                   timeout: float = 900) -> tuple[float, dict[str, str]]:
+    """(reward, outcome of each deciding test) of ``patch`` applied to a fresh work tree of the task."""
+    tests = json.loads(task["FAIL_TO_PASS"]) + json.loads(task["PASS_TO_PASS"])
+    tree = env.checkout(task["base_commit"])
+    try:
+        if patch.strip():
+            applied = subprocess.run(["git", "-C", str(tree), "apply", "--whitespace=nowarn", "-"], input=patch,
+                                     text=True, capture_output=True)
+            if applied.returncode != 0:
+                return 0.0, {"<patch>": "does not apply"}
+        run = env.run_tests(tree, tests, backend=backend, timeout=timeout)
+        outcomes = {t: run.outcomes.get(t, "missing" if run.status == "ok" else run.status) for t in tests}
+        return float(bool(tests) and all(o == "passed" for o in outcomes.values())), outcomes
+    finally:
+        Environment.discard(tree)
+
+
+def run_episode(env: Environment, task: dict, policy: Policy, budget: Budget | None = None, *,
+                backend: str = "auto") -> dict:
+    """Play one episode; returns its trajectory record (see ``opencwm.forage.trajectory``)."""
+    budget = budget or Budget()
+    start = time.monotonic()
+    tree = env.checkout(task["base_commit"])
+    shell = Shell(tree, env=env.sandbox_env(tree), backend=backend, visible=(str(env.path),),
+                  max_output=budget.max_output * 4)
+    tools = Tools(tree, shell, budget)
+    messages = [{"role": "system", "content": SYSTEM_PROMPT.format(tree=tree, timeout=budget.command_timeout)},
+                {"role": "user", "content": task["problem_statement"]}]
+    actions: list[dict] = []
+    prompt_tokens = completion_tokens = 0
+    status = "turn_budget"
+    try:
+        for turn in range(budget.max_turns):
+            if time.monotonic() - start > budget.max_seconds:
+                status = "time_budget"
+                break
+            try:
+                reply = policy(messages)
+            except Exception as exc:  # a server error ends the episode, recorded, not raised
+                status = f"policy_error: {type(exc).__name__}: {str(exc)[:200]}"
+                break
+            messages.append({"role": "assistant", "content": reply.text})
+            prompt_tokens += reply.prompt_tokens or 0
+            completion_tokens += reply.completion_tokens or 0
+            action_start = time.monotonic()
+            try:
+                call = parse_tool_call(reply.text)
+            except ChatFormatError as exc:
+                action = {"turn": turn, "tool": None, "args": None, "status": "invalid", "observation": str(exc)}
+                name = "error"
+            else:
+                name = call.name
+                action = {"turn": turn, "tool": call.name, "args": call.args}
+                if call.name == "submit":
+                    action.update(status="ok", observation="", seconds=0.0)
+                    actions.append(action)
+                    status = "submitted"
+                    break
+                try:
+                    action["status"], action["observation"] = getattr(tools, call.name)(call.args)
+                except ChatFormatError as exc:
+                    action["status"], action["observation"] = "error", f"error: {exc}"
+            action["seconds"] = round(time.monotonic() - action_start, 3)
+            actions.append(action)
+            if prompt_tokens + completion_tokens > budget.max_tokens:
+                status = "token_budget"
+                break
+            left = (f"\n\n[{budget.max_turns - turn - 1} turns left; "
+                    f"{max(0, budget.max_tokens - prompt_tokens - completion_tokens)} tokens left]")
+            messages.append({"role": tool_role(name), "content": action["observation"] + left})
+        patch = diff_of(tree, task["base_commit"])
+    finally:
+        shell.close()
+        Environment.discard(tree)
+    episode_seconds = time.monotonic() - start
+    reward, results = evaluate_patch(env, task, patch, backend=backend)
+    return {
+        "item": f"{task['instance_id']}:{policy.name}", "task_id": task["instance_id"],
+        "task_kind": task.get("task_kind") or "", "env": str(env.path), "policy": policy.name,
+        "messages": json.dumps(messages), "actions": json.dumps(actions), "test_results": json.dumps(results),
+        "diff": patch, "reward": reward, "solved": reward == 1.0, "status": status, "turns": len(actions),
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "episode_seconds": round(episode_seconds, 3), "seconds": round(time.monotonic() - start, 3),
+        "task": json.dumps({k: v for k, v in task.items() if k not in ("problem_statement",)}),
+    }

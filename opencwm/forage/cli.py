@@ -1,0 +1,261 @@
+"""``opencwm forage``: environments, tasks and trajectories from the command line.
+
+    opencwm forage env more-itertools==10.5.0 --cache runs/envs [--json]
+    opencwm forage mutate runs/envs/more-itertools-10.5.0-... --out runs/tasks --max 200 [--json]
+    opencwm forage import swebench.jsonl --env runs/envs/... --out runs/tasks
+    opencwm forage run runs/tasks --policy openai --base-url http://localhost:8000/v1 --model cwm --out runs/traj
+    opencwm forage show runs/traj [--limit N] [--id TASK]
+
+With ``--json`` a command prints one JSON summary on stdout (progress and messages go to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+POLICIES = ("openai", "local", "oracle", "inverse", "empty")
+
+
+def _say(message: str) -> None:
+    print(f"[forage] {message}", file=sys.stderr, flush=True)
+
+
+def _bar(total_label: str, quiet: bool):
+    """A progress callback (done, total) drawing a tqdm bar on stderr."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=total_label, unit="item", file=sys.stderr)
+        state["bar"].update(done - state["bar"].n)
+        if done == total:
+            state["bar"].close()
+
+    return update
+
+
+def _environment(path: str):
+    from opencwm.cli import CliError
+    from opencwm.forage.environment import Environment
+
+    env_file = Path(path) / "env.json"
+    if not env_file.exists():
+        raise CliError(f"{path}: not an environment directory (make one with 'opencwm forage env SOURCE')")
+    env = Environment(Path(path), json.loads(env_file.read_text()))
+    if not env.ok:
+        raise CliError(f"{path}: the environment did not build: {env.info.get('error')}")
+    return env
+
+
+def cmd_env(args) -> int:
+    from opencwm.cli import CliError
+    from opencwm.forage.environment import ForageError, build_environment
+
+    try:
+        env = build_environment(args.source, args.cache, python=args.python, backend=args.sandbox,
+                                rebuild=args.rebuild, progress=None if args.quiet else _say)
+    except ForageError as exc:
+        raise CliError(str(exc)) from None
+    info = env.info
+    summary = {"env": str(env.path), "tests": len(info.get("tests", {})), "passing": info.get("passing", 0),
+               "flaky": len(info.get("flaky", []))}
+    if not env.ok:
+        summary["error"] = info.get("error")
+        print(json.dumps(summary) if args.json else f"opencwm: build failed ({env.path}/env.json): "
+              f"{info.get('error')}", file=sys.stdout if args.json else sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        covered = len(info.get("coverage", {}))
+        print(f"{env.path}: {summary['tests']} tests, {summary['passing']} passing, {summary['flaky']} flaky; "
+              f"{covered} functions covered by tests (built in {info.get('build_seconds')} s)")
+    return 0
+
+
+def cmd_mutate(args) -> int:
+    from opencwm.cli import CliError
+    from opencwm.forage.mutate import OPERATORS
+    from opencwm.forage.tasks import mutate
+
+    env = _environment(args.env)
+    operators = tuple(args.operators.split(",")) if args.operators else OPERATORS
+    unknown = set(operators) - set(OPERATORS)
+    if unknown:
+        raise CliError(f"unknown operators {', '.join(sorted(unknown))} (choose from {', '.join(OPERATORS)})")
+    report = mutate(env, args.out, max_candidates=args.max, workers=args.workers, operators=operators,
+                    timeout=args.timeout, backend=args.sandbox, progress=_bar("validating", args.quiet))
+    if args.json:
+        print(json.dumps(report.as_json()))
+    else:
+        print(f"{report.tasks}: {report.validated} validated tasks of {report.candidates} candidates")
+        for operator, counts in report.per_operator.items():
+            print(f"  {operator:18} {counts.get('validated', 0):5} / {counts['candidates']}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from opencwm.cli import CliError
+    from opencwm.forage.environment import ForageError
+    from opencwm.forage.tasks import import_swebench
+
+    env = _environment(args.env)
+    try:
+        count = import_swebench(args.file, env, args.out)
+    except ForageError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps({"tasks": args.out, "imported": count}) if args.json else f"{args.out}: {count} imported")
+    return 0
+
+
+def _policy_factory(args):
+    from opencwm.cli import CliError
+    from opencwm.forage import policies
+
+    if args.policy == "openai":
+        if not args.base_url or not args.model:
+            raise CliError("--policy openai needs --base-url and --model")
+        shared = policies.OpenAIPolicy(args.base_url, args.model, api_key=args.api_key,
+                                       temperature=args.temperature, max_tokens=args.max_new_tokens)
+        return lambda task: shared
+    if args.policy == "local":
+        if not args.model:
+            raise CliError("--policy local needs --model CHECKPOINT_MODEL_DIR")
+        shared = policies.LocalPolicy(args.model, args.tokenizer, max_tokens=args.max_new_tokens,
+                                      temperature=args.temperature)
+        return lambda task: shared
+    if args.policy == "inverse":
+        return policies.InverseMutationPolicy
+    if args.policy == "oracle":
+        return policies.OraclePolicy
+
+    def empty(task):
+        policy = policies.ScriptedPolicy([])
+        policy.name = "empty"
+        return policy
+
+    return empty
+
+
+def cmd_run(args) -> int:
+    from opencwm.cli import CliError
+    from opencwm.forage.agent import Budget
+    from opencwm.forage.environment import ForageError
+    from opencwm.forage.tasks import read_tasks
+    from opencwm.forage.trajectory import run_episodes
+    from opencwm.shards import DatasetError
+
+    try:
+        tasks = read_tasks(args.tasks)[: args.max]
+    except (ForageError, DatasetError) as exc:
+        raise CliError(str(exc)) from None
+    if args.policy == "inverse":
+        tasks = [t for t in tasks if t["task_kind"] == "mutate-fix"]
+    budget = Budget(max_turns=args.max_turns, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
+                    command_timeout=args.command_timeout)
+    try:
+        summary = run_episodes(tasks, _policy_factory(args), args.out, budget=budget, workers=args.workers,
+                               backend=args.sandbox, ray_address=args.ray, progress=_bar("episodes", args.quiet))
+    except ForageError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['trajectories']}: {summary['episodes']} episodes, {summary['solved']} solved")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from opencwm.cli import CliError
+    from opencwm.forage.environment import ForageError
+    from opencwm.forage.trajectory import read_trajectories, replay
+    from opencwm.shards import DatasetError
+
+    try:
+        rows = read_trajectories(args.trajectories)
+    except (ForageError, DatasetError) as exc:
+        raise CliError(str(exc)) from None
+    if args.id:
+        rows = [r for r in rows if args.id in (r["task_id"], r["item"])]
+        if not rows:
+            raise CliError(f"no trajectory of task {args.id} in {args.trajectories}")
+    solved = sum(bool(r["solved"]) for r in rows)
+    print(f"{args.trajectories}: {len(rows)} episodes, {solved} solved")
+    for row in rows[: args.limit]:
+        print()
+        print(replay(row))
+    return 0
+
+
+def add_parser(areas) -> None:
+    from opencwm.cli import _cpu_count
+
+    forage = areas.add_parser("forage", help="ForagerAgent: repository environments, mutate-fix tasks, agent "
+                                             "trajectories")
+    commands = forage.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    env = commands.add_parser("env", help="build (or reuse) the executable environment of a repository")
+    env.add_argument("source", help="a local repository directory or a PyPI source distribution name==version")
+    env.add_argument("--cache", default="runs/envs", help="environment cache directory (default: %(default)s)")
+    env.add_argument("--python", default=sys.executable, help="interpreter for the environment's venv")
+    env.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    _common(env)
+    env.set_defaults(func=cmd_env)
+
+    mutate = commands.add_parser("mutate", help="generate and validate mutate-fix tasks of an environment")
+    mutate.add_argument("env", help="an environment directory (from 'forage env')")
+    mutate.add_argument("--out", required=True, help="task dataset directory (created or resumed)")
+    mutate.add_argument("--max", type=int, help="at most this many candidates")
+    mutate.add_argument("--operators", help="comma-separated subset of the mutation operators")
+    mutate.add_argument("--workers", type=int, default=_cpu_count())
+    mutate.add_argument("--timeout", type=float, default=120, help="seconds per validation run")
+    _common(mutate)
+    mutate.set_defaults(func=cmd_mutate)
+
+    imp = commands.add_parser("import", help="import SWE-bench-format issue-fix instances for an environment")
+    imp.add_argument("file", help="JSONL with SWE-bench fields")
+    imp.add_argument("--env", required=True)
+    imp.add_argument("--out", required=True)
+    _common(imp)
+    imp.set_defaults(func=cmd_import)
+
+    run = commands.add_parser("run", help="play episodes of a policy on tasks and store the trajectories")
+    run.add_argument("tasks", help="task dataset directory")
+    run.add_argument("--out", required=True, help="trajectory dataset directory (created or resumed)")
+    run.add_argument("--policy", choices=POLICIES, default="openai")
+    run.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    run.add_argument("--model", help="model name at the endpoint, or a checkpoint model directory (local)")
+    run.add_argument("--api-key", default="EMPTY")
+    run.add_argument("--tokenizer", help="tokenizer directory for --policy local")
+    run.add_argument("--temperature", type=float, default=0.0)
+    run.add_argument("--max-new-tokens", type=int, default=2048, help="per assistant turn")
+    run.add_argument("--max", type=int, help="at most this many tasks")
+    run.add_argument("--max-turns", type=int, default=30)
+    run.add_argument("--max-tokens", type=int, default=65_536, help="per episode")
+    run.add_argument("--max-seconds", type=float, default=900)
+    run.add_argument("--command-timeout", type=float, default=120)
+    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--ray", metavar="ADDRESS", help='spread episodes over a Ray cluster ("local" starts one)')
+    _common(run)
+    run.set_defaults(func=cmd_run)
+
+    show = commands.add_parser("show", help="replay trajectories readably")
+    show.add_argument("trajectories")
+    show.add_argument("--limit", type=int, default=1)
+    show.add_argument("--id", help="the trajectory of this task")
+    show.set_defaults(func=cmd_show)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    from opencwm.cli import _add_sandbox_choice
+
+    parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_sandbox_choice(parser)

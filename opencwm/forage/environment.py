@@ -1,0 +1,335 @@
+"""Executable repository environments: a Python repository (a local directory or a PyPI source distribution)
+turned into a git repository, a virtual environment with its dependencies and pytest, a baseline of every test's
+outcome (run twice; tests that disagree are flaky and left out) and a coverage map of which tests run which
+functions.
+
+Environments are cached on disk by content (``CACHE/<key>/``: ``repo/``, ``venv/``, ``env.json``), built once
+and reused by every task. Building installs packages from PyPI outside the sandbox (like a Docker image build);
+everything that runs afterwards (tests, the agent) runs in the sandbox without network, writing only in its own
+work tree. The package itself is uninstalled from the venv after its dependencies are in, so tests always import
+the work tree's code (``PYTHONPATH``).
+
+A build that fails leaves ``env.json`` with ``status: build_failed`` and the reason; it is not retried unless
+asked (``rebuild=True``).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opencwm.forage.mutate import functions
+from opencwm.sandbox.shell import CommandResult, run_command
+
+PLUGIN = "opencwm_forage_plugin"
+TEST_EXTRAS = ("test", "tests", "testing")
+REQUIREMENT_FILES = ("requirements-test.txt", "requirements_test.txt", "test-requirements.txt",
+                     "test_requirements.txt", "requirements-tests.txt", "requirements/test.txt",
+                     "requirements/tests.txt", "tests/requirements.txt")
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "opencwm", "GIT_AUTHOR_EMAIL": "forage@opencwm", "GIT_COMMITTER_NAME": "opencwm",
+                "GIT_COMMITTER_EMAIL": "forage@opencwm", "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000",
+                "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
+
+
+class ForageError(RuntimeError):
+    """An environment could not be built or used; the message says why in one line."""
+
+
+def git(repo: str | Path, *args: str, check: bool = True, input: str | None = None) -> str:
+    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, input=input,
+                            env={**os.environ, **GIT_IDENTITY})
+    if check and result.returncode != 0:
+        raise ForageError(f"git {' '.join(args[:2])} failed: {result.stderr.strip()[:300]}")
+    return result.stdout
+
+
+def has_commit(repo: str | Path, commit: str) -> bool:
+    return subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"],
+                          capture_output=True).returncode == 0
+
+
+def is_test_file(path: str) -> bool:
+    parts = Path(path).parts
+    name = parts[-1]
+    return (name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
+            or any(p in ("test", "tests", "testing") for p in parts[:-1]))
+
+
+@dataclass
+class TestRun:
+    status: str  # ok | timeout | killed | error (no results written: pytest could not start)
+    outcomes: dict[str, str]  # node id -> passed | failed | error | skipped
+    failures: dict[str, str] = field(default_factory=dict)  # node id -> failure text
+    coverage: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # file -> line -> node ids
+    output: str = ""
+    seconds: float = 0.0
+
+    def passed(self, nodeid: str) -> bool:
+        return self.outcomes.get(nodeid) == "passed"
+
+
+@dataclass
+class Environment:
+    path: Path
+    info: dict
+
+    @property
+    def repo(self) -> Path:
+        return self.path / "repo"
+
+    @property
+    def venv(self) -> Path:
+        return self.path / "venv"
+
+    @property
+    def ok(self) -> bool:
+        return self.info.get("status") == "ok"
+
+    @property
+    def base_commit(self) -> str:
+        return self.info["base_commit"]
+
+    def passing_tests(self) -> list[str]:
+        flaky = set(self.info.get("flaky", []))
+        return sorted(t for t, o in self.info.get("tests", {}).items() if o == "passed" and t not in flaky)
+
+    def tests_for(self, function_key: str) -> list[str]:
+        """The passing, non-flaky tests that execute the function ``path::qualname``."""
+        passing = set(self.passing_tests())
+        return sorted(t for t in self.info.get("coverage", {}).get(function_key, []) if t in passing)
+
+    # -- work trees -----------------------------------------------------------------------------------------------
+    def checkout(self, commit: str | None = None, parent: str | Path | None = None) -> Path:
+        """A fresh work tree of the repository at ``commit`` (default: the baseline) in a new directory
+        ``<parent>/<id>/repo``; the caller removes ``<id>`` when done (``discard``)."""
+        parent = Path(parent) if parent else self.path / "work"
+        root = parent / uuid.uuid4().hex[:12]
+        root.mkdir(parents=True)
+        tree = root / "repo"
+        git(self.path, "clone", "-q", "--shared", "--no-checkout", str(self.repo), str(tree))
+        git(tree, "checkout", "-q", "-f", commit or self.base_commit)
+        return tree
+
+    @staticmethod
+    def reset(tree: Path, commit: str) -> None:
+        """Back to ``commit`` exactly: tracked files restored, untracked and ignored files removed."""
+        git(tree, "checkout", "-q", "-f", commit)
+        git(tree, "clean", "-q", "-f", "-d", "-x")
+
+    @staticmethod
+    def discard(tree: Path) -> None:
+        shutil.rmtree(tree.parent, ignore_errors=True)
+
+    def sandbox_env(self, tree: Path) -> dict[str, str]:
+        src = tree / "src"
+        path = f"{src}:{tree}" if src.is_dir() else str(tree)
+        return {"PATH": f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": str(self.venv),
+                "PYTHONPATH": f"{path}:{self.path / 'plugin'}"}
+
+    def run_tests(self, tree: Path, tests: list[str] | None = None, *, coverage: bool = False,
+                  timeout: float = 900, backend: str = "auto") -> TestRun:
+        """Run the repository's tests (all, or the given node ids) in the sandbox; the tree's parent directory
+        is writable (results go there), the tree itself is restored afterwards by the caller if needed."""
+        results = tree.parent / f"results-{uuid.uuid4().hex[:8]}.json"
+        env = {**self.sandbox_env(tree), "OPENCWM_FORAGE_RESULTS": str(results)}
+        if coverage:
+            env["OPENCWM_FORAGE_COVERAGE"] = str(tree)
+        argv = [str(self.venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-q",
+                "--tb=short", "-o", "addopts=", *(tests if tests is not None else self.info.get("test_args", []))]
+        result: CommandResult = run_command(argv, tree.parent, cwd=tree, timeout=timeout, env=env, backend=backend,
+                                            visible=(str(self.path),), max_output=20_000)
+        if not results.exists():
+            status = result.status if result.status != "ok" else "error"
+            return TestRun(status, {}, output=result.output, seconds=result.seconds)
+        data = json.loads(results.read_text())
+        results.unlink()
+        return TestRun(result.status, data["outcomes"], data["failures"], data["coverage"], result.output,
+                       result.seconds)
+
+
+# -- building ---------------------------------------------------------------------------------------------------------
+def _pip(python: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _fetch_sdist(spec: str, into: Path) -> Path:
+    """Download the source distribution ``name==version`` and unpack it; returns the unpacked directory."""
+    download = into / "download"
+    result = _pip(Path(sys.executable), "download", "--no-deps", "--no-binary", ":all:",
+                  "-d", str(download), spec)
+    archives = sorted(download.glob("*")) if download.exists() else []
+    if result.returncode != 0 or not archives:
+        raise ForageError(f"could not download the source distribution of {spec}: "
+                                f"{(result.stderr.strip().splitlines() or ['no archive'])[-1][:300]}")
+    archive, unpacked = archives[0], into / "unpacked"
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as handle:
+            handle.extractall(unpacked)
+    else:
+        with tarfile.open(archive) as handle:
+            handle.extractall(unpacked, filter="data")
+    tops = [p for p in unpacked.iterdir() if p.is_dir()]
+    if len(tops) != 1:
+        raise ForageError(f"{archive.name}: expected one top-level directory")
+    return tops[0]
+
+
+def source_key(source: str, python: str) -> tuple[str, str]:
+    """(cache key, kind) of an environment source: a local directory's content or a PyPI ``name==version``."""
+    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                             text=True).stdout.strip()
+    digest = hashlib.sha256(f"{version}\0".encode())
+    path = Path(source)
+    if path.is_dir():
+        files = subprocess.run(["git", "-C", str(path), "ls-files", "-co", "--exclude-standard"], capture_output=True,
+                               text=True)
+        names = files.stdout.split() if files.returncode == 0 else [
+            str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
+        for name in sorted(names):
+            file = path / name
+            if file.is_file():
+                digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
+        kind = "local"
+        label = path.resolve().name
+    elif "==" in source:
+        digest.update(source.encode())
+        kind, label = "pypi", source.replace("==", "-")
+    else:
+        raise ForageError(f"{source}: not a directory and not a PyPI 'name==version'")
+    return f"{label}-{digest.hexdigest()[:12]}", kind
+
+
+def function_map(tree: Path) -> dict[str, tuple[int, int]]:
+    """``path::qualname`` -> (first body line, last line) of every function in the repository's non-test code."""
+    out: dict[str, tuple[int, int]] = {}
+    for file in sorted(tree.rglob("*.py")):
+        rel = str(file.relative_to(tree))
+        if is_test_file(rel) or any(part.startswith(".") for part in Path(rel).parts):
+            continue
+        try:
+            module = ast.parse(file.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for name, node in functions(module):
+            out[f"{rel}::{name}"] = (node.body[0].lineno, node.end_lineno)
+    return out
+
+
+def coverage_by_function(tree: Path, line_coverage: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
+    """Which tests run each function: the union of the tests that ran any line of its body (nested functions
+    count for themselves only)."""
+    functions = function_map(tree)
+    by_file: dict[str, list[tuple[str, int, int]]] = {}
+    for key, (first, last) in functions.items():
+        by_file.setdefault(key.split("::")[0], []).append((key, first, last))
+    out: dict[str, set[str]] = {}
+    for rel, lines in line_coverage.items():
+        spans = sorted(by_file.get(rel, []), key=lambda s: s[2] - s[1])  # innermost first
+        for line, tests in lines.items():
+            number = int(line)
+            for key, first, last in spans:
+                if first <= number <= last:
+                    out.setdefault(key, set()).update(tests)
+                    break
+    return {key: sorted(tests) for key, tests in sorted(out.items())}
+
+
+def build_environment(source: str, cache: str | Path, *, python: str = sys.executable, backend: str = "auto",
+                      rebuild: bool = False, progress=None) -> Environment:
+    """Build (or reuse) the environment of ``source``; see the module docstring. ``progress``: a callable taking
+    a one-line message."""
+    say = progress or (lambda message: None)
+    cache = Path(cache)
+    key, kind = source_key(source, python)
+    path = cache / key
+    if (path / "env.json").exists() and not rebuild:
+        return Environment(path, json.loads((path / "env.json").read_text()))
+    cache.mkdir(parents=True, exist_ok=True)
+    building = cache / f".{key}.{uuid.uuid4().hex[:6]}.tmp"
+    building.mkdir()
+    start = time.monotonic()
+    info: dict = {"source": source, "kind": kind, "key": key, "python": python}
+    try:
+        _build(source, kind, building, python, backend, info, say)
+        info["status"] = "ok"
+    except (ForageError, subprocess.SubprocessError, OSError) as exc:
+        info.update(status="build_failed", error=str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
+    info["build_seconds"] = round(time.monotonic() - start, 1)
+    (building / "env.json").write_text(json.dumps(info, indent=1))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(building, path)
+    return Environment(path, info)
+
+
+def _build(source: str, kind: str, path: Path, python: str, backend: str, info: dict, say) -> None:
+    repo = path / "repo"
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "pypi":
+            say(f"downloading {source}")
+            unpacked = _fetch_sdist(source, Path(tmp))
+        else:
+            unpacked = Path(source)
+        ignore = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".tox", ".venv", "build", "dist")
+        shutil.copytree(unpacked, repo, ignore=ignore, symlinks=True)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A", "-f")
+    git(repo, "commit", "-q", "-m", f"baseline of {source}", "--no-verify")
+    info["base_commit"] = git(repo, "rev-parse", "HEAD").strip()
+
+    say("creating the virtual environment")
+    subprocess.run([python, "-m", "venv", str(path / "venv")], check=True, capture_output=True)
+    venv_python = path / "venv" / "bin" / "python"
+    extras = ",".join(TEST_EXTRAS)
+    report = path / "install-report.json"
+    say("installing the package and its test dependencies")
+    result = _pip(venv_python, "install", "-q", "--report", str(report), f"{repo}[{extras}]", "pytest", "coverage")
+    if result.returncode != 0:
+        raise ForageError(f"pip install failed: {(result.stderr.strip().splitlines() or ['?'])[-1][:300]}")
+    for name in REQUIREMENT_FILES:
+        if (repo / name).is_file():
+            result = _pip(venv_python, "install", "-q", "-r", str(repo / name))
+            if result.returncode != 0:
+                raise ForageError(f"pip install -r {name} failed: "
+                                        f"{(result.stderr.strip().splitlines() or ['?'])[-1][:300]}")
+    installed = json.loads(report.read_text()).get("install", [])
+    own = [item["metadata"]["name"] for item in installed
+           if "dir_info" in item.get("download_info", {})]  # installed from a local directory: the repo
+    if own:  # tests must import the work tree's code, not an installed copy
+        _pip(venv_python, "uninstall", "-y", *own)
+    info["distribution"] = own[0] if own else None
+    plugin = path / "plugin"
+    plugin.mkdir()
+    shutil.copy(Path(__file__).with_name("pytest_plugin.py"), plugin / f"{PLUGIN}.py")
+
+    env = Environment(path, info)
+    say("baseline test run (1/2, with coverage)")
+    tree = env.checkout(parent=path / "work")
+    try:
+        first = env.run_tests(tree, coverage=True, backend=backend)
+        if first.status != "ok" or not first.outcomes:
+            raise ForageError(f"the test suite did not run ({first.status}): "
+                                    f"{first.output.strip().splitlines()[-1:] or ['no output']}")
+        Environment.reset(tree, info["base_commit"])
+        say("baseline test run (2/2)")
+        second = env.run_tests(tree, backend=backend)
+    finally:
+        Environment.discard(tree)
+    tests = dict(sorted(first.outcomes.items()))
+    info["tests"] = tests
+    info["flaky"] = sorted(t for t in tests if second.outcomes.get(t) != tests[t])
+    info["passing"] = sum(1 for t, o in tests.items() if o == "passed" and t not in info["flaky"])
+    info["coverage"] = coverage_by_function(repo, first.coverage)
+    info["test_seconds"] = first.seconds

@@ -1,0 +1,152 @@
+"""Policies: who writes the assistant turns of an episode.
+
+- ``OpenAIPolicy``: any OpenAI-compatible chat endpoint (vLLM, llama.cpp's server, opencwm's own) through the
+  ``openai`` client; messages go out with CWM's roles as they are (``tool: bash``).
+- ``LocalPolicy``: an opencwm checkpoint, prompted in CWM's chat format and sampled until ``<|eot_id|>``.
+- ``ScriptedPolicy``: replays given assistant turns (tests), then submits.
+- ``InverseMutationPolicy``: undoes a mutate-fix bug with one ``edit`` (the check that validated tasks are
+  solvable by an agent using the tools).
+- ``OraclePolicy``: looks around briefly, applies the task's own fix with ``git apply`` and runs the failing
+  tests, as SWE-bench validates its gold patches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from opencwm.chat import format_edit, format_tool_call
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Policy:
+    name = "policy"
+
+    def __call__(self, messages: list[dict]) -> Reply:
+        raise NotImplementedError
+
+
+class ScriptedPolicy(Policy):
+    name = "scripted"
+
+    def __init__(self, turns: list[str]):
+        self.turns, self.index = list(turns), 0
+
+    def __call__(self, messages: list[dict]) -> Reply:
+        if self.index >= len(self.turns):
+            return Reply(format_tool_call("submit"))
+        self.index += 1
+        return Reply(self.turns[self.index - 1])
+
+
+def inverse_edits(bug_patch: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(path, [(broken text, original text)]) per file of a unified diff from the original to the broken tree."""
+    files: list[tuple[str, list[tuple[str, str]]]] = []
+    broken: list[str] = []
+    original: list[str] = []
+
+    def close_hunk():
+        if files and (broken or original):
+            files[-1][1].append(("\n".join(broken), "\n".join(original)))
+        broken.clear()
+        original.clear()
+
+    for line in bug_patch.splitlines():
+        if line.startswith("+++ "):
+            files.append((line[6:] if line.startswith("+++ b/") else line[4:], []))
+        elif line.startswith(("--- ", "diff ", "index ")) or line.startswith("@@"):
+            close_hunk()
+        elif files and line.startswith("+"):
+            broken.append(line[1:])
+        elif files and line.startswith("-"):
+            original.append(line[1:])
+        elif files and line.startswith(" "):
+            broken.append(line[1:])
+            original.append(line[1:])
+    close_hunk()
+    return files
+
+
+class InverseMutationPolicy(Policy):
+    name = "inverse"
+
+    def __init__(self, task: dict):
+        edits = inverse_edits(task["bug_patch"])
+        turns = [format_tool_call("bash", "git status --short && git log --oneline -1")]
+        turns += [format_tool_call("edit", format_edit(path, blocks)) for path, blocks in edits]
+        self.script = ScriptedPolicy(turns)
+
+    def __call__(self, messages: list[dict]) -> Reply:
+        return self.script(messages)
+
+
+class OraclePolicy(Policy):
+    name = "oracle"
+
+    def __init__(self, task: dict):
+        tests = " ".join(f"'{t}'" for t in json.loads(task["FAIL_TO_PASS"])[:20])
+        patch = task["patch"] if task["patch"].endswith("\n") else task["patch"] + "\n"
+        self.script = ScriptedPolicy([
+            format_tool_call("bash", "git status --short && ls"),
+            format_tool_call("bash", f"git apply --whitespace=nowarn <<'OPENCWM_PATCH'\n{patch}OPENCWM_PATCH"),
+            format_tool_call("bash", f"python -m pytest -q -p no:cacheprovider {tests} 2>&1 | tail -5"),
+        ])
+
+    def __call__(self, messages: list[dict]) -> Reply:
+        return self.script(messages)
+
+
+class OpenAIPolicy(Policy):
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, *, api_key: str = "EMPTY", temperature: float = 0.0,
+                 max_tokens: int = 2048, timeout: float = 300):
+        try:
+            from openai import OpenAI
+        except ImportError:
+            raise RuntimeError("the openai policy needs the openai package: pip install 'opencwm[forage]'") from None
+        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
+        self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
+
+    def __call__(self, messages: list[dict]) -> Reply:
+        response = self.client.chat.completions.create(
+            model=self.model, messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+            temperature=self.temperature, max_tokens=self.max_tokens)
+        usage = response.usage
+        return Reply(response.choices[0].message.content or "", usage.prompt_tokens if usage else None,
+                     usage.completion_tokens if usage else None)
+
+
+class LocalPolicy(Policy):
+    name = "local"
+
+    def __init__(self, checkpoint: str, tokenizer: str | None = None, *, max_tokens: int = 1024,
+                 temperature: float = 0.0):
+        from pathlib import Path
+
+        from opencwm.model import CWM
+        from opencwm.tokenizer import Tokenizer
+
+        self.model = CWM.from_pretrained(checkpoint).eval()
+        directory = Path(tokenizer) if tokenizer else Path(checkpoint).parent.parent.parent / "tokenizer"
+        self.tokenizer = Tokenizer.load(directory)
+        self.max_tokens, self.temperature = max_tokens, temperature
+
+    def __call__(self, messages: list[dict]) -> Reply:
+        from opencwm.chat import encode_messages
+        from opencwm.model.generate import Sampling, generate
+        from opencwm.special_tokens import STOP_TOKENS
+
+        ids = self.tokenizer.encode(encode_messages(messages, add_generation_prompt=True), allow_special=True)
+        limit = self.model.config.max_position_embeddings - self.max_tokens
+        stops = tuple(self.tokenizer.token_id(t) for t in STOP_TOKENS)
+        new = generate(self.model, [ids[-limit:]], Sampling(max_new_tokens=self.max_tokens, stop_tokens=stops,
+                                                             temperature=self.temperature))[0]
+        text = self.tokenizer.decode([t for t in new if t not in stops])
+        return Reply(text, len(ids), len(new))

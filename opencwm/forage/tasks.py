@@ -1,0 +1,224 @@
+"""Tasks in SWE-bench's format: validated mutate-fix bugs made from an environment, and issue-fix instances
+imported from SWE-bench-style JSONL.
+
+A mutate-fix candidate is validated by running the tests that cover its function (from the environment's
+coverage map): it is kept when at least one of them that passed now fails (``FAIL_TO_PASS``); the others that
+still pass are its ``PASS_TO_PASS``. A kept bug is committed on top of the baseline (``refs/opencwm/tasks/ID`` in
+the environment's repository), so the task's ``base_commit`` is the broken tree and its ``patch`` is the fix, as
+in SWE-bench.
+
+Every candidate gets a row (``verdict``: validated, no_test_failed, timeout, error), so runs resume and report
+how many candidates each operator produced and how many were kept; the tasks are the rows with
+``validated = true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from opencwm.forage.environment import Environment, ForageError, git, has_commit
+from opencwm.forage.mutate import OPERATORS, Mutation, mutations
+from opencwm.shards import ShardWriter, read_manifest, read_rows
+
+KIND = "opencwm.forage.tasks"
+SCHEMA = pa.schema([
+    ("item", pa.string()),
+    ("instance_id", pa.string()),
+    ("repo", pa.string()),
+    ("base_commit", pa.string()),
+    ("patch", pa.string()),  # the fix (SWE-bench's gold patch)
+    ("test_patch", pa.string()),
+    ("problem_statement", pa.string()),
+    ("FAIL_TO_PASS", pa.string()),  # JSON lists of test node ids, as in SWE-bench's datasets
+    ("PASS_TO_PASS", pa.string()),
+    ("task_kind", pa.string()),  # mutate-fix | issue-fix
+    ("env", pa.string()),  # the environment's directory
+    ("operator", pa.string()),
+    ("file", pa.string()),
+    ("function", pa.string()),
+    ("line", pa.int32()),
+    ("bug_patch", pa.string()),  # baseline -> broken (mutate-fix)
+    ("validated", pa.bool_()),
+    ("verdict", pa.string()),
+    ("selected_tests", pa.int32()),
+    ("validation_seconds", pa.float64()),
+])
+
+
+@dataclass
+class MutateReport:
+    tasks: str
+    candidates: int
+    validated: int
+    per_operator: dict[str, dict[str, int]]
+
+    def as_json(self) -> dict:
+        return {"tasks": self.tasks, "candidates": self.candidates, "validated": self.validated,
+                "per_operator": self.per_operator}
+
+
+def candidates(env: Environment, operators: tuple[str, ...] = OPERATORS) -> list[tuple[Mutation, list[str]]]:
+    """Every mutation of every covered function, with the tests that cover it; in a fixed order that interleaves
+    functions (so ``--max N`` samples the whole repository, not its first file)."""
+    by_file: dict[str, set[str]] = {}
+    for key in env.info.get("coverage", {}):
+        path, function = key.split("::", 1)
+        if env.tests_for(key):
+            by_file.setdefault(path, set()).add(function)
+    per_function: dict[str, list[tuple[Mutation, list[str]]]] = {}
+    for path, functions in sorted(by_file.items()):
+        source = (env.repo / path).read_text(encoding="utf-8")
+        for mutation in mutations(source, path, functions, operators):
+            key = f"{path}::{mutation.function}"
+            per_function.setdefault(key, []).append((mutation, env.tests_for(key)))
+    ordered, round_ = [], 0
+    while any(round_ < len(items) for items in per_function.values()):
+        ordered += [items[round_] for items in per_function.values() if round_ < len(items)]
+        round_ += 1
+    return ordered
+
+
+def mutation_id(env: Environment, mutation: Mutation) -> str:
+    digest = hashlib.sha256(f"{env.base_commit}\0{mutation.path}\0{mutation.mutated_source}".encode())
+    return f"{env.info['key']}.mutate.{digest.hexdigest()[:10]}"
+
+
+def problem_statement(mutation: Mutation, failing: list[str], failures: dict[str, str]) -> str:
+    """A plain issue text from the failing tests' output; it names the symptoms, never the fix."""
+    lines = ["Some tests fail on the current code.", "", "Failing tests:"]
+    lines += [f"- {test}" for test in failing[:10]]
+    if len(failing) > 10:
+        lines.append(f"- ... and {len(failing) - 10} more")
+    first = next((failures[t] for t in failing if failures.get(t)), "")
+    if first:
+        tail = "\n".join(first.strip().splitlines()[-25:])
+        lines += ["", "Output of the first failing test:", "```", tail, "```"]
+    lines += ["", "Please fix the code so that these tests pass, without changing the tests."]
+    return "\n".join(lines)
+
+
+def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str], *, timeout: float = 120,
+             backend: str = "auto") -> dict:
+    """Run ``tests`` on the mutated tree; returns the candidate's row (committing the bug when it is kept)."""
+    start = time.monotonic()
+    Environment.reset(tree, env.base_commit)
+    (tree / mutation.path).write_text(mutation.mutated_source, encoding="utf-8")
+    run = env.run_tests(tree, tests, timeout=timeout, backend=backend)
+    seconds = round(time.monotonic() - start, 3)
+    instance_id = mutation_id(env, mutation)
+    row = {"item": instance_id, "instance_id": instance_id, "repo": env.info.get("distribution") or env.info["key"],
+           "base_commit": "", "patch": "", "test_patch": "", "problem_statement": "", "FAIL_TO_PASS": "[]",
+           "PASS_TO_PASS": "[]", "task_kind": "mutate-fix", "env": str(env.path), "operator": mutation.operator,
+           "file": mutation.path, "function": mutation.function, "line": mutation.line, "bug_patch": "",
+           "validated": False, "verdict": "", "selected_tests": len(tests), "validation_seconds": seconds}
+    if run.status != "ok" or not run.outcomes:
+        row["verdict"] = "timeout" if run.status == "timeout" else "error"
+        return row
+    failing = [t for t in tests if not run.passed(t)]
+    if not failing:
+        row["verdict"] = "no_test_failed"
+        return row
+    git(tree, "add", "-A")
+    row["bug_patch"] = git(tree, "diff", "--cached", env.base_commit)
+    git(tree, "commit", "-q", "-m", f"mutate-fix task {instance_id}", "--no-verify")
+    broken = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "push", "-q", "origin", f"{broken}:refs/opencwm/tasks/{instance_id}")
+    row.update(base_commit=broken, patch=git(tree, "diff", broken, env.base_commit),
+               problem_statement=problem_statement(mutation, failing, run.failures),
+               FAIL_TO_PASS=json.dumps(failing), PASS_TO_PASS=json.dumps([t for t in tests if t not in failing]),
+               validated=True, verdict="validated")
+    return row
+
+
+def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = None, workers: int = 2,
+           operators: tuple[str, ...] = OPERATORS, timeout: float = 120, backend: str = "auto",
+           progress: Callable[[int, int], None] | None = None) -> MutateReport:
+    """Generate, validate and store mutate-fix tasks of ``env`` in the dataset ``out`` (resumable)."""
+    if not env.ok:
+        raise ForageError(f"{env.path}: the environment did not build ({env.info.get('error')})")
+    chosen = candidates(env, operators)[:max_candidates]
+    with ShardWriter(out, SCHEMA, KIND, rows_per_shard=500, metadata={"env": str(env.path)}) as writer:
+        done = writer.finished_items()
+        todo = [(m, tests) for m, tests in chosen if mutation_id(env, m) not in done]
+        trees: queue.Queue = queue.Queue()
+        for _ in range(max(1, workers)):
+            trees.put(env.checkout(parent=env.path / "work"))
+
+        def work(item):
+            tree = trees.get()
+            try:
+                return validate(env, tree, *item, timeout=timeout, backend=backend)
+            finally:
+                trees.put(tree)
+
+        try:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                for count, row in enumerate(pool.map(work, todo), 1):
+                    writer.add(row["item"], [row])
+                    if progress:
+                        progress(count, len(todo))
+        finally:
+            while not trees.empty():
+                Environment.discard(trees.get())
+    return summarize(out)
+
+
+def summarize(out: str | Path) -> MutateReport:
+    per: dict[str, Counter] = {}
+    for row in read_rows(out, columns=["operator", "validated"]):
+        counter = per.setdefault(row["operator"] or "issue-fix", Counter())
+        counter["candidates"] += 1
+        counter["validated"] += bool(row["validated"])
+    per_operator = {op: dict(c) for op, c in sorted(per.items())}
+    return MutateReport(str(out), sum(c["candidates"] for c in per.values()),
+                        sum(c["validated"] for c in per.values()), per_operator)
+
+
+def read_tasks(directory: str | Path) -> list[dict]:
+    """The validated tasks of a dataset, in SWE-bench's format (plus opencwm's columns)."""
+    if read_manifest(directory).get("kind") != KIND:
+        raise ForageError(f"{directory}: not a task dataset (made by 'opencwm forage mutate' or 'forage import')")
+    return [row for row in read_rows(directory) if row["validated"]]
+
+
+SWE_BENCH_FIELDS = ("instance_id", "repo", "base_commit", "problem_statement", "patch", "test_patch",
+                    "FAIL_TO_PASS", "PASS_TO_PASS")
+
+
+def import_swebench(path: str | Path, env: Environment, out: str | Path) -> int:
+    """Import issue-fix instances (SWE-bench JSONL) whose repository is ``env``'s: each instance's
+    ``base_commit`` must exist in the environment's repository. Returns how many were imported."""
+    imported = 0
+    with ShardWriter(out, SCHEMA, KIND, metadata={"env": str(env.path)}) as writer:
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                missing = [f for f in SWE_BENCH_FIELDS if f not in item]
+            except json.JSONDecodeError as exc:
+                raise ForageError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            if missing:
+                raise ForageError(f"{path}:{number}: missing SWE-bench fields {', '.join(missing)}")
+            if not has_commit(env.repo, item["base_commit"]):
+                continue
+            lists = {k: item[k] if isinstance(item[k], str) else json.dumps(item[k])
+                     for k in ("FAIL_TO_PASS", "PASS_TO_PASS")}
+            writer.add(item["instance_id"], [{
+                "item": item["instance_id"], **{k: item[k] for k in SWE_BENCH_FIELDS}, **lists,
+                "task_kind": "issue-fix", "env": str(env.path), "operator": None, "file": None, "function": None,
+                "line": None, "bug_patch": "", "validated": True, "verdict": "imported",
+                "selected_tests": len(json.loads(lists["FAIL_TO_PASS"])) + len(json.loads(lists["PASS_TO_PASS"])),
+                "validation_seconds": 0.0}])
+            imported += 1
+    return imported

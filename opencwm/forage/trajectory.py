@@ -1,0 +1,104 @@
+"""Trajectories: episodes stored as Parquet shards with a manifest (resumable like trace collection), a readable
+replay, and the one function that turns a trajectory into CWM-format training text.
+
+Each row: the task and policy, ``messages`` (CWM chat roles, JSON), ``actions`` (tool, args, status,
+observation, seconds per turn, JSON), ``test_results`` (each deciding test's outcome, JSON), the final ``diff``,
+``reward`` and ``solved``, how the episode ended (``status``), timings and token counts, and the task (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+
+from opencwm.chat import encode_messages
+from opencwm.forage.agent import Budget, run_episode
+from opencwm.forage.environment import Environment, ForageError
+from opencwm.forage.policies import Policy
+from opencwm.shards import ShardWriter, read_manifest, read_rows
+from opencwm.special_tokens import END_OF_TEXT
+
+KIND = "opencwm.forage.trajectories"
+SCHEMA = pa.schema([
+    ("item", pa.string()), ("task_id", pa.string()), ("task_kind", pa.string()), ("env", pa.string()),
+    ("policy", pa.string()), ("messages", pa.string()), ("actions", pa.string()), ("test_results", pa.string()),
+    ("diff", pa.string()), ("reward", pa.float64()), ("solved", pa.bool_()), ("status", pa.string()),
+    ("turns", pa.int32()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+    ("episode_seconds", pa.float64()), ("seconds", pa.float64()), ("task", pa.string()),
+])
+
+
+def run_episodes(tasks: list[dict], make_policy: Callable[[dict], Policy], out: str | Path, *,
+                 budget: Budget | None = None, workers: int = 1, backend: str = "auto",
+                 ray_address: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Play every task once with the policy ``make_policy(task)`` and store the trajectories (resumable: tasks
+    already in ``out`` for this policy are skipped). Returns ``{"trajectories", "episodes", "solved"}``."""
+    environments: dict[str, Environment] = {}
+    for task in tasks:
+        if task["env"] not in environments:
+            path = Path(task["env"])
+            if not (path / "env.json").exists():
+                raise ForageError(f"{path}: the task's environment is missing (rebuild it with 'opencwm forage env')")
+            environments[task["env"]] = Environment(path, json.loads((path / "env.json").read_text()))
+    with ShardWriter(out, SCHEMA, KIND, rows_per_shard=200) as writer:
+        done = writer.finished_items()
+        todo = [t for t in tasks if f"{t['instance_id']}:{make_policy(t).name}" not in done]
+
+        def play(task: dict) -> dict:
+            return run_episode(environments[task["env"]], task, make_policy(task), budget, backend=backend)
+
+        if ray_address:
+            results = _ray_map(play, todo, ray_address, workers)
+        else:
+            pool = ThreadPoolExecutor(max(1, workers))
+            results = pool.map(play, todo)
+        for count, row in enumerate(results, 1):
+            writer.add(row["item"], [row])
+            if progress:
+                progress(count, len(todo))
+    rows = list(read_rows(out, columns=["solved"]))
+    return {"trajectories": str(out), "episodes": len(rows), "solved": sum(bool(r["solved"]) for r in rows)}
+
+
+def _ray_map(fn, items: list, address: str, workers: int):
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--ray needs Ray: pip install 'opencwm[ray]'") from None
+    if not ray.is_initialized():
+        if address == "local":
+            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(fn)
+    refs = [remote.remote(item) for item in items]
+    while refs:
+        done, refs = ray.wait(refs, num_returns=1)
+        yield ray.get(done[0])
+
+
+def read_trajectories(directory: str | Path) -> list[dict]:
+    if read_manifest(directory).get("kind") != KIND:
+        raise ForageError(f"{directory}: not a trajectory dataset (made by 'opencwm forage run')")
+    return list(read_rows(directory))
+
+
+def training_text(trajectory: dict) -> str:
+    """The trajectory as CWM-format training text: the conversation in the chat format, then end-of-text."""
+    return encode_messages(json.loads(trajectory["messages"])) + END_OF_TEXT
+
+
+def replay(trajectory: dict, width: int = 100) -> str:
+    """A readable replay of an episode."""
+    lines = [f"task {trajectory['task_id']} ({trajectory['task_kind']}) - policy {trajectory['policy']} - "
+             f"{trajectory['status']} after {trajectory['turns']} turns, reward {trajectory['reward']}, "
+             f"{trajectory['seconds']:.1f} s", "=" * width]
+    for message in json.loads(trajectory["messages"]):
+        lines += [f"[{message['role']}]", message["content"].rstrip(), "-" * width]
+    lines += ["final diff:", trajectory["diff"].rstrip() or "(empty)", "-" * width, "deciding tests:"]
+    lines += [f"  {outcome:8} {test}" for test, outcome in json.loads(trajectory["test_results"]).items()]
+    return "\n".join(lines)

@@ -1,0 +1,290 @@
+"""The forager on a small repository made for the tests (tests/data/toyrepo): environment, coverage map, mutate-fix
+validation checked with the real pytest, the agent loop with its policies (the real ``openai`` client against a
+loopback server), sandboxed agent commands, trajectories and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from opencwm.chat import decode_messages, format_edit, format_tool_call
+from opencwm.forage.agent import Budget, run_episode
+from opencwm.forage.environment import Environment, build_environment, git
+from opencwm.forage.policies import InverseMutationPolicy, OpenAIPolicy, OraclePolicy, ScriptedPolicy
+from opencwm.forage.tasks import import_swebench, mutate, read_tasks
+from opencwm.forage.trajectory import read_trajectories, replay, run_episodes, training_text
+
+TOY = Path(__file__).parent / "data" / "toyrepo"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Environment:
+    built = build_environment(str(TOY), tmp_path_factory.mktemp("envs"))
+    assert built.ok, built.info.get("error")
+    return built
+
+
+@pytest.fixture(scope="module")
+def tasks(env, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("tasks") / "tasks"
+    report = mutate(env, out, workers=2)
+    assert report.validated > 0
+    return read_tasks(out)
+
+
+def _real_pytest(tree: Path, tests: list[str]) -> dict[str, bool]:
+    """Each test's pass/fail by the real pytest of this interpreter, outside opencwm's sandbox and plugin."""
+    outcome = {}
+    for test in tests:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=tree,
+                                capture_output=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
+                                                                 "PYTHONDONTWRITEBYTECODE": "1"})
+        outcome[test] = result.returncode == 0
+    return outcome
+
+
+def test_environment_records_every_test_and_the_coverage_map(env, tmp_path):
+    copy = shutil.copytree(TOY, tmp_path / "toyrepo")
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                               cwd=copy, capture_output=True, text=True, env={"PYTHONPATH": str(copy)}).stdout
+    truth = {line for line in collected.splitlines() if "::" in line}
+    assert set(env.info["tests"]) == truth
+    assert env.passing_tests() == sorted(truth) and env.info["flaky"] == []
+    coverage = env.info["coverage"]
+    assert set(coverage["toycalc/__init__.py::clamp"]) == {t for t in truth if "clamp" in t}
+    assert coverage["toycalc/__init__.py::mean"] == [t for t in sorted(truth) if t.endswith("test_mean")]
+    assert "toycalc/__init__.py::unused" not in coverage  # no test calls it
+    # the package was uninstalled: tests import the work tree's code
+    probe = subprocess.run([str(env.venv / "bin" / "python"), "-c", "import toycalc"], capture_output=True)
+    assert probe.returncode != 0
+
+
+def test_environments_are_cached_by_content(env, tmp_path):
+    again = build_environment(str(TOY), env.path.parent)
+    assert again.path == env.path and again.info["build_seconds"] == env.info["build_seconds"]
+    changed = tmp_path / "toyrepo"
+    shutil.copytree(TOY, changed)
+    (changed / "toycalc" / "__init__.py").write_text((TOY / "toycalc" / "__init__.py").read_text() + "\n# edit\n")
+    assert build_environment(str(changed), env.path.parent, rebuild=False).path != env.path
+
+
+def test_flaky_tests_are_found_and_excluded(tmp_path):
+    repo = tmp_path / "flaky"
+    shutil.copytree(TOY, repo)
+    (repo / "tests" / "test_flaky.py").write_text(
+        "import sys\n\ndef test_depends_on_the_run():\n    assert 'coverage' in sys.modules\n")
+    built = build_environment(str(repo), tmp_path / "envs")
+    assert built.ok and built.info["flaky"] == ["tests/test_flaky.py::test_depends_on_the_run"]
+    assert "tests/test_flaky.py::test_depends_on_the_run" not in built.passing_tests()
+
+
+def test_a_build_failure_is_a_recorded_status(tmp_path):
+    repo = tmp_path / "broken"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text("[project]\nname = 'broken'\nversion = '1'\ndependencies = ['-nonsense-']\n")
+    built = build_environment(str(repo), tmp_path / "envs")
+    assert built.info["status"] == "build_failed" and built.info["error"]
+    assert json.loads((built.path / "env.json").read_text())["status"] == "build_failed"
+
+
+def test_validated_mutations_fail_and_pass_under_the_real_pytest(env, tasks, tmp_path):
+    assert {t["operator"] for t in tasks} >= {"compare", "arithmetic", "remove_statement", "return_value"}
+    for task in tasks[:8]:
+        tree = tmp_path / task["instance_id"]
+        subprocess.run(["git", "clone", "-q", str(env.repo), str(tree)], check=True)
+        git(tree, "fetch", "-q", "origin", f"refs/opencwm/tasks/{task['instance_id']}")
+        git(tree, "checkout", "-q", task["base_commit"])
+        fail, keep = json.loads(task["FAIL_TO_PASS"]), json.loads(task["PASS_TO_PASS"])
+        before = _real_pytest(tree, fail + keep)
+        assert not any(before[t] for t in fail) and all(before[t] for t in keep)
+        subprocess.run(["git", "-C", str(tree), "apply", "-"], input=task["patch"], text=True, check=True)
+        assert all(_real_pytest(tree, fail + keep).values())
+        fixed_lines = [line[1:].strip() for line in task["patch"].splitlines()
+                       if line.startswith("+") and not line.startswith("+++")]
+        assert fixed_lines and not any(line in task["problem_statement"] for line in fixed_lines if line)
+
+
+def test_inverse_mutation_solves_every_task_and_empty_or_unrelated_edits_solve_none(env, tasks, tmp_path):
+    inverse = run_episodes(tasks, InverseMutationPolicy, tmp_path / "inverse", workers=2)
+    assert inverse["episodes"] == len(tasks) and inverse["solved"] == len(tasks)
+
+    def empty(task):
+        policy = ScriptedPolicy([])
+        policy.name = "empty"
+        return policy
+
+    assert run_episodes(tasks, empty, tmp_path / "empty", workers=2)["solved"] == 0
+
+    def unrelated(task):
+        policy = ScriptedPolicy([format_tool_call("edit", format_edit("pyproject.toml", [("0.1.0", "0.1.1")]))])
+        policy.name = "unrelated"
+        return policy
+
+    assert run_episodes(tasks, unrelated, tmp_path / "unrelated", workers=2)["solved"] == 0
+    rows = read_trajectories(tmp_path / "unrelated")
+    assert all("pyproject.toml" in row["diff"] for row in rows)
+
+
+def test_oracle_solves_and_the_trajectory_becomes_training_text(env, tasks, tmp_path):
+    summary = run_episodes(tasks[:3], OraclePolicy, tmp_path / "oracle")
+    assert summary == {"trajectories": str(tmp_path / "oracle"), "episodes": 3, "solved": 3}
+    row = read_trajectories(tmp_path / "oracle")[0]
+    messages = json.loads(row["messages"])
+    assert decode_messages(training_text(row).removesuffix("<|end_of_text|>")) == messages
+    assert [m["role"] for m in messages[:4]] == ["system", "user", "assistant", "tool: bash"]
+    assert row["task_id"] in replay(row) and "[tool: bash]" in replay(row)
+    # resumable: a second run does nothing new
+    assert run_episodes(tasks[:3], OraclePolicy, tmp_path / "oracle")["episodes"] == 3
+
+
+def test_agent_commands_are_sandboxed_and_the_next_task_starts_clean(env, tasks):
+    task = tasks[0]
+    policy = ScriptedPolicy([
+        format_tool_call("bash", "python -c \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=3)\""),
+        format_tool_call("bash", f"echo x > {env.path}/outside.txt; echo x > /work-outside.txt"),
+        format_tool_call("bash", "sleep 60"),
+        format_tool_call("bash", "echo still-alive; touch junk.txt"),
+        "I am not calling a tool",
+        format_tool_call("edit", format_edit("../escape.py", [("a", "b")])),
+        format_tool_call("create", "toycalc/__init__.py\nclobber"),
+    ])
+    row = run_episode(env, task, policy, Budget(command_timeout=2))
+    actions = json.loads(row["actions"])
+    assert "Errno" in actions[0]["observation"] and "[exit code 1]" in actions[0]["observation"]
+    assert "Read-only file system" in actions[1]["observation"] and not (env.path / "outside.txt").exists()
+    assert not Path("/work-outside.txt").exists()
+    assert actions[2]["status"] == "timeout" and actions[2]["seconds"] < 10
+    assert "still-alive" in actions[3]["observation"]
+    assert actions[4]["status"] == "invalid" and "no tool call" in actions[4]["observation"]
+    assert actions[5]["status"] == "error" and "outside the repository" in actions[5]["observation"]
+    assert actions[6]["status"] == "error" and "already exists" in actions[6]["observation"]
+    assert "junk.txt" in row["diff"] and row["reward"] == 0.0
+    nxt = run_episode(env, task, ScriptedPolicy([format_tool_call("bash", "git status --short; ls")]))
+    observation = json.loads(nxt["actions"])[0]["observation"]
+    assert "junk.txt" not in observation and nxt["diff"] == ""
+
+
+def test_symlinks_cannot_lead_edits_out_of_the_work_tree(env, tasks, tmp_path):
+    target = tmp_path / "victim.py"
+    target.write_text("a = 1\n")
+    policy = ScriptedPolicy([format_tool_call("bash", f"ln -s {target} link.py"),
+                             format_tool_call("edit", format_edit("link.py", [("a = 1", "a = 2")]))])
+    actions = json.loads(run_episode(env, tasks[0], policy)["actions"])
+    assert "outside the repository" in actions[1]["observation"] and target.read_text() == "a = 1\n"
+
+
+class _ScriptedServer(BaseHTTPRequestHandler):
+    replies: ClassVar[list[str]] = []
+    requests: ClassVar[list[dict]] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append({"path": self.path, "body": body})
+        text = type(self).replies[len(type(self).requests) - 1]
+        payload = json.dumps({
+            "id": f"chatcmpl-{len(type(self).requests)}", "object": "chat.completion", "created": 0,
+            "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_full_episode_through_the_openai_client(env, tasks, tmp_path):
+    task = next(t for t in tasks if t["operator"] == "compare") if any(
+        t["operator"] == "compare" for t in tasks) else tasks[0]
+    edits = InverseMutationPolicy(task).script.turns
+    _ScriptedServer.replies = [*edits, "Done.\n" + format_tool_call("submit")]
+    _ScriptedServer.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        policy = OpenAIPolicy(f"http://127.0.0.1:{server.server_port}/v1", "cwm-test")
+        summary = run_episodes([task], lambda t: policy, tmp_path / "traj")
+    finally:
+        server.shutdown()
+    assert summary["episodes"] == 1 and summary["solved"] == 1
+    row = read_trajectories(tmp_path / "traj")[0]
+    messages, actions = json.loads(row["messages"]), json.loads(row["actions"])
+    requests = _ScriptedServer.requests
+    assert len(requests) == len(edits) + 1 and all(r["path"] == "/v1/chat/completions" for r in requests)
+    assert requests[0]["body"]["model"] == "cwm-test" and requests[0]["body"]["messages"] == messages[:2]
+    assert requests[-1]["body"]["messages"] == messages[:-1]  # the server saw the whole conversation
+    assert messages[0]["role"] == "system" and messages[1] == {"role": "user", "content": task["problem_statement"]}
+    assert [m["content"] for m in messages if m["role"] == "assistant"] == _ScriptedServer.replies
+    assert [m["role"] for m in messages[3::2]] == ["tool: bash"] + ["tool: edit"] * (len(edits) - 1)
+    assert [a["tool"] for a in actions] == ["bash"] + ["edit"] * (len(edits) - 1) + ["submit"]
+    assert all(a["status"] == "ok" for a in actions)
+    assert row["task_id"] == task["instance_id"] and row["policy"] == "openai" and row["status"] == "submitted"
+    assert row["turns"] == len(actions) and row["prompt_tokens"] == 100 * len(requests)
+    assert row["completion_tokens"] == 10 * len(requests)
+    assert row["reward"] == 1.0 and row["solved"] is True
+    assert json.loads(row["test_results"]) == {t: "passed" for t in json.loads(task["FAIL_TO_PASS"])
+                                               + json.loads(task["PASS_TO_PASS"])}
+    assert row["diff"] == task["patch"]  # the inverse edit is exactly the fix
+    assert json.loads(row["task"])["instance_id"] == task["instance_id"]
+    assert row["seconds"] >= row["episode_seconds"] > 0
+
+
+def test_issue_fix_instances_import_in_swebench_format_and_the_oracle_solves_them(env, tmp_path):
+    tree = env.checkout()
+    source = tree / "toycalc" / "__init__.py"
+    source.write_text(source.read_text().replace("return [word.lower()", "return [word.upper()"))
+    git(tree, "commit", "-q", "-am", "a bug")
+    broken = git(tree, "rev-parse", "HEAD").strip()
+    git(tree, "push", "-q", "origin", f"{broken}:refs/heads/issue-1")
+    fix = git(tree, "diff", broken, env.base_commit)
+    Environment.discard(tree)
+    instance = {"instance_id": "toycalc__toycalc-1", "repo": "example/toycalc", "base_commit": broken,
+                "problem_statement": "words() returns upper-case words", "patch": fix, "test_patch": "",
+                "FAIL_TO_PASS": ["tests/test_toycalc.py::test_words"], "PASS_TO_PASS": "[]"}
+    unknown = {**instance, "instance_id": "other-2", "base_commit": "0" * 40}
+    (tmp_path / "swe.jsonl").write_text(json.dumps(instance) + "\n" + json.dumps(unknown) + "\n")
+    assert import_swebench(tmp_path / "swe.jsonl", env, tmp_path / "tasks") == 1
+    [task] = read_tasks(tmp_path / "tasks")
+    assert task["task_kind"] == "issue-fix" and json.loads(task["FAIL_TO_PASS"]) == instance["FAIL_TO_PASS"]
+    assert run_episodes([task], OraclePolicy, tmp_path / "traj")["solved"] == 1
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "opencwm.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_json_summaries(env, tmp_path):
+    built = _cli("forage", "env", str(TOY), "--cache", str(env.path.parent), "--json", "--quiet")
+    assert built.returncode == 0 and json.loads(built.stdout) == {"env": str(env.path), "tests": 5, "passing": 5,
+                                                                  "flaky": 0}
+    made = _cli("forage", "mutate", str(env.path), "--out", str(tmp_path / "t"), "--max", "6", "--json", "--quiet")
+    summary = json.loads(made.stdout)
+    assert made.returncode == 0 and summary["candidates"] == 6 and summary["tasks"] == str(tmp_path / "t")
+    assert sum(c["candidates"] for c in summary["per_operator"].values()) == 6
+    assert summary["validated"] == len(read_tasks(tmp_path / "t"))
+    ran = _cli("forage", "run", str(tmp_path / "t"), "--policy", "inverse", "--out", str(tmp_path / "r"), "--json",
+               "--quiet")
+    assert ran.returncode == 0 and json.loads(ran.stdout) == {"trajectories": str(tmp_path / "r"),
+                                                              "episodes": summary["validated"],
+                                                              "solved": summary["validated"]}
+    shown = _cli("forage", "show", str(tmp_path / "r"))
+    assert shown.returncode == 0 and "[tool: bash]" in shown.stdout and "deciding tests:" in shown.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args in (("forage", "mutate", str(tmp_path), "--out", str(tmp_path / "t")), ("forage", "show", str(tmp_path)),
+                 ("forage", "run", str(tmp_path), "--out", str(tmp_path / "o")),
+                 ("forage", "env", "no-such-dir-or-spec", "--cache", str(tmp_path))):
+        result = _cli(*args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("opencwm:")
