@@ -1,9 +1,11 @@
 """Evaluation of world modeling: how well a model predicts execution, in CWM's trace format.
 
 - ``next_frame``: teacher-forced; the prompt is the source and the true frames so far, the model writes the next
-  frame (up to ``<|frame_sep|>``); exact match of the frame's text.
-- ``rollout``: the model writes the whole trace from the source alone; exact match of all frames, and output
-  prediction: the entry function's return value from the predicted trace, compared by value.
+  frame (up to ``<|frame_sep|>``); exact match of the frame's text. The entry call frame is the input (its
+  arguments), not a prediction, so scoring starts at the second frame.
+- ``rollout``: the model writes the whole trace from the source and the entry call frame (the input, as in CWM's
+  neural debugger, where the arguments are given or sampled); exact match of all frames, and output prediction:
+  the entry function's return value from the predicted trace, compared by value.
 - ``direct``: output prediction without a trace, as a completion of ``assert CALL == `` after the source (the
   CruxEval-O style prompt); compared by value.
 
@@ -46,6 +48,18 @@ def same_value(predicted: str | None, expected: str | None) -> bool:
         return predicted.strip() == expected.strip()
 
 
+def rollout_prompt(trace: Trace) -> str:
+    """The source context and the entry call frame (the input)."""
+    return encode_context(trace.source, trace.entry_lineno) + encode_frame(trace.frames[0]) + FRAME_SEP
+
+
+def returned(trace: Trace | None) -> str | None:
+    """The entry function's return value in a (predicted) trace, if it ends with a return frame."""
+    if trace is None or not trace.frames or trace.frames[-1].event != RETURN:
+        return None
+    return trace.frames[-1].value
+
+
 def direct_prompt(source: str, call: str) -> str:
     return f"{BEGIN_OF_TEXT}{source.rstrip()}\n\nassert {call} == "
 
@@ -75,31 +89,36 @@ class TraceEvaluator:
         prompts, expected = [], []
         for trace in traces:
             text = encode_context(trace.source, trace.entry_lineno)
-            for frame in trace.frames[:max_frames_per_trace]:
-                prompts.append(text)
-                expected.append(encode_frame(frame))
+            for index, frame in enumerate(trace.frames[:max_frames_per_trace]):
+                if index > 0:  # the call frame is the input
+                    prompts.append(text)
+                    expected.append(encode_frame(frame))
                 text += encode_frame(frame) + FRAME_SEP
         score = Score()
         for got, want in zip(self._generate(prompts, self.max_frame_tokens, (self.frame_sep, self.end)), expected):
             score.add(got.removesuffix(FRAME_SEP) == want)
         return score
 
+    def rollout_texts(self, contexts: list[Trace]) -> list[tuple[str, Trace | None]]:
+        """Roll out each trace from its source and entry call frame (``contexts[i].frames[0]``): the generated
+        text and the decoded trace (None when the text is not a trace)."""
+        prompts = [rollout_prompt(t) for t in contexts]
+        out = []
+        for prompt, text in zip(prompts, self._generate(prompts, self.max_trace_tokens, (self.end,))):
+            try:
+                out.append((text, decode(prompt + text)))
+            except TraceDecodeError:
+                out.append((text, None))
+        return out
+
     def rollout(self, traces: list[Trace]) -> tuple[Score, Score]:
         """(whole-trace exact match, output prediction by rollout)."""
-        prompts = [encode_context(t.source, t.entry_lineno) for t in traces]
-        generated = self._generate(prompts, self.max_trace_tokens, (self.end,))
         whole, output = Score(), Score()
-        for trace, prompt, text in zip(traces, prompts, generated):
-            try:
-                predicted = decode(prompt + text)
-            except TraceDecodeError:
-                predicted = None
+        for trace, (_, predicted) in zip(traces, self.rollout_texts(traces)):
             truth = [(f.event, f.line, f.locals, f.value) for f in trace.frames]
             mine = [(f.event, f.line, f.locals, f.value) for f in predicted.frames] if predicted else None
             whole.add(mine == truth)
-            value = predicted.frames[-1].value if predicted and predicted.frames and \
-                predicted.frames[-1].event == RETURN else None
-            output.add(same_value(value, trace.return_value))
+            output.add(same_value(returned(predicted), trace.return_value))
         return whole, output
 
     def direct(self, programs: list[tuple[str, str, str]]) -> Score:
@@ -133,27 +152,32 @@ def load_cruxeval(source: str) -> tuple[list[dict] | None, str | None]:
 
 
 def cruxeval_scores(evaluator: TraceEvaluator, items: list[dict]) -> dict:
-    """CruxEval-O by direct answer and by trace rollout (the model traces ``f(input)`` from the source alone)."""
-    from opencwm.trace.source import SourceMap
-
+    """CruxEval-O by direct answer and by trace rollout (the model traces ``f(input)`` from the source and the
+    call frame holding the input; an item whose call cannot start counts as wrong)."""
     direct = evaluator.direct([(item["code"], f"f({item['input']})", item["output"]) for item in items])
-    contexts = []
-    for item in items:
-        source_map = SourceMap(item["code"])
-        entry = next((line for line, text in enumerate(source_map.lines, 1) if text.startswith("def f(")), 1)
-        contexts.append(Trace(source=item["code"], entry_lineno=entry))
-    # the rollout needs no true frames: score only its output against CruxEval's
-    prompts = [encode_context(t.source, t.entry_lineno) for t in contexts]
-    generated = evaluator._generate(prompts, evaluator.max_trace_tokens, (evaluator.end,))
     rollout = Score()
-    for item, prompt, text in zip(items, prompts, generated):
-        try:
-            predicted = decode(prompt + text)
-            value = predicted.frames[-1].value if predicted.frames and predicted.frames[-1].event == RETURN else None
-        except TraceDecodeError:
-            value = None
-        rollout.add(same_value(value, item["output"]))
+    entries = call_frames([(item["code"], f"f({item['input']})") for item in items])
+    contexts = [entry for entry in entries if entry is not None]
+    predictions = iter(evaluator.rollout_texts(contexts))
+    for item, entry in zip(items, entries):
+        rollout.add(entry is not None and same_value(returned(next(predictions)[1]), item["output"]))
     return {"cruxeval_o_direct": direct.rate, "cruxeval_o_rollout": rollout.rate, "cruxeval_items": direct.total}
+
+
+def call_frames(programs: list[tuple[str, str]]) -> list[Trace | None]:
+    """For each (source, call): a trace holding only the entry call frame (the call's arguments as the tracer
+    renders them), made in the sandbox with a one-frame limit, so nothing past the input is computed into it.
+    None where the call cannot even start."""
+    from opencwm.sandbox import Sandbox, SandboxConfig
+
+    out: list[Trace | None] = []
+    with Sandbox(SandboxConfig(timeout=10, preload=("opencwm.trace.jobs",))) as box:
+        for source, call in programs:
+            outcome = box.run("opencwm.trace.jobs:trace_program_job", source=source, call=call,
+                              limits={"max_frames": 1})
+            trace = Trace.from_dict(outcome.result["trace"]) if outcome.ok else None
+            out.append(trace if trace is not None and trace.frames else None)
+    return out
 
 
 def cruxeval_report(evaluator: TraceEvaluator, source: str | None, limit: int | None = None) -> dict:

@@ -129,7 +129,8 @@ def run_episode(env: Environment, task: dict, policy: Policy, budget: Budget | N
     budget = budget or Budget()
     start = time.monotonic()
     tree = env.checkout(task["base_commit"])
-    shell = Shell(tree, env=env.sandbox_env(tree), backend=backend, visible=(str(env.path),),
+    shell_backend = "auto" if backend == "docker" else backend  # the bash session runs in the local sandbox
+    shell = Shell(tree, env=env.sandbox_env(tree), backend=shell_backend, visible=(str(env.path),),
                   max_output=budget.max_output * 4)
     tools = Tools(tree, shell, budget)
     messages = [{"role": "system", "content": SYSTEM_PROMPT.format(tree=tree, timeout=budget.command_timeout)},

@@ -142,6 +142,13 @@ class Environment:
                   timeout: float = 900, backend: str = "auto") -> TestRun:
         """Run the repository's tests (all, or the given node ids) in the sandbox; the tree's parent directory
         is writable (results go there), the tree itself is restored afterwards by the caller if needed."""
+        if backend == "docker":
+            from opencwm.forage import docker
+
+            client, why = docker.engine()
+            if client is None:
+                raise ForageError(f"--sandbox docker: {why}")
+            return docker.run_tests(self, tree, tests, client, docker.build_image(self, client), timeout=timeout)
         results = tree.parent / f"results-{uuid.uuid4().hex[:8]}.json"
         env = {**self.sandbox_env(tree), "OPENCWM_FORAGE_RESULTS": str(results)}
         if coverage:
@@ -261,7 +268,9 @@ def build_environment(source: str, cache: str | Path, *, python: str = sys.execu
     building = cache / f".{key}.{uuid.uuid4().hex[:6]}.tmp"
     building.mkdir()
     start = time.monotonic()
-    info: dict = {"source": source, "kind": kind, "key": key, "python": python}
+    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                             text=True).stdout.strip()
+    info: dict = {"source": source, "kind": kind, "key": key, "python": python, "python_version": version}
     try:
         _build(source, kind, building, python, backend, info, say)
         info["status"] = "ok"

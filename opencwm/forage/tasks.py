@@ -107,13 +107,15 @@ def problem_statement(mutation: Mutation, failing: list[str], failures: dict[str
     return "\n".join(lines)
 
 
-def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str], *, timeout: float = 120,
+def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] | None, *, timeout: float = 120,
              backend: str = "auto") -> dict:
-    """Run ``tests`` on the mutated tree; returns the candidate's row (committing the bug when it is kept)."""
+    """Run ``tests`` (the covering tests; None: the whole suite, judged on every passing test) on the mutated
+    tree; returns the candidate's row (committing the bug when it is kept)."""
     start = time.monotonic()
     Environment.reset(tree, env.base_commit)
     (tree / mutation.path).write_text(mutation.mutated_source, encoding="utf-8")
     run = env.run_tests(tree, tests, timeout=timeout, backend=backend)
+    tests = tests if tests is not None else env.passing_tests()
     seconds = round(time.monotonic() - start, 3)
     instance_id = mutation_id(env, mutation)
     row = {"item": instance_id, "instance_id": instance_id, "repo": env.info.get("distribution") or env.info["key"],

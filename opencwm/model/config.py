@@ -133,7 +133,7 @@ PRESETS: dict[str, callable] = {
                              num_attention_heads=12, num_key_value_heads=4, head_dim=64, sliding_window=1024,
                              max_position_embeddings=8192),
     "tiny": lambda: _preset(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=8,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_window=256,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_window=1024,
                             max_position_embeddings=4096),
     "nano": lambda: _preset(vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=32, sliding_window=64,

@@ -1,0 +1,103 @@
+"""The Docker backend for environments, used when a Docker engine is reachable (``--sandbox docker``): the
+environment becomes an image built from a generated Dockerfile (the repository, its dependencies, pytest,
+coverage and the results plugin), and test runs (baseline, validation, reward) run in containers with the network
+disabled and only the work tree mounted writable. Talks to the engine through the Docker SDK for Python. The
+agent's bash session still runs in the local sandbox.
+
+Without an engine (or without the ``docker`` package) ``engine()`` returns None with the reason, and callers say
+so in one line; the local sandbox needs neither.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from opencwm.forage.environment import PLUGIN, TEST_EXTRAS, Environment, ForageError, TestRun
+
+WORK = "/work"
+
+
+def engine():
+    """(client, None) when a Docker engine answers, else (None, why)."""
+    try:
+        import docker
+    except ImportError:
+        return None, "the docker package is not installed (pip install docker)"
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+        return client, None
+    except Exception as exc:  # no socket, permission denied, engine down
+        return None, f"no Docker engine reachable ({type(exc).__name__})"
+
+
+def dockerfile(env: Environment) -> str:
+    """The image of an environment: its Python, the baseline repository at /work/repo, the dependencies (the
+    package itself uninstalled so tests import the work tree), pytest, coverage and the results plugin."""
+    version = env.info.get("python_version") or "3.11"
+    extras = ",".join(TEST_EXTRAS)
+    distribution = env.info.get("distribution")
+    uninstall = f" && pip uninstall -y {distribution}" if distribution else ""
+    return "\n".join([
+        f"FROM python:{'.'.join(version.split('.')[:2])}-slim",
+        "RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*",
+        f"COPY repo {WORK}/repo",
+        f"COPY plugin {WORK}/plugin",
+        f'RUN pip install --no-cache-dir "{WORK}/repo[{extras}]" pytest coverage{uninstall}',
+        f"ENV PYTHONPATH={WORK}/repo/src:{WORK}/repo:{WORK}/plugin PYTHONDONTWRITEBYTECODE=1 PYTHONHASHSEED=0",
+        f"WORKDIR {WORK}/repo",
+        "",
+    ])
+
+
+def build_image(env: Environment, client) -> str:
+    """Build (or reuse) the environment's image; returns its tag."""
+    tag = f"opencwm-env:{env.info['key'].lower()}"
+    try:
+        client.images.get(tag)
+        return tag
+    except Exception:
+        pass
+    context = env.path / "docker"
+    shutil.rmtree(context, ignore_errors=True)
+    context.mkdir()
+    shutil.copytree(env.repo, context / "repo", ignore=shutil.ignore_patterns(".git"))
+    shutil.copytree(env.path / "plugin", context / "plugin")
+    (context / "Dockerfile").write_text(dockerfile(env))
+    try:
+        client.images.build(path=str(context), tag=tag, rm=True)
+    except Exception as exc:
+        raise ForageError(f"docker build failed: {str(exc).splitlines()[0][:300]}") from None
+    return tag
+
+
+def run_tests(env: Environment, tree: Path, tests: list[str] | None, client, image: str, *,
+              timeout: float = 900) -> TestRun:
+    """Run the tests of ``tree`` (mounted over the image's repository) in a container without network."""
+    results = tree.parent / f"results-{uuid.uuid4().hex[:8]}.json"
+    argv = ["python", "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-q", "--tb=short", "-o", "addopts=",
+            *(tests or [])]
+    start = time.monotonic()
+    container = client.containers.run(
+        image, argv, detach=True, network_disabled=True, working_dir=f"{WORK}/repo",
+        environment={"OPENCWM_FORAGE_RESULTS": f"{WORK}/out/{results.name}"},
+        volumes={str(tree): {"bind": f"{WORK}/repo", "mode": "rw"},
+                 str(tree.parent): {"bind": f"{WORK}/out", "mode": "rw"}})
+    status = "ok"
+    try:
+        container.wait(timeout=timeout)
+    except Exception:
+        status = "timeout"
+    finally:
+        output = container.logs().decode("utf-8", "replace")
+        container.remove(force=True)
+    seconds = round(time.monotonic() - start, 3)
+    if not results.exists():
+        return TestRun(status if status != "ok" else "error", {}, output=output, seconds=seconds)
+    data = json.loads(results.read_text())
+    results.unlink()
+    return TestRun(status, data["outcomes"], data["failures"], data["coverage"], output, seconds)
