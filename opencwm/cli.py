@@ -282,10 +282,23 @@ def _parse_data(specs: list[str]) -> dict[str, tuple[Path, float]]:
     return sources
 
 
+def _stage_documents(stage: str, path: str, tokenizer):
+    """Training documents of a dataset for a stage: with ``sft``, trace datasets become chat examples (loss on the
+    assistant's replies only); everything else trains on its text."""
+    from opencwm.data.documents import documents
+    from opencwm.shards import read_manifest
+
+    if stage == "sft" and read_manifest(path).get("kind") == "opencwm.traces":
+        from opencwm.data.sft import sft_documents
+
+        return sft_documents(path, tokenizer)
+    return documents(path, tokenizer)
+
+
 def cmd_train(args) -> int:
     import torch
 
-    from opencwm.data.documents import documents, texts
+    from opencwm.data.documents import texts
     from opencwm.data.packing import PackedStream
     from opencwm.model import CWM, preset
     from opencwm.shards import DatasetError
@@ -310,7 +323,7 @@ def cmd_train(args) -> int:
             if world > 1:
                 torch.distributed.barrier()
             tokenizer = Tokenizer.load(tokenizer_dir)
-        docs = {name: documents(path, tokenizer) for name, (path, _) in sources.items()}
+        docs = {name: _stage_documents(args.stage, path, tokenizer) for name, (path, _) in sources.items()}
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
     if args.init:
@@ -501,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a CWM (any stage) on corpora; resumable; data-parallel under torchrun",
         description="One loop for every stage. Example: opencwm train --stage pretrain --preset tiny --out runs/pt "
                     "--data code=runs/code:0.5 --data traces=runs/traces:0.5 --steps 500")
-    train.add_argument("--stage", choices=["pretrain", "midtrain", "sft"], default="pretrain")
+    train.add_argument("--stage", choices=["pretrain", "midtrain", "sft"], default="pretrain",
+                       help="sft: trace datasets become chat examples ('what does this call return?', with and "
+                            "without a <think> walk through the execution), learned on the assistant's tokens")
     train.add_argument("--preset", default="tiny")
     train.add_argument("--init", help="start from this checkpoint (e.g. the previous stage's model directory)")
     train.add_argument("--out", required=True)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from opencwm.data.packing import Document, PackedStream
-from opencwm.eval.trace_eval import TraceEvaluator, direct_prompt, direct_target, same_value
+from opencwm.data.sft import sft_example
+from opencwm.eval.trace_eval import TraceEvaluator, call_frames, direct_prompt, direct_target, same_value
 from opencwm.model import CWM, preset
 from opencwm.tokenizer import Tokenizer
 from opencwm.trace.codec import encode
@@ -31,8 +32,9 @@ def memorised(tmp_path_factory):
     traces = [trace_program(source, call) for source, call in PROGRAMS]
     texts = [encode(t) for t in traces]
     directs = [direct_prompt(s, c) + direct_target(t.return_value) for (s, c), t in zip(PROGRAMS, traces)]
-    tokenizer = Tokenizer.train(texts + directs, vocab_size=400)
-    documents = [Document(tokenizer.encode(text, allow_special=True)) for text in texts + directs]
+    chats = ["".join(sft_example(t, c, think=False)) for (_, c), t in zip(PROGRAMS, traces)]
+    tokenizer = Tokenizer.train(texts + directs + chats, vocab_size=400)
+    documents = [Document(tokenizer.encode(text, allow_special=True)) for text in texts + directs + chats]
     torch.manual_seed(0)
     config = preset("nano", vocab_size=tokenizer.vocab_size, max_position_embeddings=512)
     model = CWM(config).init_weights(seed=0)
@@ -51,6 +53,15 @@ def test_memorised_traces_are_predicted(memorised):
     assert whole.total == 3 and output.rate >= 2 / 3
     direct = evaluator.direct([(s, c, t.return_value) for (s, c), t in zip(PROGRAMS, traces)])
     assert direct.rate >= 2 / 3
+    assert evaluator.chat_answer([(s, c, t.return_value) for (s, c), t in zip(PROGRAMS, traces)]).rate >= 2 / 3
+
+
+def test_call_frames_hold_the_input_only():
+    source = "def f(a, b=2):\n    c = a + b\n    return c\n"
+    frame_only, broken = call_frames([(source, "f(1)"), (source, "f(1, 2, 3)")])
+    assert broken is None
+    assert [f.event for f in frame_only.frames] == ["call"] and frame_only.frames[0].locals == {"a": "1", "b": "2"}
+    assert frame_only.frames[0] == trace_program(source, "f(1)").frames[0]
 
 
 def test_an_untrained_model_scores_low(memorised):

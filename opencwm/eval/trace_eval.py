@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from opencwm.chat import encode_messages
 from opencwm.model.generate import Sampling, generate
 from opencwm.special_tokens import BEGIN_OF_TEXT, END_OF_TEXT, FRAME_SEP
 from opencwm.tokenizer import Tokenizer
@@ -121,6 +122,20 @@ class TraceEvaluator:
             output.add(same_value(returned(predicted), trace.return_value))
         return whole, output
 
+    def chat_answer(self, programs: list[tuple[str, str, str]]) -> Score:
+        """Output prediction in the chat format the SFT stage teaches (no reasoning section): the reply's
+        ``The call returns `VALUE`.`` compared by value."""
+        from opencwm.data.sft import parse_answer, question_messages
+        from opencwm.special_tokens import END_OF_TURN
+
+        prompts = [encode_messages(question_messages(source, call, think=False), add_generation_prompt=True)
+                   for source, call, _ in programs]
+        stops = (self.end, self.tokenizer.token_id(END_OF_TURN))
+        score = Score()
+        for (_, _, expected), got in zip(programs, self._generate(prompts, self.max_frame_tokens, stops)):
+            score.add(same_value(parse_answer(got), expected))
+        return score
+
     def direct(self, programs: list[tuple[str, str, str]]) -> Score:
         """``programs``: (source, call, expected repr of the result)."""
         prompts = [direct_prompt(source, call) for source, call, _ in programs]
@@ -189,13 +204,15 @@ def cruxeval_report(evaluator: TraceEvaluator, source: str | None, limit: int | 
 
 
 def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | None = None,
-                    max_frames_per_trace: int | None = None) -> dict:
+                    max_frames_per_trace: int | None = None, chat: bool = False) -> dict:
     """All world-modeling figures on held-out traces (rows from ``opencwm.trace.collect.read_traces``)."""
     chosen = [(row, trace) for row, trace in rows_and_traces if trace.status == "ok" and trace.frames][:limit]
     traces = [trace for _, trace in chosen]
     frames = evaluator.next_frame(traces, max_frames_per_trace)
     whole, output = evaluator.rollout(traces)
-    direct = evaluator.direct([(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")])
-    return {"frame_exact_match": frames.rate, "frames": frames.total, "trace_exact_match": whole.rate,
+    programs = [(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")]
+    direct = evaluator.direct(programs)
+    extra = {"output_exact_match_chat": evaluator.chat_answer(programs).rate} if chat else {}
+    return {**extra, "frame_exact_match": frames.rate, "frames": frames.total, "trace_exact_match": whole.rate,
             "output_exact_match_rollout": output.rate, "output_exact_match_direct": direct.rate,
             "traces": len(traces)}
