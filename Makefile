@@ -1,5 +1,6 @@
 # opencwm: every set-up step a fresh machine needs, then the main job or the tests.
-#   make run        set up, then the end-to-end demo (trace collection on the shipped example programs)
+#   make run        set up, then the CPU speedrun (< 30 min on 2 cores): report in runs/speedrun/report.md
+#   make demo       set up, then trace collection on the shipped example programs (seconds)
 #   make test       set up, then the test suite (< 15 min on 2 cores)
 #   make test-slow  set up, then the slow real-world checks
 #   make bench      set up, then the benchmarks (writes rows to benchmarks/RESULTS.md)
@@ -10,8 +11,12 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= model,test,bench,ray,forage
 BIN := $(VENV)/bin
 export PYTHONHASHSEED := 0
+# CruxEval for the speedrun's CruxEval-O: a local JSONL when there is one, else the public dataset (reported as
+# missing, with the reason, when neither can be read).
+CRUXEVAL ?= $(if $(wildcard ../shared/data/cruxeval.jsonl),../shared/data/cruxeval.jsonl,hf)
+SPEEDRUN_OUT ?= runs/speedrun
 
-.PHONY: run test test-slow bench lint system-deps install clean
+.PHONY: run demo test test-slow bench lint system-deps install clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +39,9 @@ system-deps:
 	fi
 
 run: install
+	$(BIN)/opencwm speedrun --out $(SPEEDRUN_OUT) --cruxeval $(CRUXEVAL)
+
+demo: install
 	rm -rf runs/demo
 	$(BIN)/opencwm trace collect examples/programs.jsonl --out runs/demo
 	$(BIN)/opencwm trace collect examples/bank.py --out runs/demo
@@ -49,6 +57,8 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/trace_overhead.py
 	$(BIN)/python benchmarks/model_bench.py
+	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/forage_bench.py
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

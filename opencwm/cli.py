@@ -556,14 +556,14 @@ def build_parser() -> argparse.ArgumentParser:
     trace_eval.add_argument("--batch-size", type=int, default=8)
     trace_eval.set_defaults(func=cmd_eval_trace)
 
-    run = areas.add_parser("speedrun", help="corpora -> tokenizer -> pretrain -> midtrain -> eval, with the no-traces "
-                                            "ablation; writes report.md and report.json")
+    run = areas.add_parser("speedrun", help="corpora -> tokenizer -> pretrain -> midtrain -> SFT -> eval, with the "
+                                            "no-traces ablation; writes report.md and report.json")
     from opencwm.speedrun import SpeedrunConfig
 
     defaults = SpeedrunConfig()
     for name in ("out", "preset", "train_programs", "heldout_programs", "difficulty", "code_files", "vocab",
-                 "seq_len", "batch_size", "pretrain_steps", "midtrain_steps", "lr", "eval_traces",
-                 "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed"):
+                 "seq_len", "batch_size", "pretrain_steps", "midtrain_steps", "sft_steps", "lr", "schedule",
+                 "eval_traces", "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed"):
         default = getattr(defaults, name)
         run.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else str,
                          default=None, help=f"default: {default}")

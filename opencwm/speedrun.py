@@ -4,10 +4,13 @@ Steps (each resumable; finished steps are skipped when rerun):
 1. corpora: standard-library code; synthetic programs for training and a held-out set from another seed; their
    traces, collected in the sandbox;
 2. a byte-level BPE tokenizer with CWM's special tokens, trained on code and traces;
-3. pretraining (code, traces, direct answers) and midtraining (mostly traces) of a preset;
+3. pretraining (mostly code), midtraining (mostly traces) and a short SFT (chat examples "what does this call
+   return?", with and without a ``<think>`` walk through the execution) of a preset, bf16 autocast where the CPU
+   has AMX;
 4. evaluation on the held-out programs: next-frame exact match, whole-trace rollout, output prediction by
-   rollout and by direct answer, plus CruxEval-O when a CruxEval file or the public dataset is available;
-5. the ablation: the same pipeline and token budget with traces replaced by code (``no_traces``);
+   rollout, by direct answer and in chat, plus CruxEval-O when a CruxEval file or the public dataset is available;
+5. the ablation: the same pipeline and token budget with traces replaced by code, and SFT answers without the
+   reasoning section (which is a trace) (``no_traces``);
 6. ``report.md`` (tables, loss and accuracy plots) and ``report.json`` (stable keys).
 """
 
@@ -26,20 +29,22 @@ from opencwm.trace.tracer import Limits
 class SpeedrunConfig:
     out: str = "runs/speedrun"
     preset: str = "tiny"
-    train_programs: int = 3000
+    train_programs: int = 4000
     heldout_programs: int = 100
     difficulty: int = 1
     code_files: int = 600
     vocab: int = 2048
-    seq_len: int = 1024
+    seq_len: int = 512
     batch_size: int = 8
-    pretrain_steps: int = 300
-    midtrain_steps: int = 200
+    pretrain_steps: int = 200
+    midtrain_steps: int = 500
+    sft_steps: int = 100
     lr: float = 3e-3
-    eval_traces: int = 100
-    max_trace_tokens: int = 1024
+    schedule: str = "cosine"  # per stage: warmup, then cosine decay (lower final loss than WSD at this size)
+    eval_traces: int = 50
+    max_trace_tokens: int = 768
     cruxeval: str | None = "hf"  # a JSONL path, "hf", or None
-    cruxeval_limit: int = 200
+    cruxeval_limit: int = 50
     traces: bool = True  # False: the ablation (code instead of traces, same token budget)
     seed: int = 0
 
@@ -72,11 +77,18 @@ def build_data(config: SpeedrunConfig, root: Path) -> dict[str, Path]:
     return paths
 
 
+STAGES = ("pretrain", "midtrain", "sft")
+
+
 def _stage_sources(config: SpeedrunConfig, stage: str) -> dict[str, float]:
+    """Mixture weights per stage. The ablation has the same budget with every trace replaced by code: no trace
+    documents, and SFT answers without the reasoning section."""
     if config.traces:
-        return {"code": 0.4, "traces": 0.4, "direct": 0.2} if stage == "pretrain" else \
-            {"code": 0.1, "traces": 0.7, "direct": 0.2}
-    return {"code": 0.8, "direct": 0.2}  # same budget, traces replaced by code
+        return {"pretrain": {"code": 0.5, "traces": 0.3, "direct": 0.2},
+                "midtrain": {"code": 0.1, "traces": 0.7, "direct": 0.2},
+                "sft": {"sft": 0.5, "traces": 0.4, "direct": 0.1}}[stage]
+    return {"pretrain": {"code": 0.8, "direct": 0.2}, "midtrain": {"code": 0.8, "direct": 0.2},
+            "sft": {"sft": 0.5, "code": 0.4, "direct": 0.1}}[stage]
 
 
 def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], tokenizer) -> tuple[Path, list[dict]]:
@@ -84,28 +96,42 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
 
     from opencwm.data.documents import documents
     from opencwm.data.packing import PackedStream
+    from opencwm.data.sft import sft_documents
     from opencwm.model import CWM, preset
     from opencwm.train.loop import TrainConfig, Trainer
 
-    docs = {"code": documents(paths["code"], tokenizer), "traces": documents(paths["traces"], tokenizer),
-            "direct": documents(paths["traces"], tokenizer, direct=True)}
+    makers = {"code": lambda: documents(paths["code"], tokenizer),
+              "traces": lambda: documents(paths["traces"], tokenizer),
+              "direct": lambda: documents(paths["traces"], tokenizer, direct=True),
+              "sft": lambda: sft_documents(paths["traces"], tokenizer, think="both" if config.traces else "no")}
+    needed = {name for stage in STAGES for name in _stage_sources(config, stage)}
+    docs = {name: makers[name]() for name in sorted(needed)}
     torch.manual_seed(config.seed)
     model = CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
                        max_position_embeddings=max(4096, config.seq_len))).init_weights(seed=config.seed)
     history: list[dict] = []
-    for stage, steps in (("pretrain", config.pretrain_steps), ("midtrain", config.midtrain_steps)):
+    steps_of = {"pretrain": config.pretrain_steps, "midtrain": config.midtrain_steps, "sft": config.sft_steps}
+    last = None
+    for stage in STAGES:
+        steps = steps_of[stage]
+        if steps <= 0:
+            continue
+        last = stage
         weights = _stage_sources(config, stage)
         stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed)
-        train_config = TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
+        train_config = TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr, schedule=config.schedule,
+                                   min_lr_ratio=0.05,
                                    warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
-                                   log_every=5, seed=config.seed)
+                                   log_every=25, seed=config.seed)
         trainer = Trainer(model, stream, train_config, root / stage)
         trainer.resume()
         _log(f"{stage}: {steps} steps on {weights}")
-        trainer.train(progress=False)
+        trainer.train(progress=True)
         for line in (root / stage / "metrics.jsonl").read_text().splitlines():
             history.append({"stage": stage, **json.loads(line)})
-    return root / "midtrain", history
+    if last is None:
+        raise ValueError("every stage has 0 steps")
+    return root / last, history
 
 
 def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -> dict:
@@ -113,7 +139,8 @@ def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -
     from opencwm.trace.collect import read_traces
 
     evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens)
-    results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces)
+    results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces,
+                              chat=config.sft_steps > 0)
     results.update(cruxeval_report(evaluator, config.cruxeval, config.cruxeval_limit))
     return results
 
@@ -166,7 +193,7 @@ def run_one(config: SpeedrunConfig) -> dict:
 
 
 KEYS = ("frame_exact_match", "trace_exact_match", "output_exact_match_rollout", "output_exact_match_direct",
-        "cruxeval_o_direct", "cruxeval_o_rollout", "wall_seconds")
+        "output_exact_match_chat", "cruxeval_o_direct", "cruxeval_o_rollout", "wall_seconds")
 
 
 def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float) -> dict:
@@ -217,7 +244,7 @@ def _plots(out: Path, main: dict, ablation: dict | None) -> None:
         if result:
             history = result["history"]
             ax.plot(range(len(history)), [h["loss"] for h in history], label=label)
-    ax.set_xlabel("logged step (pretrain, then midtrain)")
+    ax.set_xlabel("logged step (pretrain, midtrain, SFT)")
     ax.set_ylabel("training loss")
     ax.legend()
     fig.tight_layout()

@@ -302,3 +302,43 @@ def test_docker_backend_gives_the_same_baseline(env, tmp_path):
     finally:
         Environment.discard(tree)
     assert run.status == "ok" and run.outcomes == env.info["tests"]
+
+
+def test_issue_texts_from_a_model_never_leak_the_fix(env, tmp_path):
+    from opencwm.forage.policies import Reply
+
+    class Writer:
+        def __init__(self, leak: bool):
+            self.leak, self.prompts = leak, []
+
+        def __call__(self, messages):
+            self.prompts.append(messages[-1]["content"])
+            original = (TOY / "toycalc" / "__init__.py").read_text()  # holds every line of every fix
+            return Reply("Title: wrong results\n\nSome results are wrong." + ("\n" + original if self.leak else ""))
+
+    honest, leaky = Writer(False), Writer(True)
+    mutate(env, tmp_path / "honest", max_candidates=4, issue_writer=honest)
+    mutate(env, tmp_path / "leaky", max_candidates=4, issue_writer=leaky)
+    written = read_tasks(tmp_path / "honest")
+    assert written and all(t["problem_statement"].startswith("Title: wrong results") for t in written)
+    assert all("Failing tests:" in prompt for prompt in honest.prompts)
+    leaked = read_tasks(tmp_path / "leaky")
+    assert leaked and len(leaky.prompts) == len(leaked)
+    assert all(t["problem_statement"].startswith("Some tests fail") for t in leaked)  # the plain description
+
+
+def test_ray_spreads_episodes_with_the_same_results(env, tasks, tmp_path):
+    ray = pytest.importorskip("ray")
+    try:
+        summary = run_episodes(tasks[:4], InverseMutationPolicy, tmp_path / "ray", workers=2, ray_address="local")
+    finally:
+        ray.shutdown()
+    assert summary["episodes"] == 4 and summary["solved"] == 4
+    rows = {r["task_id"]: r for r in read_trajectories(tmp_path / "ray")}
+    local = run_episodes(tasks[:4], InverseMutationPolicy, tmp_path / "local")
+    assert local["solved"] == 4
+    def steps(row):
+        return [(a["tool"], a["args"], a["status"]) for a in json.loads(row["actions"])]
+
+    for row in read_trajectories(tmp_path / "local"):
+        assert rows[row["task_id"]]["diff"] == row["diff"] and steps(rows[row["task_id"]]) == steps(row)

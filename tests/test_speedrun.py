@@ -14,12 +14,13 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "opencwm.cli", "speedrun", "--out", str(tmp_path), "--preset", "nano",
          "--train-programs", "60", "--heldout-programs", "6", "--code-files", "30", "--vocab", "400",
-         "--seq-len", "256", "--batch-size", "2", "--pretrain-steps", "4", "--midtrain-steps", "4",
+         "--seq-len", "256", "--batch-size", "2", "--pretrain-steps", "4", "--midtrain-steps", "4", "--sft-steps", "4",
          "--eval-traces", "3", "--max-trace-tokens", "64", "--cruxeval", str(tmp_path / "absent.jsonl")],
         capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    for key in ("frame_exact_match", "output_exact_match_rollout", "output_exact_match_direct", "cruxeval_o_direct",
+    for key in ("frame_exact_match", "output_exact_match_rollout", "output_exact_match_direct",
+                "output_exact_match_chat", "cruxeval_o_direct",
                 "cruxeval_o_rollout", "wall_seconds"):
         assert key in report and key in report["no_traces"]
     assert report["cruxeval_o_direct"] is None and "no such file" in report["cruxeval_missing"]

@@ -90,8 +90,16 @@ def cmd_mutate(args) -> int:
     unknown = set(operators) - set(OPERATORS)
     if unknown:
         raise CliError(f"unknown operators {', '.join(sorted(unknown))} (choose from {', '.join(OPERATORS)})")
+    writer = None
+    if args.issue_base_url:
+        from opencwm.forage.policies import OpenAIPolicy
+
+        if not args.issue_model:
+            raise CliError("--issue-base-url needs --issue-model")
+        writer = OpenAIPolicy(args.issue_base_url, args.issue_model, api_key=args.api_key, max_tokens=400)
     report = mutate(env, args.out, max_candidates=args.max, workers=args.workers, operators=operators,
-                    timeout=args.timeout, backend=args.sandbox, progress=_bar("validating", args.quiet))
+                    timeout=args.timeout, backend=args.sandbox, progress=_bar("validating", args.quiet),
+                    issue_writer=writer)
     if args.json:
         print(json.dumps(report.as_json()))
     else:
@@ -216,6 +224,10 @@ def add_parser(areas) -> None:
     mutate.add_argument("--operators", help="comma-separated subset of the mutation operators")
     mutate.add_argument("--workers", type=int, default=_cpu_count())
     mutate.add_argument("--timeout", type=float, default=120, help="seconds per validation run")
+    mutate.add_argument("--issue-base-url", help="write issue texts with the model at this OpenAI-compatible "
+                                                 "endpoint (default: a plain description from the failing tests)")
+    mutate.add_argument("--issue-model", help="model name for --issue-base-url")
+    mutate.add_argument("--api-key", default="EMPTY")
     _common(mutate)
     mutate.set_defaults(func=cmd_mutate)
 

@@ -107,8 +107,28 @@ def problem_statement(mutation: Mutation, failing: list[str], failures: dict[str
     return "\n".join(lines)
 
 
+ISSUE_PROMPT = """You are filing a bug report for a Python project. Some tests started failing. Write a short issue
+text (a title line, then a few sentences) describing the symptom a user would see, based only on the failing tests
+and their output below. Do not propose a fix and do not guess which line is wrong.
+
+{details}"""
+
+
+def policy_issue_text(writer, statement: str, patch: str) -> str | None:
+    """An issue text written by a model (any ``Policy``) from the plain description; None when the model fails
+    or its text contains a line of the fix (it must not leak the fix)."""
+    try:
+        text = writer([{"role": "user", "content": ISSUE_PROMPT.format(details=statement)}]).text.strip()
+    except Exception:
+        return None
+    fixed = [line[1:].strip() for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    if not text or any(line and line in text for line in fixed):
+        return None
+    return text
+
+
 def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] | None, *, timeout: float = 120,
-             backend: str = "auto") -> dict:
+             backend: str = "auto", issue_writer=None) -> dict:
     """Run ``tests`` (the covering tests; None: the whole suite, judged on every passing test) on the mutated
     tree; returns the candidate's row (committing the bug when it is kept)."""
     start = time.monotonic()
@@ -135,8 +155,11 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
     git(tree, "commit", "-q", "-m", f"mutate-fix task {instance_id}", "--no-verify")
     broken = git(tree, "rev-parse", "HEAD").strip()
     git(tree, "push", "-q", "origin", f"{broken}:refs/opencwm/tasks/{instance_id}")
-    row.update(base_commit=broken, patch=git(tree, "diff", broken, env.base_commit),
-               problem_statement=problem_statement(mutation, failing, run.failures),
+    fix = git(tree, "diff", broken, env.base_commit)
+    statement = problem_statement(mutation, failing, run.failures)
+    if issue_writer is not None:
+        statement = policy_issue_text(issue_writer, statement, fix) or statement
+    row.update(base_commit=broken, patch=fix, problem_statement=statement,
                FAIL_TO_PASS=json.dumps(failing), PASS_TO_PASS=json.dumps([t for t in tests if t not in failing]),
                validated=True, verdict="validated")
     return row
@@ -144,8 +167,10 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
 
 def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = None, workers: int = 2,
            operators: tuple[str, ...] = OPERATORS, timeout: float = 120, backend: str = "auto",
-           progress: Callable[[int, int], None] | None = None) -> MutateReport:
-    """Generate, validate and store mutate-fix tasks of ``env`` in the dataset ``out`` (resumable)."""
+           progress: Callable[[int, int], None] | None = None, issue_writer=None) -> MutateReport:
+    """Generate, validate and store mutate-fix tasks of ``env`` in the dataset ``out`` (resumable). With an
+    ``issue_writer`` (a policy), issue texts are written by that model from the failing tests' output (falling
+    back to the plain description when its text would leak the fix)."""
     if not env.ok:
         raise ForageError(f"{env.path}: the environment did not build ({env.info.get('error')})")
     chosen = candidates(env, operators)[:max_candidates]
@@ -159,7 +184,7 @@ def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = No
         def work(item):
             tree = trees.get()
             try:
-                return validate(env, tree, *item, timeout=timeout, backend=backend)
+                return validate(env, tree, *item, timeout=timeout, backend=backend, issue_writer=issue_writer)
             finally:
                 trees.put(tree)
 
