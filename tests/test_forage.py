@@ -342,3 +342,21 @@ def test_ray_spreads_episodes_with_the_same_results(env, tasks, tmp_path):
 
     for row in read_trajectories(tmp_path / "local"):
         assert rows[row["task_id"]]["diff"] == row["diff"] and steps(rows[row["task_id"]]) == steps(row)
+
+
+def test_a_local_checkpoint_plays_an_episode(env, tasks, tmp_path):
+    from opencwm.forage.policies import LocalPolicy
+    from opencwm.model import CWM, preset
+    from opencwm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train([(TOY / "toycalc" / "__init__.py").read_text()] * 5, vocab_size=300)
+    model = CWM(preset("nano", vocab_size=tokenizer.vocab_size, max_position_embeddings=4096)).init_weights(seed=0)
+    model.save_pretrained(tmp_path / "run" / "checkpoints" / "step-000001" / "model")
+    tokenizer.save(tmp_path / "run" / "tokenizer")  # where 'opencwm train' keeps it
+    policy = LocalPolicy(str(tmp_path / "run" / "checkpoints" / "step-000001" / "model"), max_tokens=8)
+    row = run_episode(env, tasks[0], policy, Budget(max_turns=2))
+    messages, actions = json.loads(row["messages"]), json.loads(row["actions"])
+    assert row["policy"] == "local" and row["turns"] == 2 and row["status"] == "turn_budget"
+    assert [m["role"] for m in messages[2:]] == ["assistant", "tool: error", "assistant", "tool: error"]
+    assert all(a["status"] == "invalid" for a in actions)  # an untrained model writes no tool call
+    assert 0 < row["completion_tokens"] <= 16 and row["prompt_tokens"] > 100 and row["reward"] == 0.0

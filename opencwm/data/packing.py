@@ -7,6 +7,9 @@ sequences carry ``document_ids`` so that attention stays inside each document (d
 before it in its own document predicts it). A document longer than a sequence continues in the next sequence as
 a new segment.
 
+Mixture weights are shares of tokens: a source's documents are drawn with probability proportional to its weight
+divided by its mean document length, so a source of long files does not crowd out one of short traces.
+
     stream = PackedStream({"code": code_docs, "traces": trace_docs}, {"code": 0.3, "traces": 0.7},
                           seq_len=2048, seed=0)
     batch = stream.next_batch(8)            # {"input_ids", "labels", "document_ids"} int64 tensors (8, 2048)
@@ -33,7 +36,8 @@ class Document:
 
 
 class PackedStream:
-    """Endless packed sequences from ``sources`` (name -> indexable sequence of Documents), mixed by ``weights``.
+    """Endless packed sequences from ``sources`` (name -> indexable sequence of Documents), mixed by ``weights``
+    (shares of tokens).
 
     Each source is read in a seeded random order, epoch after epoch; the mixture draws which source supplies the
     next document. Everything that decides the future (random state, positions, the partly filled buffer) is in
@@ -50,7 +54,10 @@ class PackedStream:
         if any(w < 0 for w in weights.values()):
             raise ValueError("mixture weights must be non-negative")
         self.names = sorted(self.sources)
-        self.weights = [weights[name] for name in self.names]
+        self.weights = [weights[name] for name in self.names]  # shares of tokens
+        mean_length = {name: max(1.0, sum(len(d.tokens) for d in docs) / len(docs))
+                       for name, docs in self.sources.items()}
+        self._draw = [weights[name] / mean_length[name] for name in self.names]  # per-document draw weights
         self.seq_len = seq_len
         self.seed = seed
         self._rng = random.Random(seed)
@@ -70,7 +77,7 @@ class PackedStream:
         return self._orders[key]
 
     def _next_document(self) -> tuple[str, Document]:
-        name = self._rng.choices(self.names, weights=self.weights)[0]
+        name = self._rng.choices(self.names, weights=self._draw)[0]
         epoch, index = self._cursor[name]
         document = self.sources[name][self._order(name, epoch)[index]]
         index += 1
