@@ -260,8 +260,9 @@ def cmd_data_programs(args) -> int:
     if args.count < 1 or not 1 <= args.difficulty <= 5:
         raise CliError("--count must be positive and --difficulty between 1 and 5")
     try:
-        summary = build_program_corpus(args.out, args.count, difficulty=args.difficulty, seed=args.seed)
-    except DatasetError as exc:
+        summary = build_program_corpus(args.out, args.count, difficulty=args.difficulty, seed=args.seed,
+                                       hard_share=args.hard_share)
+    except (DatasetError, ValueError) as exc:
         raise CliError(str(exc)) from None
     print(json.dumps(summary))
     return 0
@@ -508,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     programs.add_argument("--count", type=int, default=1000)
     programs.add_argument("--difficulty", type=int, default=2, help="1 (easiest) to 5")
     programs.add_argument("--seed", type=int, default=0)
+    programs.add_argument("--hard-share", type=float, default=0.0,
+                          help="share of programs one difficulty level up (default: %(default)s)")
     programs.set_defaults(func=cmd_data_programs)
 
     train = areas.add_parser(
@@ -561,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     from opencwm.speedrun import SpeedrunConfig
 
     defaults = SpeedrunConfig()
-    for name in ("out", "preset", "train_programs", "heldout_programs", "difficulty", "code_files", "vocab",
+    for name in ("out", "preset", "train_programs", "heldout_programs", "difficulty", "hard_share", "code_files",
+                 "vocab",
                  "seq_len", "batch_size", "pretrain_steps", "midtrain_steps", "sft_steps", "lr", "schedule",
                  "eval_traces", "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed"):
         default = getattr(defaults, name)

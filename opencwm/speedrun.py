@@ -32,6 +32,7 @@ class SpeedrunConfig:
     train_programs: int = 4000
     heldout_programs: int = 100
     difficulty: int = 1
+    hard_share: float = 0.3  # share of programs one difficulty level up (held-out traces as long as CruxEval's)
     code_files: int = 600
     vocab: int = 2048
     seq_len: int = 512
@@ -67,9 +68,10 @@ def build_data(config: SpeedrunConfig, root: Path) -> dict[str, Path]:
     _log("corpus: standard-library code")
     build_code_corpus(paths["code"], include_site_packages=False, max_files=config.code_files, holdout=holdout)
     _log("corpus: synthetic programs (training and held out)")
-    build_program_corpus(paths["programs"], config.train_programs, difficulty=config.difficulty, seed=config.seed)
+    build_program_corpus(paths["programs"], config.train_programs, difficulty=config.difficulty, seed=config.seed,
+                         hard_share=config.hard_share)
     build_program_corpus(paths["heldout-programs"], config.heldout_programs, difficulty=config.difficulty,
-                         seed=config.seed + 1_000_003)
+                         seed=config.seed + 1_000_003, hard_share=config.hard_share)
     limits = Limits(max_frames=400, max_bytes=20_000, max_value_chars=200)  # traces that fit the context
     for programs, traces in (("programs", "traces"), ("heldout-programs", "heldout-traces")):
         _log(f"tracing {programs} in the sandbox")

@@ -60,6 +60,20 @@ def test_program_corpus_becomes_a_trace_corpus(tmp_path):
         assert trace.return_value == repr(eval(programs[key]["call"], namespace))
 
 
+def test_a_hard_share_of_programs_is_one_level_up_and_runs(tmp_path):
+    build_program_corpus(tmp_path / "mixed", 300, difficulty=1, seed=4, hard_share=0.3)
+    rows = list(read_rows(tmp_path / "mixed"))
+    share = sum(r["difficulty"] == 2 for r in rows) / len(rows)
+    assert {r["difficulty"] for r in rows} == {1, 2} and 0.22 < share < 0.38
+    for row in [r for r in rows if r["difficulty"] == 2][:20]:  # the harder ones run under the real interpreter
+        namespace: dict = {}
+        exec(row["source"], namespace)
+        eval(row["call"], namespace)  # below difficulty 3 every exception is caught
+    again = tmp_path / "again"
+    build_program_corpus(again, 300, difficulty=1, seed=4, hard_share=0.3)
+    assert [r["source"] for r in read_rows(again)] == [r["source"] for r in rows]
+
+
 def test_data_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "opencwm.cli", "data", "programs", "--out", str(tmp_path / "p"),
                           "--count", "5"], capture_output=True, text=True)

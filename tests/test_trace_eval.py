@@ -8,7 +8,7 @@ import torch
 
 from opencwm.data.packing import Document, PackedStream
 from opencwm.data.sft import sft_example
-from opencwm.eval.trace_eval import TraceEvaluator, call_frames, direct_prompt, direct_target, same_value
+from opencwm.eval.trace_eval import TraceEvaluator, direct_prompt, direct_target, real_traces, same_value
 from opencwm.model import CWM, preset
 from opencwm.tokenizer import Tokenizer
 from opencwm.trace.codec import encode
@@ -56,12 +56,11 @@ def test_memorised_traces_are_predicted(memorised):
     assert evaluator.chat_answer([(s, c, t.return_value) for (s, c), t in zip(PROGRAMS, traces)]).rate >= 2 / 3
 
 
-def test_call_frames_hold_the_input_only():
+def test_real_traces_come_from_the_sandbox():
     source = "def f(a, b=2):\n    c = a + b\n    return c\n"
-    frame_only, broken = call_frames([(source, "f(1)"), (source, "f(1, 2, 3)")])
+    real, broken = real_traces([(source, "f(1)"), (source, "f(1, 2, 3)")])
     assert broken is None
-    assert [f.event for f in frame_only.frames] == ["call"] and frame_only.frames[0].locals == {"a": "1", "b": "2"}
-    assert frame_only.frames[0] == trace_program(source, "f(1)").frames[0]
+    assert real.frames == trace_program(source, "f(1)").frames and real.frames[0].locals == {"a": "1", "b": "2"}
 
 
 def test_an_untrained_model_scores_low(memorised):

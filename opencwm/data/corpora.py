@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import random
 import re
 import sysconfig
 from collections.abc import Iterable, Iterator
@@ -107,17 +108,26 @@ def build_code_corpus(out: str | Path, *, include_site_packages: bool = True, ma
     return {"out": str(out), **counts}
 
 
-def build_program_corpus(out: str | Path, count: int, *, difficulty: int = 2, seed: int = 0) -> dict:
+def build_program_corpus(out: str | Path, count: int, *, difficulty: int = 2, seed: int = 0,
+                         hard_share: float = 0.0) -> dict:
+    """``count`` synthetic programs; a ``hard_share`` of them one difficulty level up (a longer tail of long
+    traces at little cost in the median)."""
+    if not 0 <= hard_share <= 1:
+        raise ValueError("hard_share must be between 0 and 1")
     writer = ShardWriter(out, PROGRAMS_SCHEMA, PROGRAMS_KIND,
-                         metadata={"count": count, "difficulty": difficulty, "seed": seed})
+                         metadata={"count": count, "difficulty": difficulty, "seed": seed, "hard_share": hard_share})
     done = writer.finished_items()
-    generator = ProgramGenerator(seed=seed, difficulty=difficulty)
+    generators = {difficulty: ProgramGenerator(seed=seed, difficulty=difficulty)}
+    if hard_share > 0 and difficulty < 5:
+        generators[difficulty + 1] = ProgramGenerator(seed=seed + 7_919, difficulty=difficulty + 1)
+    chooser = random.Random(f"{seed}:hard")
     for index in range(count):
-        program = generator.program()  # always drawn, so a resumed run yields the same programs
+        level = difficulty + 1 if len(generators) > 1 and chooser.random() < hard_share else difficulty
+        program = generators[level].program()  # always drawn, so a resumed run yields the same programs
         key = f"program-{seed}-{difficulty}-{index:07d}"
         if key in done:
             continue
-        writer.add(key, [{"id": key, "source": program.source, "call": program.call, "difficulty": difficulty,
+        writer.add(key, [{"id": key, "source": program.source, "call": program.call, "difficulty": level,
                           "features": json.dumps(program.features)}])
     writer.close()
     return {"out": str(out), "programs": count}

@@ -15,13 +15,14 @@ Every figure comes with its count, so callers can tell 0/0 from 0/100.
 from __future__ import annotations
 
 import ast
+import warnings
 from dataclasses import dataclass
 
 from opencwm.chat import encode_messages
 from opencwm.model.generate import Sampling, generate
 from opencwm.special_tokens import BEGIN_OF_TEXT, END_OF_TEXT, FRAME_SEP
 from opencwm.tokenizer import Tokenizer
-from opencwm.trace.codec import TraceDecodeError, decode, encode_context, encode_frame
+from opencwm.trace.codec import TraceDecodeError, decode, encode, encode_context, encode_frame
 from opencwm.trace.record import RETURN, Trace
 
 
@@ -44,7 +45,9 @@ def same_value(predicted: str | None, expected: str | None) -> bool:
     if predicted is None or expected is None:
         return False
     try:
-        return ast.literal_eval(predicted) == ast.literal_eval(expected)
+        with warnings.catch_warnings():  # model output may hold odd literals; only the comparison matters
+            warnings.simplefilter("ignore")
+            return ast.literal_eval(predicted) == ast.literal_eval(expected)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return predicted.strip() == expected.strip()
 
@@ -76,14 +79,25 @@ class TraceEvaluator:
         self.max_frame_tokens, self.max_trace_tokens, self.batch_size = max_frame_tokens, max_trace_tokens, batch_size
         self.frame_sep, self.end = tokenizer.token_id(FRAME_SEP), tokenizer.token_id(END_OF_TEXT)
 
-    def _generate(self, prompts: list[str], max_new: int, stops: tuple[int, ...]) -> list[str]:
-        outputs = []
-        limit = self.model.config.max_position_embeddings
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = [self.tokenizer.encode(p, allow_special=True) for p in prompts[start : start + self.batch_size]]
-            chunk = [ids[-(limit - max_new) :] for ids in chunk]  # keep the newest context if too long
-            new = generate(self.model, chunk, Sampling(max_new_tokens=max_new, stop_tokens=stops))
-            outputs += [self.tokenizer.decode(ids) for ids in new]
+    def _budget(self, truths: list[str], cap: int) -> list[int]:
+        """New-token limits: an answer longer than twice the true one (plus slack) cannot match it exactly, so
+        generation stops there instead of at ``cap`` (which keeps evaluating an untrained model cheap)."""
+        return [min(cap, 2 * len(self.tokenizer.encode(t, allow_special=True)) + 16) for t in truths]
+
+    def _generate(self, prompts: list[str], max_new: int | list[int], stops: tuple[int, ...]) -> list[str]:
+        """Greedy completions; ``max_new`` is one limit or one per prompt (prompts with similar limits are
+        batched together)."""
+        limits = max_new if isinstance(max_new, list) else [max_new] * len(prompts)
+        outputs: list[str] = [""] * len(prompts)
+        context = self.model.config.max_position_embeddings
+        order = sorted(range(len(prompts)), key=lambda i: limits[i])
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start : start + self.batch_size]
+            most = max(limits[i] for i in indices)
+            chunk = [self.tokenizer.encode(prompts[i], allow_special=True)[-(context - most) :] for i in indices]
+            new = generate(self.model, chunk, Sampling(max_new_tokens=most, stop_tokens=stops))
+            for i, ids in zip(indices, new):
+                outputs[i] = self.tokenizer.decode(ids[: limits[i]])
         return outputs
 
     def next_frame(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> Score:
@@ -96,16 +110,19 @@ class TraceEvaluator:
                     expected.append(encode_frame(frame))
                 text += encode_frame(frame) + FRAME_SEP
         score = Score()
-        for got, want in zip(self._generate(prompts, self.max_frame_tokens, (self.frame_sep, self.end)), expected):
+        limits = self._budget(expected, self.max_frame_tokens)
+        for got, want in zip(self._generate(prompts, limits, (self.frame_sep, self.end)), expected):
             score.add(got.removesuffix(FRAME_SEP) == want)
         return score
 
-    def rollout_texts(self, contexts: list[Trace]) -> list[tuple[str, Trace | None]]:
+    def rollout_texts(self, contexts: list[Trace], truths: list[str] | None = None) -> list[tuple[str, Trace | None]]:
         """Roll out each trace from its source and entry call frame (``contexts[i].frames[0]``): the generated
-        text and the decoded trace (None when the text is not a trace)."""
+        text and the decoded trace (None when the text is not a trace). With the true continuations (``truths``),
+        a rollout stops at twice the true length."""
         prompts = [rollout_prompt(t) for t in contexts]
+        limits = self._budget(truths, self.max_trace_tokens) if truths else self.max_trace_tokens
         out = []
-        for prompt, text in zip(prompts, self._generate(prompts, self.max_trace_tokens, (self.end,))):
+        for prompt, text in zip(prompts, self._generate(prompts, limits, (self.end,))):
             try:
                 out.append((text, decode(prompt + text)))
             except TraceDecodeError:
@@ -115,7 +132,8 @@ class TraceEvaluator:
     def rollout(self, traces: list[Trace]) -> tuple[Score, Score]:
         """(whole-trace exact match, output prediction by rollout)."""
         whole, output = Score(), Score()
-        for trace, (_, predicted) in zip(traces, self.rollout_texts(traces)):
+        truths = [encode(t)[len(rollout_prompt(t)):] for t in traces]
+        for trace, (_, predicted) in zip(traces, self.rollout_texts(traces, truths)):
             truth = [(f.event, f.line, f.locals, f.value) for f in trace.frames]
             mine = [(f.event, f.line, f.locals, f.value) for f in predicted.frames] if predicted else None
             whole.add(mine == truth)
@@ -125,14 +143,15 @@ class TraceEvaluator:
     def chat_answer(self, programs: list[tuple[str, str, str]]) -> Score:
         """Output prediction in the chat format the SFT stage teaches (no reasoning section): the reply's
         ``The call returns `VALUE`.`` compared by value."""
-        from opencwm.data.sft import parse_answer, question_messages
+        from opencwm.data.sft import answer_text, parse_answer, question_messages
         from opencwm.special_tokens import END_OF_TURN
 
         prompts = [encode_messages(question_messages(source, call, think=False), add_generation_prompt=True)
                    for source, call, _ in programs]
         stops = (self.end, self.tokenizer.token_id(END_OF_TURN))
+        limits = self._budget([answer_text(expected) for _, _, expected in programs], self.max_frame_tokens)
         score = Score()
-        for (_, _, expected), got in zip(programs, self._generate(prompts, self.max_frame_tokens, stops)):
+        for (_, _, expected), got in zip(programs, self._generate(prompts, limits, stops)):
             score.add(same_value(parse_answer(got), expected))
         return score
 
@@ -142,7 +161,8 @@ class TraceEvaluator:
         newline = self.tokenizer.encode("\n")
         stops = (self.end, *newline) if len(newline) == 1 else (self.end,)
         score = Score()
-        for (_, _, expected), got in zip(programs, self._generate(prompts, self.max_frame_tokens, stops)):
+        limits = self._budget([expected for _, _, expected in programs], self.max_frame_tokens)
+        for (_, _, expected), got in zip(programs, self._generate(prompts, limits, stops)):
             score.add(same_value(got.split("\n")[0], expected))
         return score
 
@@ -168,28 +188,29 @@ def load_cruxeval(source: str) -> tuple[list[dict] | None, str | None]:
 
 def cruxeval_scores(evaluator: TraceEvaluator, items: list[dict]) -> dict:
     """CruxEval-O by direct answer and by trace rollout (the model traces ``f(input)`` from the source and the
-    call frame holding the input; an item whose call cannot start counts as wrong)."""
+    call frame holding the input; an item whose call cannot start counts as wrong). The real trace, made in the
+    sandbox, only bounds how long a rollout may run (twice its length); the model sees its call frame alone."""
     direct = evaluator.direct([(item["code"], f"f({item['input']})", item["output"]) for item in items])
     rollout = Score()
-    entries = call_frames([(item["code"], f"f({item['input']})") for item in items])
-    contexts = [entry for entry in entries if entry is not None]
-    predictions = iter(evaluator.rollout_texts(contexts))
-    for item, entry in zip(items, entries):
-        rollout.add(entry is not None and same_value(returned(next(predictions)[1]), item["output"]))
+    real = real_traces([(item["code"], f"f({item['input']})") for item in items])
+    started = [trace for trace in real if trace is not None]
+    contexts = [Trace(source=t.source, entry_lineno=t.entry_lineno, frames=t.frames[:1]) for t in started]
+    truths = [encode(t)[len(rollout_prompt(t)):] for t in started]
+    predictions = iter(evaluator.rollout_texts(contexts, truths))
+    for item, trace in zip(items, real):
+        rollout.add(trace is not None and same_value(returned(next(predictions)[1]), item["output"]))
     return {"cruxeval_o_direct": direct.rate, "cruxeval_o_rollout": rollout.rate, "cruxeval_items": direct.total}
 
 
-def call_frames(programs: list[tuple[str, str]]) -> list[Trace | None]:
-    """For each (source, call): a trace holding only the entry call frame (the call's arguments as the tracer
-    renders them), made in the sandbox with a one-frame limit, so nothing past the input is computed into it.
-    None where the call cannot even start."""
+def real_traces(programs: list[tuple[str, str]]) -> list[Trace | None]:
+    """The real trace of each (source, call), made in the sandbox; None where the call cannot even start."""
     from opencwm.sandbox import Sandbox, SandboxConfig
 
     out: list[Trace | None] = []
     with Sandbox(SandboxConfig(timeout=10, preload=("opencwm.trace.jobs",))) as box:
         for source, call in programs:
             outcome = box.run("opencwm.trace.jobs:trace_program_job", source=source, call=call,
-                              limits={"max_frames": 1})
+                              limits={"max_frames": 2000, "max_bytes": 200_000})
             trace = Trace.from_dict(outcome.result["trace"]) if outcome.ok else None
             out.append(trace if trace is not None and trace.frames else None)
     return out
