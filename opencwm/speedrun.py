@@ -213,21 +213,35 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         return "missing" if value is None else (f"{100 * value:.1f}%" if isinstance(value, float) and value <= 1
                                                  else str(value))
 
-    rows = ["| figure | with traces | no traces (ablation) |", "|---|---|---|"]
+    goals = {"frame_exact_match": ">= 90%", "output_exact_match_rollout": ">= 60%", "wall_seconds": "< 1800"}
+    rows = ["| figure | with traces | no traces (ablation) | goal |", "|---|---|---|---|"]
     for key in KEYS:
-        rows.append(f"| {key} | {fmt(main.get(key))} | {fmt((ablation or {}).get(key))} |")
+        rows.append(f"| {key} | {fmt(main.get(key))} | {fmt((ablation or {}).get(key))} | {goals.get(key, '')} |")
     difficulty = main.get("difficulty") or {}
+    config = main["config"]
+    steps = config["pretrain_steps"] + config["midtrain_steps"] + config.get("sft_steps", 0)
+    million_tokens = steps * config["batch_size"] * config["seq_len"] / 1e6
     lines = [
         "# opencwm CPU speedrun",
         "",
-        f"Total wall time: {total_seconds / 60:.1f} min. Model: `{main['config']['preset']}` preset. "
-        "Held-out programs come from another seed of the same generator as the training programs.",
+        f"Total wall time: {total_seconds / 60:.1f} min for both runs. Model: `{config['preset']}` preset. "
+        f"Steps: pretrain {config['pretrain_steps']}, midtrain {config['midtrain_steps']}, SFT "
+        f"{config.get('sft_steps', 0)}, each {config['batch_size']} x {config['seq_len']} tokens "
+        f"({million_tokens:.1f}M tokens per run). Training programs: {config['train_programs']} "
+        f"(difficulty {config['difficulty']}, {100 * config.get('hard_share', 0):.0f}% one level up); held-out: "
+        f"{main.get('traces')} programs from another seed of the same generator, {main.get('frames')} frames "
+        f"scored; CruxEval-O on {main.get('cruxeval_items', 0)} items.",
         "",
         *rows,
         "",
-        "Held-out difficulty: " + ", ".join(f"{k} {v}" for k, v in difficulty.items()),
-        "",
     ]
+    if ablation is not None:
+        best = max(main.get("output_exact_match_rollout") or 0, main.get("output_exact_match_direct") or 0)
+        gain = 100 * (best - (ablation.get("output_exact_match_direct") or 0))
+        lines += [f"What traces buy: output prediction of the trace-trained model by its better method minus the "
+                  f"no-traces model's direct answer = {gain:+.1f} points (goal: >= +15).", ""]
+    lines += ["Held-out difficulty (goal: as long as CruxEval's traces, median >= 7 and p95 >= 39 frames): "
+              + ", ".join(f"{k} {v}" for k, v in difficulty.items()), ""]
     if main.get("cruxeval_missing"):
         lines += [f"CruxEval-O missing: {main['cruxeval_missing']}", ""]
     lines += ["![loss](loss.png)", "", "![accuracy](accuracy.png)", ""]

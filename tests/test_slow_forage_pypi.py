@@ -39,6 +39,8 @@ def _real_outcome(env: Environment, tree, test: str) -> bool:
 @pytest.mark.parametrize("spec", PACKAGES)
 def test_real_package_gives_validated_solvable_tasks(spec, tmp_path):
     env = build_environment(spec, tmp_path / "envs")
+    if not env.ok and "could not download" in env.info.get("error", ""):
+        pytest.skip(f"PyPI unreachable: {env.info['error']}")
     assert env.ok, env.info.get("error")
     assert len(env.info["tests"]) >= 50 and env.info["passing"] >= 0.9 * len(env.info["tests"])
     assert env.info["coverage"], "no function is covered by any test"

@@ -101,6 +101,35 @@ class TraceEvaluator:
         return outputs
 
     def next_frame(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> Score:
+        """Teacher-forced next-frame exact match in one forward pass per trace: greedy decoding from the true
+        prefix writes the true frame exactly when, at every token of the frame and its closing
+        ``<|frame_sep|>``, the most likely token is the true one (the frame's text is tokenized as in training:
+        special tokens bound every piece)."""
+        import torch
+
+        score = Score()
+        limit = self.model.config.max_position_embeddings
+        for trace in traces:
+            ids = self.tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
+            spans = []
+            for index, frame in enumerate(trace.frames[:max_frames_per_trace]):
+                piece = [*self.tokenizer.encode(encode_frame(frame), allow_special=True), self.frame_sep]
+                if index > 0:  # the call frame is the input
+                    spans.append((len(ids), len(ids) + len(piece)))
+                ids += piece
+            spans = [(a, b) for a, b in spans if b <= limit]
+            if not spans:
+                continue
+            with torch.no_grad():
+                logits = self.model(torch.tensor([ids[: spans[-1][1]]], device=self.model.device))[0]
+            predicted = logits.argmax(-1).tolist()
+            for start, end in spans:
+                score.add(predicted[start - 1 : end - 1] == ids[start:end])
+        return score
+
+    def next_frame_by_generation(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> Score:
+        """The same figure by generating each frame (slow: one generation per frame); kept as the reference
+        that ``next_frame`` is checked against."""
         prompts, expected = [], []
         for trace in traces:
             text = encode_context(trace.source, trace.entry_lineno)
