@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import opencwm
-from opencwm.sandbox.isolation import ProcessCap, detect_backend, launch_command
+from opencwm.sandbox.isolation import ProcessCap, detect_backend, launch_command, stop_process
 from opencwm.sandbox.server import KILLED, OK
 
 PACKAGE_ROOT = str(Path(opencwm.__file__).resolve().parent.parent)
@@ -107,17 +107,10 @@ class Sandbox:
     def close_process(self) -> None:
         process, self._process = self._process, None
         if process is not None:
-            for stream in (process.stdin, process.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        if self._cap is not None:
+            stop_process(process, self._cap)
+        elif self._cap is not None:
             self._cap.close()
-            self._cap = None
+        self._cap = None
 
     def close(self) -> None:
         self.close_process()

@@ -162,6 +162,29 @@ class ProcessCap:
         self.path = None
 
 
+def stop_process(process, cap: ProcessCap | None, *, group: bool = False) -> None:
+    """Close a sandbox process's pipes and kill it (its whole process group too when it leads one, ``group``),
+    then every process left in its cgroup, and wait for it."""
+    import signal
+
+    for stream in (process.stdin, process.stdout):
+        try:
+            if stream is not None:
+                stream.close()
+        except OSError:
+            pass
+    if group:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    if cap is not None:
+        cap.close()
+
+
 def _user_process_count() -> int:
     uid = os.geteuid()
     count = 0

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from opencwm.sandbox.isolation import ProcessCap, detect_backend, launch_command
+from opencwm.sandbox.isolation import ProcessCap, detect_backend, launch_command, stop_process
 
 OK, TIMEOUT, KILLED = "ok", "timeout", "killed"
 DEFAULT_MAX_OUTPUT = 16_000
@@ -60,15 +60,14 @@ def _in_directory(cwd: Path, argv: list[str]) -> list[str]:
     return ["/bin/sh", "-c", 'cd "$0" && exec "$@"', str(cwd), *argv]
 
 
-def _kill(process: subprocess.Popen, cap: ProcessCap | None) -> None:
+def _drain_and_stop(process: subprocess.Popen, cap: ProcessCap) -> bytes:
+    """Kill a timed-out command's process group and cgroup, keeping what it printed so far."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except OSError:
         pass
-    if cap is not None:
-        cap.close()  # every process left in the sandbox's cgroup
-    process.kill()
-    process.wait()
+    cap.close()
+    return process.communicate()[0]
 
 
 def run_command(argv: list[str], root: str | Path, *, cwd: str | Path | None = None, timeout: float = 600,
@@ -87,8 +86,8 @@ def run_command(argv: list[str], root: str | Path, *, cwd: str | Path | None = N
         output, _ = process.communicate(timeout=timeout)
         status, code = OK, process.returncode
     except subprocess.TimeoutExpired:
-        _kill(process, cap)
-        output, status, code = process.stdout.read() if process.stdout else b"", TIMEOUT, None
+        output = _drain_and_stop(process, cap)
+        status, code = TIMEOUT, None
     finally:
         cap.close()
     text = output.decode("utf-8", "replace")
@@ -170,15 +169,10 @@ class Shell:
     def close(self) -> None:
         process, self._process = self._process, None
         if process is not None:
-            for stream in (process.stdin, process.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            _kill(process, self._cap)
-        if self._cap is not None:
+            stop_process(process, self._cap, group=True)
+        elif self._cap is not None:
             self._cap.close()
-            self._cap = None
+        self._cap = None
 
     def __enter__(self) -> Shell:
         self.start()
