@@ -65,15 +65,9 @@ def run_episodes(tasks: list[dict], make_policy: Callable[[dict], Policy], out: 
 
 
 def _ray_map(fn, items: list, address: str, workers: int):
-    try:
-        import ray
-    except ImportError:
-        raise RuntimeError("--ray needs Ray: pip install 'opencwm[ray]'") from None
-    if not ray.is_initialized():
-        if address == "local":
-            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+    from opencwm.ray_cluster import connect
+
+    ray = connect(address, workers)
     remote = ray.remote(num_cpus=1)(fn)
     refs = [remote.remote(item) for item in items]
     while refs:

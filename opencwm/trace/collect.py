@@ -143,15 +143,9 @@ def _ray_batch(items: list[dict], sandbox: dict) -> list[tuple[dict, dict]]:
 
 
 def _run_ray(items: list[WorkItem], config: CollectConfig, on_done, batch_size: int = 32) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise RuntimeError("--ray needs Ray: pip install 'opencwm[ray]'") from None
-    if not ray.is_initialized():
-        if config.ray_address in (None, "local"):
-            ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=config.ray_address, log_to_driver=False)
+    from opencwm.ray_cluster import connect
+
+    ray = connect(config.ray_address, config.workers)
     task = ray.remote(num_cpus=1)(_ray_batch)
     sandbox = asdict(config.sandbox)
     by_key = {item.key: item for item in items}
