@@ -5,7 +5,8 @@ the whole test suite on the same mutations (time ratio and whether the verdicts 
 
 Environments are built (or reused) from PyPI under --cache; building is not timed. For each package the same
 candidates are validated twice in the same run, once with the covering tests and once with the whole suite,
-with --workers parallel work trees each.
+with --workers parallel work trees each. Both use the production path: one warm test server per work tree
+(``opencwm.forage.test_server``), so the ratio measures test selection, not start-up.
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ from _common import append_row
 
 from opencwm.forage.environment import Environment, build_environment
 from opencwm.forage.tasks import candidates, validate
+from opencwm.forage.test_server import TestServer
 
 DEFAULT_PACKAGES = ("six==1.16.0", "toolz==1.0.0", "inflection==0.5.1")
 
 
 def _validate_all(env: Environment, chosen, workers: int, full_suite: bool) -> tuple[float, list[dict]]:
     trees = [env.checkout(parent=env.path / "work") for _ in range(workers)]
+    servers = [TestServer(env, tree) for tree in trees]
     try:
         def work(index):
             mutation, tests = chosen[index]
-            return validate(env, trees[index % workers], mutation, None if full_suite else tests)
+            return validate(env, trees[index % workers], mutation, None if full_suite else tests,
+                            server=servers[index % workers])
 
         start = time.monotonic()
         rows = []
@@ -41,7 +45,8 @@ def _validate_all(env: Environment, chosen, workers: int, full_suite: bool) -> t
                 rows += list(pool.map(work, range(offset, min(offset + workers, len(chosen)))))
         return time.monotonic() - start, rows
     finally:
-        for tree in trees:
+        for server, tree in zip(servers, trees):
+            server.close()
             Environment.discard(tree)
 
 

@@ -5,6 +5,7 @@ loopback server), sandboxed agent commands, trajectories and the CLI."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from opencwm.forage.agent import Budget, run_episode
 from opencwm.forage.environment import Environment, build_environment, git
 from opencwm.forage.policies import InverseMutationPolicy, OpenAIPolicy, OraclePolicy, ScriptedPolicy
 from opencwm.forage.tasks import import_swebench, mutate, read_tasks
+from opencwm.forage.test_server import TestServer, stamp_mutation
 from opencwm.forage.trajectory import read_trajectories, replay, run_episodes, training_text
 
 TOY = Path(__file__).parent / "data" / "toyrepo"
@@ -86,6 +88,18 @@ def test_flaky_tests_are_found_and_excluded(tmp_path):
     assert "tests/test_flaky.py::test_depends_on_the_run" not in built.passing_tests()
 
 
+def test_a_suite_for_an_older_pytest_falls_back_to_it(env, tmp_path):
+    repo = tmp_path / "old"
+    shutil.copytree(TOY, repo)
+    # pytest 9 refuses this hook signature (the ``path`` argument is gone); pytest 8 only warns.
+    (repo / "conftest.py").write_text("def pytest_ignore_collect(path, config):\n    return None\n")
+    newest = env.info["pytest"]
+    built = build_environment(str(repo), tmp_path / "envs")
+    assert built.ok, built.info.get("error")
+    assert int(built.info["pytest"].split(".")[0]) < int(newest.split(".")[0])
+    assert built.passing_tests() == env.passing_tests()
+
+
 def test_a_build_failure_is_a_recorded_status(tmp_path):
     repo = tmp_path / "broken"
     repo.mkdir()
@@ -143,6 +157,42 @@ def test_oracle_solves_and_the_trajectory_becomes_training_text(env, tasks, tmp_
     assert row["task_id"] in replay(row) and "[tool: bash]" in replay(row)
     # resumable: a second run does nothing new
     assert run_episodes(tasks[:3], OraclePolicy, tmp_path / "oracle")["episodes"] == 3
+
+
+def test_warm_test_server_agrees_with_the_real_pytest_across_same_size_rewrites(env):
+    """Same-size rewrites of one file within a second must not reuse each other's cached bytecode."""
+    tree = env.checkout()
+    source = tree / "toycalc" / "__init__.py"
+    original = source.read_text()
+    rewrites = [original.replace("if value < low:", "if value > low:"),
+                original.replace("return total / len(values)", "return total * len(values)"),
+                original.replace("return high", "return low ")]
+    assert all(len(text) == len(original) and text != original for text in rewrites)
+    try:
+        with TestServer(env, tree) as server:
+            for text in [*rewrites, original]:
+                Environment.reset(tree, env.base_commit)
+                if text != original:
+                    source.write_text(text)
+                    os.utime(source, (1.7e9, 1.7e9))  # as if all were written within the same second
+                    stamp_mutation(source)
+                run = server.run(None, timeout=60)
+                assert run.status == "ok"
+                truth = _real_pytest(tree, sorted(env.info["tests"]))
+                assert {t: o == "passed" for t, o in run.outcomes.items()} == truth
+                assert all(truth.values()) == (text == original)
+            assert not (tree / "toycalc" / "__pycache__").exists()  # bytecode is cached outside the tree
+            (tree / "tests" / "test_hang.py").write_text("def test_hang():\n    while True:\n        pass\n")
+            hung = server.run(["tests/test_hang.py"], timeout=2)
+            assert hung.status == "timeout" and hung.seconds < 10
+            (tree / "tests" / "test_escape.py").write_text(
+                f"def test_escape():\n    open({str(env.path / 'escaped.txt')!r}, 'w')\n")
+            escaped = server.run(["tests/test_escape.py"], timeout=30)
+            assert escaped.outcomes == {"tests/test_escape.py::test_escape": "failed"}
+            assert not (env.path / "escaped.txt").exists()
+            assert server.run(["tests/test_toycalc.py"], timeout=30).status == "ok"
+    finally:
+        Environment.discard(tree)
 
 
 def test_agent_commands_are_sandboxed_and_the_next_task_starts_clean(env, tasks):

@@ -79,8 +79,7 @@ def run_tests(env: Environment, tree: Path, tests: list[str] | None, client, ima
               timeout: float = 900) -> TestRun:
     """Run the tests of ``tree`` (mounted over the image's repository) in a container without network."""
     results = tree.parent / f"results-{uuid.uuid4().hex[:8]}.json"
-    argv = ["python", "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-q", "--tb=short", "-o", "addopts=",
-            *(tests or [])]
+    argv = ["python", "-m", "pytest", "-p", PLUGIN, *env.pytest_args(tests)]
     start = time.monotonic()
     container = client.containers.run(
         image, argv, detach=True, network_disabled=True, working_dir=f"{WORK}/repo",

@@ -35,6 +35,7 @@ from opencwm.sandbox.shell import CommandResult, run_command
 
 PLUGIN = "opencwm_forage_plugin"
 TEST_EXTRAS = ("test", "tests", "testing")
+PYTEST_FALLBACKS = ("pytest<9", "pytest<8")  # tried in turn when the suite does not run with the newest pytest
 REQUIREMENT_FILES = ("requirements-test.txt", "requirements_test.txt", "test-requirements.txt",
                      "test_requirements.txt", "requirements-tests.txt", "requirements/test.txt",
                      "requirements/tests.txt", "tests/requirements.txt")
@@ -138,6 +139,13 @@ class Environment:
         return {"PATH": f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": str(self.venv),
                 "PYTHONPATH": f"{path}:{self.path / 'plugin'}"}
 
+    def pytest_args(self, tests: list[str] | None) -> list[str]:
+        """pytest's arguments for a run of ``tests`` (node ids; None: the whole suite), results plugin aside.
+        Tracebacks are Python's own (``--tb=native``): pytest's formatting re-parses whole source files for every
+        frame, which made reporting a few failures cost more than running the tests."""
+        return ["-p", "no:cacheprovider", "-q", "--tb=native", "-o", "addopts=",
+                *(tests if tests is not None else self.info.get("test_args", []))]
+
     def run_tests(self, tree: Path, tests: list[str] | None = None, *, coverage: bool = False,
                   timeout: float = 900, backend: str = "auto") -> TestRun:
         """Run the repository's tests (all, or the given node ids) in the sandbox; the tree's parent directory
@@ -153,8 +161,7 @@ class Environment:
         env = {**self.sandbox_env(tree), "OPENCWM_FORAGE_RESULTS": str(results)}
         if coverage:
             env["OPENCWM_FORAGE_COVERAGE"] = str(tree)
-        argv = [str(self.venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-q",
-                "--tb=short", "-o", "addopts=", *(tests if tests is not None else self.info.get("test_args", []))]
+        argv = [str(self.venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, *self.pytest_args(tests)]
         result: CommandResult = run_command(argv, tree.parent, cwd=tree, timeout=timeout, env=env, backend=backend,
                                             visible=(str(self.path),), max_output=20_000)
         if not results.exists():
@@ -167,6 +174,18 @@ class Environment:
 
 
 # -- building ---------------------------------------------------------------------------------------------------------
+def install_plugin(path: Path) -> None:
+    """Put the current results plugin beside the environment (``<path>/plugin``), atomically, if it differs."""
+    source = Path(__file__).with_name("pytest_plugin.py").read_bytes()
+    target = path / "plugin" / f"{PLUGIN}.py"
+    if target.is_file() and target.read_bytes() == source:
+        return
+    target.parent.mkdir(exist_ok=True)
+    temporary = target.with_name(f".{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_bytes(source)
+    os.replace(temporary, target)
+
+
 def _pip(python: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     return subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
                           capture_output=True, text=True, timeout=timeout)
@@ -319,18 +338,26 @@ def _build(source: str, kind: str, path: Path, python: str, backend: str, info: 
     if own:  # tests must import the work tree's code, not an installed copy
         _pip(venv_python, "uninstall", "-y", *own)
     info["distribution"] = own[0] if own else None
-    plugin = path / "plugin"
-    plugin.mkdir()
-    shutil.copy(Path(__file__).with_name("pytest_plugin.py"), plugin / f"{PLUGIN}.py")
+    install_plugin(path)
 
     env = Environment(path, info)
     say("baseline test run (1/2, with coverage)")
     tree = env.checkout(parent=path / "work")
     try:
         first = env.run_tests(tree, coverage=True, backend=backend)
+        for older in PYTEST_FALLBACKS:  # suites written for an older pytest (removed hooks, arguments)
+            if first.status == "ok" and first.outcomes:
+                break
+            say(f"the suite did not run with the newest pytest; trying {older}")
+            if _pip(venv_python, "install", "-q", older).returncode != 0:
+                break
+            Environment.reset(tree, info["base_commit"])
+            first = env.run_tests(tree, coverage=True, backend=backend)
         if first.status != "ok" or not first.outcomes:
             raise ForageError(f"the test suite did not run ({first.status}): "
                                     f"{first.output.strip().splitlines()[-1:] or ['no output']}")
+        info["pytest"] = subprocess.run([str(venv_python), "-c", "import pytest; print(pytest.__version__)"],
+                                        capture_output=True, text=True).stdout.strip()
         Environment.reset(tree, info["base_commit"])
         say("baseline test run (2/2)")
         second = env.run_tests(tree, backend=backend)

@@ -7,10 +7,14 @@ dependency is ``coverage`` in the environment.
 
 Environment variables: ``OPENCWM_FORAGE_RESULTS`` (the JSON file to write), ``OPENCWM_FORAGE_COVERAGE`` (a
 directory whose Python files to measure; coverage is off when unset).
+
+``run_pytest`` is the job that the sandbox's fork server runs for warm test runs (``opencwm.forage.test_server``):
+pytest and this module are imported once in the server, and each run is a forked child calling ``pytest.main``.
 """
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -42,8 +46,8 @@ def pytest_runtest_protocol(item, nextitem):
 def _record(nodeid, outcome, text=None):
     if _RANK[outcome] >= _RANK.get(_outcomes.get(nodeid), -1):
         _outcomes[nodeid] = outcome
-    if text and outcome in ("failed", "error"):
-        _failures.setdefault(nodeid, text[-3000:])
+    if text and outcome in ("failed", "error"):  # paths relative to the tree, the run's working directory
+        _failures.setdefault(nodeid, text.replace(os.getcwd() + os.sep, "")[-3000:])
 
 
 def pytest_runtest_logreport(report):
@@ -60,10 +64,7 @@ def pytest_collectreport(report):
         _record(report.nodeid or "<collection>", "error", report.longreprtext)
 
 
-def pytest_sessionfinish(session, exitstatus):
-    path = os.environ.get("OPENCWM_FORAGE_RESULTS")
-    if not path:
-        return
+def _results(exitstatus):
     lines = {}
     if _coverage is not None:
         _coverage.stop()
@@ -75,6 +76,59 @@ def pytest_sessionfinish(session, exitstatus):
             tests = {n: c for n, c in tests.items() if c}
             if tests:
                 lines[os.path.relpath(filename, root)] = tests
-    with open(path, "w") as handle:
-        json.dump({"outcomes": _outcomes, "failures": _failures, "coverage": lines, "exitstatus": int(exitstatus)},
-                  handle)
+    return {"outcomes": _outcomes, "failures": _failures, "coverage": lines, "exitstatus": int(exitstatus)}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("OPENCWM_FORAGE_RESULTS")
+    if path:
+        with open(path, "w") as handle:
+            json.dump(_results(exitstatus), handle)
+
+
+def _warm():
+    """Import pytest's own plugins and the installed ones (entry point ``pytest11``, e.g. hypothesis) once in the
+    fork server, so that no run imports them again (``OPENCWM_FORAGE_WARM=1``)."""
+    import importlib
+    from importlib import metadata
+
+    from _pytest.config import default_plugins
+
+    for name in default_plugins:
+        try:
+            importlib.import_module(f"_pytest.{name}")
+        except ImportError:
+            pass
+    for entry in metadata.entry_points(group="pytest11"):
+        try:
+            importlib.import_module(entry.module)
+        except Exception:  # a broken third-party plugin fails later, in the run, where its error is reported
+            pass
+
+
+if os.environ.get("OPENCWM_FORAGE_WARM") == "1":
+    _warm()
+
+
+def run_pytest(tree, args, pycache, max_output=20000):
+    """Run ``pytest args`` in the work tree ``tree`` inside this process (a child forked from a warm server) and
+    return the results with the tail of pytest's output. Bytecode, assertion-rewritten test modules included, is
+    cached under ``pycache`` (outside the tree, so resetting the tree keeps it)."""
+    os.chdir(tree)
+    sys.pycache_prefix = pycache
+    sys.dont_write_bytecode = False
+    log = os.path.join(os.path.dirname(tree), f"pytest-{os.getpid()}.log")
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        exitstatus = pytest.main(list(args), plugins=[sys.modules[__name__]])
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    with open(log, errors="replace") as handle:
+        output = handle.read()
+    os.unlink(log)
+    results = _results(exitstatus)
+    results["output"] = output[-max_output:]
+    return results

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from opencwm.forage.environment import Environment, ForageError, git, has_commit
 from opencwm.forage.mutate import OPERATORS, Mutation, mutations
+from opencwm.forage.test_server import TestServer, stamp_mutation
 from opencwm.shards import ShardWriter, read_manifest, read_rows
 
 KIND = "opencwm.forage.tasks"
@@ -128,13 +129,18 @@ def policy_issue_text(writer, statement: str, patch: str) -> str | None:
 
 
 def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] | None, *, timeout: float = 120,
-             backend: str = "auto", issue_writer=None) -> dict:
+             backend: str = "auto", issue_writer=None, server: TestServer | None = None) -> dict:
     """Run ``tests`` (the covering tests; None: the whole suite, judged on every passing test) on the mutated
-    tree; returns the candidate's row (committing the bug when it is kept)."""
+    tree; returns the candidate's row (committing the bug when it is kept). With a ``server`` (a warm
+    ``TestServer`` of this tree) the tests run there, otherwise in a fresh sandboxed pytest."""
     start = time.monotonic()
     Environment.reset(tree, env.base_commit)
     (tree / mutation.path).write_text(mutation.mutated_source, encoding="utf-8")
-    run = env.run_tests(tree, tests, timeout=timeout, backend=backend)
+    stamp_mutation(tree / mutation.path)
+    if server is not None:
+        run = server.run(tests, timeout=timeout)
+    else:
+        run = env.run_tests(tree, tests, timeout=timeout, backend=backend)
     tests = tests if tests is not None else env.passing_tests()
     seconds = round(time.monotonic() - start, 3)
     instance_id = mutation_id(env, mutation)
@@ -177,16 +183,18 @@ def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = No
     with ShardWriter(out, SCHEMA, KIND, rows_per_shard=500, metadata={"env": str(env.path)}) as writer:
         done = writer.finished_items()
         todo = [(m, tests) for m, tests in chosen if mutation_id(env, m) not in done]
-        trees: queue.Queue = queue.Queue()
+        trees: queue.Queue = queue.Queue()  # (work tree, its warm test server or None), one per worker
         for _ in range(max(1, workers)):
-            trees.put(env.checkout(parent=env.path / "work"))
+            tree = env.checkout(parent=env.path / "work")
+            trees.put((tree, None if backend == "docker" else TestServer(env, tree, backend=backend)))
 
         def work(item):
-            tree = trees.get()
+            tree, server = trees.get()
             try:
-                return validate(env, tree, *item, timeout=timeout, backend=backend, issue_writer=issue_writer)
+                return validate(env, tree, *item, timeout=timeout, backend=backend, issue_writer=issue_writer,
+                                server=server)
             finally:
-                trees.put(tree)
+                trees.put((tree, server))
 
         try:
             with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -196,7 +204,10 @@ def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = No
                         progress(count, len(todo))
         finally:
             while not trees.empty():
-                Environment.discard(trees.get())
+                tree, server = trees.get()
+                if server is not None:
+                    server.close()
+                Environment.discard(tree)
     return summarize(out)
 
 

@@ -25,6 +25,7 @@ from opencwm.sandbox.isolation import ProcessCap, detect_backend, launch_command
 from opencwm.sandbox.server import KILLED, OK
 
 PACKAGE_ROOT = str(Path(opencwm.__file__).resolve().parent.parent)
+SERVER_FILE = str(Path(__file__).with_name("server.py"))
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SandboxConfig:
     preload: tuple[str, ...] = ()  # modules the server imports once, before forking jobs
     env: dict[str, str] = field(default_factory=dict)
     visible_paths: tuple[str, ...] = ()  # host paths the jobs read (e.g. a repository); always read-only
+    scratch: str | None = None  # the one writable directory (default: a fresh temporary one, removed on close)
 
 
 @dataclass
@@ -59,7 +61,9 @@ class Sandbox:
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
         self.backend = detect_backend(self.config.backend)
-        self.scratch = Path(tempfile.mkdtemp(prefix="opencwm-sandbox-"))
+        self._own_scratch = self.config.scratch is None
+        self.scratch = Path(tempfile.mkdtemp(prefix="opencwm-sandbox-") if self._own_scratch
+                            else self.config.scratch).resolve()
         self._process: subprocess.Popen | None = None
         self._cap: ProcessCap | None = None
         self.restarts = 0
@@ -84,7 +88,8 @@ class Sandbox:
         if self._process is not None and self._process.poll() is None:
             return
         self.close_process()
-        argv = [self.config.python, "-s", "-m", "opencwm.sandbox.server"]
+        # By path, so that an interpreter without opencwm installed (a repository's venv) runs it too.
+        argv = [self.config.python, "-s", SERVER_FILE]
         self._cap = ProcessCap(self.config.max_processes)
         env = self._environment()
         if self._cap.path is not None:
@@ -114,7 +119,8 @@ class Sandbox:
 
     def close(self) -> None:
         self.close_process()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self._own_scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
         self.start()

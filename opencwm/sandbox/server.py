@@ -220,4 +220,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]  # started by path: the sandbox package's own modules must not shadow a job's imports
     sys.exit(main())
