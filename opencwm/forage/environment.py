@@ -35,6 +35,7 @@ from opencwm.sandbox.shell import CommandResult, run_command
 
 PLUGIN = "opencwm_forage_plugin"
 TEST_EXTRAS = ("test", "tests", "testing")
+COVERAGE = "coverage>=5"  # dynamic contexts (per-test coverage)
 PYTEST_FALLBACKS = ("pytest<9", "pytest<8")  # tried in turn when the suite does not run with the newest pytest
 REQUIREMENT_FILES = ("requirements-test.txt", "requirements_test.txt", "test-requirements.txt",
                      "test_requirements.txt", "requirements-tests.txt", "requirements/test.txt",
@@ -142,8 +143,9 @@ class Environment:
     def pytest_args(self, tests: list[str] | None) -> list[str]:
         """pytest's arguments for a run of ``tests`` (node ids; None: the whole suite), results plugin aside.
         Tracebacks are Python's own (``--tb=native``): pytest's formatting re-parses whole source files for every
-        frame, which made reporting a few failures cost more than running the tests."""
-        return ["-p", "no:cacheprovider", "-q", "--tb=native", "-o", "addopts=",
+        frame, which made reporting a few failures cost more than running the tests. A test module that fails to
+        import is recorded as an error and the rest of the suite still runs."""
+        return ["-p", "no:cacheprovider", "-q", "--tb=native", "--continue-on-collection-errors", "-o", "addopts=",
                 *(tests if tests is not None else self.info.get("test_args", []))]
 
     def run_tests(self, tree: Path, tests: list[str] | None = None, *, coverage: bool = False,
@@ -167,8 +169,12 @@ class Environment:
         if not results.exists():
             status = result.status if result.status != "ok" else "error"
             return TestRun(status, {}, output=result.output, seconds=result.seconds)
-        data = json.loads(results.read_text())
-        results.unlink()
+        try:
+            data = json.loads(results.read_text())
+        except ValueError:  # cut short (e.g. the run was killed while writing it)
+            return TestRun("error", {}, output=f"{result.output}\n[unreadable results file]", seconds=result.seconds)
+        finally:
+            results.unlink()
         return TestRun(result.status, data["outcomes"], data["failures"], data["coverage"], result.output,
                        result.seconds)
 
@@ -323,7 +329,7 @@ def _build(source: str, kind: str, path: Path, python: str, backend: str, info: 
     extras = ",".join(TEST_EXTRAS)
     report = path / "install-report.json"
     say("installing the package and its test dependencies")
-    result = _pip(venv_python, "install", "-q", "--report", str(report), f"{repo}[{extras}]", "pytest", "coverage")
+    result = _pip(venv_python, "install", "-q", "--report", str(report), f"{repo}[{extras}]", "pytest", COVERAGE)
     if result.returncode != 0:
         raise ForageError(f"pip install failed: {(result.stderr.strip().splitlines() or ['?'])[-1][:300]}")
     for name in REQUIREMENT_FILES:
@@ -332,6 +338,8 @@ def _build(source: str, kind: str, path: Path, python: str, backend: str, info: 
             if result.returncode != 0:
                 raise ForageError(f"pip install -r {name} failed: "
                                         f"{(result.stderr.strip().splitlines() or ['?'])[-1][:300]}")
+    if any((repo / name).is_file() for name in REQUIREMENT_FILES):  # they may pin a coverage.py without contexts
+        _pip(venv_python, "install", "-q", COVERAGE)
     installed = json.loads(report.read_text()).get("install", [])
     own = [item["metadata"]["name"] for item in installed
            if "dir_info" in item.get("download_info", {})]  # installed from a local directory: the repo
@@ -349,7 +357,7 @@ def _build(source: str, kind: str, path: Path, python: str, backend: str, info: 
             if first.status == "ok" and first.outcomes:
                 break
             say(f"the suite did not run with the newest pytest; trying {older}")
-            if _pip(venv_python, "install", "-q", older).returncode != 0:
+            if _pip(venv_python, "install", "-q", older, COVERAGE).returncode != 0:
                 break
             Environment.reset(tree, info["base_commit"])
             first = env.run_tests(tree, coverage=True, backend=backend)

@@ -81,9 +81,10 @@ def _results(exitstatus):
 
 def pytest_sessionfinish(session, exitstatus):
     path = os.environ.get("OPENCWM_FORAGE_RESULTS")
-    if path:
-        with open(path, "w") as handle:
+    if path:  # written whole or not at all
+        with open(path + ".part", "w") as handle:
             json.dump(_results(exitstatus), handle)
+        os.replace(path + ".part", path)
 
 
 def _warm():
