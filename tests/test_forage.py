@@ -100,6 +100,20 @@ def test_a_suite_for_an_older_pytest_falls_back_to_it(env, tmp_path):
     assert built.passing_tests() == env.passing_tests()
 
 
+def test_code_run_while_collecting_a_module_counts_for_its_tests(tmp_path):
+    repo = tmp_path / "collect"
+    shutil.copytree(TOY, repo)
+    (repo / "tests" / "test_table.py").write_text(
+        "from toycalc import mean\n\nTABLE = [mean([v, v + 2]) for v in range(3)]\n\n"
+        "def test_table():\n    assert TABLE == [1, 2, 3]\n\ndef test_other():\n    assert True\n")
+    built = build_environment(str(repo), tmp_path / "envs")
+    assert built.ok, built.info.get("error")
+    # mean runs in test_mean, and while tests/test_table.py is imported: its tests depend on it too.
+    assert built.tests_for("toycalc/__init__.py::mean") == [
+        "tests/test_table.py::test_other", "tests/test_table.py::test_table", "tests/test_toycalc.py::test_mean"]
+    assert built.tests_for("toycalc/__init__.py::words") == ["tests/test_toycalc.py::test_words"]
+
+
 def test_a_build_failure_is_a_recorded_status(tmp_path):
     repo = tmp_path / "broken"
     repo.mkdir()

@@ -34,6 +34,7 @@ from opencwm.forage.mutate import functions
 from opencwm.sandbox.shell import CommandResult, run_command
 
 PLUGIN = "opencwm_forage_plugin"
+SESSION_CONTEXT, COLLECT_CONTEXT = "<session>", "<collect>"  # as the plugin names them (see tests_for)
 TEST_EXTRAS = ("test", "tests", "testing")
 COVERAGE = "coverage>=5"  # dynamic contexts (per-test coverage)
 PYTEST_FALLBACKS = ("pytest<9", "pytest<8")  # tried in turn when the suite does not run with the newest pytest
@@ -108,9 +109,20 @@ class Environment:
         return sorted(t for t, o in self.info.get("tests", {}).items() if o == "passed" and t not in flaky)
 
     def tests_for(self, function_key: str) -> list[str]:
-        """The passing, non-flaky tests that execute the function ``path::qualname``."""
-        passing = set(self.passing_tests())
-        return sorted(t for t in self.info.get("coverage", {}).get(function_key, []) if t in passing)
+        """The passing, non-flaky tests that execute the function ``path::qualname``, or may depend on it: code
+        run at start-up (``<session>``) counts for every test, code run while collecting a test module
+        (``<collect>MODULE``: module-level code, decorators) for every test of that module."""
+        passing = self.passing_tests()
+        chosen: set[str] = set()
+        for context in self.info.get("coverage", {}).get(function_key, []):
+            if context == SESSION_CONTEXT:
+                return passing
+            if context.startswith(COLLECT_CONTEXT):
+                module = context[len(COLLECT_CONTEXT):] + "::"
+                chosen.update(t for t in passing if t.startswith(module))
+            else:
+                chosen.add(context)
+        return [t for t in passing if t in chosen]
 
     # -- work trees -----------------------------------------------------------------------------------------------
     def checkout(self, commit: str | None = None, parent: str | Path | None = None) -> Path:

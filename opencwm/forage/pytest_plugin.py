@@ -19,12 +19,18 @@ import sys
 import pytest
 
 _RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+# Coverage contexts besides test node ids: code run before collection (conftest, the package's import) concerns
+# every test; code run while a test module is collected (module-level code, decorators) every test of it.
+SESSION = "<session>"
+COLLECT = "<collect>"
 _outcomes = {}
 _failures = {}
 _coverage = None
 
 
-def pytest_configure(config):
+def _start_coverage():
+    """Measure from the plugin's import on (``-p`` loads it before any conftest), so that what conftests run at
+    start-up is seen too."""
     global _coverage
     source = os.environ.get("OPENCWM_FORAGE_COVERAGE")
     if source and _coverage is None:
@@ -32,6 +38,15 @@ def pytest_configure(config):
 
         _coverage = coverage.Coverage(data_file=None, source=[source])
         _coverage.start()
+        _coverage.switch_context(SESSION)
+
+
+_start_coverage()
+
+
+def pytest_collectstart(collector):
+    if _coverage is not None and isinstance(collector, pytest.Module):
+        _coverage.switch_context(COLLECT + collector.nodeid)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -60,6 +75,8 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_collectreport(report):
+    if _coverage is not None:
+        _coverage.switch_context(SESSION)
     if report.failed:
         _record(report.nodeid or "<collection>", "error", report.longreprtext)
 
