@@ -209,6 +209,29 @@ def test_warm_test_server_agrees_with_the_real_pytest_across_same_size_rewrites(
         Environment.discard(tree)
 
 
+def test_the_warm_server_never_preloads_the_package_under_test(tmp_path):
+    """An installed pytest plugin that imports the package (as hypothesis imports attrs) must not pin the
+    original code in the fork server: every run sees the tree as it is."""
+    built = build_environment(str(TOY), tmp_path / "envs")
+    site = next((built.venv / "lib").glob("python*/site-packages"))
+    (site / "toyplug.py").write_text("import toycalc\n")
+    (site / "toyplug-0.dist-info").mkdir()
+    (site / "toyplug-0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: toyplug\nVersion: 0\n")
+    (site / "toyplug-0.dist-info" / "entry_points.txt").write_text("[pytest11]\ntoyplug = toyplug\n")
+    tree = built.checkout()
+    source = tree / "toycalc" / "__init__.py"
+    try:
+        with TestServer(built, tree) as server:
+            assert server.run(["tests/test_toycalc.py::test_mean"], timeout=60).outcomes == {
+                "tests/test_toycalc.py::test_mean": "passed"}
+            source.write_text(source.read_text().replace("return total / len(values)", "return total"))
+            stamp_mutation(source)
+            assert server.run(["tests/test_toycalc.py::test_mean"], timeout=60).outcomes == {
+                "tests/test_toycalc.py::test_mean": "failed"}
+    finally:
+        Environment.discard(tree)
+
+
 def test_agent_commands_are_sandboxed_and_the_next_task_starts_clean(env, tasks):
     task = tasks[0]
     policy = ScriptedPolicy([

@@ -104,28 +104,44 @@ def pytest_sessionfinish(session, exitstatus):
         os.replace(path + ".part", path)
 
 
-def _warm():
+def _warm(tree):
     """Import pytest's own plugins and the installed ones (entry point ``pytest11``, e.g. hypothesis) once in the
-    fork server, so that no run imports them again (``OPENCWM_FORAGE_WARM=1``)."""
+    fork server, so that no run imports them again (``OPENCWM_FORAGE_WARM=<tree>``). Nothing from the work tree
+    may be imported here (runs must see the tree as it is then): a plugin that needs the package under test
+    (hypothesis needs attrs) fails to import and is left to the runs."""
     import importlib
     from importlib import metadata
 
     from _pytest.config import default_plugins
 
-    for name in default_plugins:
-        try:
-            importlib.import_module(f"_pytest.{name}")
-        except ImportError:
-            pass
-    for entry in metadata.entry_points(group="pytest11"):
-        try:
-            importlib.import_module(entry.module)
-        except Exception:  # a broken third-party plugin fails later, in the run, where its error is reported
-            pass
+    tree = os.path.realpath(tree)
+
+    def in_tree(path):
+        path = os.path.realpath(path)
+        return path == tree or path.startswith(tree + os.sep)
+
+    inside = [p for p in sys.path if in_tree(p or ".")]
+    sys.path[:] = [p for p in sys.path if p not in inside]
+    try:
+        for name in default_plugins:
+            try:
+                importlib.import_module(f"_pytest.{name}")
+            except ImportError:
+                pass
+        for entry in metadata.entry_points(group="pytest11"):
+            try:
+                importlib.import_module(entry.module)
+            except Exception:  # reported by the run that loads it, if it fails there too
+                pass
+    finally:
+        sys.path[:0] = inside
+    for name, module in list(sys.modules.items()):
+        if in_tree(getattr(module, "__file__", None) or "/"):
+            raise RuntimeError(f"the fork server imported {name} from the work tree")
 
 
-if os.environ.get("OPENCWM_FORAGE_WARM") == "1":
-    _warm()
+if os.environ.get("OPENCWM_FORAGE_WARM"):
+    _warm(os.environ["OPENCWM_FORAGE_WARM"])
 
 
 def run_pytest(tree, args, pycache, max_output=20000):

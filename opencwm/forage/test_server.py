@@ -46,7 +46,7 @@ class TestServer:
         self.pycache = self.tree.parent / "pycache"
         self.box = Sandbox(SandboxConfig(
             backend=backend, python=str(env.venv / "bin" / "python"), preload=("pytest", PLUGIN),
-            env={**env.sandbox_env(self.tree), "OPENCWM_FORAGE_WARM": "1"}, visible_paths=(str(env.path),),
+            env={**env.sandbox_env(self.tree), "OPENCWM_FORAGE_WARM": str(self.tree)}, visible_paths=(str(env.path),),
             scratch=str(self.tree.parent), memory_mb=memory_mb, max_processes=512))
 
     def run(self, tests: list[str] | None = None, *, timeout: float = 900) -> TestRun:
