@@ -32,7 +32,7 @@ class SpeedrunConfig:
     train_programs: int = 4000
     heldout_programs: int = 100
     difficulty: int = 1
-    hard_share: float = 0.3  # share of programs one difficulty level up (held-out traces as long as CruxEval's)
+    hard_share: float = 0.5  # share of programs one difficulty level up (held-out traces longer than CruxEval's)
     code_files: int = 600
     vocab: int = 2048
     seq_len: int = 512
