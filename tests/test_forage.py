@@ -209,6 +209,24 @@ def test_warm_test_server_agrees_with_the_real_pytest_across_same_size_rewrites(
         Environment.discard(tree)
 
 
+def test_chosen_tests_run_in_the_suites_order_warm_and_cold(env):
+    """Tests that depend on the suite's order (six's test_lazy) must see it, whatever order they are named in."""
+    tree = env.checkout()
+    (tree / "tests" / "test_order.py").write_text(
+        "SEEN = []\n\ndef test_a():\n    SEEN.append('a')\n    assert SEEN == ['a']\n\n"
+        "def test_b():\n    SEEN.append('b')\n\ndef test_c():\n    pass\n")
+    named = ["tests/test_order.py::test_b", "tests/test_order.py::test_a"]
+    expected = {name: "passed" for name in named}
+    try:
+        assert env.run_tests(tree, named).outcomes == expected
+        with TestServer(env, tree) as server:
+            assert server.run(named, timeout=60).outcomes == expected
+            whole_file = server.run(["tests/test_order.py"], timeout=60).outcomes
+            assert set(whole_file) == {*named, "tests/test_order.py::test_c"}
+    finally:
+        Environment.discard(tree)
+
+
 def test_the_warm_server_never_preloads_the_package_under_test(tmp_path):
     """An installed pytest plugin that imports the package (as hypothesis imports attrs) must not pin the
     original code in the fork server: every run sees the tree as it is."""

@@ -153,12 +153,25 @@ class Environment:
                 "PYTHONPATH": f"{path}:{self.path / 'plugin'}"}
 
     def pytest_args(self, tests: list[str] | None) -> list[str]:
-        """pytest's arguments for a run of ``tests`` (node ids; None: the whole suite), results plugin aside.
-        Tracebacks are Python's own (``--tb=native``): pytest's formatting re-parses whole source files for every
-        frame, which made reporting a few failures cost more than running the tests. A test module that fails to
-        import is recorded as an error and the rest of the suite still runs."""
+        """pytest's arguments for a run of ``tests`` (node ids; None: the whole suite), results plugin aside: the
+        test files, whose other tests the plugin deselects (``select_tests``), so the chosen tests run in the
+        suite's own order, the order of the baseline (six's ``test_lazy`` passes only before the tests that
+        import what it checks is not yet imported). Tracebacks are Python's own (``--tb=native``): pytest's
+        formatting re-parses whole source files for every frame, which made reporting a few failures cost more
+        than running the tests. A test module that fails to import is recorded as an error and the rest of the
+        suite still runs."""
+        targets = sorted({t.split("::")[0] for t in tests}) if tests is not None else self.info.get("test_args", [])
         return ["-p", "no:cacheprovider", "-q", "--tb=native", "--continue-on-collection-errors", "-o", "addopts=",
-                *(tests if tests is not None else self.info.get("test_args", []))]
+                *targets]
+
+    @staticmethod
+    def select_tests(tree: Path, tests: list[str] | None) -> Path | None:
+        """The file (beside the tree) naming the tests a run keeps, for ``OPENCWM_FORAGE_SELECT``; None: all."""
+        if tests is None:
+            return None
+        path = tree.parent / f"select-{uuid.uuid4().hex[:8]}.json"
+        path.write_text(json.dumps(sorted(tests)))
+        return path
 
     def run_tests(self, tree: Path, tests: list[str] | None = None, *, coverage: bool = False,
                   timeout: float = 900, backend: str = "auto") -> TestRun:
@@ -175,9 +188,16 @@ class Environment:
         env = {**self.sandbox_env(tree), "OPENCWM_FORAGE_RESULTS": str(results)}
         if coverage:
             env["OPENCWM_FORAGE_COVERAGE"] = str(tree)
+        selection = self.select_tests(tree, tests)
+        if selection is not None:
+            env["OPENCWM_FORAGE_SELECT"] = str(selection)
         argv = [str(self.venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, *self.pytest_args(tests)]
-        result: CommandResult = run_command(argv, tree.parent, cwd=tree, timeout=timeout, env=env, backend=backend,
-                                            visible=(str(self.path),), max_output=20_000)
+        try:
+            result: CommandResult = run_command(argv, tree.parent, cwd=tree, timeout=timeout, env=env,
+                                                backend=backend, visible=(str(self.path),), max_output=20_000)
+        finally:
+            if selection is not None:
+                selection.unlink(missing_ok=True)
         if not results.exists():
             status = result.status if result.status != "ok" else "error"
             return TestRun(status, {}, output=result.output, seconds=result.seconds)

@@ -44,6 +44,25 @@ def _start_coverage():
 _start_coverage()
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Keep only the tests named in ``OPENCWM_FORAGE_SELECT`` (a JSON list of node ids, or of their prefixes
+    such as a file or a class), in collection order."""
+    path = os.environ.get("OPENCWM_FORAGE_SELECT")
+    if not path:
+        return
+    with open(path) as handle:
+        chosen = set(json.load(handle))
+
+    def kept(item):
+        parts = item.nodeid.split("::")
+        return any("::".join(parts[:n]) in chosen for n in range(1, len(parts) + 1))
+
+    dropped = [item for item in items if not kept(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if kept(item)]
+
+
 def pytest_collectstart(collector):
     if _coverage is not None and isinstance(collector, pytest.Module):
         _coverage.switch_context(COLLECT + collector.nodeid)
@@ -58,11 +77,22 @@ def pytest_runtest_protocol(item, nextitem):
         _coverage.switch_context("")
 
 
+def _tidy(text):
+    """A failure's text with paths relative to the tree (the run's working directory) and the traceback starting
+    at the first frame in the tree (pytest's and pluggy's own frames cut)."""
+    lines = text.replace(os.getcwd() + os.sep, "").splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith('  File "') and
+                  not line.startswith('  File "/')), None)
+    if first:
+        lines = ["Traceback (most recent call last):", *lines[first:]]
+    return "\n".join(lines)
+
+
 def _record(nodeid, outcome, text=None):
     if _RANK[outcome] >= _RANK.get(_outcomes.get(nodeid), -1):
         _outcomes[nodeid] = outcome
-    if text and outcome in ("failed", "error"):  # paths relative to the tree, the run's working directory
-        _failures.setdefault(nodeid, text.replace(os.getcwd() + os.sep, "")[-3000:])
+    if text and outcome in ("failed", "error"):
+        _failures.setdefault(nodeid, _tidy(text)[-3000:])
 
 
 def pytest_runtest_logreport(report):
@@ -144,11 +174,13 @@ if os.environ.get("OPENCWM_FORAGE_WARM"):
     _warm(os.environ["OPENCWM_FORAGE_WARM"])
 
 
-def run_pytest(tree, args, pycache, max_output=20000):
+def run_pytest(tree, args, pycache, select=None, max_output=20000):
     """Run ``pytest args`` in the work tree ``tree`` inside this process (a child forked from a warm server) and
     return the results with the tail of pytest's output. Bytecode, assertion-rewritten test modules included, is
     cached under ``pycache`` (outside the tree, so resetting the tree keeps it)."""
     os.chdir(tree)
+    if select:
+        os.environ["OPENCWM_FORAGE_SELECT"] = select
     sys.pycache_prefix = pycache
     sys.dont_write_bytecode = False
     log = os.path.join(os.path.dirname(tree), f"pytest-{os.getpid()}.log")
