@@ -80,26 +80,24 @@ def run_tests(env: Environment, tree: Path, tests: list[str] | None, client, ima
     """Run the tests of ``tree`` (mounted over the image's repository) in a container without network."""
     results = tree.parent / f"results-{uuid.uuid4().hex[:8]}.json"
     argv = ["python", "-m", "pytest", "-p", PLUGIN, *env.pytest_args(tests)]
-    selection = env.select_tests(tree, tests)
     environment = {"OPENCWM_FORAGE_RESULTS": f"{WORK}/out/{results.name}"}
-    if selection is not None:
-        environment["OPENCWM_FORAGE_SELECT"] = f"{WORK}/out/{selection.name}"
     start = time.monotonic()
-    container = client.containers.run(
-        image, argv, detach=True, network_disabled=True, working_dir=f"{WORK}/repo",
-        environment=environment,
-        volumes={str(tree): {"bind": f"{WORK}/repo", "mode": "rw"},
-                 str(tree.parent): {"bind": f"{WORK}/out", "mode": "rw"}})
-    status = "ok"
-    try:
-        container.wait(timeout=timeout)
-    except Exception:
-        status = "timeout"
-    finally:
-        output = container.logs().decode("utf-8", "replace")
-        container.remove(force=True)
+    with env.select_tests(tree, tests) as selection:
         if selection is not None:
-            selection.unlink(missing_ok=True)
+            environment["OPENCWM_FORAGE_SELECT"] = f"{WORK}/out/{selection.name}"
+        container = client.containers.run(
+            image, argv, detach=True, network_disabled=True, working_dir=f"{WORK}/repo",
+            environment=environment,
+            volumes={str(tree): {"bind": f"{WORK}/repo", "mode": "rw"},
+                     str(tree.parent): {"bind": f"{WORK}/out", "mode": "rw"}})
+        status = "ok"
+        try:
+            container.wait(timeout=timeout)
+        except Exception:
+            status = "timeout"
+        finally:
+            output = container.logs().decode("utf-8", "replace")
+            container.remove(force=True)
     seconds = round(time.monotonic() - start, 3)
     if not results.exists():
         return TestRun(status if status != "ok" else "error", {}, output=output, seconds=seconds)

@@ -16,6 +16,7 @@ asked (``rebuild=True``).
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
@@ -165,13 +166,19 @@ class Environment:
                 *targets]
 
     @staticmethod
-    def select_tests(tree: Path, tests: list[str] | None) -> Path | None:
-        """The file (beside the tree) naming the tests a run keeps, for ``OPENCWM_FORAGE_SELECT``; None: all."""
+    @contextlib.contextmanager
+    def select_tests(tree: Path, tests: list[str] | None):
+        """The file (beside the tree) naming the tests a run keeps, for ``OPENCWM_FORAGE_SELECT``, removed
+        afterwards; None: all tests."""
         if tests is None:
-            return None
+            yield None
+            return
         path = tree.parent / f"select-{uuid.uuid4().hex[:8]}.json"
         path.write_text(json.dumps(sorted(tests)))
-        return path
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
 
     def run_tests(self, tree: Path, tests: list[str] | None = None, *, coverage: bool = False,
                   timeout: float = 900, backend: str = "auto") -> TestRun:
@@ -188,16 +195,12 @@ class Environment:
         env = {**self.sandbox_env(tree), "OPENCWM_FORAGE_RESULTS": str(results)}
         if coverage:
             env["OPENCWM_FORAGE_COVERAGE"] = str(tree)
-        selection = self.select_tests(tree, tests)
-        if selection is not None:
-            env["OPENCWM_FORAGE_SELECT"] = str(selection)
         argv = [str(self.venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, *self.pytest_args(tests)]
-        try:
+        with self.select_tests(tree, tests) as selection:
+            if selection is not None:
+                env["OPENCWM_FORAGE_SELECT"] = str(selection)
             result: CommandResult = run_command(argv, tree.parent, cwd=tree, timeout=timeout, env=env,
                                                 backend=backend, visible=(str(self.path),), max_output=20_000)
-        finally:
-            if selection is not None:
-                selection.unlink(missing_ok=True)
         if not results.exists():
             status = result.status if result.status != "ok" else "error"
             return TestRun(status, {}, output=result.output, seconds=result.seconds)

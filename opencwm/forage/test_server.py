@@ -51,14 +51,10 @@ class TestServer:
 
     def run(self, tests: list[str] | None = None, *, timeout: float = 900) -> TestRun:
         """Run ``tests`` (node ids; None: the whole suite) on the tree as it is now."""
-        selection = self.env.select_tests(self.tree, tests)
-        try:
+        with self.env.select_tests(self.tree, tests) as selection:
             outcome = self.box.run(f"{PLUGIN}:run_pytest", timeout=timeout, tree=str(self.tree),
                                    args=self.env.pytest_args(tests), pycache=str(self.pycache),
                                    select=str(selection) if selection else None)
-        finally:
-            if selection is not None:
-                selection.unlink(missing_ok=True)
         if not outcome.ok:
             status = outcome.status if outcome.status in ("timeout", "killed") else "error"
             return TestRun(status, {}, output=outcome.error or "", seconds=outcome.seconds)
