@@ -1,9 +1,8 @@
 """Training MFU of a preset on a GPU: bf16, FlexAttention (document + sliding-window block masks), per-block
 torch.compile, AdamW; packed 8k-token sequences of several documents.
 
-MFU = achieved model FLOPs / the card's peak dense bf16 FLOPs. Model FLOPs per token are 6 x (non-embedding
-parameters + output head) for the matmuls plus the attention scores: 12 x layers x heads x head_dim x (keys each
-query attends to) -- the window on local layers, half the sequence on average on global ones (causal).
+MFU = achieved model FLOPs / the card's peak dense bf16 FLOPs, with model FLOPs as ``opencwm.model.flops`` counts
+them (6 x linear parameters + attention over the keys a causal query sees).
 
     python benchmarks/mfu_bench.py                      # 1b preset, 8192 tokens, on the GPU
     python benchmarks/mfu_bench.py --device cpu --preset nano --seq 256 --steps 3 --no-write   # smoke test
@@ -27,20 +26,7 @@ sys.path.insert(0, str(REPO))
 from _common import append_row  # noqa: E402
 
 from opencwm.model import CWM, preset  # noqa: E402
-
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
-
-
-def peak_flops(name: str) -> float | None:
-    return next((v * 1e12 for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-
-
-def flops_per_token(config, seq: int) -> float:
-    matmul_params = config.num_linear_parameters  # attention + MLP + output head (embedding lookups are free)
-    attended = sum(min(config.sliding_window, seq) if t == "sliding_attention" else seq / 2
-                   for t in config.layer_types)
-    attention = 12 * config.num_attention_heads * config.head_dim * attended
-    return 6 * matmul_params + attention
+from opencwm.model.flops import flops_per_token, peak_flops  # noqa: E402
 
 
 def main() -> None:
@@ -51,6 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--backend", default=None, help="attention backend (default: flex on CUDA, sdpa on CPU)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -61,7 +48,7 @@ def main() -> None:
     with device:
         model = CWM(config)
     model.init_weights(seed=0)
-    model.attention_backend = "flex" if device.type == "cuda" else "sdpa"
+    model.attention_backend = args.backend or ("flex" if device.type == "cuda" else "sdpa")
     if not args.no_compile:
         model.compile_blocks()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -82,9 +69,11 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    warm_start = time.perf_counter()
     for _ in range(3):  # compile and warm up
         step()
     sync()
+    print(f"compile and 3 warm-up steps: {time.perf_counter() - warm_start:.0f} s", file=sys.stderr)
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -95,14 +84,20 @@ def main() -> None:
     achieved = tokens_per_second * flops_per_token(config, args.seq)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     peak = peak_flops(name)
-    mfu = achieved / peak if peak else None
-    print(f"{args.preset} at {args.seq} tokens on {name}: {tokens_per_second:.0f} tok/s, "
-          f"{achieved / 1e12:.1f} TFLOP/s" + (f", MFU {mfu:.1%}" if mfu is not None else " (peak unknown)"))
+    # PaLM's and torchtitan's count: the full sequence on every layer (no causal halving, no window).
+    palm = 6 * config.num_linear_parameters + 12 * config.num_hidden_layers * config.num_attention_heads \
+        * config.head_dim * args.seq
+    memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    figures = (f"`{args.preset}` preset, batch {args.batch} x {args.seq} tokens, "
+               f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}, attention "
+               f"{model.attention_backend}, {'eager' if args.no_compile else 'per-block compile'}, median of "
+               f"{args.steps} steps on {name}: {tokens_per_second:.0f} tok/s, {achieved / 1e12:.1f} TFLOP/s")
+    if peak:
+        figures += (f", MFU {achieved / peak:.1%} (goal >= 45% on H100; with PaLM/torchtitan's FLOP count "
+                    f"{tokens_per_second * palm / peak:.1%}), peak memory {memory:.1f} GiB")
+    print(figures)
     if not args.no_write and device.type == "cuda":
-        append_row("mfu_bench", f"python benchmarks/mfu_bench.py --preset {args.preset} --seq {args.seq}",
-                   f"{tokens_per_second:.0f} tok/s, {achieved / 1e12:.1f} TFLOP/s, MFU "
-                   + (f"{mfu:.1%}" if mfu is not None else "n/a") + " (goal >= 45% on H100)")
-
+        append_row("mfu_bench", "python benchmarks/mfu_bench.py " + " ".join(sys.argv[1:]), figures)
 
 if __name__ == "__main__":
     main()

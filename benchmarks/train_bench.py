@@ -26,6 +26,7 @@ from opencwm.data.corpora import build_program_corpus
 from opencwm.data.documents import documents
 from opencwm.data.packing import PackedStream
 from opencwm.model import CWM, preset
+from opencwm.model.flops import cuda_peak_flops, flops_per_token
 from opencwm.tokenizer import Tokenizer
 from opencwm.trace.collect import CollectConfig, collect
 from opencwm.train.loop import TrainConfig, Trainer, loss_fn, use_bf16
@@ -38,7 +39,7 @@ def bare_steps(model: CWM, batches: list[dict], precision: str) -> float:
     start = time.perf_counter()
     for batch in batches:
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = loss_fn(model, batch)
+            loss = loss_fn(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block (both measurements)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -76,6 +78,8 @@ def main() -> None:
     for repeat in range(args.repeats + 1):  # the first round warms up both and is not counted
         with torch.device(device):
             model = CWM(config).init_weights(seed=repeat)
+        if args.compile:
+            model.compile_blocks()
         seconds = bare_steps(model, batches, args.precision)
         if repeat:
             bare.append(tokens_per_step * args.steps / seconds)
@@ -83,7 +87,8 @@ def main() -> None:
             model = CWM(config).init_weights(seed=repeat)
         stream = PackedStream(docs, {"traces": 0.8, "direct": 0.2}, seq_len=args.seq_len, seed=repeat)
         train = TrainConfig(steps=args.steps, batch_size=args.batch_size, warmup_steps=5, log_every=5,
-                            checkpoint_every=max(1, args.steps // 2), precision=args.precision)
+                            checkpoint_every=max(1, args.steps // 2), precision=args.precision,
+                            compile=args.compile)
         trainer = Trainer(model, stream, train, work / f"run-{repeat}")
         start = time.perf_counter()
         trainer.train(progress=False)
@@ -98,6 +103,10 @@ def main() -> None:
                f"{args.repeats}: bare step {bare_median:.0f} tok/s, full pipeline (packing from a trace corpus, "
                f"schedule, clipping, metrics, {2} checkpoints) {pipeline_median:.0f} tok/s: overhead "
                f"{100 * overhead:.1f}% (goal <= 5%)")
+    if device.type == "cuda" and (peak := cuda_peak_flops()):
+        per_token = flops_per_token(config, args.seq_len)
+        figures += (f"; on {torch.cuda.get_device_name()}: MFU bare {bare_median * per_token / peak:.1%}, "
+                    f"pipeline {pipeline_median * per_token / peak:.1%}")
     print(figures)
     if not args.no_record:
         append_row("train_bench", "python benchmarks/train_bench.py " + " ".join(sys.argv[1:]), figures)

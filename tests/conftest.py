@@ -34,6 +34,16 @@ def require_interpreter(version: str) -> str:
     return exe
 
 
+def torchrun_job(out: Path, steps: int, nproc: int = 2) -> list[dict]:
+    """Run tests/distributed_train_job.py under torchrun; the report of each rank."""
+    job = Path(__file__).with_name("distributed_train_job.py")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={nproc}", str(job), str(out), str(steps)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((out / f"report-rank{r}.json").read_text()) for r in range(nproc)]
+
+
 @pytest.fixture(scope="session")
 def cruxeval() -> list[dict]:
     if not CRUXEVAL.exists():

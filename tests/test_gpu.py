@@ -1,14 +1,18 @@
-"""Checks that need a GPU (FlexAttention on CUDA, fp8 matmuls); they skip cleanly without CUDA, as on CI."""
+"""Checks that need a GPU (FlexAttention on CUDA with gradients, fp8 matmuls, FSDP2 over NCCL, MFU in the training
+metrics); they skip cleanly without CUDA, as on CI."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import torchrun_job
 
+from opencwm.model import CWM, preset
 from opencwm.model.attention import dense_attention, flex_attention
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -27,6 +31,51 @@ def test_flex_attention_on_cuda_matches_dense_reference():
             expected = dense_attention(q, k, v, window=window, document_ids=document_ids)
             got = flex_attention(q, k, v, window=window, document_ids=document_ids)
             assert (expected - got).abs().max() < 1e-4
+
+
+@cuda
+def test_model_with_flex_attention_matches_sdpa_in_logits_and_gradients():
+    """The whole model on the GPU: shared per-forward block masks, compiled blocks, packed documents, a window
+    shorter than the sequence; FlexAttention against the SDPA backend, forward and backward, fp32."""
+    config = preset("nano", max_position_embeddings=1024)
+    ids = torch.randint(0, config.vocab_size, (2, 700), generator=torch.Generator().manual_seed(0)).cuda()
+    docs = torch.tensor([[0] * 150 + [1] * 550, [0] * 9 + [1] * 600 + [2] * 91]).cuda()
+
+    def run(backend, compile_blocks):
+        with torch.device("cuda"):
+            model = CWM(config).init_weights(seed=1)
+        model.attention_backend = backend
+        if compile_blocks:
+            model.compile_blocks()
+        logits = model(ids, document_ids=docs)
+        logits.logsumexp(-1).mean().backward()
+        return logits.detach(), [p.grad for p in model.parameters()]
+
+    reference, reference_grads = run("sdpa", False)
+    for compile_blocks in (False, True):
+        logits, grads = run("flex", compile_blocks)
+        assert (logits - reference).abs().max() < 1e-4
+        for got, expected in zip(grads, reference_grads):
+            assert (got - expected).abs().max() < 1e-4 * max(1.0, expected.abs().max().item())
+
+
+@cuda
+def test_fsdp2_training_over_nccl_reports_mfu_and_resumes(tmp_path):
+    """The training loop under torchrun with one process per GPU (NCCL), FSDP2-sharded, bf16 autocast: it trains,
+    its metrics carry MFU, and a run stopped at step 3 and resumed ends with the same weights."""
+    nproc = torch.cuda.device_count()
+    reports = torchrun_job(tmp_path / "straight", 6, nproc)
+    assert [r["world"] for r in reports] == [nproc] * nproc
+    lines = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and lines[-1]["loss"] < lines[0]["loss"]
+    if "H100" in torch.cuda.get_device_name() or "H200" in torch.cuda.get_device_name():
+        assert all(0 < line["mfu"] < 1 for line in lines)
+    torchrun_job(tmp_path / "resumed", 3, nproc)
+    assert all(r["resumed"] for r in torchrun_job(tmp_path / "resumed", 6, nproc))
+    a = CWM.from_pretrained(tmp_path / "straight" / "checkpoints" / "step-000006" / "model").state_dict()
+    b = CWM.from_pretrained(tmp_path / "resumed" / "checkpoints" / "step-000006" / "model").state_dict()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
 
 
 @cuda

@@ -245,6 +245,27 @@ def test_flex_attention_matches_dense_reference_on_cpu():
             assert (expected - got).abs().max() < 1e-5
 
 
+@pytest.mark.slow
+def test_model_with_flex_attention_matches_sdpa_on_cpu():
+    """The model's flex path (block masks built once per forward, shared by the layers of each kind) in eager and
+    compiled blocks. Forward only: FlexAttention has no backward on CPU (tests/test_gpu.py checks gradients)."""
+    config = preset("nano", max_position_embeddings=1024)
+    ids = torch.randint(0, config.vocab_size, (2, 300), generator=torch.Generator().manual_seed(0))
+    docs = torch.tensor([[0] * 100 + [1] * 200, [0] * 7 + [1] * 250 + [2] * 43])
+
+    def logits(backend, compile_blocks=False):
+        model = CWM(config).init_weights(seed=1)
+        model.attention_backend = backend
+        if compile_blocks:
+            model.compile_blocks()
+        with torch.no_grad():
+            return model(ids, document_ids=docs)
+
+    reference = logits("sdpa")
+    assert (logits("flex") - reference).abs().max() < 1e-5
+    assert (logits("flex", compile_blocks=True) - reference).abs().max() < 1e-5
+
+
 def test_compiled_decoding_step_gives_the_same_tokens():
     model = CWM(CwmConfig(**SMALL)).init_weights(seed=9).eval()
     prompts = [[4, 5, 6, 7, 8], [9, 10]]

@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+from conftest import torchrun_job
 
 from opencwm.data.packing import Document, PackedStream
 from opencwm.model import CWM, preset
@@ -69,24 +70,12 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert torch.equal(reloaded.lm_head.weight, second.model.lm_head.weight)
 
 
-def _torchrun(out, steps):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    job = Path(__file__).with_name("distributed_train_job.py")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(job), str(out), str(steps)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads((out / f"report-rank{r}.json").read_text()) for r in (0, 1)]
-
-
 def test_two_process_fsdp2_training_shards_and_resumes_exactly(tmp_path):
-    reports = _torchrun(tmp_path / "straight", 6)
+    reports = torchrun_job(tmp_path / "straight", 6)
     assert [r["world"] for r in reports] == [2, 2]
     assert all(r["local_rows"] * 2 == r["full_rows"] for r in reports)  # every rank holds half of each weight
-    _torchrun(tmp_path / "resumed", 3)
-    assert all(r["resumed"] for r in _torchrun(tmp_path / "resumed", 6))
+    torchrun_job(tmp_path / "resumed", 3)
+    assert all(r["resumed"] for r in torchrun_job(tmp_path / "resumed", 6))
     a = CWM.from_pretrained(tmp_path / "straight" / "checkpoints" / "step-000006" / "model").state_dict()
     b = CWM.from_pretrained(tmp_path / "resumed" / "checkpoints" / "step-000006" / "model").state_dict()
     initial = CWM(preset("nano", vocab_size=97, max_position_embeddings=128)).init_weights(seed=0).state_dict()

@@ -85,16 +85,12 @@ def sdpa_attention(q, k, v, *, window=None, document_ids=None, mask=None, chunk:
 _compiled_flex = None
 
 
-def flex_attention(q, k, v, *, window=None, document_ids=None, mask=None):
-    """FlexAttention with a block mask (skips fully masked blocks); falls back to SDPA for explicit masks."""
-    global _compiled_flex
-    if mask is not None:
-        return _sdpa(q, k, v, mask)
+def flex_block_mask(batch: int, time: int, window: int | None, document_ids: torch.Tensor | None,
+                    device: torch.device):
+    """FlexAttention's block mask for CWM's rules (causal, window, documents). Building it costs a pass over the
+    (T, T) grid, so the model builds one per kind of layer per forward and the layers share it."""
     from torch.nn.attention.flex_attention import create_block_mask
-    from torch.nn.attention.flex_attention import flex_attention as flex
 
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex, dynamic=False)
     docs = document_ids
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -105,17 +101,30 @@ def flex_attention(q, k, v, *, window=None, document_ids=None, mask=None):
             ok = ok & (docs[b, q_idx] == docs[b, kv_idx])
         return ok
 
-    t = q.shape[2]
-    block_mask = create_block_mask(mask_mod, B=q.shape[0] if docs is not None else None, H=None, Q_LEN=t, KV_LEN=t,
-                                   device=q.device)
+    return create_block_mask(mask_mod, B=batch if docs is not None else None, H=None, Q_LEN=time, KV_LEN=time,
+                             device=device)
+
+
+def flex_attention(q, k, v, *, window=None, document_ids=None, mask=None, block_mask=None):
+    """FlexAttention (compiled; skips fully masked blocks) with ``block_mask`` from :func:`flex_block_mask`, built
+    here when not given; falls back to SDPA for explicit masks."""
+    global _compiled_flex
+    if mask is not None:
+        return _sdpa(q, k, v, mask)
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex, dynamic=False)
+    if block_mask is None:
+        block_mask = flex_block_mask(q.shape[0], q.shape[2], window, document_ids, q.device)
     return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def attention(q, k, v, *, backend: str, window=None, document_ids=None, mask=None) -> torch.Tensor:
+def attention(q, k, v, *, backend: str, window=None, document_ids=None, mask=None, block_mask=None) -> torch.Tensor:
     if backend == "sdpa":
         return sdpa_attention(q, k, v, window=window, document_ids=document_ids, mask=mask)
     if backend == "dense":
         return dense_attention(q, k, v, window=window, document_ids=document_ids, mask=mask)
     if backend == "flex":
-        return flex_attention(q, k, v, window=window, document_ids=document_ids, mask=mask)
+        return flex_attention(q, k, v, window=window, document_ids=document_ids, mask=mask, block_mask=block_mask)
     raise ValueError(f"unknown attention backend {backend!r} (choose from {', '.join(BACKENDS)})")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opencwm.model.attention import attention, default_backend
+from opencwm.model.attention import attention, default_backend, flex_block_mask
 from opencwm.model.cache import KVCache
 from opencwm.model.config import FULL, CwmConfig
 from opencwm.model.rope import RotaryEmbedding, apply_rotary
@@ -44,14 +44,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, *, backend, document_ids=None, cache=None):
+    def forward(self, x, cos, sin, *, backend, document_ids=None, cache=None, block_masks=None):
         batch, time, _ = x.shape
         q = self.q_proj(x).view(batch, time, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, time, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, time, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is None:
-            out = attention(q, k, v, backend=backend, window=self.window, document_ids=document_ids)
+            block_mask = block_masks[self.window] if block_masks else None
+            out = attention(q, k, v, backend=backend, window=self.window, document_ids=document_ids,
+                            block_mask=block_mask)
         else:
             keys, values, mask = cache.attend_inputs(self.layer, k, v)
             out = attention(q, keys, values, backend="dense" if backend == "dense" else "sdpa", mask=mask)
@@ -154,6 +156,10 @@ class CWM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary(position_ids, x.dtype)
         kwargs = dict(backend=backend, document_ids=document_ids, cache=cache)
+        if backend == "flex" and cache is None:  # one block mask per kind of layer, shared by the layers
+            windows = {block.self_attn.window for block in self.model.layers}
+            kwargs["block_masks"] = {w: flex_block_mask(batch, time, w, document_ids, input_ids.device)
+                                     for w in windows}
         for block in self.model.layers:
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False, **kwargs)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from opencwm.data.packing import IGNORE, PackedStream
+from opencwm.model.flops import cuda_peak_flops, flops_per_token
 from opencwm.model.transformer import CWM
 
 
@@ -83,14 +84,14 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cpu" and bool(is_amx and is_amx())
 
 
-def loss_fn(model: CWM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the learned tokens of the batch, and how many there were."""
+def loss_fn(model: CWM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the learned tokens of the batch (a tensor: no host synchronisation)."""
     logits = model(batch["input_ids"], document_ids=batch["document_ids"])
     labels = batch["labels"]
-    count = int((labels != IGNORE).sum())
+    count = (labels != IGNORE).sum().clamp(min=1)
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
                                              reduction="sum")
-    return loss / max(count, 1), count
+    return loss / count
 
 
 class Trainer:
@@ -106,6 +107,7 @@ class Trainer:
         self.distributed = distributed
         self.rank, self.world = 0, 1
         self.model_config = model.config
+        self.peak_flops = cuda_peak_flops() if self.device.type == "cuda" else None  # for MFU
         if distributed:
             import torch.distributed as dist
 
@@ -206,13 +208,14 @@ class Trainer:
         while self.step < config.steps:
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.step, config)
-            total_loss, total_tokens = 0.0, 0
+            total_loss, total_tokens = torch.zeros((), device=self.device), 0
             for _ in range(config.grad_accum):
-                batch = {k: v.to(self.device) for k, v in self.stream.next_batch(config.batch_size).items()}
+                batch = {k: v.to(self.device, non_blocking=True)
+                         for k, v in self.stream.next_batch(config.batch_size).items()}
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss, _ = loss_fn(self.model, batch)
+                    loss = loss_fn(self.model, batch)
                 (loss / config.grad_accum).backward()
-                total_loss += float(loss.detach()) / config.grad_accum
+                total_loss += loss.detach() / config.grad_accum
                 total_tokens += batch["input_ids"].numel()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
             if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
@@ -220,25 +223,37 @@ class Trainer:
             if self.distributed:  # report the mean loss over ranks
                 import torch.distributed as dist
 
-                reduced = torch.tensor([total_loss], device=self.device)
-                dist.all_reduce(reduced)
-                total_loss = float(reduced) / self.world
+                dist.all_reduce(total_loss)
+                total_loss /= self.world
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             tokens_seen += total_tokens * self.world
-            elapsed = time.monotonic() - start
-            last = {"step": self.step, "loss": round(total_loss, 5), "lr": learning_rate(self.step - 1, config),
-                    "grad_norm": round(float(norm), 4), "tokens_per_s": round(tokens_seen / elapsed, 1)}
-            if metrics is not None and (self.step % config.log_every == 0 or self.step == config.steps):
-                metrics.write(json.dumps(last) + "\n")
-                metrics.flush()
-                if progress:
-                    eta = elapsed / (self.step - start_step) * (config.steps - self.step)
-                    print(f"step {self.step}/{config.steps}  loss {total_loss:.4f}  lr {last['lr']:.2e}  "
-                          f"{last['tokens_per_s']:.0f} tok/s  eta {eta:.0f}s", file=sys.stderr)
+            # Loss and norm are read (a host synchronisation) only on the steps that report them.
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                last = self._report(total_loss, norm, tokens_seen, start, start_step, progress, metrics)
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                 self.save()
         if metrics is not None:
             metrics.close()
+        return last
+
+    def _report(self, loss, norm, tokens_seen, start, start_step, progress, metrics) -> dict:
+        """Metrics of this step: JSONL from rank 0, and a progress line with loss, tokens/s, MFU on GPU, ETA."""
+        config, loss = self.config, float(loss)
+        elapsed = time.monotonic() - start
+        last = {"step": self.step, "loss": round(loss, 5), "lr": learning_rate(self.step - 1, config),
+                "grad_norm": round(float(norm), 4), "tokens_per_s": round(tokens_seen / elapsed, 1)}
+        if self.peak_flops:
+            per_device = tokens_seen / self.world / elapsed
+            last["mfu"] = round(per_device * flops_per_token(self.model_config, self.stream.seq_len)
+                                / self.peak_flops, 4)
+        if metrics is not None:
+            metrics.write(json.dumps(last) + "\n")
+            metrics.flush()
+            if progress:
+                eta = elapsed / (self.step - start_step) * (config.steps - self.step)
+                mfu = f"  MFU {last['mfu']:.1%}" if "mfu" in last else ""
+                print(f"step {self.step}/{config.steps}  loss {loss:.4f}  lr {last['lr']:.2e}  "
+                      f"{last['tokens_per_s']:.0f} tok/s{mfu}  eta {eta:.0f}s", file=sys.stderr)
         return last

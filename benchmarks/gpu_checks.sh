@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, as one script for a lent machine (see README "GPU checks"): the CUDA tests
+# (FlexAttention forward and backward, fp8, FSDP2 over NCCL with MFU in the metrics), then the MFU benchmark of
+# the `1b` preset at 8k tokens. Runs with the machine's own python3 and torch; logs go to $OUT (or ./gpu-logs).
+# Each step has its own time limit, and a step is skipped when the budget (BUDGET_S, default 480 s) is spent.
+set -u
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+BUDGET_S=${BUDGET_S:-420}
+PY=${PYTHON:-python3}
+
+step() {  # step NAME LIMIT_S COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    if (( SECONDS + 30 > BUDGET_S )); then echo "== $name: skipped (budget spent at ${SECONDS}s)"; return; fi
+    (( limit > BUDGET_S - SECONDS )) && limit=$(( BUDGET_S - SECONDS ))
+    echo "== $name (limit ${limit}s, at ${SECONDS}s)"
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    LAST=$?
+    echo "== $name: exit $LAST after ${SECONDS}s"
+    tail -n 8 "$OUT/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
+step mfu_1b_8k 220 $PY benchmarks/mfu_bench.py --preset 1b --seq 8192 --steps 15
+step tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs
+if (( LAST == 0 )); then
+    step mfu_1b_8k_b2 150 $PY benchmarks/mfu_bench.py --preset 1b --seq 8192 --batch 2 --steps 10
+else  # the compiled run failed: measure eager, so there is a figure and a log of the failure
+    step mfu_1b_8k_eager 150 $PY benchmarks/mfu_bench.py --preset 1b --seq 8192 --steps 10 --no-compile
+fi
+cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
