@@ -112,7 +112,9 @@ class CWM(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 with torch.no_grad():
-                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+                    # drawn on the CPU when seeded: the same weights on every device (and under torch.device("cuda"))
+                    where = "cpu" if generator is not None else module.weight.device
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator, device=where) * std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
         return self

@@ -246,8 +246,8 @@ class Trainer:
                 "grad_norm": round(float(norm), 4), "tokens_per_s": round(tokens_seen / elapsed, 1)}
         if self.peak_flops:
             per_device = tokens_seen / self.world / elapsed
-            last["mfu"] = round(per_device * flops_per_token(self.model_config, self.stream.seq_len)
-                                / self.peak_flops, 4)
+            mfu = per_device * flops_per_token(self.model_config, self.stream.seq_len) / self.peak_flops
+            last["mfu"] = float(f"{mfu:.4g}")  # 4 significant digits: a tiny model's MFU is far below 1e-4
         if metrics is not None:
             metrics.write(json.dumps(last) + "\n")
             metrics.flush()
