@@ -114,6 +114,65 @@ def test_code_run_while_collecting_a_module_counts_for_its_tests(tmp_path):
     assert built.tests_for("toycalc/__init__.py::words") == ["tests/test_toycalc.py::test_words"]
 
 
+LAZY_PACKAGE = """\
+_REGISTRY = {}
+
+
+def _build():
+    _REGISTRY["factor"] = 2
+    _REGISTRY["name"] = "double"
+
+
+def lookup(name):
+    if not _REGISTRY:
+        _build()
+    return _REGISTRY[name]
+
+
+def clamp(x):
+    if x > 100:
+        return x - 1
+    return x
+"""
+LAZY_TESTS = {
+    "tests/test_a.py": "from lazyreg import clamp, lookup\n\ndef test_lookup():\n    assert lookup('name')\n\n"
+                       "def test_clamp():\n    assert clamp(3) == 3\n",
+    "tests/test_b.py": "from lazyreg import lookup\n\ndef test_double():\n    assert 3 * lookup('factor') == 6\n",
+}
+
+
+def test_verdicts_are_the_whole_suites(tmp_path):
+    """Covering tests decide only what they can: ``_build`` runs in test_a (which fills the registry) but test_b
+    depends on what it built without running it, so a bug there is caught by the whole suite alone; a mutated
+    statement the suite never runs (``x - 1``) is rejected without a run. Each verdict equals the whole suite's."""
+    from opencwm.forage.tasks import candidates, validate
+
+    repo = tmp_path / "lazyreg"
+    (repo / "lazyreg").mkdir(parents=True)
+    (repo / "lazyreg" / "__init__.py").write_text(LAZY_PACKAGE)
+    (repo / "pyproject.toml").write_text((TOY / "pyproject.toml").read_text().replace("toycalc", "lazyreg"))
+    for name, text in LAZY_TESTS.items():
+        (repo / name).parent.mkdir(exist_ok=True)
+        (repo / name).write_text(text)
+    built = build_environment(str(repo), tmp_path / "envs")
+    assert built.ok, built.info.get("error")
+    assert built.tests_for("lazyreg/__init__.py::_build") == ["tests/test_a.py::test_lookup"]
+    chosen = candidates(built)
+    tree = built.checkout(parent=tmp_path / "work")
+    rows = {}
+    for mutation, tests in chosen:
+        selected, whole = (validate(built, tree, mutation, t) for t in (tests, None))
+        assert selected["validated"] == whole["validated"], (mutation.description, selected, whole)
+        assert selected["FAIL_TO_PASS"] == whole["FAIL_TO_PASS"]
+        rows[mutation.description] = selected
+    by_function = {}
+    for row in rows.values():
+        by_function.setdefault(row["function"], set()).add(row["verdict"])
+    assert "validated" in by_function["_build"]  # a bug only test_b sees
+    unreached = [row for row in rows.values() if row["function"] == "clamp" and row["line"] == 17]
+    assert unreached and all(row["verdict"] == "not_executed" for row in unreached)
+
+
 def test_a_build_failure_is_a_recorded_status(tmp_path):
     repo = tmp_path / "broken"
     repo.mkdir()

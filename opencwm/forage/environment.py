@@ -37,6 +37,7 @@ from opencwm.sandbox.shell import CommandResult, run_command
 PLUGIN = "opencwm_forage_plugin"
 SESSION_CONTEXT, COLLECT_CONTEXT = "<session>", "<collect>"  # as the plugin names them (see tests_for)
 TEST_EXTRAS = ("test", "tests", "testing")
+ENV_FORMAT = 2  # what env.json holds; 2: executed lines recorded
 COVERAGE = "coverage>=5"  # dynamic contexts (per-test coverage)
 PYTEST_FALLBACKS = ("pytest<9", "pytest<8")  # tried in turn when the suite does not run with the newest pytest
 REQUIREMENT_FILES = ("requirements-test.txt", "requirements_test.txt", "test-requirements.txt",
@@ -124,6 +125,14 @@ class Environment:
             else:
                 chosen.add(context)
         return [t for t in passing if t in chosen]
+
+    def ever_executed(self, path: str, lines: range) -> bool | None:
+        """Whether the baseline run (start-up, collection and every test) executed any of ``lines`` of ``path``;
+        None for an environment built before executed lines were recorded."""
+        executed = self.info.get("executed_lines")
+        if executed is None:
+            return None
+        return not set(executed.get(path, ())).isdisjoint(lines)
 
     # -- work trees -----------------------------------------------------------------------------------------------
     def checkout(self, commit: str | None = None, parent: str | Path | None = None) -> Path:
@@ -323,14 +332,17 @@ def build_environment(source: str, cache: str | Path, *, python: str = sys.execu
     key, kind = source_key(source, python)
     path = cache / key
     if (path / "env.json").exists() and not rebuild:
-        return Environment(path, json.loads((path / "env.json").read_text()))
+        info = json.loads((path / "env.json").read_text())
+        if info.get("format") == ENV_FORMAT:  # else built by an older opencwm: built again
+            return Environment(path, info)
     cache.mkdir(parents=True, exist_ok=True)
     building = cache / f".{key}.{uuid.uuid4().hex[:6]}.tmp"
     building.mkdir()
     start = time.monotonic()
     version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
                              text=True).stdout.strip()
-    info: dict = {"source": source, "kind": kind, "key": key, "python": python, "python_version": version}
+    info: dict = {"source": source, "kind": kind, "key": key, "python": python, "python_version": version,
+                  "format": ENV_FORMAT}
     try:
         _build(source, kind, building, python, backend, info, say)
         info["status"] = "ok"
@@ -411,4 +423,5 @@ def _build(source: str, kind: str, path: Path, python: str, backend: str, info: 
     info["flaky"] = sorted(t for t in tests if second.outcomes.get(t) != tests[t])
     info["passing"] = sum(1 for t, o in tests.items() if o == "passed" and t not in info["flaky"])
     info["coverage"] = coverage_by_function(repo, first.coverage)
+    info["executed_lines"] = {rel: sorted(int(line) for line in lines) for rel, lines in first.coverage.items()}
     info["test_seconds"] = first.seconds

@@ -3,17 +3,22 @@ imported from SWE-bench-style JSONL.
 
 A mutate-fix candidate is validated by running the tests that cover its function (from the environment's
 coverage map): it is kept when at least one of them that passed now fails (``FAIL_TO_PASS``); the others that
-still pass are its ``PASS_TO_PASS``. A kept bug is committed on top of the baseline (``refs/opencwm/tasks/ID`` in
-the environment's repository), so the task's ``base_commit`` is the broken tree and its ``patch`` is the fix, as
-in SWE-bench.
+still pass are its ``PASS_TO_PASS``. The verdict is the one the whole suite would give: a mutated statement that
+the baseline never executed (not at start-up, collection or in any test) cannot change any outcome and is
+rejected without a run (``not_executed``); when every covering test still passes, the whole suite decides, since
+a test can depend on the function without running it (toolz builds a signature registry lazily in whichever
+test comes first, and later tests read the registry). A kept bug is committed on top of the baseline
+(``refs/opencwm/tasks/ID`` in the environment's repository), so the task's ``base_commit`` is the broken tree
+and its ``patch`` is the fix, as in SWE-bench.
 
-Every candidate gets a row (``verdict``: validated, no_test_failed, timeout, error), so runs resume and report
-how many candidates each operator produced and how many were kept; the tasks are the rows with
+Every candidate gets a row (``verdict``: validated, no_test_failed, not_executed, timeout, error), so runs resume
+and report how many candidates each operator produced and how many were kept; the tasks are the rows with
 ``validated = true``.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import queue
@@ -128,27 +133,59 @@ def policy_issue_text(writer, statement: str, patch: str) -> str | None:
     return text
 
 
+def statement_lines(source: str, line: int) -> range:
+    """The lines whose execution would run the code at ``line``: those of the innermost statement holding it,
+    only the header of a compound statement, and the decorators and ``def`` line for a decorator."""
+    best = None
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.stmt):
+            continue
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", ()))])
+        if first <= line <= node.end_lineno and (best is None or (best[0] <= first and node.end_lineno <= best[1])):
+            best = (first, node.end_lineno, node)
+    if best is None:
+        return range(line, line + 1)
+    first, last, node = best
+    if line < node.lineno:  # in a decorator
+        return range(first, node.lineno + 1)
+    children = [child.lineno for field in ("body", "orelse", "finalbody", "handlers", "cases")
+                for child in getattr(node, field, None) or () if hasattr(child, "lineno")]
+    header_end = min(children, default=last + 1) - 1
+    return range(node.lineno, max(node.lineno, header_end) + 1)
+
+
 def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] | None, *, timeout: float = 120,
-             backend: str = "auto", issue_writer=None, server: TestServer | None = None) -> dict:
+             backend: str = "auto", issue_writer=None, server: TestServer | None = None,
+             prescreen: bool = True) -> dict:
     """Run ``tests`` (the covering tests; None: the whole suite, judged on every passing test) on the mutated
     tree; returns the candidate's row (committing the bug when it is kept). With a ``server`` (a warm
-    ``TestServer`` of this tree) the tests run there, otherwise in a fresh sandboxed pytest."""
+    ``TestServer`` of this tree) the tests run there, otherwise in a fresh sandboxed pytest. The verdict is the
+    whole suite's (see the module docstring); ``prescreen=False`` runs the tests even for a statement the
+    baseline never executed (the benchmark's reference does)."""
     start = time.monotonic()
-    Environment.reset(tree, env.base_commit)
-    (tree / mutation.path).write_text(mutation.mutated_source, encoding="utf-8")
-    stamp_mutation(tree / mutation.path)
-    if server is not None:
-        run = server.run(tests, timeout=timeout)
-    else:
-        run = env.run_tests(tree, tests, timeout=timeout, backend=backend)
-    tests = tests if tests is not None else env.passing_tests()
-    seconds = round(time.monotonic() - start, 3)
     instance_id = mutation_id(env, mutation)
     row = {"item": instance_id, "instance_id": instance_id, "repo": env.info.get("distribution") or env.info["key"],
            "base_commit": "", "patch": "", "test_patch": "", "problem_statement": "", "FAIL_TO_PASS": "[]",
            "PASS_TO_PASS": "[]", "task_kind": "mutate-fix", "env": str(env.path), "operator": mutation.operator,
            "file": mutation.path, "function": mutation.function, "line": mutation.line, "bug_patch": "",
-           "validated": False, "verdict": "", "selected_tests": len(tests), "validation_seconds": seconds}
+           "validated": False, "verdict": "", "selected_tests": 0, "validation_seconds": 0.0}
+    original = (env.repo / mutation.path).read_text(encoding="utf-8")
+    if prescreen and env.ever_executed(mutation.path, statement_lines(original, mutation.line)) is False:
+        row["verdict"] = "not_executed"
+        return row
+    Environment.reset(tree, env.base_commit)
+    (tree / mutation.path).write_text(mutation.mutated_source, encoding="utf-8")
+    stamp_mutation(tree / mutation.path)
+
+    def run_tests(chosen):
+        return server.run(chosen, timeout=timeout) if server is not None else \
+            env.run_tests(tree, chosen, timeout=timeout, backend=backend)
+
+    run = run_tests(tests)
+    if tests is not None and run.status == "ok" and run.outcomes and all(run.passed(t) for t in tests):
+        tests, run = None, run_tests(None)  # every covering test passes: the whole suite decides
+    tests = tests if tests is not None else env.passing_tests()
+    row.update(selected_tests=len(tests), validation_seconds=round(time.monotonic() - start, 3))
     if run.status != "ok" or not run.outcomes:
         row["verdict"] = "timeout" if run.status == "timeout" else "error"
         return row
