@@ -1,13 +1,14 @@
 """Forager throughput: validated mutate-fix tasks per hour, and validation with coverage-selected tests against
-the whole test suite on the same mutations (time ratio and whether the verdicts agree). The selected mode is
-production's: covering tests, statements never executed rejected without a run, and the whole suite deciding
-when every covering test passes; the reference runs the whole suite on every mutation.
+the whole test suite on the same mutations (time ratio and whether the verdicts agree), in two modes:
+``selected`` (statements never executed rejected without a run, then the covering tests' word: ``opencwm forage
+mutate --no-confirm``) and ``exact`` (the default: the whole suite also decides when every covering test
+passes); the reference runs the whole suite on every mutation.
 
     python benchmarks/forage_bench.py [--packages six==1.16.0 toolz==1.0.0 inflection==0.5.1] [--per-package 30]
 
 Environments are built (or reused) from PyPI under --cache; building is not timed. For each package the same
-candidates are validated twice in the same run, once with the covering tests and once with the whole suite,
-with --workers parallel work trees each. Both use the production path: one warm test server per work tree
+candidates are validated three times in the same run (selected, exact, whole suite),
+with --workers parallel work trees each. All use the production path: one warm test server per work tree
 (``opencwm.forage.test_server``), so the ratio measures test selection, not start-up.
 """
 
@@ -31,14 +32,22 @@ from opencwm.forage.test_server import TestServer
 DEFAULT_PACKAGES = ("six==1.16.0", "toolz==1.0.0", "inflection==0.5.1")
 
 
-def _validate_all(env: Environment, chosen, workers: int, full_suite: bool) -> tuple[float, list[dict]]:
+MODES = {  # name -> (run the whole suite, validate's options)
+    "selected": (False, {"confirm": False}),  # covering tests only
+    "exact": (False, {}),  # production: + never-executed pre-screen, whole suite when every covering test passes
+    "full": (True, {"prescreen": False}),  # the reference: the whole suite on every mutation
+}
+
+
+def _validate_all(env: Environment, chosen, workers: int, mode: str) -> tuple[float, list[dict]]:
+    full_suite, options = MODES[mode]
     trees = [env.checkout(parent=env.path / "work") for _ in range(workers)]
     servers = [TestServer(env, tree) for tree in trees]
     try:
         def work(index):
             mutation, tests = chosen[index]
             return validate(env, trees[index % workers], mutation, None if full_suite else tests,
-                            server=servers[index % workers], prescreen=not full_suite)
+                            server=servers[index % workers], **options)
 
         start = time.monotonic()
         rows = []
@@ -61,10 +70,11 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="do not append a row to RESULTS.md")
     args = parser.parse_args()
 
-    parts, ratios = [], []
+    parts = []
+    seconds = dict.fromkeys(MODES, 0.0)
+    agree = {mode: 0 for mode in MODES}
+    ratios = {mode: [] for mode in MODES}
     total_validated = total_candidates = 0
-    total_selected_seconds = total_full_seconds = 0.0
-    agree = compared = 0
     for spec in args.packages:
         env = build_environment(spec, args.cache)
         if not env.ok:
@@ -72,28 +82,34 @@ def main() -> None:
             parts.append(f"{spec}: build failed")
             continue
         chosen = candidates(env)[: args.per_package]
-        selected_seconds, selected = _validate_all(env, chosen, args.workers, full_suite=False)
-        full_seconds, full = _validate_all(env, chosen, args.workers, full_suite=True)
-        validated = sum(r["validated"] for r in selected)
-        same = sum(a["validated"] == b["validated"] for a, b in zip(selected, full))
-        per_item = [b["validation_seconds"] / max(a["validation_seconds"], 1e-6) for a, b in zip(selected, full)]
-        ratios += per_item
-        agree, compared = agree + same, compared + len(chosen)
+        runs = {mode: _validate_all(env, chosen, args.workers, mode) for mode in MODES}
+        full_seconds, full = runs["full"]
+        figures = []
+        for mode in ("selected", "exact"):
+            mode_seconds, rows = runs[mode]
+            same = sum(a["validated"] == b["validated"] for a, b in zip(rows, full))
+            agree[mode] += same
+            seconds[mode] += mode_seconds
+            ratios[mode] += [b["validation_seconds"] / max(a["validation_seconds"], 1e-3) for a, b in zip(rows, full)]
+            figures.append(f"{mode} {mode_seconds:.1f} s = {full_seconds / mode_seconds:.1f}x, verdicts agree "
+                           f"{same}/{len(chosen)}")
+        seconds["full"] += full_seconds
+        validated = sum(r["validated"] for r in runs["exact"][1])
         total_validated += validated
         total_candidates += len(chosen)
-        total_selected_seconds += selected_seconds
-        total_full_seconds += full_seconds
         line = (f"{spec}: {len(env.info['tests'])} tests, {validated}/{len(chosen)} validated, "
-                f"{validated / selected_seconds * 3600:.0f} tasks/h, selected {selected_seconds:.1f} s vs full suite "
-                f"{full_seconds:.1f} s = {full_seconds / selected_seconds:.1f}x, verdicts agree {same}/{len(chosen)}")
+                f"{validated / runs['exact'][0] * 3600:.0f} tasks/h; full suite {full_seconds:.1f} s vs "
+                + ", ".join(figures))
         print(line)
         parts.append(line)
     if not total_candidates:
         raise SystemExit("no environment built")
     summary = (f"{args.workers} workers; overall {total_validated}/{total_candidates} validated, "
-               f"{total_validated / total_selected_seconds * 3600:.0f} validated tasks/h with coverage-selected "
-               f"tests; full suite / selected: {total_full_seconds / total_selected_seconds:.1f}x total time, "
-               f"median per mutation {statistics.median(ratios):.1f}x (goal >= 5x); verdicts agree {agree}/{compared}")
+               f"{total_validated / seconds['exact'] * 3600:.0f} validated tasks/h (exact mode); full suite / "
+               + "; ".join(f"{mode}: {seconds['full'] / seconds[mode]:.1f}x total time, median per mutation "
+                           f"{statistics.median(ratios[mode]):.1f}x, verdicts agree {agree[mode]}/{total_candidates}"
+                           for mode in ("selected", "exact"))
+               + " (goal >= 5x with the same verdicts)")
     print(summary)
     if not args.no_record:
         command = "python benchmarks/forage_bench.py " + " ".join(sys.argv[1:])

@@ -194,8 +194,9 @@ def run_one(config: SpeedrunConfig) -> dict:
     return results
 
 
-KEYS = ("frame_exact_match", "trace_exact_match", "output_exact_match_rollout", "output_exact_match_direct",
-        "output_exact_match_chat", "cruxeval_o_direct", "cruxeval_o_rollout", "wall_seconds")
+KEYS = ("frame_exact_match", "frame_token_accuracy", "trace_exact_match", "output_exact_match_rollout",
+        "output_exact_match_direct", "output_exact_match_chat", "cruxeval_o_direct", "cruxeval_o_rollout",
+        "wall_seconds")
 
 
 def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float) -> dict:

@@ -47,8 +47,9 @@ def memorised(tmp_path_factory):
 def test_memorised_traces_are_predicted(memorised):
     model, tokenizer, traces = memorised
     evaluator = TraceEvaluator(model, tokenizer, max_trace_tokens=300)
-    frames = evaluator.next_frame(traces)
+    frames, tokens = evaluator.next_frame_scores(traces)
     assert frames.total == sum(len(t.frames) - 1 for t in traces) and frames.rate >= 0.9  # the call frame is given
+    assert tokens.total > 5 * frames.total and tokens.rate >= 0.9
     assert evaluator.next_frame_by_generation(traces) == frames  # one forward pass == greedy generation per frame
     whole, output = evaluator.rollout(traces)
     assert whole.total == 3 and output.rate >= 2 / 3
@@ -68,7 +69,8 @@ def test_an_untrained_model_scores_low(memorised):
     _, tokenizer, traces = memorised
     model = CWM(preset("nano", vocab_size=tokenizer.vocab_size, max_position_embeddings=512)).init_weights(seed=1)
     evaluator = TraceEvaluator(model.eval(), tokenizer, max_frame_tokens=40, max_trace_tokens=60)
-    assert evaluator.next_frame(traces).rate < 0.2
+    frames, tokens = evaluator.next_frame_scores(traces)
+    assert frames.rate < 0.2 and tokens.rate < 0.5
     assert evaluator.next_frame(traces) == evaluator.next_frame_by_generation(traces)
     assert evaluator.rollout(traces)[1].rate < 0.5
 

@@ -1,7 +1,8 @@
 """Evaluation of world modeling: how well a model predicts execution, in CWM's trace format.
 
 - ``next_frame``: teacher-forced; the prompt is the source and the true frames so far, the model writes the next
-  frame (up to ``<|frame_sep|>``); exact match of the frame's text. The entry call frame is the input (its
+  frame (up to ``<|frame_sep|>``); exact match of the frame's text, and, graded, the share of the frames'
+  tokens predicted right. The entry call frame is the input (its
   arguments), not a prediction, so scoring starts at the second frame.
 - ``rollout``: the model writes the whole trace from the source and the entry call frame (the input, as in CWM's
   neural debugger, where the arguments are given or sampled); exact match of all frames, and output prediction:
@@ -105,9 +106,14 @@ class TraceEvaluator:
         prefix writes the true frame exactly when, at every token of the frame and its closing
         ``<|frame_sep|>``, the most likely token is the true one (the frame's text is tokenized as in training:
         special tokens bound every piece)."""
+        return self.next_frame_scores(traces, max_frames_per_trace)[0]
+
+    def next_frame_scores(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> tuple[Score, Score]:
+        """(next-frame exact match, token accuracy within those frames): the second is the graded figure, the
+        share of the frames' tokens whose most likely prediction from the true prefix is right."""
         import torch
 
-        score = Score()
+        score, tokens = Score(), Score()
         limit = self.model.config.max_position_embeddings
         for trace in traces:
             ids = self.tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
@@ -124,8 +130,11 @@ class TraceEvaluator:
                 logits = self.model(torch.tensor([ids[: spans[-1][1]]], device=self.model.device))[0]
             predicted = logits.argmax(-1).tolist()
             for start, end in spans:
-                score.add(predicted[start - 1 : end - 1] == ids[start:end])
-        return score
+                right = [p == t for p, t in zip(predicted[start - 1 : end - 1], ids[start:end])]
+                score.add(all(right))
+                tokens.correct += sum(right)
+                tokens.total += len(right)
+        return score, tokens
 
     def next_frame_by_generation(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> Score:
         """The same figure by generating each frame (slow: one generation per frame); kept as the reference
@@ -258,11 +267,12 @@ def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | 
     """All world-modeling figures on held-out traces (rows from ``opencwm.trace.collect.read_traces``)."""
     chosen = [(row, trace) for row, trace in rows_and_traces if trace.status == "ok" and trace.frames][:limit]
     traces = [trace for _, trace in chosen]
-    frames = evaluator.next_frame(traces, max_frames_per_trace)
+    frames, frame_tokens = evaluator.next_frame_scores(traces, max_frames_per_trace)
     whole, output = evaluator.rollout(traces)
     programs = [(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")]
     direct = evaluator.direct(programs)
     extra = {"output_exact_match_chat": evaluator.chat_answer(programs).rate} if chat else {}
-    return {**extra, "frame_exact_match": frames.rate, "frames": frames.total, "trace_exact_match": whole.rate,
+    return {**extra, "frame_exact_match": frames.rate, "frames": frames.total,
+            "frame_token_accuracy": frame_tokens.rate, "trace_exact_match": whole.rate,
             "output_exact_match_rollout": output.rate, "output_exact_match_direct": direct.rate,
             "traces": len(traces)}

@@ -156,12 +156,13 @@ def statement_lines(source: str, line: int) -> range:
 
 def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] | None, *, timeout: float = 120,
              backend: str = "auto", issue_writer=None, server: TestServer | None = None,
-             prescreen: bool = True) -> dict:
+             prescreen: bool = True, confirm: bool = True) -> dict:
     """Run ``tests`` (the covering tests; None: the whole suite, judged on every passing test) on the mutated
     tree; returns the candidate's row (committing the bug when it is kept). With a ``server`` (a warm
     ``TestServer`` of this tree) the tests run there, otherwise in a fresh sandboxed pytest. The verdict is the
     whole suite's (see the module docstring); ``prescreen=False`` runs the tests even for a statement the
-    baseline never executed (the benchmark's reference does)."""
+    baseline never executed (the benchmark's reference does); ``confirm=False`` takes the covering tests' word
+    when they all pass (faster; may reject a bug that only other tests see)."""
     start = time.monotonic()
     instance_id = mutation_id(env, mutation)
     row = {"item": instance_id, "instance_id": instance_id, "repo": env.info.get("distribution") or env.info["key"],
@@ -182,7 +183,7 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
             env.run_tests(tree, chosen, timeout=timeout, backend=backend)
 
     run = run_tests(tests)
-    if tests is not None and run.status == "ok" and run.outcomes and all(run.passed(t) for t in tests):
+    if confirm and tests is not None and run.status == "ok" and run.outcomes and all(map(run.passed, tests)):
         tests, run = None, run_tests(None)  # every covering test passes: the whole suite decides
     tests = tests if tests is not None else env.passing_tests()
     row.update(selected_tests=len(tests), validation_seconds=round(time.monotonic() - start, 3))
@@ -210,7 +211,8 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
 
 def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = None, workers: int = 2,
            operators: tuple[str, ...] = OPERATORS, timeout: float = 120, backend: str = "auto",
-           progress: Callable[[int, int], None] | None = None, issue_writer=None) -> MutateReport:
+           progress: Callable[[int, int], None] | None = None, issue_writer=None,
+           confirm: bool = True) -> MutateReport:
     """Generate, validate and store mutate-fix tasks of ``env`` in the dataset ``out`` (resumable). With an
     ``issue_writer`` (a policy), issue texts are written by that model from the failing tests' output (falling
     back to the plain description when its text would leak the fix)."""
@@ -229,7 +231,7 @@ def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = No
             tree, server = trees.get()
             try:
                 return validate(env, tree, *item, timeout=timeout, backend=backend, issue_writer=issue_writer,
-                                server=server)
+                                server=server, confirm=confirm)
             finally:
                 trees.put((tree, server))
 
