@@ -109,9 +109,7 @@ def main() -> None:
     achieved = tokens_per_second * flops_per_token(config, args.seq)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     peak = peak_flops(name)
-    # PaLM's and torchtitan's count: the full sequence on every layer (no causal halving, no window).
-    palm = 6 * config.num_linear_parameters + 12 * config.num_hidden_layers * config.num_attention_heads \
-        * config.head_dim * args.seq
+    palm = flops_per_token(config, args.seq, causal=False)  # PaLM's and torchtitan's count
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     figures = (f"`{args.preset}` preset, batch {args.batch} x {args.seq} tokens, "
                f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}, attention "

@@ -170,8 +170,8 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
            "PASS_TO_PASS": "[]", "task_kind": "mutate-fix", "env": str(env.path), "operator": mutation.operator,
            "file": mutation.path, "function": mutation.function, "line": mutation.line, "bug_patch": "",
            "validated": False, "verdict": "", "selected_tests": 0, "validation_seconds": 0.0}
-    original = (env.repo / mutation.path).read_text(encoding="utf-8")
-    if prescreen and env.ever_executed(mutation.path, statement_lines(original, mutation.line)) is False:
+    if prescreen and env.ever_executed(mutation.path, statement_lines(
+            (env.repo / mutation.path).read_text(encoding="utf-8"), mutation.line)) is False:
         row["verdict"] = "not_executed"
         return row
     Environment.reset(tree, env.base_commit)

@@ -16,8 +16,12 @@ from opencwm.model.config import SLIDING, CwmConfig
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 
 
-def flops_per_token(config: CwmConfig, seq_len: int) -> float:
-    """Training FLOPs (forward + backward) per token for sequences of ``seq_len`` tokens."""
+def flops_per_token(config: CwmConfig, seq_len: int, *, causal: bool = True) -> float:
+    """Training FLOPs (forward + backward) per token for sequences of ``seq_len`` tokens; ``causal=False`` gives
+    PaLM's and torchtitan's count (the whole sequence on every layer)."""
+    if not causal:
+        return 6 * config.num_linear_parameters + 12 * config.num_attention_heads * config.head_dim \
+            * config.num_hidden_layers * seq_len
     attended = sum(_mean_keys(config.sliding_window if kind == SLIDING else seq_len, seq_len)
                    for kind in config.layer_types)
     return 6 * config.num_linear_parameters + 12 * config.num_attention_heads * config.head_dim * attended
