@@ -1,5 +1,7 @@
 """Value rendering: exact repr for ordinary values, visible markers for everything else."""
 
+import pytest
+
 from opencwm.trace.render import Renderer, truncation_marker
 
 
@@ -88,7 +90,8 @@ def test_fingerprint_never_hides_a_change_of_rendering(start, mutations, max_cha
     """If the renderer says a container is unchanged, its rendering is indeed the same as before."""
     r = Renderer(max_chars=max_chars)
     for container in (list(start), {i: v for i, v in enumerate(start[:40])}):
-        text, proof = r.render(container), r.fingerprint(container)
+        text = r.render(container)
+        proof = r.fingerprint(container, text)
         for op, index, value in mutations:
             if isinstance(container, list):
                 if op == "set" and container:
@@ -106,4 +109,23 @@ def test_fingerprint_never_hides_a_change_of_rendering(start, mutations, max_cha
                     container[index % 50] = value
             if proof is not None and r.unchanged(container, proof):
                 assert r.render(container) == text
-            text, proof = r.render(container), r.fingerprint(container)
+            text = r.render(container)
+            proof = r.fingerprint(container, text)
+
+
+@pytest.mark.parametrize("max_chars", [60, 61, 62, 200])
+@pytest.mark.parametrize("shift", range(7))
+def test_a_cut_lists_proof_covers_every_item_its_rendering_depends_on(max_chars, shift):
+    """Every single-item change that changes the rendering of a long list is seen by the proof, including changes
+    to the first item left out, whose length decides where the rendering is cut."""
+    r = Renderer(max_chars=max_chars)
+    original = ([7, 10, True, -3, None, "ab", 0] * 41)[shift:]
+    text = r.render(original)
+    proof = r.fingerprint(original, text)
+    assert "items>]" in text and len(proof[1]) < max_chars // 3  # only the shown head (+1) is copied
+    for index in range(len(original)):
+        for value in (1, 123456, "x", "a much longer string", False, None):
+            changed = list(original)
+            changed[index] = value
+            if r.render(changed) != text:
+                assert not r.unchanged(changed, proof), (index, value)

@@ -19,6 +19,7 @@ DEFAULT_MAX_CHARS = 1000
 
 # An address as default reprs show it: "<Foo object at 0x7f3a1c2b5e10>", "<function f at 0x...>".
 _ADDRESS = re.compile(r"(?<= at )0x[0-9a-fA-F]{4,}(?=>)")
+_CUT_LIST = re.compile(r"\.\.\.<\+(\d+) items>\]\Z")  # the end of a cut list's rendering
 _SIMPLE = frozenset({int, float, bool, type(None)})  # types whose repr is short, safe and address-free
 _BIG_INT = 10**300  # larger ints take the guarded path (their repr can be slow or refused)
 # Values whose rendering cannot change while the same object is bound: a cache hit on identity is exact.
@@ -59,15 +60,19 @@ class Renderer:
             text = text[: self.max_chars] + truncation_marker(len(text) - self.max_chars + hidden)
         return text
 
-    def fingerprint(self, value: object):
+    def fingerprint(self, value: object, text: str | None = None):
         """A cheap copy of what ``render(value)`` depends on, for a list or dict of simple values, else None.
 
         While ``unchanged(value, fp)`` holds, ``render(value)`` gives the same text, so a tracer can skip
         rendering a mutable container that was not modified. A long list's rendering depends only on its length
-        and on the items that fit the budget (at most ``max_chars // 3``), so only those are copied."""
+        and on the items that fit the budget (at most ``max_chars // 3``), so only those are copied; given the
+        rendering ``text`` of a cut list, only the items it shows and the first one left out (whose length
+        decided the cut)."""
         kind = type(value)
         if kind is list:
-            head = value[: self.max_chars // 3]
+            shown = _CUT_LIST.search(text) if text is not None else None
+            keep = len(value) - int(shown.group(1)) + 1 if shown else self.max_chars // 3
+            head = value[: min(keep, self.max_chars // 3)]
             types = list(map(type, head))
             if set(types) <= _EXACT:
                 return len(value), head, types

@@ -210,7 +210,7 @@ class TraceBuilder:
             if kind in IMMUTABLE_ATOMS:
                 cache[name] = (obj, text, None)
             else:  # long renderings of lists and dicts are worth a cheap copy that proves them unchanged
-                proof = renderer.fingerprint(obj) if len(text) > 64 and (kind is list or kind is dict) else None
+                proof = renderer.fingerprint(obj, text) if len(text) > 64 and (kind is list or kind is dict) else None
                 cache[name] = (_MUTABLE, text, proof)
         scope.cache = cache
         return out, size
