@@ -57,13 +57,19 @@ def main() -> None:
     boundaries = torch.sort(torch.randint(1, args.seq, (args.batch, 3), generator=generator)).values.to(device)
     docs = (torch.arange(args.seq, device=device)[None, :, None] >= boundaries[:, None, :]).sum(-1)
 
-    def step():
+    def forward_backward():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(ids, document_ids=docs)
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
         loss.backward()
+
+    def optimizer_step():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def step():
+        forward_backward()
+        optimizer_step()
 
     def sync():
         if device.type == "cuda":
@@ -83,27 +89,19 @@ def main() -> None:
     if device.type == "cuda":  # where the time goes: the block masks, forward + backward, the optimizer step
         from opencwm.model.attention import flex_block_mask
 
-        parts = {"masks": [], "forward+backward": [], "optimizer": []}
-        for _ in range(5):
-            start = time.perf_counter()
+        def masks():
             for window in {config.sliding_window, None}:
                 flex_block_mask(args.batch, args.seq, window, docs, device)
-            sync()
-            parts["masks"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                logits = model(ids, document_ids=docs)
-                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
-            loss.backward()
-            del logits, loss
-            sync()
-            parts["forward+backward"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            sync()
-            parts["optimizer"].append(time.perf_counter() - start)
-        print("median ms per step: " + ", ".join(f"{k} {1000 * statistics.median(v):.1f}" for k, v in parts.items())
+
+        parts = {"masks": (masks, []), "forward+backward": (forward_backward, []), "optimizer": (optimizer_step, [])}
+        for _ in range(5):
+            for run, seconds in parts.values():
+                start = time.perf_counter()
+                run()
+                sync()
+                seconds.append(time.perf_counter() - start)
+        print("median ms per step: " + ", ".join(f"{k} {1000 * statistics.median(v):.1f}"
+                                                 for k, (_, v) in parts.items())
               + f"; whole step {1000 * statistics.median(times):.1f}", file=sys.stderr)
     tokens_per_second = args.batch * args.seq / statistics.median(times)
     achieved = tokens_per_second * flops_per_token(config, args.seq)
