@@ -58,6 +58,7 @@ bench: install
 	$(BIN)/python benchmarks/trace_overhead.py
 	$(BIN)/python benchmarks/model_bench.py
 	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/optimizer_bench.py
 	$(BIN)/python benchmarks/forage_bench.py
 
 lint: install

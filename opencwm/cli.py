@@ -333,16 +333,20 @@ def cmd_train(args) -> int:
         overrides = {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": max(args.seq_len, 1024)}
         with torch.device(device):
             model = CWM(preset(args.preset, **overrides))
-        model.init_weights(seed=args.seed)
+        model.init_weights(seed=args.seed, zero_residual=args.optimizer == "muon")
     if model.config.vocab_size < tokenizer.vocab_size:
         raise CliError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's")
     stream = PackedStream(docs, {name: weight for name, (_, weight) in sources.items()}, seq_len=args.seq_len,
                           seed=args.seed + rank)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                         optimizer=args.optimizer, muon_lr=args.muon_lr,
                          warmup_steps=args.warmup, schedule=args.schedule, seed=args.seed,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every, compile=args.compile,
                          activation_checkpointing=args.activation_checkpointing, precision=args.precision)
-    trainer = Trainer(model, stream, config, out, distributed=world > 1)
+    try:
+        trainer = Trainer(model, stream, config, out, distributed=world > 1)
+    except ValueError as exc:  # e.g. Muon under FSDP2
+        raise CliError(str(exc)) from None
     if trainer.resume() and rank == 0:
         print(f"resumed from step {trainer.step}", file=sys.stderr)
     if rank == 0:
@@ -532,7 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--seq-len", type=int, default=1024)
-    train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument("--lr", type=float, default=3e-3, help="AdamW's learning rate (default: %(default)s)")
+    train.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
+                       help="muon: Muon for the blocks' matrices, AdamW at --lr for embeddings, head and norms; "
+                            "single process only (default: %(default)s)")
+    train.add_argument("--muon-lr", type=float, default=0.02, help="Muon's learning rate (default: %(default)s)")
     train.add_argument("--warmup", type=int, default=50)
     train.add_argument("--schedule", choices=["wsd", "cosine"], default="wsd")
     train.add_argument("--seed", type=int, default=0)
@@ -565,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = SpeedrunConfig()
     for name in ("out", "preset", "train_programs", "heldout_programs", "difficulty", "hard_share", "code_files",
-                 "vocab",
-                 "seq_len", "batch_size", "pretrain_steps", "midtrain_steps", "sft_steps", "lr", "schedule",
+                 "vocab", "seq_len", "batch_size", "pretrain_steps", "midtrain_steps", "sft_steps", "lr", "optimizer",
+                 "muon_lr", "schedule",
                  "eval_traces", "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed"):
         default = getattr(defaults, name)
         run.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else str,

@@ -40,9 +40,11 @@ class SpeedrunConfig:
     pretrain_steps: int = 200
     midtrain_steps: int = 500
     sft_steps: int = 100
-    lr: float = 3e-3
+    lr: float = 3e-3  # AdamW: embeddings, output head, norms (and everything with optimizer="adamw")
+    optimizer: str = "muon"  # Muon for the blocks' matrices (starting from zero residual projections), or adamw
+    muon_lr: float = 0.02
     schedule: str = "cosine"  # per stage: warmup, then cosine decay (lower final loss than WSD at this size)
-    eval_traces: int = 50
+    eval_traces: int = 100  # every held-out program (fewer make the trace-length p95 noisy)
     max_trace_tokens: int = 768
     cruxeval: str | None = "hf"  # a JSONL path, "hf", or None
     cruxeval_limit: int = 50
@@ -110,7 +112,8 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
     docs = {name: makers[name]() for name in sorted(needed)}
     torch.manual_seed(config.seed)
     model = CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
-                       max_position_embeddings=max(4096, config.seq_len))).init_weights(seed=config.seed)
+                       max_position_embeddings=max(4096, config.seq_len))).init_weights(
+                       seed=config.seed, zero_residual=config.optimizer == "muon")
     history: list[dict] = []
     steps_of = {"pretrain": config.pretrain_steps, "midtrain": config.midtrain_steps, "sft": config.sft_steps}
     last = None
@@ -122,6 +125,7 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
         weights = _stage_sources(config, stage)
         stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed)
         train_config = TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr, schedule=config.schedule,
+                                   optimizer=config.optimizer, muon_lr=config.muon_lr,
                                    min_lr_ratio=0.05,
                                    warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
                                    log_every=25, seed=config.seed)

@@ -25,9 +25,10 @@ def _stream(seed: int = 0) -> PackedStream:
     return PackedStream({"count": docs}, {"count": 1.0}, seq_len=64, seed=seed)
 
 
-def _model() -> CWM:
+def _model(zero_residual: bool = False) -> CWM:
     torch.manual_seed(0)
-    return CWM(preset("nano", vocab_size=97, max_position_embeddings=128)).init_weights(seed=0)
+    return CWM(preset("nano", vocab_size=97, max_position_embeddings=128)).init_weights(
+        seed=0, zero_residual=zero_residual)
 
 
 def _config(**kwargs) -> TrainConfig:
@@ -44,20 +45,23 @@ def test_schedules():
     assert learning_rate(0, cosine) == pytest.approx(1.0) and learning_rate(50, cosine) == pytest.approx(0.5)
 
 
-def test_loss_goes_down(tmp_path):
-    trainer = Trainer(_model(), _stream(), _config(steps=60, checkpoint_every=1000, log_every=10), tmp_path)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_loss_goes_down(tmp_path, optimizer):
+    trainer = Trainer(_model(zero_residual=optimizer == "muon"), _stream(),
+                      _config(steps=60, checkpoint_every=1000, log_every=10, optimizer=optimizer), tmp_path)
     trainer.train(progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.6 * losses[0]
 
 
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
-    straight = Trainer(_model(), _stream(), _config(grad_accum=2), tmp_path / "straight")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, optimizer):
+    straight = Trainer(_model(), _stream(), _config(grad_accum=2, optimizer=optimizer), tmp_path / "straight")
     straight.train(progress=False)
 
-    first = Trainer(_model(), _stream(), _config(grad_accum=2, steps=3), tmp_path / "resumed")
+    first = Trainer(_model(), _stream(), _config(grad_accum=2, steps=3, optimizer=optimizer), tmp_path / "resumed")
     first.train(progress=False)  # stops after step 3, with a checkpoint
-    second = Trainer(_model(), _stream(), _config(grad_accum=2), tmp_path / "resumed")
+    second = Trainer(_model(), _stream(), _config(grad_accum=2, optimizer=optimizer), tmp_path / "resumed")
     assert second.resume() and second.step == 3
     second.train(progress=False)
 
@@ -68,6 +72,40 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     # the checkpoint's model is a Hugging Face checkpoint
     reloaded = CWM.from_pretrained(tmp_path / "resumed" / "checkpoints" / "step-000006" / "model")
     assert torch.equal(reloaded.lm_head.weight, second.model.lm_head.weight)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(tmp_path):
+    model = _model()
+    trainer = Trainer(model, _stream(), _config(optimizer="muon", lr=1e-3, muon_lr=0.05), tmp_path)
+    muon, adamw = trainer.optimizer.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+    for name, parameter in model.named_parameters():
+        expected = parameter.ndim == 2 and name.startswith("model.layers.")
+        assert (id(parameter) in in_muon) == expected, name
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == len(list(model.parameters()))
+    trainer.optimizer.set_lr_scale(0.5)
+    assert [g["lr"] for g in muon.param_groups] == [0.025] and {g["lr"] for g in adamw.param_groups} == {5e-4}
+    # a checkpoint of one optimizer kind does not resume under the other
+    trainer.train(progress=False)
+    with pytest.raises(ValueError, match="optimizer"):
+        Trainer(_model(), _stream(), _config(), tmp_path).resume()
+    with pytest.raises(ValueError, match="FSDP2"):
+        from opencwm.train.optim import build_optimizer
+
+        build_optimizer(model, kind="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.0, betas=(0.9, 0.95),
+                        distributed=True)
+
+
+def test_zero_residual_init_makes_every_block_the_identity():
+    model = _model(zero_residual=True).eval()
+    ids = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        by_hand = model.lm_head(model.model.norm(model.model.embed_tokens(ids)))
+        assert torch.allclose(model(ids), by_hand, atol=1e-6)
+    assert all(not layer.self_attn.o_proj.weight.any() and not layer.mlp.down_proj.weight.any()
+               for layer in model.model.layers)
+    assert _model().model.layers[0].mlp.down_proj.weight.any()
 
 
 def test_two_process_fsdp2_training_shards_and_resumes_exactly(tmp_path):

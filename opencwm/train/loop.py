@@ -1,4 +1,4 @@
-"""The one training loop, for every stage (pretrain, midtrain, SFT): AdamW, warmup-stable-decay or cosine
+"""The one training loop, for every stage (pretrain, midtrain, SFT): AdamW or Muon, warmup-stable-decay or cosine
 schedules, gradient accumulation and clipping, bf16 autocast on GPU and on CPUs with bf16 matrix units (AMX),
 fp32 elsewhere (``precision``), optional per-block
 ``torch.compile`` and activation checkpointing, metrics to JSONL, and checkpoints that resume exactly.
@@ -26,6 +26,7 @@ import torch
 from opencwm.data.packing import IGNORE, PackedStream
 from opencwm.model.flops import cuda_peak_flops, flops_per_token
 from opencwm.model.transformer import CWM
+from opencwm.train.optim import OPTIMIZERS, build_optimizer
 
 
 @dataclass
@@ -39,6 +40,8 @@ class TrainConfig:
     schedule: str = "wsd"  # wsd (warmup-stable-decay) | cosine
     decay_fraction: float = 0.2  # wsd: the final fraction of steps that decays
     weight_decay: float = 0.1
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest: opencwm.train.optim)
+    muon_lr: float = 0.02
     betas: tuple[float, float] = (0.9, 0.95)
     clip: float = 1.0
     seed: int = 0
@@ -52,6 +55,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in ("wsd", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r} (wsd or cosine)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"unknown precision {self.precision!r} (auto, bf16 or fp32)")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -115,18 +120,13 @@ class Trainer:
 
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
             shard(model)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=config.betas,
-                                           fused=self.device.type == "cuda")
+        self.optimizer = build_optimizer(model, kind=config.optimizer, lr=config.lr, muon_lr=config.muon_lr,
+                                         weight_decay=config.weight_decay, betas=config.betas,
+                                         distributed=distributed, fused=self.device.type == "cuda")
         self.step = 0
         model.gradient_checkpointing = config.activation_checkpointing
         if config.compile:
             model.compile_blocks()
-
-    def _param_groups(self):
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]  # norms
-        return [{"params": decay, "weight_decay": self.config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     @property
@@ -205,9 +205,9 @@ class Trainer:
         self.model.train()
         bf16 = use_bf16(config.precision, self.device)
         start, start_step, tokens_seen, last = time.monotonic(), self.step, 0, {}
+        window_loss, window_steps = torch.zeros((), device=self.device), 0  # the reported loss: the window's mean
         while self.step < config.steps:
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(self.step, config)
+            self.optimizer.set_lr_scale(learning_rate(self.step, config) / config.lr)
             total_loss, total_tokens = torch.zeros((), device=self.device), 0
             for _ in range(config.grad_accum):
                 batch = {k: v.to(self.device, non_blocking=True)
@@ -220,18 +220,24 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
             if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
                 norm = norm.full_tensor()
-            if self.distributed:  # report the mean loss over ranks
-                import torch.distributed as dist
-
-                dist.all_reduce(total_loss)
-                total_loss /= self.world
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             tokens_seen += total_tokens * self.world
-            # Loss and norm are read (a host synchronisation) only on the steps that report them.
+            window_loss += total_loss
+            window_steps += 1
+            # Loss and norm are read (a host synchronisation, and under FSDP2 a reduction over ranks) only on the
+            # steps that report them; the loss reported is the mean since the last report (one step's loss swings
+            # with the sources that happen to fill its batch).
             if self.step % config.log_every == 0 or self.step == config.steps:
-                last = self._report(total_loss, norm, tokens_seen, start, start_step, progress, metrics)
+                if self.distributed:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(window_loss)
+                    window_loss /= self.world
+                last = self._report(window_loss / window_steps, norm, tokens_seen, start, start_step, progress,
+                                    metrics)
+                window_loss, window_steps = torch.zeros((), device=self.device), 0
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                 self.save()
         if metrics is not None:
