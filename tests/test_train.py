@@ -148,7 +148,7 @@ def test_train_cli_pretrain_resume_then_midtrain(tmp_path):
     assert first["step"] == 4 and again["step"] == 8 and "resumed from step 4" in log
     mid, _ = opencwm("--stage", "midtrain", "--init", f"{again['checkpoint']}/model", "--tokenizer",
                      str(tmp_path / "pt" / "tokenizer"), "--out", str(tmp_path / "mid"), "--steps", "4",
-                     "--data", f"traces={tmp_path / 'traces'}")
+                     "--data", f"traces={tmp_path / 'traces'}", "--optimizer", "muon")
     assert mid["stage"] == "midtrain" and mid["step"] == 4
     assert _tokenizer_loads(tmp_path / "mid" / "tokenizer")
     bad = subprocess.run([sys.executable, "-m", "opencwm.cli", "train", "--out", str(tmp_path / "x"), "--data",
