@@ -207,7 +207,7 @@ class Trainer:
         start, start_step, tokens_seen, last = time.monotonic(), self.step, 0, {}
         window_loss, window_steps = torch.zeros((), device=self.device), 0  # the reported loss: the window's mean
         while self.step < config.steps:
-            self.optimizer.set_lr_scale(learning_rate(self.step, config) / config.lr)
+            self.optimizer.set_lr_scale(learning_rate(self.step, config) / config.lr if config.lr else 0.0)
             total_loss, total_tokens = torch.zeros((), device=self.device), 0
             for _ in range(config.grad_accum):
                 batch = {k: v.to(self.device, non_blocking=True)
