@@ -19,9 +19,11 @@ and report how many candidates each operator produced and how many were kept; th
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -133,14 +135,25 @@ def policy_issue_text(writer, statement: str, patch: str) -> str | None:
     return text
 
 
+_PARSE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=32)
+def _statements(source: str) -> tuple[tuple[int, ast.stmt], ...]:
+    """Every statement of ``source`` with its first line (decorators included), parsed once per source text.
+    Validation workers are threads, and CPython 3.11's ``ast.parse`` is not safe to run in several at once (it
+    fails now and then with "AST constructor recursion depth mismatch", python/cpython#106905), hence the lock."""
+    with _PARSE_LOCK:
+        tree = ast.parse(source)
+    return tuple((min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", ()))]), node)
+                 for node in ast.walk(tree) if isinstance(node, ast.stmt))
+
+
 def statement_lines(source: str, line: int) -> range:
     """The lines whose execution would run the code at ``line``: those of the innermost statement holding it,
     only the header of a compound statement, and the decorators and ``def`` line for a decorator."""
     best = None
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.stmt):
-            continue
-        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", ()))])
+    for first, node in _statements(source):
         if first <= line <= node.end_lineno and (best is None or (best[0] <= first and node.end_lineno <= best[1])):
             best = (first, node.end_lineno, node)
     if best is None:
