@@ -207,6 +207,7 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
     report = {key: main.get(key) for key in KEYS}
     report["wall_seconds"] = round(total_seconds, 1)
     report["difficulty"] = main.get("difficulty")
+    report["frame_token_accuracy_by_kind"] = main.get("frame_token_accuracy_by_kind")
     if main.get("cruxeval_missing"):
         report["cruxeval_missing"] = main["cruxeval_missing"]
     if ablation is not None:
@@ -245,6 +246,11 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         gain = 100 * (best - (ablation.get("output_exact_match_direct") or 0))
         lines += [f"What traces buy: output prediction of the trace-trained model by its better method minus the "
                   f"no-traces model's direct answer = {gain:+.1f} points (goal: >= +15).", ""]
+    kinds = main.get("frame_token_accuracy_by_kind")
+    if kinds:
+        lines += ["Frame tokens right by kind (with traces): " + ", ".join(
+            f"{kind} {100 * rate:.1f}%" for kind, rate in kinds.items() if rate is not None)
+            + " (name and line are mostly copying from the previous frame and the source; value is execution)", ""]
     lines += ["Held-out difficulty (goal: as long as CruxEval's traces, median >= 7 and p95 >= 39 frames): "
               + ", ".join(f"{k} {v}" for k, v in difficulty.items()), ""]
     if main.get("cruxeval_missing"):

@@ -26,4 +26,6 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     assert report["cruxeval_o_direct"] is None and "no such file" in report["cruxeval_missing"]
     assert 0 <= report["frame_exact_match"] <= 1
     assert (tmp_path / "report.md").read_text().startswith("# opencwm CPU speedrun")
+    assert {"name", "line", "format"} <= set(report["frame_token_accuracy_by_kind"])
+    assert "Frame tokens right by kind" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "accuracy.png").stat().st_size > 1000

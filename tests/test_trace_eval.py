@@ -8,10 +8,18 @@ import torch
 
 from opencwm.data.packing import Document, PackedStream
 from opencwm.data.sft import sft_example
-from opencwm.eval.trace_eval import TraceEvaluator, direct_prompt, direct_target, real_traces, same_value
+from opencwm.eval.trace_eval import (
+    TraceEvaluator,
+    direct_prompt,
+    direct_target,
+    frame_char_kinds,
+    real_traces,
+    same_value,
+    token_kinds,
+)
 from opencwm.model import CWM, preset
 from opencwm.tokenizer import Tokenizer
-from opencwm.trace.codec import encode
+from opencwm.trace.codec import encode, encode_frame
 from opencwm.trace.program import trace_program
 from opencwm.train.loop import TrainConfig, Trainer
 
@@ -51,11 +59,35 @@ def test_memorised_traces_are_predicted(memorised):
     assert frames.total == sum(len(t.frames) - 1 for t in traces) and frames.rate >= 0.9  # the call frame is given
     assert tokens.total > 5 * frames.total and tokens.rate >= 0.9
     assert evaluator.next_frame_by_generation(traces) == frames  # one forward pass == greedy generation per frame
+    by_kind = {}
+    assert evaluator.next_frame_scores(traces, by_kind=by_kind) == (frames, tokens)
+    assert sum(s.total for s in by_kind.values()) == tokens.total
+    assert sum(s.correct for s in by_kind.values()) == tokens.correct
+    assert {"event", "name", "unchanged", "value", "line", "returned", "format"} <= set(by_kind)
     whole, output = evaluator.rollout(traces)
     assert whole.total == 3 and output.rate >= 2 / 3
     direct = evaluator.direct([(s, c, t.return_value) for (s, c), t in zip(PROGRAMS, traces)])
     assert direct.rate >= 2 / 3
     assert evaluator.chat_answer([(s, c, t.return_value) for (s, c), t in zip(PROGRAMS, traces)]).rate >= 2 / 3
+
+
+def test_frame_token_kinds_follow_the_trace_format():
+    trace = trace_program("def f(a):\n    b = a * 2\n    return b + 1\n", "f(3)")
+    line = trace.frames[2]  # locals after `b = a * 2`, about to run `return b + 1`
+    text = encode_frame(line)
+    assert text == '<|line_sep|>{"a": "..", "b": "6"}<|action_sep|>    return b + 1\n'
+    # written out by hand from the format: event, {"name": "value", ...}, action separator, the source line
+    expected = ("e" * len("<|line_sep|>") + "f" * 2 + "n" + "f" * 4 + "u" * 2 + "f" * 4 + "n" + "f" * 4 + "v"
+                + "f" * 2 + "f" * len("<|action_sep|>") + "l" * len("    return b + 1\n"))
+    assert "".join(k[0] for k in frame_char_kinds(line)) == expected
+    returned = trace.frames[-1]
+    kinds = frame_char_kinds(returned)
+    assert encode_frame(returned).endswith('<|arg_sep|>"7"') and kinds[-3:] == ["returned"] * 3
+    tokenizer = Tokenizer.train([encode(trace)], vocab_size=300)
+    ids = tokenizer.encode(text, allow_special=True)
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert [k for p, k in zip(pieces, token_kinds(tokenizer, line, ids)) if p.strip(' "') == "6"] == ["value"]
+    assert [k for p, k in zip(pieces, token_kinds(tokenizer, line, ids)) if p == "<|line_sep|>"] == ["event"]
 
 
 def test_real_traces_come_from_the_sandbox():

@@ -2,7 +2,9 @@
 
 - ``next_frame``: teacher-forced; the prompt is the source and the true frames so far, the model writes the next
   frame (up to ``<|frame_sep|>``); exact match of the frame's text, and, graded, the share of the frames'
-  tokens predicted right. The entry call frame is the input (its
+  tokens predicted right, overall and by what a token is (``FRAME_TOKEN_KINDS``: the event, variable names,
+  ``".."`` for an unchanged value, a new value, the next source line, the returned value, format), so one sees
+  whether a model fails at copying names and lines or at executing them. The entry call frame is the input (its
   arguments), not a prediction, so scoring starts at the second frame.
 - ``rollout``: the model writes the whole trace from the source and the entry call frame (the input, as in CWM's
   neural debugger, where the arguments are given or sampled); exact match of all frames, and output prediction:
@@ -16,15 +18,18 @@ Every figure comes with its count, so callers can tell 0/0 from 0/100.
 from __future__ import annotations
 
 import ast
+import json
 import warnings
 from dataclasses import dataclass
 
 from opencwm.chat import encode_messages
 from opencwm.model.generate import Sampling, generate
-from opencwm.special_tokens import BEGIN_OF_TEXT, END_OF_TEXT, FRAME_SEP
+from opencwm.special_tokens import ACTION_SEP, ARG_SEP, BEGIN_OF_TEXT, END_OF_TEXT, FRAME_SEP
 from opencwm.tokenizer import Tokenizer
 from opencwm.trace.codec import TraceDecodeError, decode, encode, encode_context, encode_frame
-from opencwm.trace.record import RETURN, Trace
+from opencwm.trace.record import CALL, LINE, RETURN, UNCHANGED, Frame, Trace
+
+FRAME_TOKEN_KINDS = ("event", "name", "unchanged", "value", "line", "returned", "format")
 
 
 @dataclass
@@ -51,6 +56,40 @@ def same_value(predicted: str | None, expected: str | None) -> bool:
             return ast.literal_eval(predicted) == ast.literal_eval(expected)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return predicted.strip() == expected.strip()
+
+
+def frame_char_kinds(frame: Frame) -> list[str]:
+    """The kind (``FRAME_TOKEN_KINDS``) of every character of ``encode_frame(frame)``."""
+    text = encode_frame(frame)
+    event = text[: text.index(">") + 1]  # the event's special token
+    if frame.event in (CALL, LINE):
+        pairs = [[("format", '"'), ("name", json.dumps(name)[1:-1]), ("format", '": "'),
+                  ("unchanged" if value == UNCHANGED else "value", json.dumps(value)[1:-1]), ("format", '"')]
+                 for name, value in frame.locals.items()]
+        body = [("format", "{"), *[piece for i, pair in enumerate(pairs)
+                                   for piece in ([("format", ", ")] if i else []) + pair], ("format", "}")]
+        rest = text[len(event) + sum(len(t) for _, t in body):]
+        pieces = [("event", event), *body, ("format", ACTION_SEP), ("line", rest[len(ACTION_SEP):])]
+    else:
+        action_end = text.index(ARG_SEP)
+        pieces = [("event", event), ("format", ACTION_SEP), ("line", text[len(event) + len(ACTION_SEP):action_end]),
+                  ("format", ARG_SEP), ("returned", text[action_end + len(ARG_SEP):])]
+    kinds = [kind for kind, piece in pieces for _ in piece]
+    if "".join(piece for _, piece in pieces) != text:  # a layout this function does not know: no breakdown
+        return ["format"] * len(text)
+    return kinds
+
+
+def token_kinds(tokenizer: Tokenizer, frame: Frame, ids: list[int]) -> list[str]:
+    """The kind of each token of a frame's ``ids``: that of its first character that is not format (a token
+    such as ``' "x'`` is a name), else format."""
+    chars = frame_char_kinds(frame)
+    out, start = [], 0
+    for end in range(1, len(ids) + 1):
+        stop = len(tokenizer.decode(ids[:end]))
+        out.append(next((k for k in chars[start:stop] if k != "format"), "format"))
+        start = stop
+    return out
 
 
 def rollout_prompt(trace: Trace) -> str:
@@ -108,9 +147,11 @@ class TraceEvaluator:
         special tokens bound every piece)."""
         return self.next_frame_scores(traces, max_frames_per_trace)[0]
 
-    def next_frame_scores(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> tuple[Score, Score]:
+    def next_frame_scores(self, traces: list[Trace], max_frames_per_trace: int | None = None,
+                          by_kind: dict[str, Score] | None = None) -> tuple[Score, Score]:
         """(next-frame exact match, token accuracy within those frames): the second is the graded figure, the
-        share of the frames' tokens whose most likely prediction from the true prefix is right."""
+        share of the frames' tokens whose most likely prediction from the true prefix is right; ``by_kind``
+        (a dict) receives the same per token kind (``FRAME_TOKEN_KINDS``)."""
         import torch
 
         score, tokens = Score(), Score()
@@ -121,19 +162,22 @@ class TraceEvaluator:
             for index, frame in enumerate(trace.frames[:max_frames_per_trace]):
                 piece = [*self.tokenizer.encode(encode_frame(frame), allow_special=True), self.frame_sep]
                 if index > 0:  # the call frame is the input
-                    spans.append((len(ids), len(ids) + len(piece)))
+                    spans.append((len(ids), len(ids) + len(piece), frame))
                 ids += piece
-            spans = [(a, b) for a, b in spans if b <= limit]
+            spans = [(a, b, frame) for a, b, frame in spans if b <= limit]
             if not spans:
                 continue
             with torch.no_grad():
                 logits = self.model(torch.tensor([ids[: spans[-1][1]]], device=self.model.device))[0]
             predicted = logits.argmax(-1).tolist()
-            for start, end in spans:
+            for start, end, frame in spans:
                 right = [p == t for p, t in zip(predicted[start - 1 : end - 1], ids[start:end])]
                 score.add(all(right))
                 tokens.correct += sum(right)
                 tokens.total += len(right)
+                if by_kind is not None:  # the closing <|frame_sep|> is format
+                    for kind, ok in zip([*token_kinds(self.tokenizer, frame, ids[start : end - 1]), "format"], right):
+                        by_kind.setdefault(kind, Score()).add(ok)
         return score, tokens
 
     def next_frame_by_generation(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> Score:
@@ -267,12 +311,14 @@ def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | 
     """All world-modeling figures on held-out traces (rows from ``opencwm.trace.collect.read_traces``)."""
     chosen = [(row, trace) for row, trace in rows_and_traces if trace.status == "ok" and trace.frames][:limit]
     traces = [trace for _, trace in chosen]
-    frames, frame_tokens = evaluator.next_frame_scores(traces, max_frames_per_trace)
+    by_kind: dict[str, Score] = {}
+    frames, frame_tokens = evaluator.next_frame_scores(traces, max_frames_per_trace, by_kind)
     whole, output = evaluator.rollout(traces)
     programs = [(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")]
     direct = evaluator.direct(programs)
     extra = {"output_exact_match_chat": evaluator.chat_answer(programs).rate} if chat else {}
     return {**extra, "frame_exact_match": frames.rate, "frames": frames.total,
             "frame_token_accuracy": frame_tokens.rate, "trace_exact_match": whole.rate,
+            "frame_token_accuracy_by_kind": {k: by_kind[k].rate for k in FRAME_TOKEN_KINDS if k in by_kind},
             "output_exact_match_rollout": output.rate, "output_exact_match_direct": direct.rate,
             "traces": len(traces)}
