@@ -3,7 +3,7 @@
 - ``next_frame``: teacher-forced; the prompt is the source and the true frames so far, the model writes the next
   frame (up to ``<|frame_sep|>``); exact match of the frame's text, and, graded, the share of the frames'
   tokens predicted right, overall and by what a token is (``FRAME_TOKEN_KINDS``: the event, variable names,
-  ``".."`` for an unchanged value, a new value, the next source line, the returned value, format), so one sees
+  ``".."`` for an unchanged value, a new value, the next source line, the returned or raised value, format), so one sees
   whether a model fails at copying names and lines or at executing them. The entry call frame is the input (its
   arguments), not a prediction, so scoring starts at the second frame.
 - ``rollout``: the model writes the whole trace from the source and the entry call frame (the input, as in CWM's
