@@ -63,19 +63,25 @@ class TrainConfig:
             raise ValueError("steps, batch_size and grad_accum must be positive")
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based)."""
-    peak, floor = config.lr, config.lr * config.min_lr_ratio
+def lr_scale(step: int, config: TrainConfig) -> float:
+    """The schedule's factor for optimizer step ``step`` (0-based): 1 at the peak; every param group's own
+    learning rate (AdamW's ``lr``, Muon's ``muon_lr``) is multiplied by it."""
+    floor = config.min_lr_ratio
     if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
+        return (step + 1) / config.warmup_steps
     if config.schedule == "cosine":
         progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     decay_start = config.steps - int(config.steps * config.decay_fraction)
     if step < decay_start:
-        return peak
+        return 1.0
     progress = (step - decay_start) / max(1, config.steps - decay_start)
-    return peak + (floor - peak) * min(1.0, progress)
+    return 1 + (floor - 1) * min(1.0, progress)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """AdamW's learning rate for optimizer step ``step`` (0-based)."""
+    return config.lr * lr_scale(step, config)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -207,7 +213,7 @@ class Trainer:
         start, start_step, tokens_seen, last = time.monotonic(), self.step, 0, {}
         window_loss, window_steps = torch.zeros((), device=self.device), 0  # the reported loss: the window's mean
         while self.step < config.steps:
-            self.optimizer.set_lr_scale(learning_rate(self.step, config) / config.lr if config.lr else 0.0)
+            self.optimizer.set_lr_scale(lr_scale(self.step, config))
             total_loss, total_tokens = torch.zeros((), device=self.device), 0
             for _ in range(config.grad_accum):
                 batch = {k: v.to(self.device, non_blocking=True)
