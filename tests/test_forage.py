@@ -81,11 +81,13 @@ def test_environments_are_cached_by_content(env, tmp_path):
 def test_flaky_tests_are_found_and_excluded(tmp_path):
     repo = tmp_path / "flaky"
     shutil.copytree(TOY, repo)
-    (repo / "tests" / "test_flaky.py").write_text(
-        "import sys\n\ndef test_depends_on_the_run():\n    assert 'coverage' in sys.modules\n")
+    (repo / "tests" / "test_flaky.py").write_text(  # passes only after test_sets: in the suite's order, not reversed
+        "STATE = []\n\ndef test_sets():\n    STATE.append(1)\n\ndef test_depends_on_the_order():\n"
+        "    assert STATE\n")
     built = build_environment(str(repo), tmp_path / "envs")
-    assert built.ok and built.info["flaky"] == ["tests/test_flaky.py::test_depends_on_the_run"]
-    assert "tests/test_flaky.py::test_depends_on_the_run" not in built.passing_tests()
+    assert built.ok and built.info["flaky"] == ["tests/test_flaky.py::test_depends_on_the_order"]
+    assert "tests/test_flaky.py::test_depends_on_the_order" not in built.passing_tests()
+    assert "tests/test_flaky.py::test_sets" in built.passing_tests()
 
 
 def test_a_suite_for_an_older_pytest_falls_back_to_it(env, tmp_path):
@@ -112,6 +114,33 @@ def test_code_run_while_collecting_a_module_counts_for_its_tests(tmp_path):
     assert built.tests_for("toycalc/__init__.py::mean") == [
         "tests/test_table.py::test_other", "tests/test_table.py::test_table", "tests/test_toycalc.py::test_mean"]
     assert built.tests_for("toycalc/__init__.py::words") == ["tests/test_toycalc.py::test_words"]
+
+
+def test_import_time_code_counts_for_every_test(tmp_path):
+    """toolz fills a registry when it is imported, i.e. while the first test module that imports it is collected;
+    every test module reads it: a bug there is every test's, and the covering tests alone give the whole suite's
+    verdict."""
+    from opencwm.forage.tasks import candidates, validate
+
+    repo = tmp_path / "eager"
+    (repo / "eagerreg").mkdir(parents=True)
+    (repo / "eagerreg" / "__init__.py").write_text(LAZY_PACKAGE + "\n\n_build()\n")
+    (repo / "pyproject.toml").write_text((TOY / "pyproject.toml").read_text().replace("toycalc", "eagerreg"))
+    for name, text in LAZY_TESTS.items():
+        (repo / name).parent.mkdir(exist_ok=True)
+        (repo / name).write_text(text.replace("lazyreg", "eagerreg"))
+    built = build_environment(str(repo), tmp_path / "envs")
+    assert built.ok, built.info.get("error")
+    assert built.tests_for("eagerreg/__init__.py::_build") == built.passing_tests()
+    assert built.tests_for("eagerreg/__init__.py::clamp") == ["tests/test_a.py::test_clamp"]
+    tree = built.checkout(parent=tmp_path / "work")
+    verdicts = []
+    for mutation, tests in candidates(built):
+        if mutation.function == "_build":
+            selected, whole = (validate(built, tree, mutation, t, confirm="never") for t in (tests, None))
+            assert selected["FAIL_TO_PASS"] == whole["FAIL_TO_PASS"], mutation.description
+            verdicts.append(selected["verdict"])
+    assert "validated" in verdicts
 
 
 LAZY_PACKAGE = """\
@@ -157,14 +186,21 @@ def test_verdicts_are_the_whole_suites(tmp_path):
     built = build_environment(str(repo), tmp_path / "envs")
     assert built.ok, built.info.get("error")
     assert built.tests_for("lazyreg/__init__.py::_build") == ["tests/test_a.py::test_lookup"]
+    # run in reverse order, test_b fills the registry: _build's lines (5, 6) and the branch that calls it (11)
+    # are order-dependent, clamp's are not
+    assert built.info["order_dependent_lines"] == {"lazyreg/__init__.py": [5, 6, 11]}
     chosen = candidates(built)
     tree = built.checkout(parent=tmp_path / "work")
-    rows = {}
+    rows, unconfirmed = {}, {}
     for mutation, tests in chosen:
         selected, whole = (validate(built, tree, mutation, t) for t in (tests, None))
         assert selected["validated"] == whole["validated"], (mutation.description, selected, whole)
         assert selected["FAIL_TO_PASS"] == whole["FAIL_TO_PASS"]
         rows[mutation.description] = selected
+        unconfirmed[mutation.description] = validate(built, tree, mutation, tests, confirm="never")["verdict"]
+    # without the whole suite's word, a bug in _build that only test_b sees is lost
+    assert any(rows[d]["function"] == "_build" and rows[d]["verdict"] == "validated" != verdict
+               for d, verdict in unconfirmed.items())
     by_function = {}
     for row in rows.values():
         by_function.setdefault(row["function"], set()).add(row["verdict"])

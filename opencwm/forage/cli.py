@@ -99,7 +99,7 @@ def cmd_mutate(args) -> int:
         writer = OpenAIPolicy(args.issue_base_url, args.issue_model, api_key=args.api_key, max_tokens=400)
     report = mutate(env, args.out, max_candidates=args.max, workers=args.workers, operators=operators,
                     timeout=args.timeout, backend=args.sandbox, progress=_bar("validating", args.quiet),
-                    issue_writer=writer, confirm=not args.no_confirm)
+                    issue_writer=writer, confirm=args.confirm)
     if args.json:
         print(json.dumps(report.as_json()))
     else:
@@ -204,6 +204,7 @@ def cmd_show(args) -> int:
 
 def add_parser(areas) -> None:
     from opencwm.cli import _cpu_count
+    from opencwm.forage.tasks import CONFIRM
 
     forage = areas.add_parser("forage", help="ForagerAgent: repository environments, mutate-fix tasks, agent "
                                              "trajectories")
@@ -224,9 +225,10 @@ def add_parser(areas) -> None:
     mutate.add_argument("--operators", help="comma-separated subset of the mutation operators")
     mutate.add_argument("--workers", type=int, default=_cpu_count())
     mutate.add_argument("--timeout", type=float, default=120, help="seconds per validation run")
-    mutate.add_argument("--no-confirm", action="store_true",
-                        help="reject a candidate when its covering tests all pass, without the whole suite's word "
-                             "(faster; may miss a bug that only other tests see)")
+    mutate.add_argument("--confirm", choices=CONFIRM, default=CONFIRM[0],
+                        help="when a candidate's covering tests all pass, whether the whole suite decides: only "
+                             "for order-dependent statements (code run for whichever test comes first; default), "
+                             "always (slowest), or never (fastest; may miss a bug that only other tests see)")
     mutate.add_argument("--issue-base-url", help="write issue texts with the model at this OpenAI-compatible "
                                                  "endpoint (default: a plain description from the failing tests)")
     mutate.add_argument("--issue-model", help="model name for --issue-base-url")

@@ -1,7 +1,9 @@
 """Executable repository environments: a Python repository (a local directory or a PyPI source distribution)
 turned into a git repository, a virtual environment with its dependencies and pytest, a baseline of every test's
-outcome (run twice; tests that disagree are flaky and left out) and a coverage map of which tests run which
-functions.
+outcome and a coverage map of which tests run which functions. The baseline runs twice, the second time in
+reverse order: tests whose outcomes disagree are flaky or depend on test order and are left out, and lines whose
+tests change with the order (code run for whichever test comes first) are recorded, since a test may depend on
+them without running them.
 
 Environments are cached on disk by content (``CACHE/<key>/``: ``repo/``, ``venv/``, ``env.json``), built once
 and reused by every task. Building installs packages from PyPI outside the sandbox (like a Docker image build);
@@ -35,9 +37,9 @@ from opencwm.forage.mutate import functions
 from opencwm.sandbox.shell import CommandResult, run_command
 
 PLUGIN = "opencwm_forage_plugin"
-SESSION_CONTEXT, COLLECT_CONTEXT = "<session>", "<collect>"  # as the plugin names them (see tests_for)
+SESSION_CONTEXT, IMPORT_CONTEXT, COLLECT_CONTEXT = "<session>", "<import>", "<collect>"  # the plugin's names
 TEST_EXTRAS = ("test", "tests", "testing")
-ENV_FORMAT = 2  # what env.json holds; 2: executed lines recorded
+ENV_FORMAT = 3  # what env.json holds; 2: executed lines recorded; 3: import-time code, order-dependent lines
 COVERAGE = "coverage>=5"  # dynamic contexts (per-test coverage)
 PYTEST_FALLBACKS = ("pytest<9", "pytest<8")  # tried in turn when the suite does not run with the newest pytest
 REQUIREMENT_FILES = ("requirements-test.txt", "requirements_test.txt", "test-requirements.txt",
@@ -112,12 +114,13 @@ class Environment:
 
     def tests_for(self, function_key: str) -> list[str]:
         """The passing, non-flaky tests that execute the function ``path::qualname``, or may depend on it: code
-        run at start-up (``<session>``) counts for every test, code run while collecting a test module
-        (``<collect>MODULE``: module-level code, decorators) for every test of that module."""
+        run at start-up (``<session>``) or by the imports of test modules (``<import>``) counts for every test,
+        other code run while collecting a test module (``<collect>MODULE``: module-level code, decorators) for
+        every test of that module."""
         passing = self.passing_tests()
         chosen: set[str] = set()
         for context in self.info.get("coverage", {}).get(function_key, []):
-            if context == SESSION_CONTEXT:
+            if context in (SESSION_CONTEXT, IMPORT_CONTEXT):
                 return passing
             if context.startswith(COLLECT_CONTEXT):
                 module = context[len(COLLECT_CONTEXT):] + "::"
@@ -133,6 +136,15 @@ class Environment:
         if executed is None:
             return None
         return not set(executed.get(path, ())).isdisjoint(lines)
+
+    def order_dependent(self, path: str, lines: range) -> bool | None:
+        """Whether the tests that ran any of ``lines`` of ``path`` changed when the suite ran in reverse order
+        (code run for whichever test comes first: a lazily built registry, a cache), so that a test may depend on
+        it without running it; None for an environment built before this was recorded."""
+        recorded = self.info.get("order_dependent_lines")
+        if recorded is None:
+            return None
+        return not set(recorded.get(path, ())).isdisjoint(lines)
 
     # -- work trees -----------------------------------------------------------------------------------------------
     def checkout(self, commit: str | None = None, parent: str | Path | None = None) -> Path:
@@ -190,9 +202,10 @@ class Environment:
             path.unlink(missing_ok=True)
 
     def run_tests(self, tree: Path, tests: list[str] | None = None, *, coverage: bool = False,
-                  timeout: float = 900, backend: str = "auto") -> TestRun:
-        """Run the repository's tests (all, or the given node ids) in the sandbox; the tree's parent directory
-        is writable (results go there), the tree itself is restored afterwards by the caller if needed."""
+                  reverse: bool = False, timeout: float = 900, backend: str = "auto") -> TestRun:
+        """Run the repository's tests (all, or the given node ids; in the reverse of the suite's order with
+        ``reverse``) in the sandbox; the tree's parent directory is writable (results go there), the tree itself
+        is restored afterwards by the caller if needed."""
         if backend == "docker":
             from opencwm.forage import docker
 
@@ -204,6 +217,8 @@ class Environment:
         env = {**self.sandbox_env(tree), "OPENCWM_FORAGE_RESULTS": str(results)}
         if coverage:
             env["OPENCWM_FORAGE_COVERAGE"] = str(tree)
+        if reverse:
+            env["OPENCWM_FORAGE_REVERSE"] = "1"
         argv = [str(self.venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, *self.pytest_args(tests)]
         with self.select_tests(tree, tests) as selection:
             if selection is not None:
@@ -301,6 +316,18 @@ def function_map(tree: Path) -> dict[str, tuple[int, int]]:
             continue
         for name, node in functions(module):
             out[f"{rel}::{name}"] = (node.body[0].lineno, node.end_lineno)
+    return out
+
+
+def order_dependent_lines(forward: dict[str, dict[str, list[str]]],
+                          backward: dict[str, dict[str, list[str]]]) -> dict[str, list[int]]:
+    """The lines whose set of tests differs between a run of the suite and a run in reverse order."""
+    out = {}
+    for rel in sorted({*forward, *backward}):
+        ahead, behind = forward.get(rel, {}), backward.get(rel, {})
+        lines = sorted(int(n) for n in {*ahead, *behind} if set(ahead.get(n, ())) != set(behind.get(n, ())))
+        if lines:
+            out[rel] = lines
     return out
 
 
@@ -414,8 +441,8 @@ def _build(source: str, kind: str, path: Path, python: str, backend: str, info: 
         info["pytest"] = subprocess.run([str(venv_python), "-c", "import pytest; print(pytest.__version__)"],
                                         capture_output=True, text=True).stdout.strip()
         Environment.reset(tree, info["base_commit"])
-        say("baseline test run (2/2)")
-        second = env.run_tests(tree, backend=backend)
+        say("baseline test run (2/2, in reverse order, with coverage)")
+        second = env.run_tests(tree, coverage=True, reverse=True, backend=backend)
     finally:
         Environment.discard(tree)
     tests = dict(sorted(first.outcomes.items()))
@@ -423,5 +450,8 @@ def _build(source: str, kind: str, path: Path, python: str, backend: str, info: 
     info["flaky"] = sorted(t for t in tests if second.outcomes.get(t) != tests[t])
     info["passing"] = sum(1 for t, o in tests.items() if o == "passed" and t not in info["flaky"])
     info["coverage"] = coverage_by_function(repo, first.coverage)
-    info["executed_lines"] = {rel: sorted(int(line) for line in lines) for rel, lines in first.coverage.items()}
+    files = sorted({*first.coverage, *second.coverage})
+    info["executed_lines"] = {rel: sorted({int(n) for run in (first, second) for n in run.coverage.get(rel, {})})
+                              for rel in files}
+    info["order_dependent_lines"] = order_dependent_lines(first.coverage, second.coverage)
     info["test_seconds"] = first.seconds

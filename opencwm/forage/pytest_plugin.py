@@ -6,12 +6,15 @@ It is copied beside each environment as a single module, so it depends on nothin
 dependency is ``coverage`` in the environment.
 
 Environment variables: ``OPENCWM_FORAGE_RESULTS`` (the JSON file to write), ``OPENCWM_FORAGE_COVERAGE`` (a
-directory whose Python files to measure; coverage is off when unset).
+directory whose Python files to measure; coverage is off when unset), ``OPENCWM_FORAGE_SELECT`` (the tests to
+keep), ``OPENCWM_FORAGE_REVERSE`` (run the tests in the reverse of the suite's order: the baseline's second run,
+which finds the tests and the code whose behaviour depends on test order).
 
 ``run_pytest`` is the job that the sandbox's fork server runs for warm test runs (``opencwm.forage.test_server``):
 pytest and this module are imported once in the server, and each run is a forked child calling ``pytest.main``.
 """
 
+import builtins
 import json
 import os
 import sys
@@ -19,13 +22,17 @@ import sys
 import pytest
 
 _RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
-# Coverage contexts besides test node ids: code run before collection (conftest, the package's import) concerns
-# every test; code run while a test module is collected (module-level code, decorators) every test of it.
+# Coverage contexts besides test node ids: code run before collection (conftest) or by an import statement while
+# test modules are collected (the package's import-time code, which every later test module shares) concerns every
+# test; other code run while a test module is collected (its module-level code, decorators) every test of it.
 SESSION = "<session>"
+IMPORT = "<import>"
 COLLECT = "<collect>"
 _outcomes = {}
 _failures = {}
 _coverage = None
+_context = SESSION  # the context outside imports
+_importing = 0  # depth of import statements being run while collecting
 
 
 def _start_coverage():
@@ -39,6 +46,36 @@ def _start_coverage():
         _coverage = coverage.Coverage(data_file=None, source=[source])
         _coverage.start()
         _coverage.switch_context(SESSION)
+        builtins.__import__ = _make_import(builtins.__import__)
+
+
+def _switch(context):
+    global _context
+    _context = context
+    if not _importing:
+        _coverage.switch_context(context)
+
+
+def _make_import(original):
+    """``__import__`` that records what an import statement run while a test module is collected executes under
+    ``<import>``: a package's import-time code runs in whichever test module imports it first, yet every test
+    module uses what it built (toolz fills a signature registry when it is imported)."""
+
+    def importing(name, globals=None, locals=None, fromlist=(), level=0):
+        global _importing
+        if not _context.startswith(COLLECT):
+            return original(name, globals, locals, fromlist, level)
+        if not _importing:
+            _coverage.switch_context(IMPORT)
+        _importing += 1
+        try:
+            return original(name, globals, locals, fromlist, level)
+        finally:
+            _importing -= 1
+            if not _importing:
+                _coverage.switch_context(_context)
+
+    return importing
 
 
 _start_coverage()
@@ -46,7 +83,9 @@ _start_coverage()
 
 def pytest_collection_modifyitems(session, config, items):
     """Keep only the tests named in ``OPENCWM_FORAGE_SELECT`` (a JSON list of node ids, or of their prefixes
-    such as a file or a class), in collection order."""
+    such as a file or a class), in collection order, or reversed with ``OPENCWM_FORAGE_REVERSE``."""
+    if os.environ.get("OPENCWM_FORAGE_REVERSE"):
+        items.reverse()
     path = os.environ.get("OPENCWM_FORAGE_SELECT")
     if not path:
         return
@@ -65,16 +104,16 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_collectstart(collector):
     if _coverage is not None and isinstance(collector, pytest.Module):
-        _coverage.switch_context(COLLECT + collector.nodeid)
+        _switch(COLLECT + collector.nodeid)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     if _coverage is not None:
-        _coverage.switch_context(item.nodeid)
+        _switch(item.nodeid)
     yield
     if _coverage is not None:
-        _coverage.switch_context("")
+        _switch("")
 
 
 def _tidy(text):
@@ -106,7 +145,7 @@ def pytest_runtest_logreport(report):
 
 def pytest_collectreport(report):
     if _coverage is not None:
-        _coverage.switch_context(SESSION)
+        _switch(SESSION)
     if report.failed:
         _record(report.nodeid or "<collection>", "error", report.longreprtext)
 

@@ -2,14 +2,16 @@
 imported from SWE-bench-style JSONL.
 
 A mutate-fix candidate is validated by running the tests that cover its function (from the environment's
-coverage map): it is kept when at least one of them that passed now fails (``FAIL_TO_PASS``); the others that
-still pass are its ``PASS_TO_PASS``. The verdict is the one the whole suite would give: a mutated statement that
-the baseline never executed (not at start-up, collection or in any test) cannot change any outcome and is
-rejected without a run (``not_executed``); when every covering test still passes, the whole suite decides, since
-a test can depend on the function without running it (toolz builds a signature registry lazily in whichever
-test comes first, and later tests read the registry). A kept bug is committed on top of the baseline
-(``refs/opencwm/tasks/ID`` in the environment's repository), so the task's ``base_commit`` is the broken tree
-and its ``patch`` is the fix, as in SWE-bench.
+coverage map, where a package's import-time code covers every test): it is kept when at least one of them that
+passed now fails (``FAIL_TO_PASS``); the others that still pass are its ``PASS_TO_PASS``. The verdict is meant to
+be the one the whole suite would give: a mutated statement that the baseline never executed (not at start-up,
+collection or in any test) cannot change any outcome and is rejected without a run (``not_executed``); when
+every covering test still passes and the statement is order-dependent (the tests that run it changed when the
+baseline ran in reverse order: code run for whichever test comes first, such as a lazily built registry that
+later tests read without running it), the whole suite decides. ``confirm="always"`` has the whole suite decide
+whenever every covering test passes, ``"never"`` takes the covering tests' word. A kept bug is committed on top of
+the baseline (``refs/opencwm/tasks/ID`` in the environment's repository), so the task's ``base_commit`` is the
+broken tree and its ``patch`` is the fix, as in SWE-bench.
 
 Every candidate gets a row (``verdict``: validated, no_test_failed, not_executed, timeout, error), so runs resume
 and report how many candidates each operator produced and how many were kept; the tasks are the rows with
@@ -135,6 +137,7 @@ def policy_issue_text(writer, statement: str, patch: str) -> str | None:
     return text
 
 
+CONFIRM = ("order-dependent", "always", "never")  # when the whole suite decides (see the module docstring)
 _PARSE_LOCK = threading.Lock()
 
 
@@ -169,13 +172,15 @@ def statement_lines(source: str, line: int) -> range:
 
 def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] | None, *, timeout: float = 120,
              backend: str = "auto", issue_writer=None, server: TestServer | None = None,
-             prescreen: bool = True, confirm: bool = True) -> dict:
+             prescreen: bool = True, confirm: str = "order-dependent") -> dict:
     """Run ``tests`` (the covering tests; None: the whole suite, judged on every passing test) on the mutated
     tree; returns the candidate's row (committing the bug when it is kept). With a ``server`` (a warm
     ``TestServer`` of this tree) the tests run there, otherwise in a fresh sandboxed pytest. The verdict is the
     whole suite's (see the module docstring); ``prescreen=False`` runs the tests even for a statement the
-    baseline never executed (the benchmark's reference does); ``confirm=False`` takes the covering tests' word
-    when they all pass (faster; may reject a bug that only other tests see)."""
+    baseline never executed (the benchmark's reference does); ``confirm`` (one of ``CONFIRM``) says when the
+    whole suite decides for a mutation that every covering test passes."""
+    if confirm not in CONFIRM:
+        raise ValueError(f"confirm must be one of {', '.join(CONFIRM)}, not {confirm!r}")
     start = time.monotonic()
     instance_id = mutation_id(env, mutation)
     row = {"item": instance_id, "instance_id": instance_id, "repo": env.info.get("distribution") or env.info["key"],
@@ -183,8 +188,8 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
            "PASS_TO_PASS": "[]", "task_kind": "mutate-fix", "env": str(env.path), "operator": mutation.operator,
            "file": mutation.path, "function": mutation.function, "line": mutation.line, "bug_patch": "",
            "validated": False, "verdict": "", "selected_tests": 0, "validation_seconds": 0.0}
-    if prescreen and env.ever_executed(mutation.path, statement_lines(
-            (env.repo / mutation.path).read_text(encoding="utf-8"), mutation.line)) is False:
+    lines = statement_lines((env.repo / mutation.path).read_text(encoding="utf-8"), mutation.line)
+    if prescreen and env.ever_executed(mutation.path, lines) is False:
         row["verdict"] = "not_executed"
         return row
     Environment.reset(tree, env.base_commit)
@@ -196,7 +201,9 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
             env.run_tests(tree, chosen, timeout=timeout, backend=backend)
 
     run = run_tests(tests)
-    if confirm and tests is not None and run.status == "ok" and run.outcomes and all(map(run.passed, tests)):
+    all_pass = tests is not None and run.status == "ok" and run.outcomes and all(map(run.passed, tests))
+    if all_pass and (confirm == "always" or (confirm == "order-dependent"
+                                             and env.order_dependent(mutation.path, lines) is not False)):
         tests, run = None, run_tests(None)  # every covering test passes: the whole suite decides
     tests = tests if tests is not None else env.passing_tests()
     row.update(selected_tests=len(tests), validation_seconds=round(time.monotonic() - start, 3))
@@ -225,7 +232,7 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
 def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = None, workers: int = 2,
            operators: tuple[str, ...] = OPERATORS, timeout: float = 120, backend: str = "auto",
            progress: Callable[[int, int], None] | None = None, issue_writer=None,
-           confirm: bool = True) -> MutateReport:
+           confirm: str = "order-dependent") -> MutateReport:
     """Generate, validate and store mutate-fix tasks of ``env`` in the dataset ``out`` (resumable). With an
     ``issue_writer`` (a policy), issue texts are written by that model from the failing tests' output (falling
     back to the plain description when its text would leak the fix)."""
