@@ -204,7 +204,7 @@ def cmd_show(args) -> int:
 
 def add_parser(areas) -> None:
     from opencwm.cli import _cpu_count
-    from opencwm.forage.tasks import CONFIRM
+    from opencwm.forage.environment import CONFIRM
 
     forage = areas.add_parser("forage", help="ForagerAgent: repository environments, mutate-fix tasks, agent "
                                              "trajectories")

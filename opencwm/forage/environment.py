@@ -39,6 +39,8 @@ from opencwm.sandbox.shell import CommandResult, run_command
 PLUGIN = "opencwm_forage_plugin"
 SESSION_CONTEXT, IMPORT_CONTEXT, COLLECT_CONTEXT = "<session>", "<import>", "<collect>"  # the plugin's names
 TEST_EXTRAS = ("test", "tests", "testing")
+# When validation has the whole suite decide a mutation that every covering test passes (opencwm.forage.tasks)
+CONFIRM = ("order-dependent", "always", "never")
 ENV_FORMAT = 3  # what env.json holds; 2: executed lines recorded; 3: import-time code, order-dependent lines
 COVERAGE = "coverage>=5"  # dynamic contexts (per-test coverage)
 PYTEST_FALLBACKS = ("pytest<9", "pytest<8")  # tried in turn when the suite does not run with the newest pytest

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from opencwm.forage.environment import Environment, ForageError, git, has_commit
+from opencwm.forage.environment import CONFIRM, Environment, ForageError, git, has_commit
 from opencwm.forage.mutate import OPERATORS, Mutation, mutations
 from opencwm.forage.test_server import TestServer, stamp_mutation
 from opencwm.shards import ShardWriter, read_manifest, read_rows
@@ -137,7 +137,6 @@ def policy_issue_text(writer, statement: str, patch: str) -> str | None:
     return text
 
 
-CONFIRM = ("order-dependent", "always", "never")  # when the whole suite decides (see the module docstring)
 _PARSE_LOCK = threading.Lock()
 
 
