@@ -26,20 +26,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_row
 
-from opencwm.forage.environment import Environment, build_environment
+from opencwm.forage.environment import CONFIRM, Environment, build_environment
 from opencwm.forage.tasks import candidates, validate
 from opencwm.forage.test_server import TestServer
 
 DEFAULT_PACKAGES = ("six==1.16.0", "toolz==1.0.0", "inflection==0.5.1")
 
 
+COMPARED = CONFIRM  # the production default first
 MODES = {  # name -> (run the whole suite, validate's options)
-    "order-dependent": (False, {"confirm": "order-dependent"}),  # production
-    "never": (False, {"confirm": "never"}),
-    "always": (False, {"confirm": "always"}),
+    **{mode: (False, {"confirm": mode}) for mode in COMPARED},
     "full": (True, {"prescreen": False}),  # the reference: the whole suite on every mutation
 }
-COMPARED = ("order-dependent", "never", "always")
 
 
 def _validate_all(env: Environment, chosen, workers: int, mode: str) -> tuple[float, list[dict]]:

@@ -134,16 +134,17 @@ class Environment:
     def ever_executed(self, path: str, lines: range) -> bool | None:
         """Whether the baseline run (start-up, collection and every test) executed any of ``lines`` of ``path``;
         None for an environment built before executed lines were recorded."""
-        executed = self.info.get("executed_lines")
-        if executed is None:
-            return None
-        return not set(executed.get(path, ())).isdisjoint(lines)
+        return self._recorded("executed_lines", path, lines)
 
     def order_dependent(self, path: str, lines: range) -> bool | None:
         """Whether the tests that ran any of ``lines`` of ``path`` changed when the suite ran in reverse order
         (code run for whichever test comes first: a lazily built registry, a cache), so that a test may depend on
         it without running it; None for an environment built before this was recorded."""
-        recorded = self.info.get("order_dependent_lines")
+        return self._recorded("order_dependent_lines", path, lines)
+
+    def _recorded(self, key: str, path: str, lines: range) -> bool | None:
+        """Whether any of ``lines`` of ``path`` is in the baseline's line set ``info[key]`` (None: not recorded)."""
+        recorded = self.info.get(key)
         if recorded is None:
             return None
         return not set(recorded.get(path, ())).isdisjoint(lines)
