@@ -114,7 +114,7 @@ def mode_opencwm(backend: str, analysed: bool = False):
     no mode is timed for) is done before timing, so only execution is measured."""
 
     def wrap(func, source):
-        source_map = _MAPS.setdefault(source, SourceMap(source)) if analysed else None
+        source_map = (_MAPS.get(source) or _MAPS.setdefault(source, SourceMap(source))) if analysed else None
         return lambda *args: trace_call(func, args, source=source, filename=FILENAME, backend=backend,
                                         source_map=source_map, limits=Limits(max_frames=10**7, max_bytes=10**9))
 

@@ -126,6 +126,25 @@ def f(v):
         b.log.append(v)
     return box.log
 """, "f(7)"),
+    "containers": ("""
+def f(n):
+    xs = list(range(n))
+    xs = 5
+    inner = [1]
+    outer = [inner, (inner,)]
+    inner.append(2)
+    flags = [1, 0, 1]
+    flags[0] = True
+    d = {"a": 0.0}
+    d["a"] = -0.0
+    d["a"] = 0
+    s = {1}
+    s.add(2)
+    s.discard(2)
+    inner[0] = 1.0
+    inner[0] = 1
+    return outer
+""", "f(30)"),
     "finally_unwind": ("""
 def g():
     try:
@@ -337,6 +356,18 @@ def test_limits_cut_the_trace_visibly():
 def test_setup_errors_are_reported_not_raised(source, call, message):
     trace = trace_program(source, call)
     assert trace.status == ERROR and message in trace.error and not trace.frames
+
+
+def test_a_failure_of_the_tracer_itself_is_reported_not_hidden(monkeypatch):
+    """Fault injection: were the tracer to raise, the trace says so instead of passing as an ok trace."""
+    from opencwm.trace.render import Renderer
+
+    def broken(self, value):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(Renderer, "render", broken)
+    trace = trace_program("def f(x):\n    y = x + 1\n    return y\n", "f(1)")
+    assert trace.status == ERROR and "the tracer failed: RuntimeError: injected" in trace.error
 
 
 def test_hash_seed_and_addresses_make_traces_deterministic():

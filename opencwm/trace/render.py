@@ -13,13 +13,16 @@ exceptions, each visible in the text:
 from __future__ import annotations
 
 import itertools
+import marshal
 import re
 
 DEFAULT_MAX_CHARS = 1000
 
 # An address as default reprs show it: "<Foo object at 0x7f3a1c2b5e10>", "<function f at 0x...>".
 _ADDRESS = re.compile(r"(?<= at )0x[0-9a-fA-F]{4,}(?=>)")
-_CUT_LIST = re.compile(r"\.\.\.<\+(\d+) items>\]\Z")  # the end of a cut list's rendering
+_CUT_SEQUENCE = re.compile(r"\.\.\.<\+(\d+) items>[\])]\Z")  # the end of a cut list's or tuple's rendering
+# Containers whose rendering ``fingerprint`` can prove unchanged.
+_PROVABLE = frozenset({list, tuple, dict, set, frozenset})
 _SIMPLE = frozenset({int, float, bool, type(None)})  # types whose repr is short, safe and address-free
 _BIG_INT = 10**300  # larger ints take the guarded path (their repr can be slow or refused)
 # Values whose rendering cannot change while the same object is bound: a cache hit on identity is exact.
@@ -27,8 +30,6 @@ IMMUTABLE_ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None), 
 _SEQUENCES = {list: ("[", "]"), tuple: ("(", ")"), set: ("{", "}"), frozenset: ("frozenset({", "})")}
 
 
-# Equal values of these types have identical reprs (unlike floats: 0.0 == -0.0, or 1 == True across types).
-_EXACT = frozenset({int, str, bool, type(None), bytes})
 def truncation_marker(hidden_chars: int) -> str:
     return f"...<+{hidden_chars} chars>"
 
@@ -61,36 +62,38 @@ class Renderer:
         return text
 
     def fingerprint(self, value: object, text: str | None = None):
-        """A cheap copy of what ``render(value)`` depends on, for a list or dict of simple values, else None.
+        """A cheap proof of everything ``render(value)`` depends on, for a builtin container, else None.
 
-        While ``unchanged(value, fp)`` holds, ``render(value)`` gives the same text, so a tracer can skip
-        rendering a mutable container that was not modified. A long list's rendering depends only on its length
-        and on the items that fit the budget (at most ``max_chars // 3``), so only those are copied; given the
-        rendering ``text`` of a cut list, only the items it shows and the first one left out (whose length
-        decided the cut)."""
+        While ``unchanged(value, proof)`` holds, ``render(value)`` gives the same text, so a tracer can skip
+        rendering a mutable container that was not modified. The proof is ``marshal``'s serialisation, which
+        writes the exact type and value of every item (it refuses subclasses and arbitrary objects, whose reprs
+        are user code): equal bytes mean equal values of equal types, hence equal reprs. A long list or tuple's
+        rendering depends only on its length and on the items that fit the budget, so only those are
+        serialised; given the rendering ``text`` of a cut one, only the items it shows and the first one left out
+        (whose length decided the cut)."""
         kind = type(value)
-        if kind is list:
-            shown = _CUT_LIST.search(text) if text is not None else None
-            keep = len(value) - int(shown.group(1)) + 1 if shown else self.max_chars // 3
-            head = value[: min(keep, self.max_chars // 3)]
-            types = list(map(type, head))
-            if set(types) <= _EXACT:
-                return len(value), head, types
-        elif kind is dict and len(value) <= self.max_chars // 4:
-            key_types, value_types = list(map(type, value)), list(map(type, value.values()))
-            if set(key_types) <= _EXACT and set(value_types) <= _EXACT:
-                return len(value), list(value.items()), key_types, value_types
-        return None
+        if kind not in _PROVABLE:
+            return None
+        count, keep = len(value), None
+        if count > self.max_chars // (4 if kind is dict else 3):  # rendered cut
+            if kind is not list and kind is not tuple:
+                return None
+            shown = _CUT_SEQUENCE.search(text) if text is not None else None
+            keep = min(count - int(shown.group(1)) + 1 if shown else count, self.max_chars // 3)
+        try:
+            return kind, count, keep, marshal.dumps(value if keep is None else value[:keep], 2)
+        except ValueError:  # an item marshal refuses, or nesting too deep
+            return None
 
     @staticmethod
-    def unchanged(value: object, print_: tuple) -> bool:
-        if len(value) != print_[0]:
+    def unchanged(value: object, proof: tuple) -> bool:
+        kind, count, keep, data = proof
+        if type(value) is not kind or len(value) != count:
             return False
-        if type(value) is list:
-            head = value[: len(print_[1])]
-            return head == print_[1] and list(map(type, head)) == print_[2]
-        return (list(value.items()) == print_[1] and list(map(type, value)) == print_[2]
-                and list(map(type, value.values())) == print_[3])
+        try:
+            return marshal.dumps(value if keep is None else value[:keep], 2) == data
+        except ValueError:
+            return False
 
     def _renumber(self, match: re.Match) -> str:
         address = match.group(0)

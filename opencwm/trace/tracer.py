@@ -90,6 +90,8 @@ class TraceBuilder:
         self._statement_of = source_map.statement_of
         self._is_traced: dict[types.CodeType, bool] = {}
         self._bytes = 0
+        self._max_frames, self._max_bytes = limits.max_frames, limits.max_bytes
+        self._texts: dict[int, str] = {}  # line -> its text
 
     def is_traced(self, code: types.CodeType) -> bool:
         traced = self._is_traced.get(code)
@@ -109,7 +111,7 @@ class TraceBuilder:
         # Call frames always carry every local in full, so a reader needs no earlier frame to know the state.
         locals_, size = self._snapshot(scope, frame, True)
         lineno = self.map.def_line(frame.f_code)
-        self._emit(scope, Frame(CALL, self.map.text(lineno), lineno, locals_), size)
+        self._emit(scope, CALL, lineno, locals_, None, size)
 
     def on_line(self, frame: types.FrameType, lineno: int | None = None) -> None:
         scope = self._scopes.get(frame)
@@ -124,7 +126,7 @@ class TraceBuilder:
         if scope.last_event == LINE and scope.last_statement == statement:
             return
         locals_, size = self._snapshot(scope, frame, False)
-        self._emit(scope, Frame(LINE, self.map.text(statement), statement, locals_), size)
+        self._emit(scope, LINE, statement, locals_, None, size)
 
     def on_exception(self, frame: types.FrameType, exception: BaseException) -> None:
         scope = self._scopes.get(frame)
@@ -161,7 +163,7 @@ class TraceBuilder:
     def to_trace(self, source: str, entry_lineno: int) -> Trace:
         trace = Trace(source=source, entry_lineno=entry_lineno, frames=self.frames, status=self.status)
         trace.error = self.error
-        if not self.frames:
+        if not self.frames and trace.status != ERROR:
             trace.status, trace.error = ERROR, "the entry function ran no traced code"
         return trace
 
@@ -172,7 +174,7 @@ class TraceBuilder:
             return
         statement = self.map.statement_line(frame.f_lineno)
         text = self.renderer.render(value)
-        self._emit(scope, Frame(event, self.map.text(statement), statement, None, text), len(text))
+        self._emit(scope, event, statement, None, text, len(text))
         if not suspended:
             del self._scopes[frame]
         if frame is self.entry_frame:
@@ -183,61 +185,61 @@ class TraceBuilder:
         """The locals as the frame shows them, and the characters newly rendered (for the size limit)."""
         f_locals = frame.f_locals
         raw_names = list(f_locals)
+        cache = scope.cache
         names = scope.names if raw_names == scope.raw_names else self._order_names(scope, frame, raw_names)
-        previous = scope.cache
-        cache: dict[str, tuple[Any, str, Any]] = {}
         out: dict[str, str] = {}
         renderer = self.renderer
-        render, unchanged = renderer.render, renderer.unchanged
+        unchanged = renderer.unchanged
         size = 0
         for name in names:
             obj = f_locals[name]
-            before = previous.get(name)
-            if before is None:
-                text = out[name] = render(obj)
-                size += len(text)
-            elif before[0] is obj or (before[2] is not None and unchanged(obj, before[2])):
-                # An immutable object still bound, or a list/dict of simple values equal to its last copy:
-                # its repr cannot have changed, so it is not rendered again.
-                cache[name] = before
+            before = cache.get(name)
+            if before is not None and (before[0] is obj or (before[2] is not None and unchanged(obj, before[2]))):
+                # An immutable object still bound, or a container whose proof holds: its repr cannot have
+                # changed, so it is not rendered again.
                 out[name] = before[1] if full else UNCHANGED
                 continue
-            else:
-                text = render(obj)
-                out[name] = shown = UNCHANGED if (not full and before[1] == text) else text
-                size += len(shown)
-            kind = type(obj)
-            if kind in IMMUTABLE_ATOMS:
+            text = renderer.render(obj)
+            out[name] = shown = UNCHANGED if (before is not None and not full and before[1] == text) else text
+            size += len(shown)
+            if type(obj) in IMMUTABLE_ATOMS:
                 cache[name] = (obj, text, None)
-            else:  # long renderings of lists and dicts are worth a cheap copy that proves them unchanged
-                proof = renderer.fingerprint(obj, text) if len(text) > 64 and (kind is list or kind is dict) else None
-                cache[name] = (_MUTABLE, text, proof)
-        scope.cache = cache
+            else:  # a builtin container gets a cheap proof that it is unchanged, checked instead of rendering it
+                cache[name] = (_MUTABLE, text, renderer.fingerprint(obj, text))
         return out, size
 
     def _order_names(self, scope: _Scope, frame: types.FrameType, raw_names: list[str]) -> list[str]:
         """Names keep the order in which they were first bound; names new in this step follow in source order,
         so the order does not depend on the Python version's co_varnames. Hidden interpreter locals (".0") are
-        left out."""
-        present = {name for name in raw_names if name[:1] != "."}
+        left out. Names no longer bound are forgotten, with what the cache knew of their values."""
+        present = set(raw_names)
         names = [name for name in scope.names if name in present]
-        if len(names) < len(present):
+        if len(names) < len(scope.names):
+            for gone in scope.cache.keys() - present:
+                del scope.cache[gone]
+        if len(names) < len(raw_names):
             known = set(names)
-            names += self.map.new_names_order(frame.f_code, [n for n in raw_names if n in present and n not in known])
+            new = [name for name in raw_names if name not in known and name[:1] != "."]
+            if new:
+                names += self.map.new_names_order(frame.f_code, new)
         scope.raw_names, scope.names = raw_names, names
         return names
 
-    def _emit(self, scope: _Scope, frame: Frame, size: int) -> None:
+    def _emit(self, scope: _Scope, event: str, lineno: int, locals_: dict | None, value: str | None,
+              size: int) -> None:
+        line = self._texts.get(lineno)
+        if line is None:
+            line = self._texts[lineno] = self.map.text(lineno)
         frames = self.frames
-        frames.append(frame)
-        scope.last_event = frame.event
-        scope.last_statement = frame.lineno
-        self._bytes += size + len(frame.line)
-        if len(frames) >= self.limits.max_frames or self._bytes >= self.limits.max_bytes:
+        frames.append(Frame(event, line, lineno, locals_, value))
+        scope.last_event = event
+        scope.last_statement = lineno
+        self._bytes += size + len(line)
+        if len(frames) >= self._max_frames or self._bytes >= self._max_bytes:
             self.finished = True
             self.status = TRUNCATED
-            which = "frames" if len(self.frames) >= self.limits.max_frames else "bytes"
-            self.error = f"trace cut at the {which} limit ({len(self.frames)} frames, {self._bytes} chars)"
+            which = "frames" if len(frames) >= self._max_frames else "bytes"
+            self.error = f"trace cut at the {which} limit ({len(frames)} frames, {self._bytes} chars)"
             if self.abort_on_limit:
                 raise LimitReached(self.error)
 
@@ -291,8 +293,7 @@ def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
     enabled: set[types.CodeType] = set()
     disable = mon.DISABLE
 
-    def user_frame() -> types.FrameType:
-        return sys._getframe(2)  # 0: this helper, 1: the callback, 2: the instrumented frame
+    frame_of = sys._getframe  # frame_of(1) in a callback is the instrumented frame (0 is the callback's own)
 
     def on_start(code, offset):
         if builder.finished or not builder.is_traced(code):
@@ -300,27 +301,27 @@ def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
         if code not in enabled:
             mon.set_local_events(tool, code, local_events)
             enabled.add(code)
-        builder.on_call(user_frame())
+        builder.on_call(frame_of(1))
 
     def on_resume(code, offset):
-        builder.on_call(user_frame())
+        builder.on_call(frame_of(1))
 
     def on_line(code, line):
-        builder.on_line(user_frame(), line)
+        builder.on_line(frame_of(1), line)
 
     def on_return(code, offset, value):
-        builder.on_return(user_frame(), value)
+        builder.on_return(frame_of(1), value)
 
     def on_yield(code, offset, value):
-        builder.on_yield(user_frame(), value)
+        builder.on_yield(frame_of(1), value)
 
     def on_unwind(code, offset, exception):
         if builder.is_traced(code):
-            builder.on_unwind(user_frame(), exception)
+            builder.on_unwind(frame_of(1), exception)
 
     def on_throw(code, offset, exception):
         if builder.is_traced(code):
-            builder.on_call(user_frame())
+            builder.on_call(frame_of(1))
 
     callbacks = {
         events.PY_START: on_start,
@@ -375,6 +376,8 @@ def trace_call(
         pass
     except (KeyboardInterrupt, MemoryError):
         raise  # out of memory is the sandbox's outcome to report, not a trace to keep
-    except BaseException:
-        pass
+    except BaseException as exc:
+        if not builder.finished:  # the program's own exceptions end the entry scope first: this is the tracer's
+            builder.finished, builder.status = True, ERROR
+            builder.error = f"the tracer failed: {type(exc).__name__}: {exc}"
     return builder.to_trace(source, source_map.def_line(code))
