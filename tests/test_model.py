@@ -53,6 +53,32 @@ def test_our_checkpoint_loads_in_transformers(tmp_path):
         assert (reference(ids).logits - ours(ids)).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_training_loss_and_gradients_match_transformers(tmp_path, compiled):
+    """``labels=`` gives the summed next-token loss; divided by the token count it is transformers' own training
+    loss, with the same gradients, eagerly and with compiled blocks (whose loss is one compiled kernel)."""
+    reference = hf_model()
+    reference.save_pretrained(tmp_path)
+    ours = CWM.from_pretrained(tmp_path)
+    if compiled:
+        ours.compile_blocks()
+    reference.train()
+    ours.train()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 45))
+    labels = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+    labels[0, :5] = -100  # a prompt that is not learned
+    hf_labels = ids.clone()
+    hf_labels[0, 1:6] = -100  # transformers shifts labels itself
+    expected = reference(ids, labels=hf_labels).loss
+    got = ours(ids, labels=labels) / (labels != -100).sum()
+    assert abs(got.item() - expected.item()) < 1e-5
+    expected.backward()
+    got.backward()
+    theirs = dict(reference.named_parameters())
+    for name, parameter in ours.named_parameters():
+        assert torch.allclose(parameter.grad, theirs[name].grad, atol=1e-5), name
+
+
 def test_sharded_checkpoints_round_trip_both_ways(tmp_path):
     ours = CWM(CwmConfig(**SMALL)).init_weights(seed=2).eval()
     ours.save_pretrained(tmp_path / "ours", max_shard_bytes=60_000)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opencwm.data.packing import IGNORE as IGNORE_INDEX  # a label that asks for no prediction
 from opencwm.model.attention import attention, default_backend, flex_block_mask
 from opencwm.model.cache import KVCache
 from opencwm.model.config import FULL, CwmConfig
@@ -105,6 +106,7 @@ class CWM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.attention_backend: str | None = None  # None: flex on CUDA, sdpa elsewhere
         self.gradient_checkpointing = False
+        self._loss_sum = loss_sum
 
     def init_weights(self, seed: int | None = None, *, zero_residual: bool = False) -> CWM:
         """Normal(0, initializer_range) weights and unit norms. ``zero_residual``: the projections that write into
@@ -133,6 +135,7 @@ class CWM(nn.Module):
         torch._dynamo.config.recompile_limit = max(limit, 4 * len(self.model.layers))
         for block in self.model.layers:
             block.compile(**options)
+        self._loss_sum = torch.compile(loss_sum, **options)
         return self
 
     @property
@@ -141,13 +144,16 @@ class CWM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, document_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (batch, time, vocab).
+                lengths: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, time, vocab); with ``labels``, the loss instead.
 
         ``document_ids`` (batch, time): packed documents; each attends only within itself, and positions restart
         at every document unless ``position_ids`` are given. With a ``cache``, ``input_ids`` continue each
         sequence from ``cache.lengths``; ``lengths`` (batch,) says how many of the tokens are real (right
-        padding), and the cache advances by that much.
+        padding), and the cache advances by that much. ``labels`` (batch, time): the token each position should
+        predict (already shifted; ``IGNORE_INDEX`` for none); the result is then the *summed* cross-entropy over
+        the labelled positions, computed in fp32 (one compiled kernel with the final norm and the output layer
+        when the blocks are compiled).
         """
         batch, time = input_ids.shape
         backend = self.attention_backend or default_backend(input_ids.device)
@@ -174,6 +180,8 @@ class CWM(nn.Module):
                 x = block(x, cos, sin, **kwargs)
         if cache is not None:
             cache.end_step(lengths)
+        if labels is not None:
+            return self._loss_sum(self.model.norm, self.lm_head, x, labels)
         return self.lm_head(self.model.norm(x))
 
     def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -206,6 +214,12 @@ class CWM(nn.Module):
         from opencwm.model.hf import save_pretrained
 
         save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
+
+
+def loss_sum(norm: nn.Module, lm_head: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy (fp32) of the final hidden states ``x`` against ``labels``."""
+    logits = lm_head(norm(x))
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def _positions(document_ids, batch, time, device):

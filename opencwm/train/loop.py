@@ -97,12 +97,9 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def loss_fn(model: CWM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the learned tokens of the batch (a tensor: no host synchronisation)."""
-    logits = model(batch["input_ids"], document_ids=batch["document_ids"])
     labels = batch["labels"]
     count = (labels != IGNORE).sum().clamp(min=1)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
-                                             reduction="sum")
-    return loss / count
+    return model(batch["input_ids"], document_ids=batch["document_ids"], labels=labels) / count
 
 
 class Trainer:
