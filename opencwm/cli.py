@@ -395,6 +395,8 @@ def cmd_speedrun(args) -> int:
     values = {f.name: getattr(args, f.name) for f in fields(SpeedrunConfig) if getattr(args, f.name, None) is not None}
     if args.no_traces:
         values["traces"] = False
+    if args.no_compile:
+        values["compile"] = False
     if args.cruxeval == "none":
         values["cruxeval"] = None
     report = speedrun(SpeedrunConfig(**values), ablation=not args.no_ablation)
@@ -581,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
                          default=None, help=f"default: {default}")
     run.add_argument("--no-traces", action="store_true", help="run only the ablation (code instead of traces)")
     run.add_argument("--no-ablation", action="store_true", help="skip the no-traces comparison run")
+    run.add_argument("--no-compile", action="store_true", help="train eagerly (no torch.compile of the blocks)")
     run.set_defaults(func=cmd_speedrun)
 
     model = areas.add_parser("model", help="the CWM transformer")

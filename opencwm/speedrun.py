@@ -38,12 +38,13 @@ class SpeedrunConfig:
     seq_len: int = 512
     batch_size: int = 8
     pretrain_steps: int = 200
-    midtrain_steps: int = 500
+    midtrain_steps: int = 800
     sft_steps: int = 100
     lr: float = 3e-3  # AdamW: embeddings, output head, norms (and everything with optimizer="adamw")
     optimizer: str = "muon"  # Muon for the blocks' matrices (starting from zero residual projections), or adamw
     muon_lr: float = 0.02
     schedule: str = "cosine"  # per stage: warmup, then cosine decay (lower final loss than WSD at this size)
+    compile: bool = True  # torch.compile the blocks and the loss: ~1.4x the tokens/s once compiled (about a minute)
     eval_traces: int = 100  # every held-out program (fewer make the trace-length p95 noisy)
     max_trace_tokens: int = 768
     cruxeval: str | None = "hf"  # a JSONL path, "hf", or None
@@ -128,7 +129,7 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
                                    optimizer=config.optimizer, muon_lr=config.muon_lr,
                                    min_lr_ratio=0.05,
                                    warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
-                                   log_every=25, seed=config.seed)
+                                   log_every=25, seed=config.seed, compile=config.compile)
         trainer = Trainer(model, stream, train_config, root / stage)
         trainer.resume()
         _log(f"{stage}: {steps} steps on {weights}")

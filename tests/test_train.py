@@ -160,3 +160,21 @@ def _tokenizer_loads(path) -> bool:
     from opencwm.tokenizer import Tokenizer
 
     return Tokenizer.load(path).vocab_size > 256
+
+
+def test_compiled_training_matches_eager_training(tmp_path):
+    """``compile=True`` (compiled blocks and loss kernel, as the speedrun trains) computes the same losses and
+    weights as eager training, and writes the same checkpoint layout."""
+    runs = {}
+    for compiled in (False, True):
+        trainer = Trainer(_model(), _stream(), _config(steps=4, precision="fp32", compile=compiled),
+                          tmp_path / str(compiled))
+        trainer.train(progress=False)
+        runs[compiled] = trainer
+    losses = {c: [json.loads(line)["loss"] for line in (tmp_path / str(c) / "metrics.jsonl").read_text().splitlines()]
+              for c in runs}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    eager, compiled = runs[False].model.state_dict(), runs[True].model.state_dict()
+    assert list(eager) == list(compiled)
+    for name in eager:
+        assert torch.allclose(eager[name], compiled[name], atol=1e-4), name
