@@ -38,7 +38,7 @@ class SpeedrunConfig:
     seq_len: int = 512
     batch_size: int = 8
     pretrain_steps: int = 200
-    midtrain_steps: int = 800
+    midtrain_steps: int = 600
     sft_steps: int = 100
     lr: float = 3e-3  # AdamW: embeddings, output head, norms (and everything with optimizer="adamw")
     optimizer: str = "muon"  # Muon for the blocks' matrices (starting from zero residual projections), or adamw
