@@ -129,3 +129,19 @@ def test_eval_cli_on_a_checkpoint(memorised, tmp_path):
     report = json.loads(result.stdout)
     assert report["traces"] == 3 and report["frame_exact_match"] >= 0.9
     assert report["cruxeval_o_direct"] is None and "no such file" in report["cruxeval_missing"]
+
+
+def test_cruxeval_sources_say_what_is_missing(tmp_path):
+    from opencwm.eval.trace_eval import load_cruxeval
+
+    items, why = load_cruxeval(str(tmp_path / "absent.jsonl"))
+    assert items is None and "no such file" in why
+    path = tmp_path / "crux.jsonl"
+    path.write_text('{"code": "def f(x):\\n    return x", "input": "1", "output": "1", "id": "a"}\n')
+    assert load_cruxeval(str(path)) == ([{"code": "def f(x):\n    return x", "input": "1", "output": "1", "id": "a"}],
+                                        None)
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        items, why = load_cruxeval("hf")
+        assert items is None and "pip install 'opencwm[hf]'" in why

@@ -262,9 +262,11 @@ def load_cruxeval(source: str) -> tuple[list[dict] | None, str | None]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()], None
     try:
         from datasets import load_dataset
-
+    except ImportError:
+        return None, "CruxEval from Hugging Face needs the datasets package: pip install 'opencwm[hf]'"
+    try:
         return [dict(row) for row in load_dataset("cruxeval-org/cruxeval", split="test")], None
-    except Exception as exc:  # no datasets package, no network, no hub: say why
+    except Exception as exc:  # no network, no hub: say why
         return None, f"CruxEval could not be loaded from Hugging Face ({type(exc).__name__}: {str(exc)[:120]})"
 
 
