@@ -44,7 +44,7 @@ class SpeedrunConfig:
     optimizer: str = "muon"  # Muon for the blocks' matrices (starting from zero residual projections), or adamw
     muon_lr: float = 0.02
     schedule: str = "cosine"  # per stage: warmup, then cosine decay (lower final loss than WSD at this size)
-    compile: bool = True  # torch.compile the blocks and the loss: ~1.4x the tokens/s once compiled (about a minute)
+    compile: bool = True  # torch.compile the blocks and the loss: ~1.3x the tokens/s here, after a short compile
     eval_traces: int = 100  # every held-out program (fewer make the trace-length p95 noisy)
     max_trace_tokens: int = 768
     cruxeval: str | None = "hf"  # a JSONL path, "hf", or None

@@ -79,7 +79,6 @@ class TraceBuilder:
         self.map = source_map
         self.abort_on_limit = abort_on_limit  # else stop recording and let the program run on
         self.filename = filename
-        self.limits = limits
         self.renderer = Renderer(limits.max_value_chars)
         self.frames: list[Frame] = []
         self.status = OK
