@@ -1,5 +1,7 @@
 """Training MFU of a preset on a GPU: bf16, FlexAttention (document + sliding-window block masks), per-block
-torch.compile, AdamW; packed 8k-token sequences of several documents.
+torch.compile, AdamW; packed 8k-token sequences of several documents, and the trainer's own loss
+(``opencwm.train.loop.loss_fn``: ``model(ids, labels=...)``, whose final norm, output layer and cross-entropy are
+one compiled function, so the 128k-vocabulary logits are never written out in fp32).
 
 MFU = achieved model FLOPs / the card's peak dense bf16 FLOPs, with model FLOPs as ``opencwm.model.flops`` counts
 them (6 x linear parameters + attention over the keys a causal query sees).
@@ -25,8 +27,10 @@ sys.path.insert(0, str(REPO))
 
 from _common import append_row  # noqa: E402
 
+from opencwm.data.packing import IGNORE  # noqa: E402
 from opencwm.model import CWM, preset  # noqa: E402
 from opencwm.model.flops import flops_per_token, peak_flops  # noqa: E402
+from opencwm.train.loop import loss_fn  # noqa: E402
 
 
 def main() -> None:
@@ -56,11 +60,12 @@ def main() -> None:
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=generator).to(device)
     boundaries = torch.sort(torch.randint(1, args.seq, (args.batch, 3), generator=generator)).values.to(device)
     docs = (torch.arange(args.seq, device=device)[None, :, None] >= boundaries[:, None, :]).sum(-1)
+    labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], IGNORE)], dim=1)
+    batch = {"input_ids": ids, "document_ids": docs, "labels": labels}
 
     def forward_backward():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(ids, document_ids=docs)
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+            loss = loss_fn(model, batch)
         loss.backward()
 
     def optimizer_step():

@@ -60,6 +60,34 @@ def test_model_with_flex_attention_matches_sdpa_in_logits_and_gradients():
 
 
 @cuda
+def test_compiled_labels_loss_in_bf16_matches_cross_entropy_of_the_logits():
+    """The training path on the GPU (bf16 autocast, FlexAttention, compiled blocks and compiled loss through
+    ``labels=``) gives the loss and gradients of an fp32 cross-entropy over the eager model's logits."""
+    config = preset("nano", max_position_embeddings=1024)
+    ids = torch.randint(0, config.vocab_size, (2, 700), generator=torch.Generator().manual_seed(0)).cuda()
+    docs = torch.tensor([[0] * 150 + [1] * 550, [0] * 9 + [1] * 600 + [2] * 91]).cuda()
+    labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
+
+    def run(compiled):
+        with torch.device("cuda"):
+            model = CWM(config).init_weights(seed=1)
+        if compiled:
+            model.compile_blocks()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if compiled:
+                loss = model(ids, document_ids=docs, labels=labels)
+            else:
+                logits = model(ids, document_ids=docs).float()
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten().float() for p in model.parameters()])
+
+    (expected, expected_grads), (got, grads) = run(False), run(True)
+    assert abs(got - expected) < 1e-3 * abs(expected)
+    assert torch.nn.functional.cosine_similarity(grads, expected_grads, dim=0) > 0.999
+
+
+@cuda
 def test_fsdp2_training_over_nccl_reports_mfu_and_resumes(tmp_path):
     """The training loop under torchrun with one process per GPU (NCCL), FSDP2-sharded, bf16 autocast: it trains,
     its metrics carry MFU, and a run stopped at step 3 and resumed ends with the same weights."""
