@@ -62,7 +62,7 @@ bench: install
 	$(BIN)/python benchmarks/forage_bench.py
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
