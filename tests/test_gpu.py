@@ -107,6 +107,27 @@ def test_fsdp2_training_over_nccl_reports_mfu_and_resumes(tmp_path):
 
 
 @cuda
+def test_vllm_loads_a_saved_checkpoint_with_the_same_probabilities(tmp_path, monkeypatch):
+    """What ``save_pretrained`` writes, vLLM serves: the log-probability of every prompt token (prompts longer than
+    the sliding window) matches opencwm's fp32 forward, within bf16 precision. Skips where vLLM is not installed."""
+    vllm = pytest.importorskip("vllm")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    config = preset("nano", max_position_embeddings=1024)
+    model = CWM(config).init_weights(seed=3)
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(0, config.vocab_size, (3, 200), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():  # on the CPU, before vLLM takes the GPU
+        expected = torch.log_softmax(model(ids).float(), -1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    llm = vllm.LLM(model=str(tmp_path), skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=True,
+                   gpu_memory_utilization=0.3, max_model_len=1024)
+    outputs = llm.generate([{"prompt_token_ids": row.tolist()} for row in ids],
+                           vllm.SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0))
+    for row, output, want in zip(ids, outputs, expected):
+        got = torch.tensor([step[int(token)].logprob for step, token in zip(output.prompt_logprobs[1:], row[1:])])
+        assert (got - want).abs().max() < 0.1
+
+
+@cuda
 def test_fp8_scaled_matmul_is_close_to_the_dequantized_weights():
     from opencwm.model.quant import QuantLinear
 
