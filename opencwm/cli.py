@@ -397,8 +397,9 @@ def cmd_speedrun(args) -> int:
         values["traces"] = False
     if args.no_compile:
         values["compile"] = False
-    if args.cruxeval == "none":
-        values["cruxeval"] = None
+    for name in ("cruxeval", "repo_package"):
+        if getattr(args, name) == "none":
+            values[name] = None
     report = speedrun(SpeedrunConfig(**values), ablation=not args.no_ablation)
     print(json.dumps({k: v for k, v in report.items() if k != "difficulty"}))
     return 0
@@ -530,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", help="start from this checkpoint (e.g. the previous stage's model directory)")
     train.add_argument("--out", required=True)
     train.add_argument("--data", action="append", required=True, metavar="NAME=DIR[:WEIGHT]",
-                       help="a code or traces dataset and its mixture weight (repeatable)")
+                       help="a code, traces or trajectories dataset and its mixture weight (repeatable)")
     train.add_argument("--tokenizer", help="tokenizer directory (default: train one on the first --data source)")
     train.add_argument("--vocab", type=int, default=4096, help="BPE size when training a tokenizer")
     train.add_argument("--tokenizer-docs", type=int, default=5000)
@@ -575,9 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = SpeedrunConfig()
     for name in ("out", "preset", "train_programs", "heldout_programs", "difficulty", "hard_share", "code_files",
-                 "vocab", "seq_len", "batch_size", "pretrain_steps", "midtrain_steps", "sft_steps", "lr", "optimizer",
-                 "muon_lr", "schedule",
-                 "eval_traces", "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed"):
+                 "repo_package", "repo_test_files", "vocab", "seq_len", "batch_size", "pretrain_steps",
+                 "midtrain_steps", "sft_steps", "lr", "optimizer", "muon_lr", "schedule", "eval_traces",
+                 "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed"):
         default = getattr(defaults, name)
         run.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else str,
                          default=None, help=f"default: {default}")

@@ -2,7 +2,8 @@
 
 Steps (each resumable; finished steps are skipped when rerun):
 1. corpora: standard-library code; synthetic programs for training and a held-out set from another seed; their
-   traces, collected in the sandbox;
+   traces, collected in the sandbox; repository-level traces of an installed package's own test suite (every call
+   its tests make into it, with real inputs: ``networkx``, which ships its tests and comes with torch);
 2. a byte-level BPE tokenizer with CWM's special tokens, trained on code and traces;
 3. pretraining (mostly code), midtraining (mostly traces) and a short SFT (chat examples "what does this call
    return?", with and without a ``<think>`` walk through the execution) of a preset, bf16 autocast where the CPU
@@ -34,6 +35,8 @@ class SpeedrunConfig:
     difficulty: int = 1
     hard_share: float = 0.5  # share of programs one difficulty level up (held-out traces longer than CruxEval's)
     code_files: int = 600
+    repo_package: str | None = "networkx"  # an installed package whose tests ship with it (None: no repository traces)
+    repo_test_files: int = 20  # its first N test files are run under the tracer
     vocab: int = 2048
     seq_len: int = 512
     batch_size: int = 8
@@ -79,24 +82,47 @@ def build_data(config: SpeedrunConfig, root: Path) -> dict[str, Path]:
     for programs, traces in (("programs", "traces"), ("heldout-programs", "heldout-traces")):
         _log(f"tracing {programs} in the sandbox")
         collect(paths[programs], paths[traces], CollectConfig(limits=limits, progress=False))
+    package = _package_dir(config.repo_package) if config.repo_package else None
+    if package is not None:
+        _log(f"tracing {config.repo_package}'s own tests (first {config.repo_test_files} test files) in the sandbox")
+        paths["repo_traces"] = data / "repo-traces"
+        collect(package, paths["repo_traces"],
+                CollectConfig(limits=limits, first_items=config.repo_test_files, progress=False))
+    elif config.repo_package:
+        _log(f"no repository traces: {config.repo_package!r} is not installed")
     return paths
 
 
+def _package_dir(name: str) -> Path | None:
+    """The directory of an installed package, or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    locations = spec.submodule_search_locations if spec else None
+    return Path(next(iter(locations))) if locations else None
+
+
 STAGES = ("pretrain", "midtrain", "sft")
+_MIXTURES = {  # by whether traces are trained on (False: the ablation)
+    True: {"pretrain": {"code": 0.5, "traces": 0.25, "repo_traces": 0.05, "direct": 0.2},
+           "midtrain": {"code": 0.1, "traces": 0.65, "repo_traces": 0.05, "direct": 0.2},
+           "sft": {"sft": 0.5, "traces": 0.4, "direct": 0.1}},
+    False: {"pretrain": {"code": 0.8, "direct": 0.2}, "midtrain": {"code": 0.8, "direct": 0.2},
+            "sft": {"sft": 0.5, "code": 0.4, "direct": 0.1}},
+}
 
 
-def _stage_sources(config: SpeedrunConfig, stage: str) -> dict[str, float]:
-    """Mixture weights per stage. The ablation has the same budget with every trace replaced by code: no trace
-    documents, and SFT answers without the reasoning section."""
-    if config.traces:
-        return {"pretrain": {"code": 0.5, "traces": 0.3, "direct": 0.2},
-                "midtrain": {"code": 0.1, "traces": 0.7, "direct": 0.2},
-                "sft": {"sft": 0.5, "traces": 0.4, "direct": 0.1}}[stage]
-    return {"pretrain": {"code": 0.8, "direct": 0.2}, "midtrain": {"code": 0.8, "direct": 0.2},
-            "sft": {"sft": 0.5, "code": 0.4, "direct": 0.1}}[stage]
+def _stage_sources(config: SpeedrunConfig, stage: str, paths: dict[str, Path]) -> dict[str, float]:
+    """Mixture weights per stage (shares of tokens), without the repository traces when there are none. The
+    ablation has the same budget with every trace replaced by code: no trace documents, and SFT answers without
+    the reasoning section."""
+    weights = _MIXTURES[config.traces][stage]
+    return {name: weight for name, weight in weights.items() if name != "repo_traces" or name in paths}
 
 
-def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], tokenizer) -> tuple[Path, list[dict]]:
+def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path],
+                tokenizer) -> tuple[Path, list[dict], dict[str, dict]]:
+    """Train every stage; returns the last stage's directory, the logged metrics and the size of each source."""
     import torch
 
     from opencwm.data.documents import documents
@@ -106,11 +132,13 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
     from opencwm.train.loop import TrainConfig, Trainer
 
     makers = {"code": lambda: documents(paths["code"], tokenizer),
+              "repo_traces": lambda: documents(paths["repo_traces"], tokenizer),
               "traces": lambda: documents(paths["traces"], tokenizer),
               "direct": lambda: documents(paths["traces"], tokenizer, direct=True),
               "sft": lambda: sft_documents(paths["traces"], tokenizer, think="both" if config.traces else "no")}
-    needed = {name for stage in STAGES for name in _stage_sources(config, stage)}
+    needed = {name for stage in STAGES for name in _stage_sources(config, stage, paths)}
     docs = {name: makers[name]() for name in sorted(needed)}
+    sizes = {name: {"documents": len(d), "tokens": sum(len(doc.tokens) for doc in d)} for name, d in docs.items()}
     torch.manual_seed(config.seed)
     model = CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
                        max_position_embeddings=max(4096, config.seq_len))).init_weights(
@@ -123,7 +151,7 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
         if steps <= 0:
             continue
         last = stage
-        weights = _stage_sources(config, stage)
+        weights = _stage_sources(config, stage, paths)
         stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed)
         train_config = TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr, schedule=config.schedule,
                                    optimizer=config.optimizer, muon_lr=config.muon_lr,
@@ -138,7 +166,7 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
             history.append({"stage": stage, **json.loads(line)})
     if last is None:
         raise ValueError("every stage has 0 steps")
-    return root / last, history
+    return root / last, history, sizes
 
 
 def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -> dict:
@@ -188,12 +216,12 @@ def run_one(config: SpeedrunConfig) -> dict:
     results_file = root / "results.json"
     if results_file.exists():
         return json.loads(results_file.read_text())
-    last_stage, history = train_model(config, root, paths, tokenizer)
+    last_stage, history, sources = train_model(config, root, paths, tokenizer)
     checkpoint = last_stage / "checkpoints" / (last_stage / "checkpoints" / "latest").read_text().strip()
     model = CWM.from_pretrained(checkpoint / "model")
     _log("evaluating")
     results = evaluate(config, model, tokenizer, paths)
-    results.update(wall_seconds=round(time.monotonic() - start, 1), history=history,
+    results.update(wall_seconds=round(time.monotonic() - start, 1), history=history, sources=sources,
                    difficulty=difficulty_profile(paths, config.eval_traces), config=asdict(config))
     results_file.write_text(json.dumps(results))
     return results
@@ -209,6 +237,7 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
     report["wall_seconds"] = round(total_seconds, 1)
     report["difficulty"] = main.get("difficulty")
     report["frame_token_accuracy_by_kind"] = main.get("frame_token_accuracy_by_kind")
+    report["sources"] = main.get("sources")
     if main.get("cruxeval_missing"):
         report["cruxeval_missing"] = main["cruxeval_missing"]
     if ablation is not None:
@@ -242,6 +271,11 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         *rows,
         "",
     ]
+    if main.get("sources"):
+        lines += ["Training sources (with traces), documents / tokens: " + ", ".join(
+            f"{name} {size['documents']} / {size['tokens'] / 1e6:.2f}M" for name, size in main["sources"].items())
+            + (f" (repo_traces: calls that {config['repo_package']}'s own tests make into it)"
+               if "repo_traces" in main["sources"] else ""), ""]
     if ablation is not None:
         best = max(main.get("output_exact_match_rollout") or 0, main.get("output_exact_match_direct") or 0)
         gain = 100 * (best - (ablation.get("output_exact_match_direct") or 0))

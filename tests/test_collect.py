@@ -67,6 +67,17 @@ def test_rerun_skips_finished_items(tmp_path):
     assert third["processed"] == 0
 
 
+def test_first_items_selects_the_same_items_on_every_run(tmp_path):
+    """``first_items`` is a fixed selection (the source's first N), so a rerun completes it and adds nothing
+    more, unlike ``max_items`` (N more items per run)."""
+    source = REPO / "examples" / "programs.jsonl"
+    first_ids = [json.loads(line)["id"] for line in source.read_text().splitlines()][:4]
+    assert collect(source, tmp_path / "ds", _config(first_items=4, max_items=3))["processed"] == 3
+    assert collect(source, tmp_path / "ds", _config(first_items=4))["processed"] == 1
+    assert collect(source, tmp_path / "ds", _config(first_items=4))["processed"] == 0
+    assert sorted(_ids(tmp_path / "ds")) == sorted(first_ids)
+
+
 def test_kill_9_loses_nothing_finished_and_duplicates_nothing(tmp_path):
     items = [{"id": f"slow-{i}", "code": "import time\ndef f(x):\n    time.sleep(0.02)\n    return x * 2",
               "input": str(i)} for i in range(400)]

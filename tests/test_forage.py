@@ -268,6 +268,30 @@ def test_oracle_solves_and_the_trajectory_becomes_training_text(env, tasks, tmp_
     assert run_episodes(tasks[:3], OraclePolicy, tmp_path / "oracle")["episodes"] == 3
 
 
+def test_trajectories_are_a_training_source(env, tasks, tmp_path):
+    """A trajectory dataset is read like code and traces: its documents decode to the conversations the agent
+    had, and ``opencwm train`` trains on it."""
+    from opencwm.data.documents import documents
+    from opencwm.tokenizer import Tokenizer
+
+    run_episodes(tasks[:3], OraclePolicy, tmp_path / "oracle")
+    rows = read_trajectories(tmp_path / "oracle")
+    texts = [m["content"] for row in rows for m in json.loads(row["messages"])]
+    tokenizer = Tokenizer.train(texts, vocab_size=400)
+    docs = documents(tmp_path / "oracle", tokenizer)
+    assert len(docs) == len(rows) == 3
+    for doc, row in zip(docs, rows):
+        text = tokenizer.decode(doc.tokens)
+        assert text.endswith("<|end_of_text|>")
+        assert decode_messages(text.removesuffix("<|end_of_text|>")) == json.loads(row["messages"])
+    result = subprocess.run([sys.executable, "-m", "opencwm.cli", "train", "--quiet", "--preset", "nano", "--vocab",
+                             "400", "--batch-size", "2", "--seq-len", "128", "--steps", "2", "--out",
+                             str(tmp_path / "run"), "--data", f"agent={tmp_path / 'oracle'}"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 2
+
+
 def test_warm_test_server_agrees_with_the_real_pytest_across_same_size_rewrites(env):
     """Same-size rewrites of one file within a second must not reuse each other's cached bytecode."""
     tree = env.checkout()

@@ -15,7 +15,8 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
         [sys.executable, "-m", "opencwm.cli", "speedrun", "--out", str(tmp_path), "--preset", "nano",
          "--train-programs", "60", "--heldout-programs", "6", "--code-files", "30", "--vocab", "400",
          "--seq-len", "256", "--batch-size", "2", "--pretrain-steps", "4", "--midtrain-steps", "4", "--sft-steps", "4",
-         "--eval-traces", "3", "--max-trace-tokens", "64", "--cruxeval", str(tmp_path / "absent.jsonl")],
+         "--eval-traces", "3", "--max-trace-tokens", "64", "--cruxeval", str(tmp_path / "absent.jsonl"),
+         "--repo-test-files", "2"],
         capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -28,4 +29,7 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     assert (tmp_path / "report.md").read_text().startswith("# opencwm CPU speedrun")
     assert {"name", "line", "format"} <= set(report["frame_token_accuracy_by_kind"])
     assert "Frame tokens right by kind" in (tmp_path / "report.md").read_text()
+    # repository-level traces of networkx's own tests are a training source
+    assert report["sources"]["repo_traces"]["documents"] > 0
+    assert "calls that networkx's own tests make" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "accuracy.png").stat().st_size > 1000

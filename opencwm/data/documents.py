@@ -1,5 +1,6 @@
 """Training documents from the corpora: every dataset kind becomes token sequences in the text form the model
-learns (code as is; traces in CWM's trace format, with its special tokens; each followed by end-of-text).
+learns (code as is; traces in CWM's trace format, with its special tokens; forager trajectories as CWM chat
+conversations; each followed by end-of-text).
 
 Traces the tracer could not finish (``error``, sandbox outcomes) are skipped; truncated traces are kept (their
 text has no end-of-text, so the model never learns a fake ending).
@@ -19,7 +20,7 @@ TRAINABLE_TRACE_STATUSES = ("ok", "exception", "truncated")
 
 
 def texts(directory: str | Path, limit: int | None = None) -> list[str]:
-    """The training texts of a dataset directory (code or traces)."""
+    """The training texts of a dataset directory (code, traces or agent trajectories)."""
     kind = read_manifest(directory).get("kind")
     out: list[str] = []
     if kind == "opencwm.code":
@@ -35,8 +36,12 @@ def texts(directory: str | Path, limit: int | None = None) -> list[str]:
                 out.append(encode(trace))
                 if limit and len(out) >= limit:
                     break
+    elif kind == "opencwm.forage.trajectories":
+        from opencwm.forage.trajectory import read_trajectories, training_text
+
+        out = [training_text(row) for row in read_trajectories(directory)[: limit or None]]
     else:
-        raise DatasetError(f"{directory}: cannot train on a {kind!r} dataset (code or traces)")
+        raise DatasetError(f"{directory}: cannot train on a {kind!r} dataset (code, traces or trajectories)")
     return out
 
 

@@ -54,7 +54,8 @@ class CollectConfig:
     ray_address: str | None = None  # "local" starts a local Ray instance
     rows_per_shard: int = 2000
     seconds_per_shard: float = 30.0
-    max_items: int | None = None
+    max_items: int | None = None  # stop after this many new items
+    first_items: int | None = None  # only the source's first N items (a rerun completes the same selection)
     progress: bool = True
 
 
@@ -174,6 +175,8 @@ def collect(source: str | Path, out: str | Path, config: CollectConfig | None = 
     else:
         job_args = {}
     kind, items = load_items(source, calls)
+    if config.first_items is not None:
+        items = items[: config.first_items]
     origin = str(source)
     if kind == "repository":  # the jobs read the repository (bubblewrap shows no host path under /tmp by default)
         visible = (*config.sandbox.visible_paths, str(Path(source).resolve()))
