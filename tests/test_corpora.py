@@ -46,6 +46,11 @@ def test_cruxeval_is_held_out_of_the_program_corpus(tmp_path):
                                 holdout=Holdout(cruxeval))
     assert cruxeval_overlap((r["text"] for r in read_rows(tmp_path / "code")), cruxeval) == set()
     assert summary["written"] > 300
+    # the speedrun's repository-level traces show networkx's module files as their sources
+    from opencwm.speedrun import SpeedrunConfig, _package_dir
+
+    package = _package_dir(SpeedrunConfig().repo_package)
+    assert cruxeval_overlap((p.read_text() for p in package.rglob("*.py")), cruxeval) == set()
 
 
 def test_program_corpus_becomes_a_trace_corpus(tmp_path):
