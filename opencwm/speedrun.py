@@ -89,15 +89,18 @@ def build_data(config: SpeedrunConfig, root: Path) -> dict[str, Path]:
         collect(package, paths["repo_traces"],
                 CollectConfig(limits=limits, first_items=config.repo_test_files, progress=False))
     elif config.repo_package:
-        _log(f"no repository traces: {config.repo_package!r} is not installed")
+        _log(f"no repository traces: {config.repo_package!r} is not an installed package")
     return paths
 
 
 def _package_dir(name: str) -> Path | None:
-    """The directory of an installed package, or None."""
+    """The directory of an installed package, or None (not installed, or a single module)."""
     import importlib.util
 
-    spec = importlib.util.find_spec(name)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a dotted name whose parent is missing, or an empty name
+        spec = None
     locations = spec.submodule_search_locations if spec else None
     return Path(next(iter(locations))) if locations else None
 

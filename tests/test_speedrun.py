@@ -33,3 +33,19 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     assert report["sources"]["repo_traces"]["documents"] > 0
     assert "calls that networkx's own tests make" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "accuracy.png").stat().st_size > 1000
+
+
+def test_repository_traces_are_used_when_the_package_is_installed_and_never_in_the_ablation():
+    from pathlib import Path
+
+    from opencwm.speedrun import SpeedrunConfig, _package_dir, _stage_sources
+
+    assert _package_dir("networkx") == Path(__import__("networkx").__file__).parent
+    assert _package_dir("no_such_package_here") is None and _package_dir("json.no_such") is None
+    config = SpeedrunConfig()
+    with_repo = _stage_sources(config, "midtrain", {"repo_traces": Path("x")})
+    without = _stage_sources(config, "midtrain", {})
+    assert "repo_traces" in with_repo and "repo_traces" not in without
+    ablation = SpeedrunConfig(traces=False)
+    assert all("traces" not in name for stage in ("pretrain", "midtrain", "sft")
+               for name in _stage_sources(ablation, stage, {"repo_traces": Path("x")}))
