@@ -116,7 +116,8 @@ def main() -> None:
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     figures = (f"`{args.preset}` preset, batch {args.batch} x {args.seq} tokens, "
                f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}, attention "
-               f"{model.attention_backend}, {'eager' if args.no_compile else 'per-block compile'}, median of "
+               f"{model.attention_backend}, {'eager' if args.no_compile else 'per-block compile'}, the trainer's loss "
+               f"(labels=), median of "
                f"{args.steps} steps on {name}: {tokens_per_second:.0f} tok/s, {achieved / 1e12:.1f} TFLOP/s")
     if peak:
         figures += (f", MFU {achieved / peak:.1%} (goal >= 45% on H100; with PaLM/torchtitan's FLOP count "
