@@ -459,6 +459,13 @@ def cmd_model_info(args) -> int:
     return 0
 
 
+_SPEEDRUN_HELP = {
+    "cruxeval": "a CruxEval JSONL, hf (the public dataset) or none; ",
+    "repo_package": "an installed package whose own test suite is traced for repository-level traces, or none; ",
+    "repo_test_files": "how many of its test files are run (the first N); ",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opencwm", description="opencwm: an open Code World Model system.")
     areas = parser.add_subparsers(dest="area", metavar="AREA", required=True)
@@ -581,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed"):
         default = getattr(defaults, name)
         run.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else str,
-                         default=None, help=f"default: {default}")
+                         default=None, help=_SPEEDRUN_HELP.get(name, "") + f"default: {default}")
     run.add_argument("--no-traces", action="store_true", help="run only the ablation (code instead of traces)")
     run.add_argument("--no-ablation", action="store_true", help="skip the no-traces comparison run")
     run.add_argument("--no-compile", action="store_true", help="train eagerly (no torch.compile of the blocks)")
