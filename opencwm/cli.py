@@ -140,9 +140,12 @@ def cmd_trace_collect(args) -> int:
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
+    if args.first_items is not None and args.first_items < 1:
+        raise CliError("--first-items must be at least 1")
     config = CollectConfig(
         workers=args.workers, sandbox=_sandbox_config(args, preload=PRELOAD), limits=_limits(args),
-        tracer_backend=args.tracer, ray_address=args.ray, max_items=args.max_items, progress=not args.quiet,
+        tracer_backend=args.tracer, ray_address=args.ray, max_items=args.max_items, first_items=args.first_items,
+        progress=not args.quiet,
         rows_per_shard=args.rows_per_shard,
     )
     try:
@@ -495,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     coll.add_argument("--workers", type=int, default=_cpu_count(), help="parallel sandboxes (default: %(default)s)")
     coll.add_argument("--ray", metavar="ADDRESS", help='spread work over a Ray cluster ("local" starts one here)')
     coll.add_argument("--max-items", type=int, help="stop after this many new items")
+    coll.add_argument("--first-items", type=int,
+                      help="only the source's first N items (e.g. test files of a repository); a rerun completes them")
     coll.add_argument("--rows-per-shard", type=int, default=2000)
     coll.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_sandbox_args(coll, timeout=10.0)

@@ -76,6 +76,12 @@ def test_first_items_selects_the_same_items_on_every_run(tmp_path):
     assert collect(source, tmp_path / "ds", _config(first_items=4))["processed"] == 1
     assert collect(source, tmp_path / "ds", _config(first_items=4))["processed"] == 0
     assert sorted(_ids(tmp_path / "ds")) == sorted(first_ids)
+    cli = [*OPENCWM, "trace", "collect", str(source), "--out", str(tmp_path / "cli"), "--quiet", "--first-items"]
+    done = subprocess.run([*cli, "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(_ids(tmp_path / "cli")) == sorted(first_ids[:2])
+    bad = subprocess.run([*cli, "0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--first-items must be at least 1" in bad.stderr
 
 
 def test_kill_9_loses_nothing_finished_and_duplicates_nothing(tmp_path):
