@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import append_row  # noqa: E402
 
-from opencwm.data.packing import IGNORE  # noqa: E402
+from opencwm.data.packing import next_token_labels  # noqa: E402
 from opencwm.model import CWM, preset  # noqa: E402
 from opencwm.model.flops import flops_per_token, peak_flops  # noqa: E402
 from opencwm.train.loop import loss_fn  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> None:
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), generator=generator).to(device)
     boundaries = torch.sort(torch.randint(1, args.seq, (args.batch, 3), generator=generator)).values.to(device)
     docs = (torch.arange(args.seq, device=device)[None, :, None] >= boundaries[:, None, :]).sum(-1)
-    labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], IGNORE)], dim=1)
+    labels = next_token_labels(ids)
     batch = {"input_ids": ids, "document_ids": docs, "labels": labels}
 
     def forward_backward():

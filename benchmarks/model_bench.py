@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import append_row  # noqa: E402
 
-from opencwm.data.packing import IGNORE  # noqa: E402
+from opencwm.data.packing import next_token_labels  # noqa: E402
 from opencwm.model import CWM, preset  # noqa: E402
 from opencwm.model.generate import Sampling, generate  # noqa: E402
 from opencwm.model.quant import quantize  # noqa: E402
@@ -68,7 +68,7 @@ def training_step(model, ids, hf: bool, bf16: bool = False):
         if hf:
             loss = model(ids, labels=ids).loss
         else:
-            labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], IGNORE)], dim=1)
+            labels = next_token_labels(ids)
             loss = model(ids, labels=labels) / labels[:, :-1].numel()
     loss.backward()
 

@@ -102,3 +102,14 @@ def test_bad_configuration_is_refused(sources):
         PackedStream({"empty": []}, {"empty": 1.0}, seq_len=8)
     with pytest.raises(ValueError):
         Document([1, 2], [True])
+
+
+def test_next_token_labels_equal_the_packers_labels_for_one_document_per_row():
+    import torch
+
+    from opencwm.data.packing import next_token_labels
+
+    docs = [Document(list(range(100 + 16 * i, 116 + 16 * i))) for i in range(3)]  # exactly one row each
+    batch = PackedStream({"d": docs}, {"d": 1.0}, seq_len=16, seed=0).next_batch(3)
+    assert (batch["document_ids"] == batch["document_ids"][:, :1]).all()  # one document per row
+    assert torch.equal(next_token_labels(batch["input_ids"]), batch["labels"])

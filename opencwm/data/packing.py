@@ -25,6 +25,14 @@ from dataclasses import dataclass
 IGNORE = -100
 
 
+def next_token_labels(input_ids):
+    """Labels for rows of ``input_ids`` (a tensor) that are each one document: the next token, ``IGNORE`` after
+    the last (what the packer gives a row holding one document, for benchmarks and tools on plain tensors)."""
+    import torch
+
+    return torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], IGNORE)], dim=1)
+
+
 @dataclass
 class Document:
     tokens: list[int]
