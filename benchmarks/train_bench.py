@@ -5,12 +5,18 @@ checkpoints) against the bare model step (forward, loss, backward, AdamW) on pre
     python benchmarks/train_bench.py [--steps 40] [--repeats 3]
 
 Alternates the two measurements ``--repeats`` times and reports medians; goal: the pipeline costs <= 5% over the
-bare step. On a GPU the same script reports the bf16 MFU of the ``1b`` preset (``--preset 1b``).
+bare step. On a GPU the same script reports the bf16 MFU of the ``1b`` preset, bare and through the Trainer (its
+own windowed tokens/s, leaving out the first window, which holds compilation), and what one checkpoint costs:
+
+    python benchmarks/train_bench.py --preset 1b --preset-vocab --seq-len 8192 --batch-size 2 --steps 20 \
+        --repeats 1 --compile --checkpoint-every 20
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -57,6 +63,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--compile", action="store_true", help="torch.compile each block (both measurements)")
+    parser.add_argument("--preset-vocab", action="store_true",
+                        help="keep the preset's vocabulary (128k for 1b) rather than the trained tokenizer's 2048")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="the pipeline's checkpoint interval in steps (default: half the steps)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -68,13 +78,15 @@ def main() -> None:
                                 vocab_size=2048)
     docs = {"traces": documents(work / "traces", tokenizer), "direct": documents(work / "traces", tokenizer,
                                                                                   direct=True)}
-    config = preset(args.preset, vocab_size=tokenizer.vocab_size)
+    config = (preset(args.preset, max_position_embeddings=max(args.seq_len, 1024)) if args.preset_vocab
+              else preset(args.preset, vocab_size=tokenizer.vocab_size))
+    checkpoint_every = args.checkpoint_every or max(1, args.steps // 2)
     tokens_per_step = args.batch_size * args.seq_len
 
     premade_stream = PackedStream(docs, {"traces": 0.8, "direct": 0.2}, seq_len=args.seq_len, seed=1)
     batches = [{k: v.to(device) for k, v in premade_stream.next_batch(args.batch_size).items()}
                for _ in range(args.steps)]
-    pipeline, bare = [], []
+    pipeline, bare, steady, saves = [], [], [], []
     for repeat in range(args.repeats + 1):  # the first round warms up both and is not counted
         with torch.device(device):
             model = CWM(config).init_weights(seed=repeat)
@@ -87,13 +99,20 @@ def main() -> None:
             model = CWM(config).init_weights(seed=repeat)
         stream = PackedStream(docs, {"traces": 0.8, "direct": 0.2}, seq_len=args.seq_len, seed=repeat)
         train = TrainConfig(steps=args.steps, batch_size=args.batch_size, warmup_steps=5, log_every=5,
-                            checkpoint_every=max(1, args.steps // 2), precision=args.precision,
-                            compile=args.compile)
+                            checkpoint_every=checkpoint_every, precision=args.precision, compile=args.compile)
         trainer = Trainer(model, stream, train, work / f"run-{repeat}")
         start = time.perf_counter()
-        trainer.train(progress=False)
+        last = trainer.train(progress=False)
+        seconds = time.perf_counter() - start
         if repeat:
-            pipeline.append(tokens_per_step * args.steps / (time.perf_counter() - start))
+            pipeline.append(tokens_per_step * args.steps / seconds)
+            # The trainer's own tokens/s per logging window, leaving out the first (compilation, warm-up), and the
+            # final checkpoint: what the run spent after its last report.
+            windows = [json.loads(line) for line in (work / f"run-{repeat}" / "metrics.jsonl").open()]
+            steady.extend(w["tokens_per_s"] for w in windows[1:])
+            saves.append(seconds - last["elapsed_s"])
+        del trainer, model
+        shutil.rmtree(work / f"run-{repeat}")  # a 1b run's checkpoints are ~15 GB each
         print(f"round {repeat}: bare {bare[-1] if repeat else 0:.0f} tok/s, pipeline "
               f"{pipeline[-1] if repeat else 0:.0f} tok/s", file=sys.stderr)
     bare_median, pipeline_median = statistics.median(bare), statistics.median(pipeline)
@@ -101,12 +120,17 @@ def main() -> None:
     figures = (f"`{args.preset}` preset, batch {args.batch_size} x {args.seq_len}, {args.steps} steps per round, "
                f"precision {args.precision} (bf16 autocast: {use_bf16(args.precision, device)}), median of "
                f"{args.repeats}: bare step {bare_median:.0f} tok/s, full pipeline (packing from a trace corpus, "
-               f"schedule, clipping, metrics, {2} checkpoints) {pipeline_median:.0f} tok/s: overhead "
-               f"{100 * overhead:.1f}% (goal <= 5%)")
+               f"schedule, clipping, metrics, {args.steps // checkpoint_every} checkpoints) {pipeline_median:.0f} "
+               f"tok/s: overhead {100 * overhead:.1f}% (goal <= 5%); the trainer's own steady tokens/s (median of its "
+               f"logging windows after the first) {statistics.median(steady):.0f}, one checkpoint "
+               f"{statistics.median(saves):.1f} s")
     if device.type == "cuda" and (peak := cuda_peak_flops()):
         per_token = flops_per_token(config, args.seq_len)
-        figures += (f"; on {torch.cuda.get_device_name()}: MFU bare {bare_median * per_token / peak:.1%}, "
-                    f"pipeline {pipeline_median * per_token / peak:.1%}")
+        mfu = {name: f"{tokens * per_token / peak:.1%}" for name, tokens in
+               (("bare", bare_median), ("steady", statistics.median(steady)), ("pipeline", pipeline_median))}
+        figures += (f"; on {torch.cuda.get_device_name()}, vocabulary {config.vocab_size}: MFU bare {mfu['bare']}, "
+                    f"pipeline steady {mfu['steady']} (goal >= 45%), pipeline with compilation and checkpoints "
+                    f"{mfu['pipeline']}, peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print(figures)
     if not args.no_record:
         append_row("train_bench", "python benchmarks/train_bench.py " + " ".join(sys.argv[1:]), figures)

@@ -403,7 +403,11 @@ def cmd_speedrun(args) -> int:
     for name in ("cruxeval", "repo_package"):
         if getattr(args, name) == "none":
             values[name] = None
-    report = speedrun(SpeedrunConfig(**values), ablation=not args.no_ablation)
+    try:
+        config = SpeedrunConfig(**values)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    report = speedrun(config, ablation=not args.no_ablation)
     print(json.dumps({k: v for k, v in report.items() if k != "difficulty"}))
     return 0
 
@@ -466,6 +470,7 @@ _SPEEDRUN_HELP = {
     "cruxeval": "a CruxEval JSONL, hf (the public dataset) or none; ",
     "repo_package": "an installed package whose own test suite is traced for repository-level traces, or none; ",
     "repo_test_files": "how many of its test files are run (the first N); ",
+    "device": "where the model trains and is evaluated (cpu, cuda); the data is built on the CPUs; ",
 }
 
 
@@ -590,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("out", "preset", "train_programs", "heldout_programs", "difficulty", "hard_share", "code_files",
                  "repo_package", "repo_test_files", "vocab", "seq_len", "batch_size", "pretrain_steps",
                  "midtrain_steps", "sft_steps", "lr", "optimizer", "muon_lr", "schedule", "eval_traces",
-                 "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed"):
+                 "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed", "device"):
         default = getattr(defaults, name)
         run.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else str,
                          default=None, help=_SPEEDRUN_HELP.get(name, "") + f"default: {default}")

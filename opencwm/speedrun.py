@@ -54,6 +54,11 @@ class SpeedrunConfig:
     cruxeval_limit: int = 50
     traces: bool = True  # False: the ablation (code instead of traces, same token budget)
     seed: int = 0
+    device: str = "cpu"  # where the model trains and is evaluated: cpu, cuda, cuda:1, ... (the data is built on CPUs)
+
+    def __post_init__(self) -> None:
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ValueError(f"--device {self.device!r}: cpu, cuda or cuda:N")
 
 
 def _log(message: str) -> None:
@@ -143,9 +148,10 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path],
     docs = {name: makers[name]() for name in sorted(needed)}
     sizes = {name: {"documents": len(d), "tokens": sum(len(doc.tokens) for doc in d)} for name, d in docs.items()}
     torch.manual_seed(config.seed)
-    model = CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
-                       max_position_embeddings=max(4096, config.seq_len))).init_weights(
-                       seed=config.seed, zero_residual=config.optimizer == "muon")
+    with torch.device(config.device):
+        model = CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
+                           max_position_embeddings=max(4096, config.seq_len))).init_weights(
+                           seed=config.seed, zero_residual=config.optimizer == "muon")
     history: list[dict] = []
     steps_of = {"pretrain": config.pretrain_steps, "midtrain": config.midtrain_steps, "sft": config.sft_steps}
     last = None
@@ -221,7 +227,7 @@ def run_one(config: SpeedrunConfig) -> dict:
         return json.loads(results_file.read_text())
     last_stage, history, sources = train_model(config, root, paths, tokenizer)
     checkpoint = last_stage / "checkpoints" / (last_stage / "checkpoints" / "latest").read_text().strip()
-    model = CWM.from_pretrained(checkpoint / "model")
+    model = CWM.from_pretrained(checkpoint / "model", device=config.device)
     _log("evaluating")
     results = evaluate(config, model, tokenizer, paths)
     results.update(wall_seconds=round(time.monotonic() - start, 1), history=history, sources=sources,

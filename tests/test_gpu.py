@@ -60,6 +60,27 @@ def test_model_with_flex_attention_matches_sdpa_in_logits_and_gradients():
 
 
 @cuda
+def test_inference_at_many_lengths_on_cuda_matches_the_dense_reference_without_uncompiled_flex():
+    """Evaluation calls the model at a new length each time; more lengths than dynamo's recompile limit must
+    neither fall back to uncompiled FlexAttention (which materialises the whole score matrix) nor change logits."""
+    import warnings
+
+    config = preset("nano", max_position_embeddings=1024)
+    with torch.device("cuda"):
+        model = CWM(config).init_weights(seed=1).eval()
+    generator = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        for length in range(100, 100 + 13 * 37, 37):
+            ids = torch.randint(0, config.vocab_size, (1, length), generator=generator).cuda()
+            model.attention_backend = None
+            got = model(ids)
+            model.attention_backend = "dense"
+            assert (got - model(ids)).abs().max() < 1e-4
+    assert not [w for w in caught if "without torch.compile" in str(w.message)]
+
+
+@cuda
 def test_compiled_labels_loss_in_bf16_matches_cross_entropy_of_the_logits():
     """The training path on the GPU (bf16 autocast, FlexAttention, compiled blocks and compiled loss through
     ``labels=``) gives the loss and gradients of an fp32 cross-entropy over the eager model's logits."""

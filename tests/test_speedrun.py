@@ -8,15 +8,16 @@ import sys
 
 import pytest
 
+TOY_SPEEDRUN = [sys.executable, "-m", "opencwm.cli", "speedrun", "--preset", "nano", "--train-programs", "60",
+                "--heldout-programs", "6", "--code-files", "30", "--vocab", "400", "--seq-len", "256",
+                "--batch-size", "2", "--pretrain-steps", "4", "--midtrain-steps", "4", "--sft-steps", "4",
+                "--eval-traces", "3", "--max-trace-tokens", "64"]
+
 
 @pytest.mark.slow
 def test_speedrun_end_to_end_at_toy_size(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "opencwm.cli", "speedrun", "--out", str(tmp_path), "--preset", "nano",
-         "--train-programs", "60", "--heldout-programs", "6", "--code-files", "30", "--vocab", "400",
-         "--seq-len", "256", "--batch-size", "2", "--pretrain-steps", "4", "--midtrain-steps", "4", "--sft-steps", "4",
-         "--eval-traces", "3", "--max-trace-tokens", "64", "--cruxeval", str(tmp_path / "absent.jsonl"),
-         "--repo-test-files", "2"],
+        [*TOY_SPEEDRUN, "--out", str(tmp_path), "--cruxeval", str(tmp_path / "absent.jsonl"), "--repo-test-files", "2"],
         capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -49,3 +50,20 @@ def test_repository_traces_are_used_when_the_package_is_installed_and_never_in_t
     ablation = SpeedrunConfig(traces=False)
     assert all("traces" not in name for stage in ("pretrain", "midtrain", "sft")
                for name in _stage_sources(ablation, stage, {"repo_traces": Path("x")}))
+
+
+def test_a_device_that_is_not_cpu_or_cuda_is_one_line_and_exit_2_before_any_work(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "opencwm.cli", "speedrun", "--out", str(tmp_path / "run"),
+                             "--device", "tpu"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == "opencwm: --device 'tpu': cpu, cuda or cuda:N"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.slow
+def test_speedrun_trains_and_evaluates_on_cuda(tmp_path):
+    result = subprocess.run(
+        [*TOY_SPEEDRUN, "--out", str(tmp_path), "--device", "cuda", "--cruxeval", "none", "--repo-package", "none",
+         "--no-ablation"], capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0 <= json.loads((tmp_path / "report.json").read_text())["frame_exact_match"] <= 1

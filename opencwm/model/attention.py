@@ -7,7 +7,7 @@ given), and, on local layers, ``i - j < window``. Backends, all computing the sa
 - ``sdpa``: PyTorch's scaled_dot_product_attention. Global layers use the causal kernel (or a document mask);
   local layers run query chunks against only the keys their window can reach, so time and memory grow linearly
   with the sequence length instead of quadratically.
-- ``flex``: FlexAttention with a block mask (CUDA), compiled.
+- ``flex``: FlexAttention with a block mask (CUDA), compiled; the default for training on CUDA.
 
 Tensors are (batch, heads, time, head_dim); keys and values have ``num_key_value_heads`` heads (GQA).
 """
@@ -20,8 +20,11 @@ import torch.nn.functional as F
 BACKENDS = ("dense", "sdpa", "flex")
 
 
-def default_backend(device: torch.device) -> str:
-    return "flex" if device.type == "cuda" else "sdpa"
+def default_backend(device: torch.device, *, training: bool = True) -> str:
+    """FlexAttention for training on CUDA, whose packed batches all have one shape; SDPA elsewhere, and for
+    inference, whose lengths change from call to call: compiled FlexAttention is specialised to one length, and
+    past the recompile limit it would run uncompiled, materialising the whole score matrix."""
+    return "flex" if device.type == "cuda" and training else "sdpa"
 
 
 def allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, q_doc: torch.Tensor | None = None,

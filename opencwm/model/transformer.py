@@ -104,7 +104,7 @@ class CWM(nn.Module):
         self.config = config
         self.model = Body(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.attention_backend: str | None = None  # None: flex on CUDA, sdpa elsewhere
+        self.attention_backend: str | None = None  # None: flex for training on CUDA, sdpa otherwise
         self.gradient_checkpointing = False
         self._loss_sum = loss_sum
 
@@ -156,7 +156,8 @@ class CWM(nn.Module):
         when the blocks are compiled).
         """
         batch, time = input_ids.shape
-        backend = self.attention_backend or default_backend(input_ids.device)
+        backend = self.attention_backend or default_backend(input_ids.device,
+                                                             training=self.training and torch.is_grad_enabled())
         valid = None
         if cache is not None:
             steps = torch.arange(time, device=input_ids.device)

@@ -207,8 +207,10 @@ class Trainer:
         metrics = (self.out_dir / "metrics.jsonl").open("a") if self.rank == 0 else None
         self.model.train()
         bf16 = use_bf16(config.precision, self.device)
-        start, start_step, tokens_seen, last = time.monotonic(), self.step, 0, {}
-        window_loss, window_steps = torch.zeros((), device=self.device), 0  # the reported loss: the window's mean
+        start, start_step, last = time.monotonic(), self.step, {}
+        # The reported loss, tokens/s and MFU are the window's since the last report (one step's loss swings with
+        # the sources that happen to fill its batch; the first window's speed includes compilation).
+        window_loss, window_steps, window_tokens, window_start = torch.zeros((), device=self.device), 0, 0, start
         while self.step < config.steps:
             self.optimizer.set_lr_scale(lr_scale(self.step, config))
             total_loss, total_tokens = torch.zeros((), device=self.device), 0
@@ -226,42 +228,44 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            tokens_seen += total_tokens * self.world
+            window_tokens += total_tokens * self.world
             window_loss += total_loss
             window_steps += 1
             # Loss and norm are read (a host synchronisation, and under FSDP2 a reduction over ranks) only on the
-            # steps that report them; the loss reported is the mean since the last report (one step's loss swings
-            # with the sources that happen to fill its batch).
+            # steps that report them.
             if self.step % config.log_every == 0 or self.step == config.steps:
                 if self.distributed:
                     import torch.distributed as dist
 
                     dist.all_reduce(window_loss)
                     window_loss /= self.world
-                last = self._report(window_loss / window_steps, norm, tokens_seen, start, start_step, progress,
-                                    metrics)
-                window_loss, window_steps = torch.zeros((), device=self.device), 0
+                loss_value = float(window_loss / window_steps)  # waits for the device, so the clock below is true
+                now = time.monotonic()
+                last = self._report(loss_value, norm, window_tokens / (now - window_start), now - start,
+                                    (now - start) / (self.step - start_step), progress, metrics)
+                window_loss, window_steps, window_tokens, window_start = torch.zeros((), device=self.device), 0, 0, now
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                 self.save()
         if metrics is not None:
             metrics.close()
         return last
 
-    def _report(self, loss, norm, tokens_seen, start, start_step, progress, metrics) -> dict:
-        """Metrics of this step: JSONL from rank 0, and a progress line with loss, tokens/s, MFU on GPU, ETA."""
-        config, loss = self.config, float(loss)
-        elapsed = time.monotonic() - start
+    def _report(self, loss, norm, tokens_per_s, elapsed, seconds_per_step, progress, metrics) -> dict:
+        """Metrics of this step: JSONL from rank 0, and a progress line with loss, tokens/s and MFU on GPU (both over
+        the steps since the last report), seconds since this ``train`` call began, and the ETA (at its pace)."""
+        config = self.config
         last = {"step": self.step, "loss": round(loss, 5), "lr": learning_rate(self.step - 1, config),
-                "grad_norm": round(float(norm), 4), "tokens_per_s": round(tokens_seen / elapsed, 1)}
+                "grad_norm": round(float(norm), 4), "tokens_per_s": round(tokens_per_s, 1),
+                "elapsed_s": round(elapsed, 3)}
         if self.peak_flops:
-            per_device = tokens_seen / self.world / elapsed
+            per_device = tokens_per_s / self.world
             mfu = per_device * flops_per_token(self.model_config, self.stream.seq_len) / self.peak_flops
             last["mfu"] = float(f"{mfu:.4g}")  # 4 significant digits: a tiny model's MFU is far below 1e-4
         if metrics is not None:
             metrics.write(json.dumps(last) + "\n")
             metrics.flush()
             if progress:
-                eta = elapsed / (self.step - start_step) * (config.steps - self.step)
+                eta = seconds_per_step * (config.steps - self.step)
                 mfu = f"  MFU {last['mfu']:.1%}" if "mfu" in last else ""
                 print(f"step {self.step}/{config.steps}  loss {loss:.4f}  lr {last['lr']:.2e}  "
                       f"{last['tokens_per_s']:.0f} tok/s{mfu}  eta {eta:.0f}s", file=sys.stderr)
