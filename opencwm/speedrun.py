@@ -179,6 +179,7 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path],
 
 
 def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -> dict:
+    from opencwm.eval.copying import copying_accuracy
     from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_report, evaluate_traces
     from opencwm.trace.collect import read_traces
 
@@ -186,6 +187,7 @@ def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -
     results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces,
                               chat=config.sft_steps > 0)
     results.update(cruxeval_report(evaluator, config.cruxeval, config.cruxeval_limit))
+    results["copying_accuracy"] = copying_accuracy(model, low=0, high=min(tokenizer.special_ids.values()))
     return results
 
 
@@ -238,7 +240,7 @@ def run_one(config: SpeedrunConfig) -> dict:
 
 KEYS = ("frame_exact_match", "frame_token_accuracy", "trace_exact_match", "output_exact_match_rollout",
         "output_exact_match_direct", "output_exact_match_chat", "cruxeval_o_direct", "cruxeval_o_rollout",
-        "wall_seconds")
+        "copying_accuracy", "wall_seconds")
 
 
 def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float) -> dict:

@@ -23,7 +23,7 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     for key in ("frame_exact_match", "output_exact_match_rollout", "output_exact_match_direct",
                 "output_exact_match_chat", "cruxeval_o_direct",
-                "cruxeval_o_rollout", "wall_seconds"):
+                "cruxeval_o_rollout", "copying_accuracy", "wall_seconds"):
         assert key in report and key in report["no_traces"]
     assert report["cruxeval_o_direct"] is None and "no such file" in report["cruxeval_missing"]
     assert 0 <= report["frame_exact_match"] <= 1

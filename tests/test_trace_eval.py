@@ -145,3 +145,25 @@ def test_cruxeval_sources_say_what_is_missing(tmp_path):
     except ImportError:
         items, why = load_cruxeval("hf")
         assert items is None and "pip install 'opencwm[hf]'" in why
+
+
+def test_copying_accuracy_is_one_for_a_perfect_copier_and_near_zero_otherwise():
+    from opencwm.eval.copying import copying_accuracy
+
+    class Copier(torch.nn.Module):
+        """Predicts at position i the token at i + 1 - back: a perfect copier of the stretch when back == its
+        length, off by one otherwise."""
+
+        def __init__(self, back: int, vocab: int = 64):
+            super().__init__()
+            self.back, self.vocab, self.device = back, vocab, torch.device("cpu")
+
+        def forward(self, ids):
+            source = torch.roll(ids, self.back - 1, dims=1)
+            return torch.nn.functional.one_hot(source, self.vocab).float()
+
+    assert copying_accuracy(Copier(40), low=0, high=64, length=40) == 1.0
+    assert copying_accuracy(Copier(41), low=0, high=64, length=40) < 0.1
+    assert copying_accuracy(Copier(39), low=0, high=64, length=40) < 0.1
+    untrained = CWM(preset("nano", vocab_size=64, max_position_embeddings=256)).init_weights(seed=1).eval()
+    assert copying_accuracy(untrained, low=0, high=64, length=40) < 0.2
