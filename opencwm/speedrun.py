@@ -18,6 +18,7 @@ Steps (each resumable; finished steps are skipped when rerun):
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -57,7 +58,7 @@ class SpeedrunConfig:
     device: str = "cpu"  # where the model trains and is evaluated: cpu, cuda, cuda:1, ... (the data is built on CPUs)
 
     def __post_init__(self) -> None:
-        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"--device {self.device!r}: cpu, cuda or cuda:N")
 
 

@@ -54,8 +54,8 @@ def test_repository_traces_are_used_when_the_package_is_installed_and_never_in_t
 
 def test_a_device_that_is_not_cpu_or_cuda_is_one_line_and_exit_2_before_any_work(tmp_path):
     result = subprocess.run([sys.executable, "-m", "opencwm.cli", "speedrun", "--out", str(tmp_path / "run"),
-                             "--device", "tpu"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.strip() == "opencwm: --device 'tpu': cpu, cuda or cuda:N"
+                             "--device", "cuda:x"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == "opencwm: --device 'cuda:x': cpu, cuda or cuda:N"
     assert not (tmp_path / "run").exists()
 
 
