@@ -120,7 +120,7 @@ def main() -> None:
     figures = (f"`{args.preset}` preset, batch {args.batch_size} x {args.seq_len}, {args.steps} steps per round, "
                f"precision {args.precision} (bf16 autocast: {use_bf16(args.precision, device)}), median of "
                f"{args.repeats}: bare step {bare_median:.0f} tok/s, full pipeline (packing from a trace corpus, "
-               f"schedule, clipping, metrics, {args.steps // checkpoint_every} checkpoints) {pipeline_median:.0f} "
+               f"schedule, clipping, metrics, {-(-args.steps // checkpoint_every)} checkpoints) {pipeline_median:.0f} "
                f"tok/s: overhead {100 * overhead:.1f}% (goal <= 5%); the trainer's own steady tokens/s (median of its "
                f"logging windows after the first) {statistics.median(steady):.0f}, one checkpoint "
                f"{statistics.median(saves):.1f} s")

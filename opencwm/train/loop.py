@@ -242,7 +242,7 @@ class Trainer:
                 loss_value = float(window_loss / window_steps)  # waits for the device, so the clock below is true
                 now = time.monotonic()
                 last = self._report(loss_value, norm, window_tokens / (now - window_start), now - start,
-                                    (now - start) / (self.step - start_step), progress, metrics)
+                                    start_step, progress, metrics)
                 window_loss, window_steps, window_tokens, window_start = torch.zeros((), device=self.device), 0, 0, now
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                 self.save()
@@ -250,7 +250,7 @@ class Trainer:
             metrics.close()
         return last
 
-    def _report(self, loss, norm, tokens_per_s, elapsed, seconds_per_step, progress, metrics) -> dict:
+    def _report(self, loss, norm, tokens_per_s, elapsed, start_step, progress, metrics) -> dict:
         """Metrics of this step: JSONL from rank 0, and a progress line with loss, tokens/s and MFU on GPU (both over
         the steps since the last report), seconds since this ``train`` call began, and the ETA (at its pace)."""
         config = self.config
@@ -265,7 +265,7 @@ class Trainer:
             metrics.write(json.dumps(last) + "\n")
             metrics.flush()
             if progress:
-                eta = seconds_per_step * (config.steps - self.step)
+                eta = elapsed / (self.step - start_step) * (config.steps - self.step)
                 mfu = f"  MFU {last['mfu']:.1%}" if "mfu" in last else ""
                 print(f"step {self.step}/{config.steps}  loss {loss:.4f}  lr {last['lr']:.2e}  "
                       f"{last['tokens_per_s']:.0f} tok/s{mfu}  eta {eta:.0f}s", file=sys.stderr)
