@@ -249,6 +249,7 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
     report["wall_seconds"] = round(total_seconds, 1)
     report["difficulty"] = main.get("difficulty")
     report["frame_token_accuracy_by_kind"] = main.get("frame_token_accuracy_by_kind")
+    report["frame_exact_match_if_right"] = main.get("frame_exact_match_if_right")
     report["sources"] = main.get("sources")
     if main.get("cruxeval_missing"):
         report["cruxeval_missing"] = main["cruxeval_missing"]
@@ -298,6 +299,10 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         lines += ["Frame tokens right by kind (with traces): " + ", ".join(
             f"{kind} {100 * rate:.1f}%" for kind, rate in kinds.items() if rate is not None)
             + " (name and line are mostly copying from the previous frame and the source; value is execution)", ""]
+    if_right = main.get("frame_exact_match_if_right")
+    if if_right:
+        lines += ["Frame exact match if one kind of token were always right (what limits whole frames): " + ", ".join(
+            f"{kind} {100 * rate:.1f}%" for kind, rate in if_right.items() if rate is not None), ""]
     lines += ["Held-out difficulty (goal: as long as CruxEval's traces, median >= 7 and p95 >= 39 frames): "
               + ", ".join(f"{k} {v}" for k, v in difficulty.items()), ""]
     if main.get("cruxeval_missing"):

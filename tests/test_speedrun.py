@@ -30,6 +30,9 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     assert (tmp_path / "report.md").read_text().startswith("# opencwm CPU speedrun")
     assert {"name", "line", "format"} <= set(report["frame_token_accuracy_by_kind"])
     assert "Frame tokens right by kind" in (tmp_path / "report.md").read_text()
+    if_right = report["frame_exact_match_if_right"]  # a kind always right can only add exact frames
+    assert all(if_right[kind] >= report["frame_exact_match"] for kind in ("line", "value", "name"))
+    assert "Frame exact match if one kind of token were always right" in (tmp_path / "report.md").read_text()
     # repository-level traces of networkx's own tests are a training source
     assert report["sources"]["repo_traces"]["documents"] > 0
     assert "calls that networkx's own tests make" in (tmp_path / "report.md").read_text()

@@ -167,3 +167,49 @@ def test_copying_accuracy_is_one_for_a_perfect_copier_and_near_zero_otherwise():
     assert copying_accuracy(Copier(39), low=0, high=64, length=40) < 0.1
     untrained = CWM(preset("nano", vocab_size=64, max_position_embeddings=256)).init_weights(seed=1).eval()
     assert copying_accuracy(untrained, low=0, high=64, length=40) < 0.2
+
+
+@pytest.mark.parametrize("kind", ["line", "returned"])
+def test_frame_exact_match_if_one_kind_were_right_against_a_model_wrong_on_that_kind_only(kind):
+    """A stand-in model predicts every true next token except the tokens of one kind (the source line, or a
+    return value: both start after a special token, so a frame has such tokens exactly when it has such
+    characters). Frames without that kind are exact; with it always right every frame would be."""
+    from types import SimpleNamespace
+
+    from opencwm.special_tokens import FRAME_SEP
+    from opencwm.trace.codec import encode_context
+
+    traces = [trace_program(source, call) for source, call in PROGRAMS]
+    tokenizer = Tokenizer.train([encode(t) for t in traces], vocab_size=400)
+    sequences, wrong_tokens = [], 0  # (ids, kind of each id) the way the evaluator lays a trace out
+    for trace in traces:
+        ids = tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
+        kinds = ["context"] * len(ids)
+        for frame in trace.frames:
+            piece = tokenizer.encode(encode_frame(frame), allow_special=True)
+            ids += [*piece, tokenizer.token_id(FRAME_SEP)]
+            kinds += [*token_kinds(tokenizer, frame, piece), "format"]
+            wrong_tokens += kinds[-len(piece) - 1 :].count(kind) if frame is not trace.frames[0] else 0
+        sequences.append((ids, kinds))
+
+    class WrongOnOneKind(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(max_position_embeddings=4096)
+            self.device = torch.device("cpu")
+
+        def forward(self, ids):
+            row = ids[0].tolist()
+            full, kinds = next(s for s in sequences if s[0][: len(row)] == row)
+            targets = [(full[i + 1] + (kinds[i + 1] == kind)) % tokenizer.vocab_size if i + 1 < len(full) else 0
+                       for i in range(len(row))]
+            return torch.nn.functional.one_hot(torch.tensor([targets]), tokenizer.vocab_size).float()
+
+    all_but = {}
+    frames, tokens = TraceEvaluator(WrongOnOneKind(), tokenizer).next_frame_scores(traces, all_but=all_but)
+    scored = [frame for trace in traces for frame in trace.frames[1:]]  # the call frame is the input
+    without = sum(kind not in frame_char_kinds(frame) for frame in scored)
+    assert frames.total == len(scored) and frames.correct == without < len(scored)
+    assert tokens.total - tokens.correct == wrong_tokens > 0
+    assert all_but[kind].correct == all_but[kind].total == len(scored)
+    assert all(all_but[other].correct == without for other in all_but if other != kind)

@@ -148,10 +148,13 @@ class TraceEvaluator:
         return self.next_frame_scores(traces, max_frames_per_trace)[0]
 
     def next_frame_scores(self, traces: list[Trace], max_frames_per_trace: int | None = None,
-                          by_kind: dict[str, Score] | None = None) -> tuple[Score, Score]:
+                          by_kind: dict[str, Score] | None = None,
+                          all_but: dict[str, Score] | None = None) -> tuple[Score, Score]:
         """(next-frame exact match, token accuracy within those frames): the second is the graded figure, the
         share of the frames' tokens whose most likely prediction from the true prefix is right; ``by_kind``
-        (a dict) receives the same per token kind (``FRAME_TOKEN_KINDS``)."""
+        (a dict) receives the same per token kind (``FRAME_TOKEN_KINDS``). ``all_but`` (a dict) receives, per
+        kind, the share of frames whose tokens of every other kind are all right: the frame exact match the
+        model would get if that kind were always right (exact, since every prediction sees the true prefix)."""
         import torch
 
         score, tokens = Score(), Score()
@@ -175,9 +178,15 @@ class TraceEvaluator:
                 score.add(all(right))
                 tokens.correct += sum(right)
                 tokens.total += len(right)
-                if by_kind is not None:  # the closing <|frame_sep|> is format
-                    for kind, ok in zip([*token_kinds(self.tokenizer, frame, ids[start : end - 1]), "format"], right):
-                        by_kind.setdefault(kind, Score()).add(ok)
+                if by_kind is None and all_but is None:
+                    continue
+                # the closing <|frame_sep|> is format
+                kinds = [*token_kinds(self.tokenizer, frame, ids[start : end - 1]), "format"]
+                for kind, ok in zip(kinds, right) if by_kind is not None else ():
+                    by_kind.setdefault(kind, Score()).add(ok)
+                wrong = {kind for kind, ok in zip(kinds, right) if not ok}
+                for kind in FRAME_TOKEN_KINDS if all_but is not None else ():
+                    all_but.setdefault(kind, Score()).add(wrong <= {kind})
         return score, tokens
 
     def next_frame_by_generation(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> Score:
@@ -314,7 +323,8 @@ def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | 
     chosen = [(row, trace) for row, trace in rows_and_traces if trace.status == "ok" and trace.frames][:limit]
     traces = [trace for _, trace in chosen]
     by_kind: dict[str, Score] = {}
-    frames, frame_tokens = evaluator.next_frame_scores(traces, max_frames_per_trace, by_kind)
+    all_but: dict[str, Score] = {}
+    frames, frame_tokens = evaluator.next_frame_scores(traces, max_frames_per_trace, by_kind, all_but)
     whole, output = evaluator.rollout(traces)
     programs = [(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")]
     direct = evaluator.direct(programs)
@@ -322,5 +332,6 @@ def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | 
     return {**extra, "frame_exact_match": frames.rate, "frames": frames.total,
             "frame_token_accuracy": frame_tokens.rate, "trace_exact_match": whole.rate,
             "frame_token_accuracy_by_kind": {k: by_kind[k].rate for k in FRAME_TOKEN_KINDS if k in by_kind},
+            "frame_exact_match_if_right": {k: all_but[k].rate for k in FRAME_TOKEN_KINDS if k in all_but},
             "output_exact_match_rollout": output.rate, "output_exact_match_direct": direct.rate,
             "traces": len(traces)}
