@@ -7,7 +7,7 @@ repeat the names of the frame before), so the speedrun reports it beside the wor
 speedrun's `tiny` model scores 0: after 3.7M tokens it has none, which is why it gets most frame tokens right but
 few whole frames (it misspells the source lines it should copy). A first training stage on such repeats did not
 grow them within 300 steps when the stretch length varies (with one fixed length the model learns a fixed-offset
-head instead, in ~150 steps, which is not copying).
+head instead, in ~150 steps, which is not copying), nor did a smaller alphabet of repeated symbols.
 """
 
 from __future__ import annotations
