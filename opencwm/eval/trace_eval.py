@@ -182,11 +182,13 @@ class TraceEvaluator:
                     continue
                 # the closing <|frame_sep|> is format
                 kinds = [*token_kinds(self.tokenizer, frame, ids[start : end - 1]), "format"]
-                for kind, ok in zip(kinds, right) if by_kind is not None else ():
-                    by_kind.setdefault(kind, Score()).add(ok)
-                wrong = {kind for kind, ok in zip(kinds, right) if not ok}
-                for kind in FRAME_TOKEN_KINDS if all_but is not None else ():
-                    all_but.setdefault(kind, Score()).add(wrong <= {kind})
+                if by_kind is not None:
+                    for kind, ok in zip(kinds, right):
+                        by_kind.setdefault(kind, Score()).add(ok)
+                if all_but is not None:
+                    wrong = {kind for kind, ok in zip(kinds, right) if not ok}
+                    for kind in FRAME_TOKEN_KINDS:
+                        all_but.setdefault(kind, Score()).add(wrong <= {kind})
         return score, tokens
 
     def next_frame_by_generation(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> Score:
