@@ -188,8 +188,10 @@ def test_frame_exact_match_if_one_kind_were_right_against_a_model_wrong_on_that_
         for frame in trace.frames:
             piece = tokenizer.encode(encode_frame(frame), allow_special=True)
             ids += [*piece, tokenizer.token_id(FRAME_SEP)]
-            kinds += [*token_kinds(tokenizer, frame, piece), "format"]
-            wrong_tokens += kinds[-len(piece) - 1 :].count(kind) if frame is not trace.frames[0] else 0
+            piece_kinds = token_kinds(tokenizer, frame, piece)
+            kinds += [*piece_kinds, "format"]
+            if frame is not trace.frames[0]:  # the call frame is the input, not scored
+                wrong_tokens += piece_kinds.count(kind)
         sequences.append((ids, kinds))
 
     class WrongOnOneKind(torch.nn.Module):
