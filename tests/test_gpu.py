@@ -170,3 +170,32 @@ def test_mfu_benchmark_runs_end_to_end_on_cpu():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "tok/s" in out.stdout
+
+
+@cuda
+def test_a_run_trained_on_cuda_resumes_on_the_cpu(tmp_path):
+    """Checkpoints written on a GPU load on a machine without one: the optimizer state comes back onto the
+    parameters' device, and the resumed run ends close to the same run continued on the GPU (fp32 both ways)."""
+    from test_train import _config, _model, _stream
+
+    from opencwm.train.loop import Trainer
+
+    def trainer(device: str, steps: int, out) -> Trainer:
+        with torch.device(device):
+            model = _model()
+        return Trainer(model, _stream(), _config(steps=steps, precision="fp32"), out)
+
+    trainer("cuda", 3, tmp_path / "gpu").train(progress=False)
+    straight = trainer("cuda", 6, tmp_path / "gpu")
+    assert straight.resume() and straight.step == 3
+    straight.train(progress=False)
+
+    first = trainer("cuda", 3, tmp_path / "moved")
+    first.train(progress=False)
+    moved = trainer("cpu", 6, tmp_path / "moved")
+    assert moved.resume() and moved.step == 3
+    states = [s for o in moved.optimizer.optimizers for s in o.state.values()]
+    assert states and all(t.device.type == "cpu" for s in states for t in s.values() if torch.is_tensor(t) and t.ndim)
+    moved.train(progress=False)
+    for (name, a), b in zip(straight.model.state_dict().items(), moved.model.state_dict().values()):
+        assert torch.allclose(a.cpu(), b, atol=1e-3, rtol=1e-3), name

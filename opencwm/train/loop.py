@@ -191,7 +191,9 @@ class Trainer:
             load_full_state_dict(self.model, full)
         else:
             self.model.load_state_dict(full)
-        mine = torch.load(directory / f"trainer-rank{self.rank}.pt", weights_only=False)
+        # onto the CPU first: a run trained on a GPU resumes on a machine without one (the optimizers move their
+        # state to their parameters' device as they load it)
+        mine = torch.load(directory / f"trainer-rank{self.rank}.pt", weights_only=False, map_location="cpu")
         self.optimizer.load_state_dict(mine["optimizer"])
         torch.set_rng_state(mine["torch_rng"])
         self.stream.load_state_dict(mine["stream"])
