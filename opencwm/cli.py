@@ -471,6 +471,8 @@ _SPEEDRUN_HELP = {
     "repo_package": "an installed package whose own test suite is traced for repository-level traces, or none; ",
     "repo_test_files": "how many of its test files are run (the first N); ",
     "device": "where the model trains and is evaluated (cpu, cuda); the data is built on the CPUs; ",
+    "time_budget": "seconds for everything: the stages' steps are scaled down to fit the speed measured here "
+                   "(0: every step of the recipe, however long); ",
 }
 
 
@@ -595,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("out", "preset", "train_programs", "heldout_programs", "difficulty", "hard_share", "code_files",
                  "repo_package", "repo_test_files", "vocab", "seq_len", "batch_size", "pretrain_steps",
                  "midtrain_steps", "sft_steps", "lr", "optimizer", "muon_lr", "schedule", "eval_traces",
-                 "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed", "device"):
+                 "max_trace_tokens", "cruxeval", "cruxeval_limit", "seed", "device", "time_budget"):
         default = getattr(defaults, name)
         run.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else str,
                          default=None, help=_SPEEDRUN_HELP.get(name, "") + f"default: {default}")

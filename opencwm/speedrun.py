@@ -13,6 +13,11 @@ Steps (each resumable; finished steps are skipped when rerun):
 5. the ablation: the same pipeline and token budget with traces replaced by code, and SFT answers without the
    reasoning section (which is a trace) (``no_traces``);
 6. ``report.md`` (tables, loss and accuracy plots) and ``report.json`` (stable keys).
+
+The steps above are the recipe for a fast 2-core machine (about 8k training tokens/s). Machines differ several
+fold (bf16 matrix units or not), so before training the speedrun measures a training step and a decoding step
+here, estimates the evaluation, and scales every stage's steps down (never up) so that the whole run fits
+``time_budget``; the plan is kept in ``plan.json`` (a rerun resumes with it) and stated in the report.
 """
 
 from __future__ import annotations
@@ -56,10 +61,15 @@ class SpeedrunConfig:
     traces: bool = True  # False: the ablation (code instead of traces, same token budget)
     seed: int = 0
     device: str = "cpu"  # where the model trains and is evaluated: cpu, cuda, cuda:1, ... (the data is built on CPUs)
+    # seconds for the whole speedrun (data, both runs, their evaluations): the stages' steps are scaled down to fit
+    # what this machine measures at the start (0: train every step however long it takes)
+    time_budget: float = 1800.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"--device {self.device!r}: cpu, cuda or cuda:N")
+        if self.time_budget < 0:
+            raise ValueError(f"--time-budget {self.time_budget}: seconds, or 0 for no limit")
 
 
 def _log(message: str) -> None:
@@ -129,16 +139,35 @@ def _stage_sources(config: SpeedrunConfig, stage: str, paths: dict[str, Path]) -
     return {name: weight for name, weight in weights.items() if name != "repo_traces" or name in paths}
 
 
+def new_model(config: SpeedrunConfig, tokenizer):
+    """The untrained model of a run (seeded), on the run's device."""
+    import torch
+
+    from opencwm.model import CWM, preset
+
+    torch.manual_seed(config.seed)
+    with torch.device(config.device):
+        return CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
+                          max_position_embeddings=max(4096, config.seq_len))).init_weights(
+                          seed=config.seed, zero_residual=config.optimizer == "muon")
+
+
+def stage_train_config(config: SpeedrunConfig, steps: int):
+    from opencwm.train.loop import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr, schedule=config.schedule,
+                       optimizer=config.optimizer, muon_lr=config.muon_lr, min_lr_ratio=0.05,
+                       warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
+                       log_every=25, seed=config.seed, compile=config.compile)
+
+
 def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path],
                 tokenizer) -> tuple[Path, list[dict], dict[str, dict]]:
     """Train every stage; returns the last stage's directory, the logged metrics and the size of each source."""
-    import torch
-
     from opencwm.data.documents import documents
     from opencwm.data.packing import PackedStream
     from opencwm.data.sft import sft_documents
-    from opencwm.model import CWM, preset
-    from opencwm.train.loop import TrainConfig, Trainer
+    from opencwm.train.loop import Trainer
 
     makers = {"code": lambda: documents(paths["code"], tokenizer),
               "repo_traces": lambda: documents(paths["repo_traces"], tokenizer),
@@ -148,11 +177,7 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path],
     needed = {name for stage in STAGES for name in _stage_sources(config, stage, paths)}
     docs = {name: makers[name]() for name in sorted(needed)}
     sizes = {name: {"documents": len(d), "tokens": sum(len(doc.tokens) for doc in d)} for name, d in docs.items()}
-    torch.manual_seed(config.seed)
-    with torch.device(config.device):
-        model = CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
-                           max_position_embeddings=max(4096, config.seq_len))).init_weights(
-                           seed=config.seed, zero_residual=config.optimizer == "muon")
+    model = new_model(config, tokenizer)
     history: list[dict] = []
     steps_of = {"pretrain": config.pretrain_steps, "midtrain": config.midtrain_steps, "sft": config.sft_steps}
     last = None
@@ -163,12 +188,7 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path],
         last = stage
         weights = _stage_sources(config, stage, paths)
         stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed)
-        train_config = TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr, schedule=config.schedule,
-                                   optimizer=config.optimizer, muon_lr=config.muon_lr,
-                                   min_lr_ratio=0.05,
-                                   warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
-                                   log_every=25, seed=config.seed, compile=config.compile)
-        trainer = Trainer(model, stream, train_config, root / stage)
+        trainer = Trainer(model, stream, stage_train_config(config, steps), root / stage)
         trainer.resume()
         _log(f"{stage}: {steps} steps on {weights}")
         trainer.train(progress=True)
@@ -210,13 +230,12 @@ def difficulty_profile(paths: dict[str, Path], limit: int) -> dict:
             **{f"share_{k}": round(v / n, 3) for k, v in flags.items()}}
 
 
-def run_one(config: SpeedrunConfig) -> dict:
+def prepare(config: SpeedrunConfig) -> tuple[dict[str, Path], object]:
+    """The data both runs share (corpora, traces) and the tokenizer, built once; returns their paths and the
+    tokenizer."""
     from opencwm.data.documents import texts
-    from opencwm.model import CWM
     from opencwm.tokenizer import Tokenizer
 
-    start = time.monotonic()
-    root = Path(config.out) / ("traces" if config.traces else "no_traces")
     shared = Path(config.out) / "shared"
     paths = build_data(config, shared)
     tokenizer_dir = shared / "tokenizer"
@@ -224,7 +243,69 @@ def run_one(config: SpeedrunConfig) -> dict:
         _log("tokenizer")
         corpus = texts(paths["code"], limit=400) + texts(paths["traces"], limit=1500)
         Tokenizer.train(corpus, vocab_size=config.vocab).save(tokenizer_dir)
-    tokenizer = Tokenizer.load(tokenizer_dir)
+    return paths, Tokenizer.load(tokenizer_dir)
+
+
+EVAL_BATCH = 8  # prompts decoded together in evaluation (TraceEvaluator's batch size)
+
+
+def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, speed) -> float:
+    """An upper bound on one run's evaluation time: its greedy decoding steps (rollouts of the held-out traces,
+    CruxEval's taken as long, short direct and chat answers; each batch runs to its longest budget) at the
+    measured decoding speed, plus the teacher-forced passes over the held-out traces at training speed."""
+    from opencwm.trace.codec import encode
+    from opencwm.trace.collect import read_traces
+
+    lengths = sorted(len(tokenizer.encode(encode(trace), allow_special=True))
+                     for _, trace in list(read_traces(paths["heldout-traces"]))[:config.eval_traces])
+    budgets = [min(config.max_trace_tokens, 2 * n + 16) for n in lengths]
+    rollout = sum(max(budgets[i:i + EVAL_BATCH]) for i in range(0, len(budgets), EVAL_BATCH))
+    cruxeval = config.cruxeval_limit if config.cruxeval else 0
+    rollout *= 1 + cruxeval / max(1, len(budgets))
+    answers = 3 * -(-(len(budgets) + cruxeval) // EVAL_BATCH) * 48  # direct, chat and CruxEval's direct answers
+    forward = sum(min(n, config.max_trace_tokens) for n in lengths) / speed.tokens_per_second
+    return (rollout + answers) * speed.decode_seconds + forward + 10
+
+
+def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, *, seconds_left: float,
+               runs: int) -> dict:
+    """Every stage's steps for this machine: the recipe's, scaled down (never up) so that ``runs`` runs and their
+    evaluations fit ``seconds_left``. Kept in ``plan.json``; a rerun with the same recipe resumes with it."""
+    from opencwm.train.budget import fit_scale, measure_speed
+
+    recipe = {f"{stage}_steps": getattr(config, f"{stage}_steps") for stage in STAGES}
+    key = {"recipe": recipe, "time_budget": config.time_budget, "device": config.device, "runs": runs}
+    plan_file = Path(config.out) / "plan.json"
+    if plan_file.exists():
+        plan = json.loads(plan_file.read_text())
+        if {k: plan.get(k) for k in key} == key:
+            return plan
+    if not config.time_budget:
+        return {**key, "steps": recipe, "scale": 1.0}
+    _log("measuring this machine's training and decoding speed, to fit the time budget")
+    speed = measure_speed(new_model(config, tokenizer), stage_train_config(config, 1), seq_len=config.seq_len,
+                          decode_batch=EVAL_BATCH)
+    eval_seconds = evaluation_seconds(config, paths, tokenizer, speed)
+    seconds_left = seconds_left - speed.startup_seconds - speed.step_seconds * 5  # what measuring took
+    scale = fit_scale(sum(recipe.values()), seconds_left=seconds_left, runs=runs, speed=speed,
+                      eval_seconds=eval_seconds)
+    steps = {name: max(1, round(value * scale)) if value > 0 else 0 for name, value in recipe.items()}
+    plan = {**key, "steps": steps, "scale": round(scale, 4), "speed": speed.as_dict(),
+            "eval_seconds_estimate": round(eval_seconds, 1), "seconds_left": round(seconds_left, 1)}
+    plan_file.write_text(json.dumps(plan, indent=1))
+    fitted = sum(steps.values())
+    _log(f"{speed.tokens_per_second:.0f} training tokens/s here ({speed.step_seconds:.2f} s per step, start-up "
+         f"{speed.startup_seconds:.0f} s), evaluation about {eval_seconds:.0f} s per run: "
+         + ("the whole recipe fits" if scale >= 1 else
+            f"{fitted} of the recipe's {sum(recipe.values())} steps per run fit the {config.time_budget:.0f} s budget"))
+    return plan
+
+
+def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer) -> dict:
+    from opencwm.model import CWM
+
+    start = time.monotonic()
+    root = Path(config.out) / ("traces" if config.traces else "no_traces")
     results_file = root / "results.json"
     if results_file.exists():
         return json.loads(results_file.read_text())
@@ -232,8 +313,10 @@ def run_one(config: SpeedrunConfig) -> dict:
     checkpoint = last_stage / "checkpoints" / (last_stage / "checkpoints" / "latest").read_text().strip()
     model = CWM.from_pretrained(checkpoint / "model", device=config.device)
     _log("evaluating")
+    evaluation_start = time.monotonic()
     results = evaluate(config, model, tokenizer, paths)
-    results.update(wall_seconds=round(time.monotonic() - start, 1), history=history, sources=sources,
+    results.update(wall_seconds=round(time.monotonic() - start, 1),
+                   eval_seconds=round(time.monotonic() - evaluation_start, 1), history=history, sources=sources,
                    difficulty=difficulty_profile(paths, config.eval_traces), config=asdict(config))
     results_file.write_text(json.dumps(results))
     return results
@@ -244,9 +327,10 @@ KEYS = ("frame_exact_match", "frame_token_accuracy", "trace_exact_match", "outpu
         "copying_accuracy", "wall_seconds")
 
 
-def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float) -> dict:
+def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float, plan: dict | None = None) -> dict:
     report = {key: main.get(key) for key in KEYS}
     report["wall_seconds"] = round(total_seconds, 1)
+    report["plan"] = plan
     report["difficulty"] = main.get("difficulty")
     report["frame_token_accuracy_by_kind"] = main.get("frame_token_accuracy_by_kind")
     report["frame_exact_match_if_right"] = main.get("frame_exact_match_if_right")
@@ -284,6 +368,16 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         *rows,
         "",
     ]
+    if plan and plan.get("speed"):
+        speed, recipe = plan["speed"], sum(plan["recipe"].values())
+        lines += [f"Time budget {plan['time_budget'] / 60:.0f} min. Measured here before training: "
+                  f"{speed['tokens_per_second']:.0f} training tokens/s ({speed['step_seconds']:.2f} s per step, "
+                  f"{speed['startup_seconds']:.0f} s to compile and start), {1000 * speed['decode_seconds']:.0f} ms "
+                  f"per decoding step of a batch; evaluation estimated at {plan['eval_seconds_estimate']:.0f} s per "
+                  "run. " + ("The whole recipe fits." if plan["scale"] >= 1 else
+                             f"Steps scaled by {plan['scale']:.3f} to fit: {sum(plan['steps'].values())} of the "
+                             f"recipe's {recipe} per run (a faster machine trains more of the recipe and scores "
+                             "higher)."), ""]
     if main.get("sources"):
         lines += ["Training sources (with traces), documents / tokens: " + ", ".join(
             f"{name} {size['documents']} / {size['tokens'] / 1e6:.2f}M" for name, size in main["sources"].items())
@@ -294,6 +388,11 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         gain = 100 * (best - (ablation.get("output_exact_match_direct") or 0))
         lines += [f"What traces buy: output prediction of the trace-trained model by its better method minus the "
                   f"no-traces model's direct answer = {gain:+.1f} points (goal: >= +15).", ""]
+        if main.get("output_exact_match_chat") is not None and ablation.get("output_exact_match_chat") is not None:
+            # both models answer the SFT question in chat, so this is the like-for-like figure
+            chat = 100 * (main["output_exact_match_chat"] - ablation["output_exact_match_chat"])
+            lines += [f"In chat, where both models were fine-tuned to answer: {fmt(main['output_exact_match_chat'])} "
+                      f"with traces vs {fmt(ablation['output_exact_match_chat'])} without = {chat:+.1f} points.", ""]
     kinds = main.get("frame_token_accuracy_by_kind")
     if kinds:
         lines += ["Frame tokens right by kind (with traces): " + ", ".join(
@@ -347,8 +446,13 @@ def speedrun(config: SpeedrunConfig, *, ablation: bool = True) -> dict:
     start = time.monotonic()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    main = run_one(config)
-    other = run_one(replace(config, traces=False)) if ablation and config.traces else None
-    report = write_report(out, main, other, time.monotonic() - start)
+    paths, tokenizer = prepare(config)
+    runs = 2 if ablation and config.traces else 1
+    plan = plan_steps(config, paths, tokenizer, seconds_left=config.time_budget - (time.monotonic() - start),
+                      runs=runs)
+    config = replace(config, **plan["steps"])
+    main = run_one(config, paths, tokenizer)
+    other = run_one(replace(config, traces=False), paths, tokenizer) if runs == 2 else None
+    report = write_report(out, main, other, time.monotonic() - start, plan)
     _log(f"report: {out / 'report.md'}")
     return report

@@ -17,10 +17,18 @@ TOY_SPEEDRUN = [sys.executable, "-m", "opencwm.cli", "speedrun", "--preset", "na
 @pytest.mark.slow
 def test_speedrun_end_to_end_at_toy_size(tmp_path):
     result = subprocess.run(
-        [*TOY_SPEEDRUN, "--out", str(tmp_path), "--cruxeval", str(tmp_path / "absent.jsonl"), "--repo-test-files", "2"],
-        capture_output=True, text=True, timeout=1200)
+        [*TOY_SPEEDRUN, "--out", str(tmp_path), "--cruxeval", str(tmp_path / "absent.jsonl"), "--repo-test-files", "2",
+         "--time-budget", "1"], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
+    # a budget already spent on building the data: speed measured, every stage cut to one step, said in the report
+    plan = report["plan"]
+    assert plan["speed"]["step_seconds"] > 0 and plan["scale"] == 0
+    assert plan["steps"] == {"pretrain_steps": 1, "midtrain_steps": 1, "sft_steps": 1}
+    assert json.loads((tmp_path / "plan.json").read_text()) == plan
+    metrics = (tmp_path / "no_traces" / "sft" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1]  # the ablation trains the same plan
+    assert "Steps scaled by 0.000 to fit: 3 of the recipe's 12 per run" in (tmp_path / "report.md").read_text()
     for key in ("frame_exact_match", "output_exact_match_rollout", "output_exact_match_direct",
                 "output_exact_match_chat", "cruxeval_o_direct",
                 "cruxeval_o_rollout", "copying_accuracy", "wall_seconds"):
@@ -33,6 +41,7 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     if_right = report["frame_exact_match_if_right"]  # a kind always right can only add exact frames
     assert all(if_right[kind] >= report["frame_exact_match"] for kind in ("line", "value", "name"))
     assert "Frame exact match if one kind of token were always right" in (tmp_path / "report.md").read_text()
+    assert "In chat, where both models were fine-tuned to answer:" in (tmp_path / "report.md").read_text()
     # repository-level traces of networkx's own tests are a training source
     assert report["sources"]["repo_traces"]["documents"] > 0
     assert "calls that networkx's own tests make" in (tmp_path / "report.md").read_text()
@@ -53,6 +62,16 @@ def test_repository_traces_are_used_when_the_package_is_installed_and_never_in_t
     ablation = SpeedrunConfig(traces=False)
     assert all("traces" not in name for stage in ("pretrain", "midtrain", "sft")
                for name in _stage_sources(ablation, stage, {"repo_traces": Path("x")}))
+
+
+def test_the_plan_keeps_the_recipe_without_a_budget_and_a_negative_budget_is_refused(tmp_path):
+    from opencwm.speedrun import SpeedrunConfig, plan_steps
+
+    config = SpeedrunConfig(out=str(tmp_path), time_budget=0, pretrain_steps=3, midtrain_steps=0, sft_steps=2)
+    plan = plan_steps(config, {}, None, seconds_left=0, runs=2)
+    assert plan["steps"] == {"pretrain_steps": 3, "midtrain_steps": 0, "sft_steps": 2} and plan["scale"] == 1
+    with pytest.raises(ValueError, match="--time-budget -1"):
+        SpeedrunConfig(time_budget=-1)
 
 
 def test_a_device_that_is_not_cpu_or_cuda_is_one_line_and_exit_2_before_any_work(tmp_path):

@@ -178,3 +178,25 @@ def test_compiled_training_matches_eager_training(tmp_path):
     assert list(eager) == list(compiled)
     for name in eager:
         assert torch.allclose(eager[name], compiled[name], atol=1e-4), name
+
+
+def test_fit_scale_fills_the_budget_without_passing_it_and_never_scales_up():
+    from opencwm.train.budget import Speed, fit_scale
+
+    speed = Speed(step_seconds=2.0, startup_seconds=30.0, decode_seconds=0.01, tokens_per_step=4096)
+    scale = fit_scale(900, seconds_left=1800, runs=2, speed=speed, eval_seconds=120)
+    used = 2 * (30 + 120 + scale * 900 * 2.0)  # two runs: start-up, evaluation, the scaled steps
+    assert 0 < scale < 1 and 0.85 * 1800 <= used <= 1800
+    assert fit_scale(10, seconds_left=1800, runs=2, speed=speed, eval_seconds=120) == 1.0
+    assert fit_scale(900, seconds_left=100, runs=2, speed=speed, eval_seconds=120) == 0.0
+
+
+def test_measure_speed_times_real_steps_and_decoding_and_leaves_the_model_training():
+    from opencwm.train.budget import measure_speed
+
+    model = _model()
+    before = model.lm_head.weight.detach().clone()
+    speed = measure_speed(model, _config(), seq_len=64, decode_batch=2, steps=2, prompt_tokens=16)
+    assert speed.step_seconds > 0 and speed.decode_seconds > 0 and speed.startup_seconds >= 0
+    assert speed.tokens_per_step == 4 * 64 and speed.tokens_per_second == 4 * 64 / speed.step_seconds
+    assert model.training and not torch.equal(before, model.lm_head.weight)  # it trained the throwaway model

@@ -1,0 +1,83 @@
+"""Fitting training into a wall-time budget: measure this machine's training and decoding steps, then scale a
+recipe's steps down to what fits.
+
+Machines that look alike differ several fold: the 2-core machines here train the ``tiny`` preset at about 8k
+tokens/s where the CPU has bf16 matrix units (AMX) and under 1k where it has only AVX2. A recipe fixed in steps
+cannot promise a wall time on both; one measured at the start can. ``measure_speed`` times a few real optimizer
+steps of the model as it will train (same config, compiled or not) and a few greedy decoding steps as evaluation
+runs them; ``fit_scale`` is the arithmetic that turns the measurements into a factor on the recipe's steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+
+@dataclass
+class Speed:
+    step_seconds: float  # one optimizer step once compiled (median of the timed steps)
+    startup_seconds: float  # up to the end of the first step: compilation and the first step itself
+    decode_seconds: float  # one greedy decoding step of a batch of ``decode_batch`` sequences
+    tokens_per_step: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_per_step / self.step_seconds
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 1)}
+
+
+def measure_speed(model, train_config, *, seq_len: int, decode_batch: int = 8, steps: int = 4,
+                  prompt_tokens: int = 256) -> Speed:
+    """Train ``model`` (a throwaway copy: it is updated) for 1 + ``steps`` steps on random tokens with
+    ``train_config`` (its step count and checkpointing overridden), then time greedy decoding of a batch."""
+    import torch
+
+    from opencwm.data.packing import Document, PackedStream
+    from opencwm.model.generate import Sampling, generate
+    from opencwm.train.loop import Trainer
+
+    vocab = model.config.vocab_size
+    rng = random.Random(0)
+    docs = [Document([rng.randrange(vocab) for _ in range(rng.randint(seq_len // 4, seq_len))]) for _ in range(64)]
+    stream = PackedStream({"random": docs}, {"random": 1.0}, seq_len=seq_len, seed=0)
+    config = replace(train_config, steps=1 + steps, log_every=1, checkpoint_every=10**9, keep_checkpoints=1,
+                     warmup_steps=1)
+    with tempfile.TemporaryDirectory(prefix="opencwm-speed-") as tmp:
+        start = time.monotonic()
+        Trainer(model, stream, config, Path(tmp)).train(progress=False)
+        setup = time.monotonic() - start
+        elapsed = [json.loads(line)["elapsed_s"] for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    per_step = sorted(b - a for a, b in itertools.pairwise(elapsed))
+    step_seconds = per_step[len(per_step) // 2]
+    startup = setup - step_seconds * steps  # construction of the optimizer, compilation, the first step
+
+    model.eval()
+    prompts = [[rng.randrange(vocab) for _ in range(prompt_tokens)] for _ in range(decode_batch)]
+    timings = []
+    with torch.no_grad():
+        for new_tokens in (4, 4, 36):
+            begin = time.monotonic()
+            generate(model, prompts, Sampling(max_new_tokens=new_tokens))
+            timings.append(time.monotonic() - begin)
+    decode = max(1e-6, (timings[2] - timings[1]) / 32)
+    model.train()
+    return Speed(step_seconds=step_seconds, startup_seconds=max(0.0, startup), decode_seconds=decode,
+                 tokens_per_step=train_config.batch_size * train_config.grad_accum * seq_len)
+
+
+def fit_scale(total_steps: int, *, seconds_left: float, runs: int, speed: Speed, eval_seconds: float,
+              margin: float = 0.1) -> float:
+    """The factor (at most 1) on ``total_steps`` (all stages of one run) such that ``runs`` runs, each with its
+    start-up, its training and its evaluation, take at most ``seconds_left`` less a ``margin`` share of it."""
+    if total_steps <= 0:
+        return 1.0
+    per_run = seconds_left * (1 - margin) / runs - speed.startup_seconds - eval_seconds
+    return max(0.0, min(1.0, per_run / (total_steps * speed.step_seconds)))
