@@ -283,7 +283,7 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, *, sec
     if not config.time_budget:
         return {**key, "steps": recipe, "scale": 1.0}
     _log("measuring this machine's training and decoding speed, to fit the time budget")
-    speed = measure_speed(new_model(config, tokenizer), stage_train_config(config, 1), seq_len=config.seq_len,
+    speed = measure_speed(lambda: new_model(config, tokenizer), stage_train_config(config, 1), seq_len=config.seq_len,
                           decode_batch=EVAL_BATCH)
     eval_seconds = evaluation_seconds(config, paths, tokenizer, speed)
     seconds_left = seconds_left - speed.startup_seconds - speed.step_seconds * 5  # what measuring took

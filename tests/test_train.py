@@ -200,3 +200,31 @@ def test_measure_speed_times_real_steps_and_decoding_and_leaves_the_model_traini
     assert speed.step_seconds > 0 and speed.decode_seconds > 0 and speed.startup_seconds >= 0
     assert speed.tokens_per_step == 4 * 64 and speed.tokens_per_second == 4 * 64 / speed.step_seconds
     assert model.training and not torch.equal(before, model.lm_head.weight)  # it trained the throwaway model
+
+
+def test_muon_in_fp32_follows_torchs_muon_and_orthogonalises_as_torch_does_in_bf16():
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    from opencwm.train.optim import Muon
+
+    torch.manual_seed(0)
+    shapes = [(64, 192), (192, 64), (48, 48)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    fp32 = Muon(ours, lr=0.02, weight_decay=0.1, adjust_lr_fn="original", ns_dtype=torch.float32)
+    reference = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="original")
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for params, optimizer in ((ours, fp32), (theirs, reference)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip(ours, theirs):  # the same updates up to bf16 rounding in torch's iterations
+        assert (a - b).abs().max() < 0.02 * 0.02 * 3 and not torch.equal(a, b)
+    assert set(fp32.state_dict()["state"][0]) == set(reference.state_dict()["state"][0]) == {"momentum_buffer"}
+    group = fp32.param_groups[0]
+    for shape in shapes:  # the iteration itself, in bf16, is torch's exactly
+        g = torch.randn(shape)
+        bf16 = Muon([torch.nn.Parameter(torch.zeros(shape))], ns_dtype=torch.bfloat16)
+        expected = _zeropower_via_newtonschulz(g, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        assert torch.equal(bf16._orthogonalise(g, group), expected)

@@ -34,16 +34,18 @@ class Speed:
         return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 1)}
 
 
-def measure_speed(model, train_config, *, seq_len: int, decode_batch: int = 8, steps: int = 4,
+def measure_speed(new_model, train_config, *, seq_len: int, decode_batch: int = 8, steps: int = 4,
                   prompt_tokens: int = 256) -> Speed:
-    """Train ``model`` (a throwaway copy: it is updated) for 1 + ``steps`` steps on random tokens with
-    ``train_config`` (its step count and checkpointing overridden), then time greedy decoding of a batch."""
+    """Train a model from ``new_model()`` (a throwaway) for 1 + ``steps`` steps on random tokens with
+    ``train_config`` (its step count and checkpointing overridden), then time greedy decoding of a batch with
+    another, uncompiled like the one evaluation loads."""
     import torch
 
     from opencwm.data.packing import Document, PackedStream
     from opencwm.model.generate import Sampling, generate
     from opencwm.train.loop import Trainer
 
+    model = new_model().eval()
     vocab = model.config.vocab_size
     rng = random.Random(0)
     docs = [Document([rng.randrange(vocab) for _ in range(rng.randint(seq_len // 4, seq_len))]) for _ in range(64)]
@@ -52,14 +54,13 @@ def measure_speed(model, train_config, *, seq_len: int, decode_batch: int = 8, s
                      warmup_steps=1)
     with tempfile.TemporaryDirectory(prefix="opencwm-speed-") as tmp:
         start = time.monotonic()
-        Trainer(model, stream, config, Path(tmp)).train(progress=False)
+        Trainer(new_model(), stream, config, Path(tmp)).train(progress=False)
         setup = time.monotonic() - start
         elapsed = [json.loads(line)["elapsed_s"] for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     per_step = sorted(b - a for a, b in itertools.pairwise(elapsed))
     step_seconds = per_step[len(per_step) // 2]
     startup = setup - step_seconds * steps  # construction of the optimizer, compilation, the first step
 
-    model.eval()
     prompts = [[rng.randrange(vocab) for _ in range(prompt_tokens)] for _ in range(decode_batch)]
     timings = []
     with torch.no_grad():
@@ -68,7 +69,6 @@ def measure_speed(model, train_config, *, seq_len: int, decode_batch: int = 8, s
             generate(model, prompts, Sampling(max_new_tokens=new_tokens))
             timings.append(time.monotonic() - begin)
     decode = max(1e-6, (timings[2] - timings[1]) / 32)
-    model.train()
     return Speed(step_seconds=step_seconds, startup_seconds=max(0.0, startup), decode_seconds=decode,
                  tokens_per_step=train_config.batch_size * train_config.grad_accum * seq_len)
 

@@ -26,7 +26,7 @@ import torch
 from opencwm.data.packing import IGNORE, PackedStream
 from opencwm.model.flops import cuda_peak_flops, flops_per_token
 from opencwm.model.transformer import CWM
-from opencwm.train.optim import OPTIMIZERS, build_optimizer
+from opencwm.train.optim import OPTIMIZERS, build_optimizer, fast_bf16
 
 
 @dataclass
@@ -89,10 +89,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     faster than fp32 (about 2x for the tiny preset here); plain AVX-512 CPUs are faster in fp32."""
     if precision != "auto":
         return precision == "bf16"
-    if device.type == "cuda":
-        return True
-    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return device.type == "cpu" and bool(is_amx and is_amx())
+    return fast_bf16(device)
 
 
 def loss_fn(model: CWM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
