@@ -122,6 +122,7 @@ def _package_dir(name: str) -> Path | None:
 
 
 STAGES = ("pretrain", "midtrain", "sft")
+EVAL_BATCH = 8  # prompts decoded together in evaluation (and in measuring the decoding speed for the budget)
 _MIXTURES = {  # by whether traces are trained on (False: the ablation)
     True: {"pretrain": {"code": 0.5, "traces": 0.25, "repo_traces": 0.05, "direct": 0.2},
            "midtrain": {"code": 0.1, "traces": 0.65, "repo_traces": 0.05, "direct": 0.2},
@@ -161,13 +162,12 @@ def stage_train_config(config: SpeedrunConfig, steps: int):
                        log_every=25, seed=config.seed, compile=config.compile)
 
 
-def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path],
-                tokenizer) -> tuple[Path, list[dict], dict[str, dict]]:
-    """Train every stage; returns the last stage's directory, the logged metrics and the size of each source."""
+def training_documents(config: SpeedrunConfig, paths: dict[str, Path], tokenizer,
+                       reuse: dict[str, list] | None = None) -> dict[str, list]:
+    """The tokenized documents of every source a run trains on; sources already in ``reuse`` (another run's,
+    the same text tokenized the same way) are taken from it."""
     from opencwm.data.documents import documents
-    from opencwm.data.packing import PackedStream
     from opencwm.data.sft import sft_documents
-    from opencwm.train.loop import Trainer
 
     makers = {"code": lambda: documents(paths["code"], tokenizer),
               "repo_traces": lambda: documents(paths["repo_traces"], tokenizer),
@@ -175,7 +175,17 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path],
               "direct": lambda: documents(paths["traces"], tokenizer, direct=True),
               "sft": lambda: sft_documents(paths["traces"], tokenizer, think="both" if config.traces else "no")}
     needed = {name for stage in STAGES for name in _stage_sources(config, stage, paths)}
-    docs = {name: makers[name]() for name in sorted(needed)}
+    reuse = reuse or {}
+    return {name: reuse[name] if name in reuse and name != "sft" else makers[name]() for name in sorted(needed)}
+
+
+def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], tokenizer,
+                docs: dict[str, list] | None = None) -> tuple[Path, list[dict], dict[str, dict]]:
+    """Train every stage; returns the last stage's directory, the logged metrics and the size of each source."""
+    from opencwm.data.packing import PackedStream
+    from opencwm.train.loop import Trainer
+
+    docs = docs if docs is not None else training_documents(config, paths, tokenizer)
     sizes = {name: {"documents": len(d), "tokens": sum(len(doc.tokens) for doc in d)} for name, d in docs.items()}
     model = new_model(config, tokenizer)
     history: list[dict] = []
@@ -204,7 +214,8 @@ def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -
     from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_report, evaluate_traces
     from opencwm.trace.collect import read_traces
 
-    evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens)
+    evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens,
+                               batch_size=EVAL_BATCH)
     results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces,
                               chat=config.sft_steps > 0)
     results.update(cruxeval_report(evaluator, config.cruxeval, config.cruxeval_limit))
@@ -246,13 +257,13 @@ def prepare(config: SpeedrunConfig) -> tuple[dict[str, Path], object]:
     return paths, Tokenizer.load(tokenizer_dir)
 
 
-EVAL_BATCH = 8  # prompts decoded together in evaluation (TraceEvaluator's batch size)
-
 
 def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, speed) -> float:
     """An upper bound on one run's evaluation time: its greedy decoding steps (rollouts of the held-out traces,
     CruxEval's taken as long, short direct and chat answers; each batch runs to its longest budget) at the
-    measured decoding speed, plus the teacher-forced passes over the held-out traces at training speed."""
+    measured decoding speed, plus the teacher-forced passes over the held-out traces at training speed. Rollouts
+    reach longer contexts than the measurement, where a step costs more: a 1.25 factor covers it (on an AVX2-only
+    2-core machine the evaluation took 1.47x an estimate from a 32-step measurement without it)."""
     from opencwm.trace.codec import encode
     from opencwm.trace.collect import read_traces
 
@@ -264,11 +275,11 @@ def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer
     rollout *= 1 + cruxeval / max(1, len(budgets))
     answers = 3 * -(-(len(budgets) + cruxeval) // EVAL_BATCH) * 48  # direct, chat and CruxEval's direct answers
     forward = sum(min(n, config.max_trace_tokens) for n in lengths) / speed.tokens_per_second
-    return (rollout + answers) * speed.decode_seconds + forward + 10
+    return 1.25 * (rollout + answers) * speed.decode_seconds + forward + 10
 
 
-def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, *, seconds_left: float,
-               runs: int) -> dict:
+def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dict[str, list], *,
+               seconds_left: float, runs: int) -> dict:
     """Every stage's steps for this machine: the recipe's, scaled down (never up) so that ``runs`` runs and their
     evaluations fit ``seconds_left``. Kept in ``plan.json``; a rerun with the same recipe resumes with it."""
     from opencwm.train.budget import fit_scale, measure_speed
@@ -280,10 +291,14 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, *, sec
         plan = json.loads(plan_file.read_text())
         if {k: plan.get(k) for k in key} == key:
             return plan
-    if not config.time_budget:
+    if not config.time_budget or not docs:  # no budget, or every run already finished
         return {**key, "steps": recipe, "scale": 1.0}
     _log("measuring this machine's training and decoding speed, to fit the time budget")
-    speed = measure_speed(lambda: new_model(config, tokenizer), stage_train_config(config, 1), seq_len=config.seq_len,
+    from opencwm.data.packing import PackedStream
+
+    weights = _stage_sources(config, STAGES[0], paths)
+    stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed + 1)
+    speed = measure_speed(lambda: new_model(config, tokenizer), stage_train_config(config, 1), stream,
                           decode_batch=EVAL_BATCH)
     eval_seconds = evaluation_seconds(config, paths, tokenizer, speed)
     seconds_left = seconds_left - speed.startup_seconds - speed.step_seconds * 5  # what measuring took
@@ -301,7 +316,7 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, *, sec
     return plan
 
 
-def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer) -> dict:
+def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dict[str, list] | None = None) -> dict:
     from opencwm.model import CWM
 
     start = time.monotonic()
@@ -309,7 +324,7 @@ def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer) -> dict:
     results_file = root / "results.json"
     if results_file.exists():
         return json.loads(results_file.read_text())
-    last_stage, history, sources = train_model(config, root, paths, tokenizer)
+    last_stage, history, sources = train_model(config, root, paths, tokenizer, docs)
     checkpoint = last_stage / "checkpoints" / (last_stage / "checkpoints" / "latest").read_text().strip()
     model = CWM.from_pretrained(checkpoint / "model", device=config.device)
     _log("evaluating")
@@ -447,12 +462,17 @@ def speedrun(config: SpeedrunConfig, *, ablation: bool = True) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     paths, tokenizer = prepare(config)
-    runs = 2 if ablation and config.traces else 1
-    plan = plan_steps(config, paths, tokenizer, seconds_left=config.time_budget - (time.monotonic() - start),
-                      runs=runs)
-    config = replace(config, **plan["steps"])
-    main = run_one(config, paths, tokenizer)
-    other = run_one(replace(config, traces=False), paths, tokenizer) if runs == 2 else None
+    configs = [config, replace(config, traces=False)] if ablation and config.traces else [config]
+    unfinished = [c for c in configs if not (Path(c.out) / ("traces" if c.traces else "no_traces") /
+                                             "results.json").exists()]
+    _log("tokenizing the training documents")
+    docs: dict[bool, dict[str, list]] = {}
+    for c in unfinished:
+        docs[c.traces] = training_documents(c, paths, tokenizer, reuse=docs.get(True))
+    plan = plan_steps(config, paths, tokenizer, docs[unfinished[0].traces] if unfinished else {},
+                      seconds_left=config.time_budget - (time.monotonic() - start), runs=len(configs))
+    results = [run_one(replace(c, **plan["steps"]), paths, tokenizer, docs.get(c.traces)) for c in configs]
+    main, other = results[0], (results[1] if len(results) > 1 else None)
     report = write_report(out, main, other, time.monotonic() - start, plan)
     _log(f"report: {out / 'report.md'}")
     return report

@@ -68,7 +68,7 @@ def test_the_plan_keeps_the_recipe_without_a_budget_and_a_negative_budget_is_ref
     from opencwm.speedrun import SpeedrunConfig, plan_steps
 
     config = SpeedrunConfig(out=str(tmp_path), time_budget=0, pretrain_steps=3, midtrain_steps=0, sft_steps=2)
-    plan = plan_steps(config, {}, None, seconds_left=0, runs=2)
+    plan = plan_steps(config, {}, None, {}, seconds_left=0, runs=2)
     assert plan["steps"] == {"pretrain_steps": 3, "midtrain_steps": 0, "sft_steps": 2} and plan["scale"] == 1
     with pytest.raises(ValueError, match="--time-budget -1"):
         SpeedrunConfig(time_budget=-1)

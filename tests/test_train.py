@@ -191,15 +191,21 @@ def test_fit_scale_fills_the_budget_without_passing_it_and_never_scales_up():
     assert fit_scale(900, seconds_left=100, runs=2, speed=speed, eval_seconds=120) == 0.0
 
 
-def test_measure_speed_times_real_steps_and_decoding_and_leaves_the_model_training():
+def test_measure_speed_times_real_steps_on_the_stream_and_decodes_with_another_model():
     from opencwm.train.budget import measure_speed
 
-    model = _model()
-    before = model.lm_head.weight.detach().clone()
-    speed = measure_speed(model, _config(), seq_len=64, decode_batch=2, steps=2, prompt_tokens=16)
+    made: list[CWM] = []
+
+    def new_model() -> CWM:
+        made.append(_model())
+        return made[-1]
+
+    stream = _stream()
+    speed = measure_speed(new_model, _config(), stream, decode_batch=2, steps=2, prompt_tokens=16, decode_steps=8)
     assert speed.step_seconds > 0 and speed.decode_seconds > 0 and speed.startup_seconds >= 0
     assert speed.tokens_per_step == 4 * 64 and speed.tokens_per_second == 4 * 64 / speed.step_seconds
-    assert model.training and not torch.equal(before, model.lm_head.weight)  # it trained the throwaway model
+    assert len(made) == 2 and not torch.equal(made[0].lm_head.weight, made[1].lm_head.weight)  # one trained
+    assert stream.state_dict() != _stream().state_dict()  # 3 steps' batches were drawn from it
 
 
 def test_muon_in_fp32_follows_torchs_muon_and_orthogonalises_as_torch_does_in_bf16():

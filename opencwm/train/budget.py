@@ -23,7 +23,7 @@ from pathlib import Path
 class Speed:
     step_seconds: float  # one optimizer step once compiled (median of the timed steps)
     startup_seconds: float  # up to the end of the first step: compilation and the first step itself
-    decode_seconds: float  # one greedy decoding step of a batch of ``decode_batch`` sequences
+    decode_seconds: float  # one greedy decoding step of a batch, averaged over a growing context
     tokens_per_step: int
 
     @property
@@ -34,22 +34,19 @@ class Speed:
         return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 1)}
 
 
-def measure_speed(new_model, train_config, *, seq_len: int, decode_batch: int = 8, steps: int = 4,
-                  prompt_tokens: int = 256) -> Speed:
-    """Train a model from ``new_model()`` (a throwaway) for 1 + ``steps`` steps on random tokens with
-    ``train_config`` (its step count and checkpointing overridden), then time greedy decoding of a batch with
-    another, uncompiled like the one evaluation loads."""
+def measure_speed(new_model, train_config, stream, *, decode_batch: int = 8, steps: int = 4,
+                  prompt_tokens: int = 256, decode_steps: int = 256) -> Speed:
+    """Train a model from ``new_model()`` (a throwaway) for 1 + ``steps`` steps on ``stream`` (a copy of the
+    training data, which it advances) with ``train_config`` (its step count and checkpointing overridden), then
+    time greedy decoding of a batch with another, uncompiled like the one evaluation loads."""
     import torch
 
-    from opencwm.data.packing import Document, PackedStream
     from opencwm.model.generate import Sampling, generate
     from opencwm.train.loop import Trainer
 
     model = new_model().eval()
     vocab = model.config.vocab_size
     rng = random.Random(0)
-    docs = [Document([rng.randrange(vocab) for _ in range(rng.randint(seq_len // 4, seq_len))]) for _ in range(64)]
-    stream = PackedStream({"random": docs}, {"random": 1.0}, seq_len=seq_len, seed=0)
     config = replace(train_config, steps=1 + steps, log_every=1, checkpoint_every=10**9, keep_checkpoints=1,
                      warmup_steps=1)
     with tempfile.TemporaryDirectory(prefix="opencwm-speed-") as tmp:
@@ -64,13 +61,13 @@ def measure_speed(new_model, train_config, *, seq_len: int, decode_batch: int = 
     prompts = [[rng.randrange(vocab) for _ in range(prompt_tokens)] for _ in range(decode_batch)]
     timings = []
     with torch.no_grad():
-        for new_tokens in (4, 4, 36):
+        for new_tokens in (4, 4, 4 + decode_steps):
             begin = time.monotonic()
             generate(model, prompts, Sampling(max_new_tokens=new_tokens))
             timings.append(time.monotonic() - begin)
-    decode = max(1e-6, (timings[2] - timings[1]) / 32)
+    decode = max(1e-6, (timings[2] - timings[1]) / decode_steps)
     return Speed(step_seconds=step_seconds, startup_seconds=max(0.0, startup), decode_seconds=decode,
-                 tokens_per_step=train_config.batch_size * train_config.grad_accum * seq_len)
+                 tokens_per_step=train_config.batch_size * train_config.grad_accum * stream.seq_len)
 
 
 def fit_scale(total_steps: int, *, seconds_left: float, runs: int, speed: Speed, eval_seconds: float,
