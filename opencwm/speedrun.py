@@ -282,6 +282,7 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
                seconds_left: float, runs: int) -> dict:
     """Every stage's steps for this machine: the recipe's, scaled down (never up) so that ``runs`` runs and their
     evaluations fit ``seconds_left``. Kept in ``plan.json``; a rerun with the same recipe resumes with it."""
+    from opencwm.data.packing import PackedStream
     from opencwm.train.budget import fit_scale, measure_speed
 
     recipe = {f"{stage}_steps": getattr(config, f"{stage}_steps") for stage in STAGES}
@@ -294,8 +295,6 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
     if not config.time_budget or not docs:  # no budget, or every run already finished
         return {**key, "steps": recipe, "scale": 1.0}
     _log("measuring this machine's training and decoding speed, to fit the time budget")
-    from opencwm.data.packing import PackedStream
-
     weights = _stage_sources(config, STAGES[0], paths)
     stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed + 1)
     speed = measure_speed(lambda: new_model(config, tokenizer), stage_train_config(config, 1), stream,
@@ -469,7 +468,8 @@ def speedrun(config: SpeedrunConfig, *, ablation: bool = True) -> dict:
     docs: dict[bool, dict[str, list]] = {}
     for c in unfinished:
         docs[c.traces] = training_documents(c, paths, tokenizer, reuse=docs.get(True))
-    plan = plan_steps(config, paths, tokenizer, docs[unfinished[0].traces] if unfinished else {},
+    first = unfinished[0] if unfinished else config  # measured on the documents of a run still to train
+    plan = plan_steps(first, paths, tokenizer, docs.get(first.traces, {}),
                       seconds_left=config.time_budget - (time.monotonic() - start), runs=len(configs))
     results = [run_one(replace(c, **plan["steps"]), paths, tokenizer, docs.get(c.traces)) for c in configs]
     main, other = results[0], (results[1] if len(results) > 1 else None)
