@@ -261,9 +261,9 @@ def prepare(config: SpeedrunConfig) -> tuple[dict[str, Path], object]:
 def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, speed) -> float:
     """An upper bound on one run's evaluation time: its greedy decoding steps (rollouts of the held-out traces,
     CruxEval's taken as long, short direct and chat answers; each batch runs to its longest budget) at the
-    measured decoding speed, plus the teacher-forced passes over the held-out traces at training speed. Rollouts
-    reach longer contexts than the measurement, where a step costs more: a 1.25 factor covers it (on an AVX2-only
-    2-core machine the evaluation took 1.47x an estimate from a 32-step measurement without it)."""
+    measured decoding speed (averaged over 256 steps of a growing context, as rollouts grow theirs), plus the
+    teacher-forced passes over the held-out traces at training speed. On an AVX2-only 2-core machine: about 340 s
+    estimated, 284 s taken (the model stops some rollouts early)."""
     from opencwm.trace.codec import encode
     from opencwm.trace.collect import read_traces
 
@@ -275,7 +275,7 @@ def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer
     rollout *= 1 + cruxeval / max(1, len(budgets))
     answers = 3 * -(-(len(budgets) + cruxeval) // EVAL_BATCH) * 48  # direct, chat and CruxEval's direct answers
     forward = sum(min(n, config.max_trace_tokens) for n in lengths) / speed.tokens_per_second
-    return 1.25 * (rollout + answers) * speed.decode_seconds + forward + 10
+    return (rollout + answers) * speed.decode_seconds + forward + 10
 
 
 def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dict[str, list], *,
