@@ -257,19 +257,19 @@ def prepare(config: SpeedrunConfig) -> tuple[dict[str, Path], object]:
     return paths, Tokenizer.load(tokenizer_dir)
 
 
-
 def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, speed) -> float:
     """An upper bound on one run's evaluation time: its greedy decoding steps (rollouts of the held-out traces,
     CruxEval's taken as long, short direct and chat answers; each batch runs to its longest budget) at the
     measured decoding speed (averaged over 256 steps of a growing context, as rollouts grow theirs), plus the
     teacher-forced passes over the held-out traces at training speed. On an AVX2-only 2-core machine: about 340 s
     estimated, 284 s taken (the model stops some rollouts early)."""
+    from opencwm.eval.trace_eval import new_token_limit
     from opencwm.trace.codec import encode
     from opencwm.trace.collect import read_traces
 
     lengths = sorted(len(tokenizer.encode(encode(trace), allow_special=True))
                      for _, trace in list(read_traces(paths["heldout-traces"]))[:config.eval_traces])
-    budgets = [min(config.max_trace_tokens, 2 * n + 16) for n in lengths]
+    budgets = [new_token_limit(n, config.max_trace_tokens) for n in lengths]
     rollout = sum(max(budgets[i:i + EVAL_BATCH]) for i in range(0, len(budgets), EVAL_BATCH))
     cruxeval = config.cruxeval_limit if config.cruxeval else 0
     rollout *= 1 + cruxeval / max(1, len(budgets))

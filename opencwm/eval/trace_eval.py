@@ -112,6 +112,12 @@ def direct_target(value_repr: str) -> str:
     return f"{value_repr}\n"
 
 
+def new_token_limit(true_tokens: int, cap: int) -> int:
+    """How many tokens an answer may take: one longer than twice the true one (plus slack) cannot match it
+    exactly, so generation stops there instead of at ``cap`` (which keeps evaluating an untrained model cheap)."""
+    return min(cap, 2 * true_tokens + 16)
+
+
 class TraceEvaluator:
     def __init__(self, model, tokenizer: Tokenizer, *, max_frame_tokens: int = 256, max_trace_tokens: int = 2048,
                  batch_size: int = 8):
@@ -120,9 +126,7 @@ class TraceEvaluator:
         self.frame_sep, self.end = tokenizer.token_id(FRAME_SEP), tokenizer.token_id(END_OF_TEXT)
 
     def _budget(self, truths: list[str], cap: int) -> list[int]:
-        """New-token limits: an answer longer than twice the true one (plus slack) cannot match it exactly, so
-        generation stops there instead of at ``cap`` (which keeps evaluating an untrained model cheap)."""
-        return [min(cap, 2 * len(self.tokenizer.encode(t, allow_special=True)) + 16) for t in truths]
+        return [new_token_limit(len(self.tokenizer.encode(t, allow_special=True)), cap) for t in truths]
 
     def _generate(self, prompts: list[str], max_new: int | list[int], stops: tuple[int, ...]) -> list[str]:
         """Greedy completions; ``max_new`` is one limit or one per prompt (prompts with similar limits are
