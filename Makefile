@@ -16,7 +16,7 @@ export PYTHONHASHSEED := 0
 CRUXEVAL ?= $(if $(wildcard ../shared/data/cruxeval.jsonl),../shared/data/cruxeval.jsonl,hf)
 SPEEDRUN_OUT ?= runs/speedrun
 
-.PHONY: run demo test test-slow bench lint system-deps install clean
+.PHONY: run demo test test-slow bench lint system-deps install native clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,26 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 	touch $@
 
-install: $(BIN)/.installed system-deps
+install: $(BIN)/.installed system-deps native
+
+# The tracer's C accelerator, in place, for the venv's Python and every CPython 3.11-3.13 pyenv has (the version
+# tests run the tracer under each). Up-to-date builds are kept; without a compiler the tracer runs on pure Python.
+PYENV_VERSIONS ?= $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
+native: $(BIN)/.installed system-deps
+	@$(BIN)/python -m opencwm.trace.build_native || echo "warning: the tracer falls back to pure Python"
+	@for v in 3.11 3.12 3.13; do \
+		exe=$$(ls -d $(PYENV_VERSIONS)/$$v.*/bin/python$$v 2>/dev/null | sort -V | tail -n 1); \
+		if [ -n "$$exe" ]; then PYTHONPATH=. $$exe -m opencwm.trace.build_native \
+			|| echo "warning: no native tracer for $$exe"; fi; \
+	done
 
 # bubblewrap is the sandbox's preferred backend; without root the sandbox falls back to unshare or rlimits.
+# A C compiler builds the tracer's accelerator (optional: the tracer falls back to pure Python).
 system-deps:
+	@if ! command -v cc >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc) >/dev/null \
+			|| echo "warning: could not install gcc; the tracer runs on pure Python"; \
+	fi
 	@if ! command -v bwrap >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null \

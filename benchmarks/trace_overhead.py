@@ -2,8 +2,8 @@
 
 Part 1 -- overhead on a fixed suite (CruxEval's 800 calls when the file is available, plus CPU-heavy functions):
 wall time of every call untraced, under a no-op ``sys.settrace`` callback (the floor any settrace tracer pays),
-under opencwm's tracer (settrace backend; monitoring backend on 3.12+ through a second interpreter), and under
-PySnooper and hunter recording lines and locals. Each mode runs the suite ``--repeats`` times; medians are
+under opencwm's tracer (native and settrace backends; monitoring too on 3.12+, through a second interpreter), and
+under PySnooper and hunter recording lines and locals. Each mode runs the suite ``--repeats`` times; medians are
 reported, and overheads as ratios to the untraced time.
 
 Part 2 -- sandboxed collection throughput (items/s on this machine, a fresh process per item) of
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from _common import append_row  # noqa: E402
 
 from opencwm.trace.source import SourceMap  # noqa: E402
-from opencwm.trace.tracer import Limits, trace_call  # noqa: E402
+from opencwm.trace.tracer import Limits, native_available, trace_call  # noqa: E402
 
 DEFAULT_CRUXEVAL = REPO.parent / "shared" / "data" / "cruxeval.jsonl"
 FILENAME = "<bench>"
@@ -146,8 +146,14 @@ def measure(prepared, modes: dict, repeats: int) -> dict[str, float]:
 
 
 def overhead_table(prepared, repeats: int) -> dict[str, float]:
-    modes = {"untraced": mode_untraced, "noop_settrace": mode_noop_settrace,
-             "opencwm_settrace": mode_opencwm("settrace"), "opencwm_settrace_analysed": mode_opencwm("settrace", True)}
+    modes = {"untraced": mode_untraced, "noop_settrace": mode_noop_settrace}
+    if native_available():
+        modes["opencwm_native"] = mode_opencwm("native")
+        modes["opencwm_native_analysed"] = mode_opencwm("native", True)
+    else:
+        print("(the native tracer is not built: make native)", file=sys.stderr)
+    modes["opencwm_settrace"] = mode_opencwm("settrace")
+    modes["opencwm_settrace_analysed"] = mode_opencwm("settrace", True)
     if sys.version_info >= (3, 12):
         modes["opencwm_monitoring"] = mode_opencwm("monitoring")
         modes["opencwm_monitoring_analysed"] = mode_opencwm("monitoring", True)
@@ -219,7 +225,7 @@ def main() -> None:
             extra = {k: m312[k] / m312["untraced"] for k in m312}
             print("  on CPython 3.12: " + ", ".join(f"{k} {v:.2f}x" for k, v in extra.items()))
     goals = {}
-    for mode in ("opencwm_settrace", "opencwm_settrace_analysed"):
+    for mode in [m for m in ratios if m.startswith("opencwm_")]:
         if "pysnooper" in ratios:
             goals[f"{mode}: overhead below PySnooper's (goal >= 10x)"] = (ratios["pysnooper"] - 1) / (ratios[mode] - 1)
         goals[f"{mode}: time over the no-op floor (goal <= 5x)"] = ratios[mode] / ratios["noop_settrace"]

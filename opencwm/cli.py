@@ -43,8 +43,9 @@ def _add_sandbox_args(parser: argparse.ArgumentParser, timeout: float) -> None:
 
 def _add_tracer_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("tracer")
-    group.add_argument("--tracer", choices=["settrace", "monitoring"], default=None,
-                       help="tracing backend (default: monitoring on Python 3.12+, else settrace)")
+    group.add_argument("--tracer", choices=["native", "settrace", "monitoring"], default=None,
+                       help="tracing backend: native (C, where built), settrace (pure Python), monitoring (3.12+) "
+                            "(default: native where built, else monitoring on 3.12+, else settrace)")
     group.add_argument("--max-frames", type=int, default=10_000, help="frames per trace (default: %(default)s)")
     group.add_argument("--max-bytes", type=int, default=1_000_000,
                        help="characters of rendered values per trace (default: %(default)s)")

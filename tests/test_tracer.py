@@ -17,9 +17,10 @@ import pytest
 from opencwm.trace.codec import decode, encode, resolve_locals
 from opencwm.trace.program import trace_program
 from opencwm.trace.record import CALL, ERROR, EXCEPTION, LINE, OK, RAISED, RETURN, TRUNCATED
-from opencwm.trace.tracer import BACKENDS, Limits
+from opencwm.trace.tracer import BACKENDS, Limits, native_available
 
-AVAILABLE = [b for b in BACKENDS if b == "settrace" or sys.version_info >= (3, 12)]
+AVAILABLE = [b for b in BACKENDS
+             if (b != "monitoring" or sys.version_info >= (3, 12)) and (b != "native" or native_available())]
 
 PROGRAMS = {
     "nested": ("""
@@ -334,15 +335,19 @@ def test_unchanged_values_use_dots_and_resolve_back():
     assert resolved[-1] == {"a": "1", "b": "2", "c": "[2]"}
 
 
-def test_limits_cut_the_trace_visibly():
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_limits_cut_the_trace_visibly(backend):
     source = "def f(n):\n    i = 0\n    while True:\n        i += 1\n"
-    trace = trace_program(source, "f(0)", limits=Limits(max_frames=50))
+    trace = trace_program(source, "f(0)", limits=Limits(max_frames=50), backend=backend)
     assert trace.status == TRUNCATED and len(trace.frames) == 50 and "frames limit" in trace.error
     text = encode(trace)
     assert not text.endswith("<|end_of_text|>")
     assert decode(text).truncated
-    big = trace_program("def f():\n    x = 'a' * 100\n    return x * 1000\n", "f()", limits=Limits(max_bytes=500))
+    big = trace_program("def f():\n    x = 'a' * 100\n    return x * 1000\n", "f()", limits=Limits(max_bytes=500),
+                        backend=backend)
     assert big.status == TRUNCATED and "bytes limit" in big.error
+    # The program goes on untraced after the cut: it is stopped, not left running under a half-removed tracer.
+    assert sys.gettrace() is None
 
 
 @pytest.mark.parametrize(("source", "call", "message"), [
@@ -358,16 +363,26 @@ def test_setup_errors_are_reported_not_raised(source, call, message):
     assert trace.status == ERROR and message in trace.error and not trace.frames
 
 
-def test_a_failure_of_the_tracer_itself_is_reported_not_hidden(monkeypatch):
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_a_failure_of_the_tracer_itself_is_reported_not_hidden(monkeypatch, backend):
     """Fault injection: were the tracer to raise, the trace says so instead of passing as an ok trace."""
     from opencwm.trace.render import Renderer
 
     def broken(self, value):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(Renderer, "render", broken)
-    trace = trace_program("def f(x):\n    y = x + 1\n    return y\n", "f(1)")
+    monkeypatch.setattr(Renderer, "render", broken)  # an instance of a user class is always rendered by it
+    trace = trace_program("class A:\n    pass\n\ndef f(x):\n    y = x\n    return y\n", "f(A())", backend=backend)
     assert trace.status == ERROR and "the tracer failed: RuntimeError: injected" in trace.error
+    assert sys.gettrace() is None
+
+
+def test_the_native_backend_is_built_where_a_compiler_is():
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here: the tracer runs on its pure-Python backends")
+    assert native_available(), "the C tracer is not built: run `make install` (python -m opencwm.trace.build_native)"
 
 
 def test_hash_seed_and_addresses_make_traces_deterministic():

@@ -1,8 +1,9 @@
-"""Fidelity on real code across CPython 3.11, 3.12 and 3.13 and both tracing backends.
+"""Fidelity on real code across CPython 3.11, 3.12 and 3.13 and every tracing backend.
 
 Every CruxEval item must trace with status ok and return what the real interpreter returns (computed untraced
 in a separate process of the same version), and every trace must be identical whatever the version and backend:
-the tracer's rules (see opencwm/trace/source.py) remove the interpreters' differences.
+the tracer's rules (see opencwm/trace/source.py) remove the interpreters' differences, and the C backend
+("native", built by the Makefile for every interpreter it finds) must give the pure-Python backends' bytes.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ for line in sys.stdin:
     print(json.dumps({"id": item["id"], "value": repr(eval(item["call"], ns))}))
 """
 
-COMBINATIONS = [("3.11", "settrace"), ("3.12", "settrace"), ("3.12", "monitoring"), ("3.13", "settrace"),
-                ("3.13", "monitoring")]
+COMBINATIONS = [("3.11", "settrace"), ("3.11", "native"), ("3.12", "settrace"), ("3.12", "monitoring"),
+                ("3.12", "native"), ("3.13", "settrace"), ("3.13", "monitoring"), ("3.13", "native")]
 
 
 def _items(cruxeval):

@@ -50,7 +50,7 @@ class CollectConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     sandbox: SandboxConfig = field(default_factory=lambda: SandboxConfig(preload=PRELOAD))
     limits: Limits = field(default_factory=Limits)
-    tracer_backend: str | None = None  # settrace | monitoring (default: the fastest the interpreter has)
+    tracer_backend: str | None = None  # native | settrace | monitoring (default: the fastest the interpreter has)
     ray_address: str | None = None  # "local" starts a local Ray instance
     rows_per_shard: int = 2000
     seconds_per_shard: float = 30.0

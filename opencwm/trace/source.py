@@ -36,7 +36,9 @@ class SourceMap:
         tree = tree if tree is not None else ast.parse(source)
         self.statement_of: dict[int, int] = {}
         self.def_line_of: dict[int, int] = {}  # a function's first line (its first decorator) -> its def line
+        self.texts: dict[int, str] = dict(enumerate(self.lines, 1))  # line -> its text
         self._line_offsets: list[int] | None = None
+        self._code_caches: dict[str, dict] = {}
         self._visit(tree)
 
     def _visit(self, tree: ast.AST) -> None:
@@ -77,7 +79,12 @@ class SourceMap:
         return self.statement_of.get(lineno, lineno)
 
     def text(self, lineno: int) -> str:
-        return self.lines[lineno - 1] if 0 < lineno <= len(self.lines) else ""
+        return self.texts.get(lineno, "")
+
+    def code_cache(self, filename: str) -> dict:
+        """A dict the tracer fills with what it decided per code object of ``filename`` (whether and where it is
+        stepped into); it lives as long as the map, so a program traced many times decides once."""
+        return self._code_caches.setdefault(filename, {})
 
     def def_line(self, code: types.CodeType) -> int:
         return self.def_line_of.get(code.co_firstlineno, code.co_firstlineno)

@@ -1,9 +1,13 @@
 """The execution tracer: runs one call and records its CWM frames (see ``record`` for the frame semantics).
 
-Two interchangeable backends feed one ``TraceBuilder``:
+Three interchangeable backends feed one ``TraceBuilder`` and give byte-identical traces (tested on CruxEval):
 
-- ``settrace`` (every CPython): a ``sys.settrace`` hook that returns a local tracer only for code objects of the
-  traced source, so other code pays one call event per Python call and nothing per line.
+- ``native`` (every CPython, where the C accelerator ``_native.c`` is built; the default there): the same events
+  as ``settrace`` handled by a C trace function (``PyEval_SetTrace``), which calls back into the builder only for
+  rare work (a new code object, a value only the Python renderer can render). No Python call per event.
+- ``settrace`` (every CPython, pure Python, the reference): a ``sys.settrace`` hook that returns a local tracer
+  only for code objects of the traced source, so other code pays one call event per Python call and nothing per
+  line.
 - ``monitoring`` (CPython 3.12+, PEP 669): ``sys.monitoring`` with line and return events switched on only for
   code objects of the traced source, and the start event disabled at every other code location after its first
   hit, so untraced code runs at full speed after warm-up.
@@ -34,10 +38,21 @@ _RETURN_OPS = frozenset(dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CON
 _YIELD_OPS = frozenset(dis.opmap[name] for name in ("YIELD_VALUE", "RESUME") if name in dis.opmap)
 _GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
-BACKENDS = ("settrace", "monitoring")
+try:  # the C accelerator, built by the install when a compiler is there (see setup.py)
+    from opencwm.trace import _native
+except ImportError:
+    _native = None
+
+BACKENDS = ("native", "settrace", "monitoring")
+
+
+def native_available() -> bool:
+    return _native is not None
 
 
 def default_backend() -> str:
+    if _native is not None:
+        return "native"
     return "monitoring" if sys.version_info >= (3, 12) else "settrace"
 
 
@@ -87,16 +102,20 @@ class TraceBuilder:
         self.finished = False
         self._scopes: dict[types.FrameType, _Scope] = {}
         self._statement_of = source_map.statement_of
-        self._is_traced: dict[types.CodeType, bool] = {}
+        self.def_lines = source_map.code_cache(filename)  # code -> its def line if it is stepped into, else None
         self._bytes = 0
         self._max_frames, self._max_bytes = limits.max_frames, limits.max_bytes
-        self._texts: dict[int, str] = {}  # line -> its text
 
     def is_traced(self, code: types.CodeType) -> bool:
-        traced = self._is_traced.get(code)
-        if traced is None:
-            traced = self._is_traced[code] = code.co_filename == self.filename and is_traced_scope(code)
-        return traced
+        return self.traced_def_line(code) is not None
+
+    def traced_def_line(self, code: types.CodeType) -> int | None:
+        """The ``def`` line a call of ``code`` shows, or None for code that is not stepped into."""
+        if code in self.def_lines:
+            return self.def_lines[code]
+        traced = code.co_filename == self.filename and is_traced_scope(code)
+        line = self.def_lines[code] = self.map.def_line(code) if traced else None
+        return line
 
     # -- events ---------------------------------------------------------------------------------------------------
     def on_call(self, frame: types.FrameType) -> None:
@@ -208,27 +227,31 @@ class TraceBuilder:
         return out, size
 
     def _order_names(self, scope: _Scope, frame: types.FrameType, raw_names: list[str]) -> list[str]:
-        """Names keep the order in which they were first bound; names new in this step follow in source order,
-        so the order does not depend on the Python version's co_varnames. Hidden interpreter locals (".0") are
-        left out. Names no longer bound are forgotten, with what the cache knew of their values."""
-        present = set(raw_names)
-        names = [name for name in scope.names if name in present]
-        if len(names) < len(scope.names):
-            for gone in scope.cache.keys() - present:
-                del scope.cache[gone]
-        if len(names) < len(raw_names):
-            known = set(names)
-            new = [name for name in raw_names if name not in known and name[:1] != "."]
-            if new:
-                names += self.map.new_names_order(frame.f_code, new)
+        names = self.order_names(frame.f_code, scope.names, raw_names, scope.cache)
         scope.raw_names, scope.names = raw_names, names
         return names
 
+    def order_names(self, code: types.CodeType, names: list[str], raw_names: list[str], cache: dict) -> list[str]:
+        """The order the trace shows a scope's locals in, given the previous order and the frame's current names.
+
+        Names keep the order in which they were first bound; names new in this step follow in source order,
+        so the order does not depend on the Python version's co_varnames. Hidden interpreter locals (".0") are
+        left out. Names no longer bound are forgotten, with what ``cache`` knew of their values."""
+        present = set(raw_names)
+        kept = [name for name in names if name in present]
+        if len(kept) < len(names):
+            for gone in cache.keys() - present:
+                del cache[gone]
+        if len(kept) < len(raw_names):
+            known = set(kept)
+            new = [name for name in raw_names if name not in known and name[:1] != "."]
+            if new:
+                kept += self.map.new_names_order(code, new)
+        return kept
+
     def _emit(self, scope: _Scope, event: str, lineno: int, locals_: dict | None, value: str | None,
               size: int) -> None:
-        line = self._texts.get(lineno)
-        if line is None:
-            line = self._texts[lineno] = self.map.text(lineno)
+        line = self.map.texts.get(lineno, "")
         frames = self.frames
         frames.append(Frame(event, line, lineno, locals_, value))
         scope.last_event = event
@@ -280,6 +303,21 @@ def _run_settrace(builder: TraceBuilder, call: Callable[[], Any]) -> None:
         call()
     finally:
         sys.settrace(previous)
+
+
+def _run_native(builder: TraceBuilder, call: Callable[[], Any]) -> None:
+    """The ``settrace`` backend's events handled in C (``_native.c``), feeding the same builder."""
+    recorder = _native.Recorder(builder, Frame, LimitReached, _MUTABLE, _RETURN_OPS, _YIELD_OPS, _GENERATOR_FLAGS,
+                                builder._max_frames, builder._max_bytes)
+    previous = sys.gettrace()
+    recorder.start()
+    try:
+        call()
+    finally:
+        recorder.stop()
+        sys.settrace(previous)
+        builder.finished, builder.status, builder.error = recorder.finished, recorder.status, recorder.error
+        builder.entry_frame = recorder.entry_frame
 
 
 def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
@@ -365,10 +403,13 @@ def trace_call(
         raise ValueError(f"unknown tracing backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if backend == "monitoring" and sys.version_info < (3, 12):
         raise ValueError("the monitoring backend needs Python 3.12 or newer")
+    if backend == "native" and _native is None:
+        raise ValueError("the native backend is not built here (it needs a C compiler at install time); "
+                         "use settrace or monitoring")
     code = func.__code__
     source_map = source_map or SourceMap(source)
     builder = TraceBuilder(source_map, filename or code.co_filename, limits or Limits())
-    runner = _run_monitoring if backend == "monitoring" else _run_settrace
+    runner = {"native": _run_native, "settrace": _run_settrace, "monitoring": _run_monitoring}[backend]
     try:
         runner(builder, lambda: func(*args, **(kwargs or {})))
     except LimitReached:

@@ -1,0 +1,1157 @@
+/* The tracer's hot path in C: a ``PyEval_SetTrace`` function that records the frames of a ``TraceBuilder``.
+ *
+ * ``opencwm.trace.tracer`` (Python) defines what a trace is; this module does the same work per interpreter event
+ * without a Python call per event, which is where a pure-Python ``sys.settrace`` tracer spends its time. It is
+ * an accelerator, not a second definition: it takes the builder's own source map, renderer and frame list, calls
+ * back into Python for everything rare (a new code object, locals bound or unbound, a value that needs the
+ * renderer's bounded path), and the test suite checks that it gives byte-identical traces to the Python
+ * ``settrace`` backend on CruxEval and the golden programs, on every CPython version.
+ *
+ * What it adds over the Python builder is one cheaper proof that a container is unchanged: when every item a
+ * rendering depends on is an immutable atom (or a tuple of them), the proof is the items themselves and the check
+ * is pointer identity, instead of re-serialising the items with marshal at every step.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <frameobject.h>
+#include <structmember.h>  /* PyMemberDef before 3.12 */
+
+#ifndef Py_T_OBJECT_EX
+#define Py_T_OBJECT_EX 16  /* T_OBJECT_EX of structmember.h before 3.12 */
+#endif
+
+enum { EV_NONE, EV_CALL, EV_LINE, EV_RETURN, EV_EXCEPTION };
+
+static PyObject *EVENT_NAME[5];  /* interned "call", "line", ... (index 0 unused) */
+static PyObject *STATUS_OK, *STATUS_RAISED, *STATUS_TRUNCATED, *STATUS_ERROR, *UNCHANGED_TEXT, *EMPTY_TEXT;
+static PyObject *SEPARATOR, *ADDRESS_MARK;  /* ", " and " at 0x" */
+static PyObject *ID_PROOF;
+
+/* Attribute names, interned once (PyObject_GetAttrString would decode and hash them at every lookup). */
+enum { A_ABORT, A_MAP, A_RENDERER, A_MAX_CHARS, A_FRAMES, A_STATEMENT_OF, A_TEXTS, A_DEF_LINES, A_RENDER,
+       A_FINGERPRINT, A_UNCHANGED, A_ORDER_NAMES, A_TRACED_DEF_LINE, A_EVENT, A_LINE, A_LINENO, A_LOCALS, A_VALUE,
+       A_COUNT };
+static const char *ATTRIBUTE_NAMES[A_COUNT] = {
+    "abort_on_limit", "map", "renderer", "max_chars", "frames", "statement_of", "texts", "def_lines", "render",
+    "fingerprint", "unchanged", "order_names", "traced_def_line", "event", "line", "lineno", "locals", "value"};
+static PyObject *ATTRIBUTE[A_COUNT];  /* first item of an identity proof tuple: (ID_PROOF, type, count, items) */
+
+/* ---- scope: what the recorder remembers about one live frame -------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *entries;    /* per name shown: (object if immutable else MUTABLE, rendering, proof or None), or None */
+    PyObject *raw_names;  /* the locals' key order at the last snapshot (list) or NULL */
+    PyObject *names;      /* the order the trace shows (list) */
+    int in_order;         /* names == raw_names: the locals can be read in order, without lookups */
+    PyObject *exception;  /* the exception most recently raised into this frame, or NULL */
+    int last_event;
+    long last_statement;
+    int fresh_exception;
+} Scope;
+
+static int scope_traverse(Scope *self, visitproc visit, void *arg) {
+    Py_VISIT(self->entries);
+    Py_VISIT(self->raw_names);
+    Py_VISIT(self->names);
+    Py_VISIT(self->exception);
+    return 0;
+}
+
+static int scope_clear(Scope *self) {
+    Py_CLEAR(self->entries);
+    Py_CLEAR(self->raw_names);
+    Py_CLEAR(self->names);
+    Py_CLEAR(self->exception);
+    return 0;
+}
+
+static void scope_dealloc(Scope *self) {
+    PyObject_GC_UnTrack(self);
+    scope_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ScopeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "opencwm.trace._native.Scope",
+    .tp_basicsize = sizeof(Scope),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)scope_traverse,
+    .tp_clear = (inquiry)scope_clear,
+    .tp_dealloc = (destructor)scope_dealloc,
+};
+
+static Scope *scope_new(void) {
+    Scope *scope = PyObject_GC_New(Scope, &ScopeType);
+    if (scope == NULL) return NULL;
+    scope->entries = PyList_New(0);
+    scope->in_order = 0;
+    scope->raw_names = NULL;
+    scope->names = PyList_New(0);
+    scope->exception = NULL;
+    scope->last_event = EV_NONE;
+    scope->last_statement = 0;
+    scope->fresh_exception = 0;
+    if (scope->entries == NULL || scope->names == NULL) {
+        Py_DECREF(scope);
+        return NULL;
+    }
+    PyObject_GC_Track(scope);
+    return scope;
+}
+
+/* ---- recorder ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *builder;       /* the Python TraceBuilder: source map helpers and the renderer's slow paths */
+    PyObject *frames;        /* the builder's frame list, appended to */
+    PyObject *frame_type;    /* record.Frame */
+    PyObject *limit_error;   /* tracer.LimitReached */
+    PyObject *mutable;       /* the builder's cache marker for mutable objects */
+    PyObject *statements;    /* line -> statement line (the source map's dict) */
+    PyObject *texts;         /* line -> its text (the source map's dict) */
+    PyObject *code_info;     /* code -> def line (int) if traced, else None (shared by the map's traces) */
+    PyObject *scopes;        /* frame -> Scope */
+    /* The builder's slow paths, looked up on first use (many traces never need them). */
+    PyObject *render, *fingerprint, *unchanged, *order_names, *def_line;
+    PyObject *entry_frame;   /* strong reference, or NULL */
+    PyObject *status, *error;
+    PyFrameObject *last_frame; /* a one-entry cache of the scopes lookup (borrowed; valid while in scopes) */
+    Scope *last_scope;
+    Py_ssize_t max_frames, max_bytes, max_chars, bytes;
+    int abort_on_limit, finished;
+    unsigned char return_ops[256], yield_ops[256];
+    int generator_flags;
+    Py_ssize_t frame_slots[5];  /* offsets of Frame's slots (event, line, lineno, locals, value), or 0: call it */
+} Recorder;
+
+static int recorder_traverse(Recorder *self, visitproc visit, void *arg) {
+    Py_VISIT(self->builder);
+    Py_VISIT(self->frames);
+    Py_VISIT(self->frame_type);
+    Py_VISIT(self->limit_error);
+    Py_VISIT(self->mutable);
+    Py_VISIT(self->statements);
+    Py_VISIT(self->texts);
+    Py_VISIT(self->code_info);
+    Py_VISIT(self->scopes);
+    Py_VISIT(self->render);
+    Py_VISIT(self->fingerprint);
+    Py_VISIT(self->unchanged);
+    Py_VISIT(self->order_names);
+    Py_VISIT(self->def_line);
+    Py_VISIT(self->entry_frame);
+    Py_VISIT(self->status);
+    Py_VISIT(self->error);
+    return 0;
+}
+
+static int recorder_clear(Recorder *self) {
+    Py_CLEAR(self->builder);
+    Py_CLEAR(self->frames);
+    Py_CLEAR(self->frame_type);
+    Py_CLEAR(self->limit_error);
+    Py_CLEAR(self->mutable);
+    Py_CLEAR(self->statements);
+    Py_CLEAR(self->texts);
+    Py_CLEAR(self->code_info);
+    Py_CLEAR(self->scopes);
+    Py_CLEAR(self->render);
+    Py_CLEAR(self->fingerprint);
+    Py_CLEAR(self->unchanged);
+    Py_CLEAR(self->order_names);
+    Py_CLEAR(self->def_line);
+    Py_CLEAR(self->entry_frame);
+    Py_CLEAR(self->status);
+    Py_CLEAR(self->error);
+    self->last_frame = NULL;
+    self->last_scope = NULL;
+    return 0;
+}
+
+static void recorder_dealloc(Recorder *self) {
+    PyObject_GC_UnTrack(self);
+    recorder_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *get_attr_chain(PyObject *obj, int a, int b) {
+    PyObject *first = PyObject_GetAttr(obj, ATTRIBUTE[a]);
+    if (first == NULL || b < 0) return first;
+    PyObject *second = PyObject_GetAttr(first, ATTRIBUTE[b]);
+    Py_DECREF(first);
+    return second;
+}
+
+static int fill_ops(unsigned char *table, PyObject *ops) {
+    PyObject *iter = PyObject_GetIter(ops), *item;
+    if (iter == NULL) return -1;
+    while ((item = PyIter_Next(iter)) != NULL) {
+        long op = PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (op >= 0 && op < 256) table[op] = 1;
+    }
+    Py_DECREF(iter);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* Frame is a slots dataclass whose __init__ only assigns its five fields: when its slots are plain object slots,
+ * frames are built by filling them, as __init__ would, without running Python code per frame. */
+static PyObject *known_frame_type;  /* the last type inspected, and its slots */
+static Py_ssize_t known_frame_slots[5];
+
+static int find_frame_slots(Recorder *self) {
+    if (self->frame_type == known_frame_type) {
+        memcpy(self->frame_slots, known_frame_slots, sizeof(known_frame_slots));
+        return 0;
+    }
+    memset(self->frame_slots, 0, sizeof(self->frame_slots));
+    if (!PyType_Check(self->frame_type)) return 0;
+    Py_ssize_t offsets[5];
+    for (int i = 0; i < 5; i++) {
+        PyObject *descr = PyObject_GetAttr(self->frame_type, ATTRIBUTE[A_EVENT + i]);
+        if (descr == NULL) return -1;
+        int plain = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                    ((PyMemberDescrObject *)descr)->d_member->type == Py_T_OBJECT_EX &&
+                    ((PyMemberDescrObject *)descr)->d_member->flags == 0;
+        offsets[i] = plain ? ((PyMemberDescrObject *)descr)->d_member->offset : 0;
+        Py_DECREF(descr);
+        if (!plain) return 0;
+    }
+    memcpy(self->frame_slots, offsets, sizeof(offsets));
+    memcpy(known_frame_slots, offsets, sizeof(offsets));
+    Py_XSETREF(known_frame_type, Py_NewRef(self->frame_type));
+    return 0;
+}
+
+static PyObject *new_frame(Recorder *self, PyObject **fields) {
+    if (self->frame_slots[0] == 0) return PyObject_Vectorcall(self->frame_type, fields, 5, NULL);
+    PyTypeObject *type = (PyTypeObject *)self->frame_type;
+    PyObject *frame = type->tp_alloc(type, 0);
+    if (frame == NULL) return NULL;
+    for (int i = 0; i < 5; i++) *(PyObject **)((char *)frame + self->frame_slots[i]) = Py_NewRef(fields[i]);
+    /* Its fields are strings, ints, None and a dict of strings: it cannot be part of a reference cycle, so the
+     * cyclic GC need not scan the thousands of frames a trace holds. */
+    if (PyObject_IS_GC(frame)) PyObject_GC_UnTrack(frame);
+    return frame;
+}
+
+/* Recorder(builder, frame_type, limit_error, mutable, return_ops, yield_ops, generator_flags, max_frames,
+ *          max_bytes) */
+static int recorder_init(Recorder *self, PyObject *args, PyObject *kwds) {
+    PyObject *builder, *frame_type, *limit_error, *mutable, *return_ops, *yield_ops;
+    int generator_flags;
+    Py_ssize_t max_frames, max_bytes;
+    if (!PyArg_ParseTuple(args, "OOOOOOinn", &builder, &frame_type, &limit_error, &mutable, &return_ops,
+                          &yield_ops, &generator_flags, &max_frames, &max_bytes))
+        return -1;
+    recorder_clear(self);
+    self->builder = Py_NewRef(builder);
+    self->frame_type = Py_NewRef(frame_type);
+    if (find_frame_slots(self) < 0) return -1;
+    self->limit_error = Py_NewRef(limit_error);
+    self->mutable = Py_NewRef(mutable);
+    self->generator_flags = generator_flags;
+    self->max_frames = max_frames;
+    self->max_bytes = max_bytes;
+    memset(self->return_ops, 0, 256);
+    memset(self->yield_ops, 0, 256);
+    if (fill_ops(self->return_ops, return_ops) < 0 || fill_ops(self->yield_ops, yield_ops) < 0) return -1;
+    PyObject *abort = PyObject_GetAttr(builder, ATTRIBUTE[A_ABORT]);
+    if (abort == NULL) return -1;
+    self->abort_on_limit = PyObject_IsTrue(abort);
+    Py_DECREF(abort);
+    PyObject *max_chars = get_attr_chain(builder, A_RENDERER, A_MAX_CHARS);
+    if (max_chars == NULL) return -1;
+    self->max_chars = PyLong_AsSsize_t(max_chars);
+    Py_DECREF(max_chars);
+    if (self->max_chars == -1 && PyErr_Occurred()) return -1;
+    self->frames = PyObject_GetAttr(builder, ATTRIBUTE[A_FRAMES]);
+    self->statements = get_attr_chain(builder, A_MAP, A_STATEMENT_OF);
+    self->texts = get_attr_chain(builder, A_MAP, A_TEXTS);
+    self->code_info = PyObject_GetAttr(builder, ATTRIBUTE[A_DEF_LINES]);
+    self->scopes = PyDict_New();
+    self->status = Py_NewRef(STATUS_OK);
+    self->error = Py_NewRef(Py_None);
+    self->bytes = 0;
+    self->finished = 0;
+    if (!self->frames || !self->statements || !self->texts || !self->code_info || !self->scopes) return -1;
+    if (!PyList_Check(self->frames) || !PyDict_Check(self->statements) || !PyDict_Check(self->texts) ||
+        !PyDict_Check(self->code_info)) {
+        PyErr_SetString(PyExc_TypeError, "the builder's frames must be a list and its maps dicts");
+        return -1;
+    }
+    return 0;
+}
+
+/* The builder's method ``name`` (of ``part`` when not -1), looked up once. Borrowed reference, or NULL. */
+static PyObject *slow_path(Recorder *self, PyObject **slot, int part, int name) {
+    if (*slot == NULL) *slot = part >= 0 ? get_attr_chain(self->builder, part, name)
+                                         : PyObject_GetAttr(self->builder, ATTRIBUTE[name]);
+    return *slot;
+}
+
+#define RENDER(self) slow_path(self, &(self)->render, A_RENDERER, A_RENDER)
+#define FINGERPRINT(self) slow_path(self, &(self)->fingerprint, A_RENDERER, A_FINGERPRINT)
+#define UNCHANGED(self) slow_path(self, &(self)->unchanged, A_RENDERER, A_UNCHANGED)
+#define ORDER_NAMES(self) slow_path(self, &(self)->order_names, -1, A_ORDER_NAMES)
+#define DEF_LINE(self) slow_path(self, &(self)->def_line, -1, A_TRACED_DEF_LINE)
+
+static PyObject *call1(PyObject *callable, PyObject *arg) {
+    return callable == NULL ? NULL : PyObject_CallOneArg(callable, arg);
+}
+
+static PyObject *call2(PyObject *callable, PyObject *a, PyObject *b) {
+    return callable == NULL ? NULL : PyObject_CallFunctionObjArgs(callable, a, b, NULL);
+}
+
+/* ---- rendering and proofs ------------------------------------------------------------------------------- */
+
+/* The cache's tuples hold atoms, strings, builtin types and tuples of those: they cannot be part of a reference
+ * cycle, so they are taken off the cyclic GC's lists (as CPython itself does lazily for such tuples). */
+static PyObject *acyclic(PyObject *tuple) {
+    if (tuple != NULL && PyObject_GC_IsTracked(tuple)) PyObject_GC_UnTrack(tuple);
+    return tuple;
+}
+
+static int is_atom(PyObject *obj, int depth) {
+    PyTypeObject *type = Py_TYPE(obj);
+    if (type == &PyLong_Type || type == &PyUnicode_Type || type == &PyFloat_Type || type == &PyBool_Type ||
+        obj == Py_None || type == &PyBytes_Type || type == &PyComplex_Type || type == &PyRange_Type)
+        return 1;
+    if (type == &PyTuple_Type && depth < 4) {  /* a tuple of atoms is as immutable as an atom */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(obj); i++)
+            if (!is_atom(PyTuple_GET_ITEM(obj, i), depth + 1)) return 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* The most items a container may have to be rendered whole (more are cut by the Python renderer). */
+static Py_ssize_t whole_limit(Recorder *self, PyTypeObject *type) {
+    return type == &PyDict_Type ? self->max_chars / 4 : self->max_chars / 3;
+}
+
+static int is_container(PyTypeObject *type) {
+    return type == &PyList_Type || type == &PyTuple_Type || type == &PyDict_Type || type == &PySet_Type ||
+           type == &PyFrozenSet_Type;
+}
+
+static int is_sequence(PyTypeObject *type) { return type == &PyList_Type || type == &PyTuple_Type; }
+
+/* The container's items (dicts: keys and values, interleaved) as a new tuple, or NULL with an error set. */
+static PyObject *container_items(PyObject *obj, Py_ssize_t limit) {
+    PyTypeObject *type = Py_TYPE(obj);
+    if (is_sequence(type)) {
+        Py_ssize_t n = Py_MIN(limit, PySequence_Fast_GET_SIZE(obj));
+        PyObject **source = PySequence_Fast_ITEMS(obj), *items = PyTuple_New(n);
+        for (Py_ssize_t i = 0; items != NULL && i < n; i++) PyTuple_SET_ITEM(items, i, Py_NewRef(source[i]));
+        return items;
+    }
+    if (type == &PyDict_Type) {
+        Py_ssize_t count = PyDict_GET_SIZE(obj), pos = 0, i = 0;
+        PyObject *items = PyTuple_New(2 * count), *key, *value;
+        while (items != NULL && i < count && PyDict_Next(obj, &pos, &key, &value)) {
+            PyTuple_SET_ITEM(items, 2 * i, Py_NewRef(key));
+            PyTuple_SET_ITEM(items, 2 * i + 1, Py_NewRef(value));
+            i++;
+        }
+        return items;
+    }
+    return PySequence_Tuple(obj);
+}
+
+static int all_atoms(PyObject *items) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(items); i++)
+        if (!is_atom(PyTuple_GET_ITEM(items, i), 0)) return 0;
+    return 1;
+}
+
+#define SMALL_INTS 1024
+static PyObject *SMALL_INT_TEXT[SMALL_INTS];  /* repr of 0 .. SMALL_INTS - 1, made on first use */
+
+/* repr() of an atom; those of small ints are kept. */
+static PyObject *atom_repr(PyObject *obj) {
+    if (PyLong_CheckExact(obj)) {
+        int overflow;
+        long value = PyLong_AsLongAndOverflow(obj, &overflow);
+        if (!overflow && value >= 0 && value < SMALL_INTS) {
+            if (SMALL_INT_TEXT[value] == NULL && (SMALL_INT_TEXT[value] = PyObject_Repr(obj)) == NULL) return NULL;
+            return Py_NewRef(SMALL_INT_TEXT[value]);
+        }
+    }
+    return PyObject_Repr(obj);
+}
+
+/* Types whose repr is short, safe and address-free (render._SIMPLE). */
+static int is_simple(PyObject *obj) {
+    PyTypeObject *type = Py_TYPE(obj);
+    return type == &PyLong_Type || type == &PyFloat_Type || type == &PyBool_Type || obj == Py_None;
+}
+
+/* What ``render`` learnt about a list or tuple it rendered itself, for the proof that follows. */
+typedef struct {
+    Py_ssize_t shown;  /* items shown of a cut one, else -1 */
+    PyObject *texts;   /* the reprs of the items the rendering depends on (new reference), or NULL */
+} Rendered;
+
+/* The repr of item ``i`` of a sequence: the previous rendering's when the item is the same object as then. */
+static PyObject *item_repr(PyObject *item, Py_ssize_t i, PyObject *old_items, PyObject *old_texts) {
+    if (old_texts != NULL && i < PyTuple_GET_SIZE(old_texts) && PyTuple_GET_ITEM(old_items, i) == item)
+        return Py_NewRef(PyTuple_GET_ITEM(old_texts, i));
+    return atom_repr(item);
+}
+
+/* A list or tuple too long to show whole, whose first items are simple values: rendered as the Python renderer's
+ * ``_bounded_repr`` with ``_cut_simple`` (or ``_cut_items``) does. Both show the longest run of first items whose
+ * joined reprs and a following ", " fit the budget (or the first ``max_chars // 3`` items if they fit whole), so
+ * only the items up to the first one left out are rendered. NULL without an error when the Python renderer must
+ * do it (an item among those is not a simple value). */
+static PyObject *render_cut_sequence(Recorder *self, PyObject *obj, PyObject *old_items, PyObject *old_texts,
+                                     Rendered *info) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(obj), third = self->max_chars / 3;
+    Py_ssize_t budget = self->max_chars - 2 - 24;  /* brackets, and room for the marker */
+    PyObject **items = PySequence_Fast_ITEMS(obj);
+    if (n <= third || budget <= 0) return NULL;
+    PyObject *texts = PyList_New(0);
+    if (texts == NULL) return NULL;
+    Py_ssize_t length = -2, fitting = 0, i;
+    for (i = 0; i < third; i++) {
+        if (!is_simple(items[i])) {
+            Py_DECREF(texts);
+            return NULL;
+        }
+        PyObject *text = item_repr(items[i], i, old_items, old_texts);
+        if (text == NULL || PyList_Append(texts, text) < 0) {
+            Py_XDECREF(text);
+            Py_DECREF(texts);
+            return NULL;
+        }
+        length += PyUnicode_GET_LENGTH(text) + 2;
+        Py_DECREF(text);
+        if (length > budget) break;
+        if (length + 2 <= budget) fitting = i + 1;
+    }
+    Py_ssize_t shown = i == third ? third : fitting;
+    PyObject *head = PyList_GetSlice(texts, 0, shown);
+    PyObject *inner = head == NULL ? NULL : PyUnicode_Join(SEPARATOR, head);
+    Py_XDECREF(head);
+    int is_list = Py_TYPE(obj) == &PyList_Type;
+    PyObject *text = inner == NULL ? NULL : PyUnicode_FromFormat("%s%U%s...<+%zd items>%s", is_list ? "[" : "(",
+                                                                 inner, shown ? ", " : "", n - shown,
+                                                                 is_list ? "]" : ")");
+    Py_XDECREF(inner);
+    if (text != NULL) {
+        /* the proof keeps the items shown and the first one left out (it decided the cut) */
+        PyObject *kept = PyList_GetSlice(texts, 0, Py_MIN(shown + 1, third));
+        info->texts = kept == NULL ? NULL : PyList_AsTuple(kept);
+        Py_XDECREF(kept);
+        if (info->texts == NULL) Py_CLEAR(text);
+        info->shown = shown;
+    }
+    Py_DECREF(texts);
+    return text;
+}
+
+/* A list or tuple short enough to show whole, of atoms: its repr, built from its items' reprs. NULL without an
+ * error when the Python renderer must do it (an item that is not an atom, a repr over the budget or with text
+ * that looks like an address). */
+static PyObject *render_whole_sequence(Recorder *self, PyObject *obj, PyObject *old_items, PyObject *old_texts,
+                                       Rendered *info) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(obj), length = 0;
+    PyObject **items = PySequence_Fast_ITEMS(obj);
+    int wordy = 0;  /* an item whose repr may hold " at 0x" */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!is_atom(items[i], 0)) return NULL;
+        wordy |= !is_simple(items[i]);
+    }
+    PyObject *texts = PyTuple_New(n);
+    if (texts == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *text = item_repr(items[i], i, old_items, old_texts);
+        if (text == NULL) {
+            Py_DECREF(texts);
+            return NULL;
+        }
+        length += PyUnicode_GET_LENGTH(text) + 2;
+        PyTuple_SET_ITEM(texts, i, text);
+    }
+    if (length > self->max_chars) {  /* too long: cut by the Python renderer */
+        Py_DECREF(texts);
+        return NULL;
+    }
+    PyObject *inner = PyUnicode_Join(SEPARATOR, texts);
+    int is_list = Py_TYPE(obj) == &PyList_Type;
+    PyObject *text = inner == NULL ? NULL : PyUnicode_FromFormat("%s%U%s%s", is_list ? "[" : "(", inner,
+                                                                 !is_list && n == 1 ? "," : "", is_list ? "]" : ")");
+    Py_XDECREF(inner);
+    int found = text == NULL ? -1 : PyUnicode_GET_LENGTH(text) > self->max_chars ? 1
+                              : wordy ? PyUnicode_Contains(text, ADDRESS_MARK) : 0;
+    if (found != 0) {
+        Py_XDECREF(text);
+        Py_DECREF(texts);
+        return NULL;  /* with an error set when found < 0 */
+    }
+    info->texts = texts;
+    return text;
+}
+
+/* A string: as the Python renderer does, the repr of at most twice the budget of characters, cut to the budget
+ * when longer, with the characters left out counted in the marker. */
+static PyObject *render_string(Recorder *self, PyObject *obj) {
+    Py_ssize_t length = PyUnicode_GET_LENGTH(obj), limit = self->max_chars, hidden = 0;
+    PyObject *head = Py_NewRef(obj);
+    if (length > 2 * limit) {
+        hidden = length - 2 * limit;
+        Py_SETREF(head, PyUnicode_Substring(obj, 0, 2 * limit));
+        if (head == NULL) return NULL;
+    }
+    PyObject *text = PyObject_Repr(head);
+    Py_DECREF(head);
+    if (text == NULL || (PyUnicode_GET_LENGTH(text) <= limit && !hidden)) return text;
+    PyObject *shown = PyUnicode_Substring(text, 0, limit);
+    PyObject *cut = shown == NULL ? NULL : PyUnicode_FromFormat("%U...<+%zd chars>", shown,
+                                                                PyUnicode_GET_LENGTH(text) - limit + hidden);
+    Py_XDECREF(shown);
+    Py_DECREF(text);
+    return cut;
+}
+
+/* The exact rendering of an object, as the Python renderer gives it. Simple values, strings, lists and tuples of
+ * atoms (reusing the item reprs of ``old_proof`` for items that are the same objects as then), long lists and
+ * tuples of simple values and short dicts and sets of atoms are rendered here (no user code runs for them);
+ * everything else by the Python renderer. */
+static PyObject *render(Recorder *self, PyObject *obj, PyObject *old_proof, Rendered *info) {
+    PyTypeObject *type = Py_TYPE(obj);
+    info->shown = -1;
+    info->texts = NULL;
+    if (is_simple(obj)) {
+        if (type == &PyLong_Type) {  /* larger ints take the Python renderer's guarded path */
+            int overflow;
+            PyLong_AsLongLongAndOverflow(obj, &overflow);
+            if (overflow) return call1(RENDER(self), obj);
+        }
+        PyObject *text = atom_repr(obj);
+        if (text == NULL || PyUnicode_GET_LENGTH(text) <= self->max_chars) return text;
+        Py_DECREF(text);
+        return call1(RENDER(self), obj);
+    }
+    if (type == &PyUnicode_Type) return render_string(self, obj);
+    if (!is_container(type)) return call1(RENDER(self), obj);
+    PyObject *text = NULL;
+    int whole = PyObject_Length(obj) <= whole_limit(self, type);
+    if (is_sequence(type)) {
+        PyObject *old_items = NULL, *old_texts = NULL;
+        if (old_proof != NULL && PyTuple_Check(old_proof) && PyTuple_GET_SIZE(old_proof) == 5 &&
+            PyTuple_GET_ITEM(old_proof, 0) == ID_PROOF && PyTuple_GET_ITEM(old_proof, 4) != Py_None) {
+            old_items = PyTuple_GET_ITEM(old_proof, 3);
+            old_texts = PyTuple_GET_ITEM(old_proof, 4);
+        }
+        text = whole ? render_whole_sequence(self, obj, old_items, old_texts, info)
+                     : render_cut_sequence(self, obj, old_items, old_texts, info);
+    } else if (whole) {  /* dicts and sets: their plain repr, when their items are atoms */
+        PyObject *items = container_items(obj, PY_SSIZE_T_MAX);
+        if (items == NULL) return NULL;
+        int atoms = all_atoms(items);
+        Py_DECREF(items);
+        if (atoms) {
+            text = PyObject_Repr(obj);
+            int found = text == NULL ? -1 : PyUnicode_GET_LENGTH(text) > self->max_chars ? 1
+                                      : PyUnicode_Contains(text, ADDRESS_MARK);
+            if (found != 0) Py_CLEAR(text);
+        }
+    }
+    if (text != NULL || PyErr_Occurred()) return text;
+    info->shown = -1;
+    Py_CLEAR(info->texts);
+    return call1(RENDER(self), obj);
+}
+
+/* A proof that ``obj`` renders as ``text`` while it holds: an identity proof (ID_PROOF, type, length, items,
+ * item reprs or None) when every item the rendering depends on is an atom, else the Python renderer's fingerprint
+ * (or None: no proof, render again at every step). */
+static PyObject *make_proof(Recorder *self, PyObject *obj, PyObject *text, Rendered *info) {
+    PyTypeObject *type = Py_TYPE(obj);
+    if (!is_container(type)) Py_RETURN_NONE;  /* only builtin containers have proofs (see Renderer.fingerprint) */
+    Py_ssize_t count = PyObject_Length(obj);
+    if (count < 0) return NULL;
+    PyObject *items = NULL;
+    if (info->texts != NULL) {  /* rendered here: the items its reprs are of */
+        items = container_items(obj, PyTuple_GET_SIZE(info->texts));
+        if (items == NULL) return NULL;
+    } else if (count <= whole_limit(self, type)) {  /* shown whole: every item matters */
+        items = container_items(obj, PY_SSIZE_T_MAX);
+        if (items == NULL) return NULL;
+        if (!all_atoms(items)) Py_CLEAR(items);
+    }
+    if (items == NULL) {
+        PyObject *proof = call2(FINGERPRINT(self), obj, text);
+        if (proof == NULL || !PyTuple_Check(proof) || PyTuple_GET_SIZE(proof) != 4 || !is_sequence(type))
+            return proof;
+        /* A list or tuple the Python renderer cut: its length and the first ``keep`` items decide. */
+        PyObject *keep = PyTuple_GET_ITEM(proof, 2);
+        Py_ssize_t limit = keep == Py_None ? count : PyLong_AsSsize_t(keep);
+        if (limit == -1 && PyErr_Occurred()) {
+            Py_DECREF(proof);
+            return NULL;
+        }
+        items = container_items(obj, limit);
+        if (items == NULL) {
+            Py_DECREF(proof);
+            return NULL;
+        }
+        if (!all_atoms(items)) {  /* an item could change inside: keep marshal's proof */
+            Py_DECREF(items);
+            return proof;
+        }
+        Py_DECREF(proof);
+    }
+    PyObject *count_obj = PyLong_FromSsize_t(count);
+    acyclic(items);
+    acyclic(info->texts);
+    PyObject *identity = count_obj == NULL ? NULL : acyclic(PyTuple_Pack(5, ID_PROOF, (PyObject *)type, count_obj,
+                                                                         items, info->texts ? info->texts : Py_None));
+    Py_XDECREF(count_obj);
+    Py_DECREF(items);
+    return identity;
+}
+
+/* 1 if the proof still holds, 0 if not, -1 on error. */
+static int proof_holds(Recorder *self, PyObject *obj, PyObject *proof) {
+    if (PyTuple_GET_SIZE(proof) != 5 || PyTuple_GET_ITEM(proof, 0) != ID_PROOF) {
+        PyObject *result = call2(UNCHANGED(self), obj, proof);
+        if (result == NULL) return -1;
+        int holds = PyObject_IsTrue(result);
+        Py_DECREF(result);
+        return holds;
+    }
+    PyTypeObject *type = (PyTypeObject *)PyTuple_GET_ITEM(proof, 1);
+    if (Py_TYPE(obj) != type) return 0;
+    Py_ssize_t count = PyLong_AsSsize_t(PyTuple_GET_ITEM(proof, 2));
+    PyObject *items = PyTuple_GET_ITEM(proof, 3);
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    if (type == &PyList_Type) {
+        if (PyList_GET_SIZE(obj) != count) return 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (PyList_GET_ITEM(obj, i) != PyTuple_GET_ITEM(items, i)) return 0;
+        return 1;
+    }
+    if (type == &PyTuple_Type) {
+        if (PyTuple_GET_SIZE(obj) != count) return 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (PyTuple_GET_ITEM(obj, i) != PyTuple_GET_ITEM(items, i)) return 0;
+        return 1;
+    }
+    if (type == &PyDict_Type) {
+        if (PyDict_GET_SIZE(obj) != count) return 0;
+        Py_ssize_t pos = 0, i = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(obj, &pos, &key, &value)) {
+            if (2 * i + 1 >= n || key != PyTuple_GET_ITEM(items, 2 * i) ||
+                value != PyTuple_GET_ITEM(items, 2 * i + 1))
+                return 0;
+            i++;
+        }
+        return 1;
+    }
+    /* set, frozenset */
+    if (PySet_GET_SIZE(obj) != count) return 0;
+    PyObject *iter = PyObject_GetIter(obj), *item;
+    if (iter == NULL) return -1;
+    Py_ssize_t i = 0;
+    int same = 1;
+    while ((item = PyIter_Next(iter)) != NULL) {
+        if (i >= n || item != PyTuple_GET_ITEM(items, i)) same = 0;
+        Py_DECREF(item);
+        i++;
+        if (!same) break;
+    }
+    Py_DECREF(iter);
+    if (PyErr_Occurred()) return -1;
+    return same && i == n;
+}
+
+/* ---- snapshot ------------------------------------------------------------------------------------------- */
+
+static PyObject *frame_locals(PyFrameObject *frame) {
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *proxy = PyFrame_GetLocals(frame);  /* 3.13: a write-through proxy (PEP 667); copy it in order */
+    if (proxy == NULL || PyDict_Check(proxy)) return proxy;
+    PyObject *copy = PyDict_New();
+    if (copy != NULL && PyDict_Update(copy, proxy) < 0) Py_CLEAR(copy);
+    Py_DECREF(proxy);
+    return copy;
+#else
+    return PyFrame_GetLocals(frame);
+#endif
+}
+
+/* 1 if the dict's keys are, in order, the names in ``known`` (a list), else 0. */
+static int same_names(PyObject *f_locals, PyObject *known) {
+    if (known == NULL || PyList_GET_SIZE(known) != PyDict_GET_SIZE(f_locals)) return 0;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(f_locals, &pos, &key, &value)) {
+        PyObject *name = PyList_GET_ITEM(known, i++);
+        if (name != key) {
+            int equal = PyObject_RichCompareBool(name, key, Py_EQ);
+            if (equal <= 0) return equal < 0 ? -1 : 0;
+        }
+    }
+    return 1;
+}
+
+static Py_ssize_t find_name(PyObject *list, PyObject *name) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++)
+        if (PyList_GET_ITEM(list, i) == name) return i;
+    return -1;
+}
+
+/* The common cases of TraceBuilder.order_names, by identity of the (interned) names: every name shown so far is
+ * still bound and at most one is new (it goes last), or a new scope whose locals are its first parameters in
+ * signature order. A new list, or NULL without an error for "ask the builder". */
+static PyObject *fast_order(Scope *scope, PyCodeObject *code, PyObject *raw) {
+    PyObject *names = scope->names, *added = NULL;
+    Py_ssize_t n_raw = PyList_GET_SIZE(raw), n_new = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++)
+        if (find_name(raw, PyList_GET_ITEM(names, i)) < 0) return NULL;  /* a name was unbound */
+    for (Py_ssize_t i = 0; i < n_raw; i++) {
+        PyObject *name = PyList_GET_ITEM(raw, i);
+        if (!PyUnicode_Check(name) || (PyUnicode_GET_LENGTH(name) > 0 && PyUnicode_READ_CHAR(name, 0) == '.'))
+            return NULL;  /* hidden interpreter locals: the builder leaves them out */
+        if (find_name(names, name) < 0) {
+            n_new++;
+            added = name;
+        }
+    }
+    if (n_new <= 1) {
+        PyObject *order = PyList_GetSlice(names, 0, PyList_GET_SIZE(names));
+        if (order != NULL && added != NULL && PyList_Append(order, added) < 0) Py_CLEAR(order);
+        return order;
+    }
+    if (PyList_GET_SIZE(names) != 0) return NULL;
+    int parameters = code->co_argcount + code->co_kwonlyargcount + !!(code->co_flags & CO_VARARGS) +
+                     !!(code->co_flags & CO_VARKEYWORDS);
+    if (n_raw > parameters) return NULL;
+    PyObject *varnames = PyCode_GetVarnames(code);
+    if (varnames == NULL) return NULL;
+    int in_order = PyTuple_GET_SIZE(varnames) >= n_raw;
+    for (Py_ssize_t i = 0; in_order && i < n_raw; i++)
+        in_order = PyTuple_GET_ITEM(varnames, i) == PyList_GET_ITEM(raw, i);
+    Py_DECREF(varnames);
+    return in_order ? PyList_GetSlice(raw, 0, n_raw) : NULL;
+}
+
+/* The locals as the trace shows them (new dict), adding the characters newly rendered to *size. */
+static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, int full, Py_ssize_t *size) {
+    PyObject *f_locals = frame_locals(frame);
+    if (f_locals == NULL) return NULL;
+    if (!PyDict_Check(f_locals)) {
+        PyErr_SetString(PyExc_TypeError, "frame locals are not a dict");
+        goto fail_locals;
+    }
+    int same = same_names(f_locals, scope->raw_names);
+    if (same < 0) goto fail_locals;
+    if (!same) {
+        PyObject *raw = PyDict_Keys(f_locals);
+        if (raw == NULL) goto fail_locals;
+        PyCodeObject *code = PyFrame_GetCode(frame);
+        PyObject *names = fast_order(scope, code, raw);
+        if (names == NULL && !PyErr_Occurred()) {
+            /* the builder's own cache of renderings is not used here: it gets an empty one to prune */
+            PyObject *order_names = ORDER_NAMES(self), *unused = PyDict_New();
+            names = order_names == NULL || unused == NULL ? NULL
+                    : PyObject_CallFunctionObjArgs(order_names, (PyObject *)code, scope->names, raw, unused, NULL);
+            Py_XDECREF(unused);
+        }
+        Py_DECREF(code);
+        if (names == NULL || !PyList_Check(names)) {
+            if (names != NULL) PyErr_SetString(PyExc_TypeError, "order_names must return a list");
+            Py_XDECREF(names);
+            Py_DECREF(raw);
+            goto fail_locals;
+        }
+        /* what is known of each name's value follows it to its new place; names no longer bound are forgotten */
+        PyObject *entries = PyList_New(PyList_GET_SIZE(names));
+        if (entries == NULL) {
+            Py_DECREF(names);
+            Py_DECREF(raw);
+            goto fail_locals;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+            Py_ssize_t old = find_name(scope->names, PyList_GET_ITEM(names, i));
+            PyList_SET_ITEM(entries, i, Py_NewRef(old >= 0 ? PyList_GET_ITEM(scope->entries, old) : Py_None));
+        }
+        Py_SETREF(scope->entries, entries);
+        Py_XSETREF(scope->raw_names, raw);
+        Py_SETREF(scope->names, names);
+        scope->in_order = PyList_GET_SIZE(names) == PyList_GET_SIZE(raw);
+        for (Py_ssize_t i = 0; scope->in_order && i < PyList_GET_SIZE(names); i++)
+            scope->in_order = PyList_GET_ITEM(names, i) == PyList_GET_ITEM(raw, i);
+    }
+    PyObject *out = _PyDict_NewPresized(PyList_GET_SIZE(scope->names));
+    if (out == NULL) goto fail_locals;
+    PyObject *names = scope->names, *entries = scope->entries;
+    Py_ssize_t position = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+        PyObject *name = PyList_GET_ITEM(names, i), *obj, *key;
+        if (scope->in_order) {  /* the i-th local is the i-th name */
+            if (!PyDict_Next(f_locals, &position, &key, &obj)) {
+                PyErr_SetString(PyExc_RuntimeError, "frame locals changed while read");
+                goto fail;
+            }
+        } else if ((obj = PyDict_GetItemWithError(f_locals, name)) == NULL) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_KeyError, "local %R vanished", name);
+            goto fail;
+        }
+        PyObject *before = PyList_GET_ITEM(entries, i);
+        if (before == Py_None) before = NULL;
+        if (before != NULL) {
+            int holds = PyTuple_GET_ITEM(before, 0) == obj;
+            PyObject *proof = PyTuple_GET_ITEM(before, 2);
+            if (!holds && proof != Py_None) {
+                holds = proof_holds(self, obj, proof);
+                if (holds < 0) goto fail;
+            }
+            if (holds) {
+                if (PyDict_SetItem(out, name, full ? PyTuple_GET_ITEM(before, 1) : UNCHANGED_TEXT) < 0) goto fail;
+                continue;
+            }
+        }
+        Rendered info;
+        PyObject *text = render(self, obj, before != NULL ? PyTuple_GET_ITEM(before, 2) : NULL, &info);
+        if (text == NULL) goto fail;
+        PyObject *shown = text;
+        if (before != NULL && !full) {
+            int equal = PyUnicode_Compare(PyTuple_GET_ITEM(before, 1), text);
+            if (equal == -1 && PyErr_Occurred()) {
+                Py_DECREF(text);
+                Py_XDECREF(info.texts);
+                goto fail;
+            }
+            if (equal == 0) shown = UNCHANGED_TEXT;
+        }
+        *size += PyUnicode_GET_LENGTH(shown);
+        int set = PyDict_SetItem(out, name, shown);
+        PyObject *entry;
+        if (is_atom(obj, 4)) {  /* depth 4: only true atoms; tuples get a proof */
+            entry = acyclic(PyTuple_Pack(3, obj, text, Py_None));
+        } else {
+            PyObject *proof = make_proof(self, obj, text, &info);
+            entry = proof == NULL ? NULL : PyTuple_Pack(3, self->mutable, text, proof);
+            if (entry != NULL && (proof == Py_None || !PyObject_GC_IsTracked(proof))) acyclic(entry);
+            Py_XDECREF(proof);
+        }
+        Py_XDECREF(info.texts);
+        Py_DECREF(text);
+        if (set < 0 || entry == NULL) {
+            Py_XDECREF(entry);
+            goto fail;
+        }
+        PyObject *replaced = PyList_GET_ITEM(entries, i);
+        PyList_SET_ITEM(entries, i, entry);  /* steals it */
+        Py_DECREF(replaced);
+    }
+    Py_DECREF(f_locals);
+    return out;
+fail:
+    Py_DECREF(out);
+fail_locals:
+    Py_DECREF(f_locals);
+    return NULL;
+}
+
+/* ---- frames --------------------------------------------------------------------------------------------- */
+
+static long statement_of(Recorder *self, long lineno) {
+    PyObject *key = PyLong_FromLong(lineno);
+    if (key == NULL) return -1;
+    PyObject *statement = PyDict_GetItemWithError(self->statements, key);
+    Py_DECREF(key);
+    if (statement == NULL) return PyErr_Occurred() ? -1 : lineno;
+    return PyLong_AsLong(statement);
+}
+
+static int stop_at_limit(Recorder *self) {
+    Py_ssize_t count = PyList_GET_SIZE(self->frames);
+    const char *which = count >= self->max_frames ? "frames" : "bytes";
+    self->finished = 1;
+    Py_SETREF(self->status, Py_NewRef(STATUS_TRUNCATED));
+    PyObject *message = PyUnicode_FromFormat("trace cut at the %s limit (%zd frames, %zd chars)", which, count,
+                                             self->bytes);
+    if (message == NULL) return -1;
+    Py_SETREF(self->error, message);
+    if (self->abort_on_limit) {
+        PyErr_SetObject(self->limit_error, self->error);
+        return -1;
+    }
+    return 0;
+}
+
+/* Append a frame; steals nothing. ``locals`` and ``value`` may be NULL. */
+static int emit(Recorder *self, Scope *scope, int event, long lineno, PyObject *locals, PyObject *value,
+                Py_ssize_t size) {
+    PyObject *lineno_obj = PyLong_FromLong(lineno);
+    if (lineno_obj == NULL) return -1;
+    PyObject *line = PyDict_GetItemWithError(self->texts, lineno_obj);
+    if (line == NULL) {
+        if (PyErr_Occurred()) goto fail;
+        line = EMPTY_TEXT;  /* a line outside the source, as SourceMap.text gives it */
+    }
+    PyObject *args[5] = {EVENT_NAME[event], line, lineno_obj, locals ? locals : Py_None, value ? value : Py_None};
+    PyObject *frame = new_frame(self, args);
+    if (frame == NULL) goto fail;
+    int appended = PyList_Append(self->frames, frame);
+    Py_DECREF(frame);
+    if (appended < 0) goto fail;
+    scope->last_event = event;
+    scope->last_statement = lineno;
+    self->bytes += size + PyUnicode_GET_LENGTH(line);
+    Py_DECREF(lineno_obj);
+    if (PyList_GET_SIZE(self->frames) >= self->max_frames || self->bytes >= self->max_bytes)
+        return stop_at_limit(self);
+    return 0;
+fail:
+    Py_DECREF(lineno_obj);
+    return -1;
+}
+
+static Scope *find_scope(Recorder *self, PyFrameObject *frame) {
+    if (frame == self->last_frame) return self->last_scope;
+    Scope *scope = (Scope *)PyDict_GetItemWithError(self->scopes, (PyObject *)frame);
+    if (scope != NULL) {
+        self->last_frame = frame;
+        self->last_scope = scope;
+    }
+    return scope;
+}
+
+static int forget_scope(Recorder *self, PyFrameObject *frame) {
+    if (frame == self->last_frame) {
+        self->last_frame = NULL;
+        self->last_scope = NULL;
+    }
+    return PyDict_DelItem(self->scopes, (PyObject *)frame);
+}
+
+/* ---- events --------------------------------------------------------------------------------------------- */
+
+static int on_call(Recorder *self, PyFrameObject *frame) {
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    PyObject *def_line = PyDict_GetItemWithError(self->code_info, (PyObject *)code);
+    if (def_line == NULL) {
+        if (PyErr_Occurred()) goto fail;
+        PyObject *info = call1(DEF_LINE(self), (PyObject *)code);
+        if (info == NULL || PyDict_SetItem(self->code_info, (PyObject *)code, info) < 0) {
+            Py_XDECREF(info);
+            goto fail;
+        }
+        def_line = info;
+        Py_DECREF(info);  /* code_info holds it */
+    }
+    Py_DECREF(code);
+    if (def_line == Py_None) return 0;
+    if (self->entry_frame == NULL) self->entry_frame = Py_NewRef(frame);
+    Scope *scope = find_scope(self, frame);
+    if (scope == NULL) {
+        if (PyErr_Occurred()) return -1;
+        scope = scope_new();
+        if (scope == NULL || PyDict_SetItem(self->scopes, (PyObject *)frame, (PyObject *)scope) < 0) {
+            Py_XDECREF(scope);
+            return -1;
+        }
+        Py_DECREF(scope);  /* scopes holds it */
+    }
+    /* Call frames always carry every local in full, so a reader needs no earlier frame to know the state. */
+    Py_ssize_t size = 0;
+    PyObject *locals = snapshot(self, scope, frame, 1, &size);
+    if (locals == NULL) return -1;
+    int result = emit(self, scope, EV_CALL, PyLong_AsLong(def_line), locals, NULL, size);
+    Py_DECREF(locals);
+    return result;
+fail:
+    Py_DECREF(code);
+    return -1;
+}
+
+static int on_line(Recorder *self, PyFrameObject *frame) {
+    Scope *scope = find_scope(self, frame);
+    if (scope == NULL) return PyErr_Occurred() ? -1 : 0;
+    scope->fresh_exception = 0;
+    long statement = statement_of(self, PyFrame_GetLineNumber(frame));
+    if (statement == -1 && PyErr_Occurred()) return -1;
+    /* A statement reported again without another step of this scope in between is one step. */
+    if (scope->last_event == EV_LINE && scope->last_statement == statement) return 0;
+    Py_ssize_t size = 0;
+    PyObject *locals = snapshot(self, scope, frame, 0, &size);
+    if (locals == NULL) return -1;
+    int result = emit(self, scope, EV_LINE, statement, locals, NULL, size);
+    Py_DECREF(locals);
+    return result;
+}
+
+static int on_exception(Recorder *self, PyFrameObject *frame, PyObject *arg) {
+    Scope *scope = find_scope(self, frame);
+    if (scope == NULL) return PyErr_Occurred() ? -1 : 0;
+    PyObject *exception = PyTuple_Check(arg) && PyTuple_GET_SIZE(arg) >= 2 ? PyTuple_GET_ITEM(arg, 1) : arg;
+    Py_XSETREF(scope->exception, Py_NewRef(exception));
+    scope->fresh_exception = 1;
+    return 0;
+}
+
+/* ``settrace`` reports returns, yields and unwinding all as a return; the instruction tells them apart. */
+static int on_return(Recorder *self, PyFrameObject *frame, PyObject *arg) {
+    Scope *scope = find_scope(self, frame);
+    if (scope == NULL) return PyErr_Occurred() ? -1 : 0;
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    PyObject *bytecode = PyCode_GetCode(code);
+    int flags = code->co_flags;
+    Py_DECREF(code);
+    if (bytecode == NULL) return -1;
+    int lasti = PyFrame_GetLasti(frame);
+    int op = lasti >= 0 && lasti < PyBytes_GET_SIZE(bytecode) ? (unsigned char)PyBytes_AS_STRING(bytecode)[lasti] : -1;
+    Py_DECREF(bytecode);
+    int event = EV_EXCEPTION, suspended = 0;
+    PyObject *value = arg ? arg : Py_None;
+    if (op >= 0 && self->return_ops[op]) {
+        event = EV_RETURN;
+    } else if ((flags & self->generator_flags) && op >= 0 && self->yield_ops[op] && !scope->fresh_exception) {
+        event = EV_RETURN;
+        suspended = 1;
+    } else {
+        value = scope->exception ? scope->exception : Py_None;
+    }
+    long statement = statement_of(self, PyFrame_GetLineNumber(frame));
+    if (statement == -1 && PyErr_Occurred()) return -1;
+    Rendered info;
+    PyObject *text = render(self, value, NULL, &info);
+    Py_XDECREF(info.texts);
+    if (text == NULL) return -1;
+    Py_INCREF(scope);  /* it may leave the scopes dict below */
+    int result = emit(self, scope, event, statement, NULL, text, PyUnicode_GET_LENGTH(text));
+    Py_DECREF(text);
+    int limit_hit = result < 0 && PyErr_ExceptionMatches(self->limit_error);
+    if (result == 0 || limit_hit) {
+        if (!suspended) {
+            PyObject *pending_type, *pending_value, *pending_tb;
+            PyErr_Fetch(&pending_type, &pending_value, &pending_tb);
+            if (forget_scope(self, frame) < 0) result = -1;
+            PyErr_Restore(pending_type, pending_value, pending_tb);
+        }
+        if ((PyObject *)frame == self->entry_frame && !self->finished) {
+            self->finished = 1;
+            Py_SETREF(self->status, Py_NewRef(event == EV_RETURN ? STATUS_OK : STATUS_RAISED));
+        }
+    }
+    Py_DECREF(scope);
+    return result;
+}
+
+static int trace_function(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg) {
+    Recorder *self = (Recorder *)obj;
+    if (self->finished) return 0;
+    int result = 0;
+    switch (what) {
+    case PyTrace_CALL: result = on_call(self, frame); break;
+    case PyTrace_LINE: result = on_line(self, frame); break;
+    case PyTrace_RETURN: result = on_return(self, frame, arg); break;
+    case PyTrace_EXCEPTION: result = on_exception(self, frame, arg); break;
+    default: return 0;
+    }
+    if (result < 0 && !self->finished) {  /* the tracer itself failed: say so in the trace and stop */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        self->finished = 1;
+        Py_SETREF(self->status, Py_NewRef(STATUS_ERROR));
+        PyObject *name = type ? PyType_GetName((PyTypeObject *)type) : NULL;
+        PyObject *message = PyUnicode_FromFormat("the tracer failed: %S: %S", name ? name : Py_None,
+                                                 value ? value : Py_None);
+        Py_XDECREF(name);
+        if (message != NULL) Py_SETREF(self->error, message);
+        PyErr_Restore(type, value, tb);
+    }
+    return result;
+}
+
+/* ---- Python methods ------------------------------------------------------------------------------------- */
+
+static PyObject *recorder_start(Recorder *self, PyObject *unused) {
+    PyEval_SetTrace(trace_function, (PyObject *)self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *recorder_stop(Recorder *self, PyObject *unused) {
+    PyEval_SetTrace(NULL, NULL);
+    PyDict_Clear(self->scopes);
+    self->last_frame = NULL;
+    self->last_scope = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *recorder_get_finished(Recorder *self, void *closure) { return PyBool_FromLong(self->finished); }
+static PyObject *recorder_get_status(Recorder *self, void *closure) { return Py_NewRef(self->status); }
+static PyObject *recorder_get_error(Recorder *self, void *closure) { return Py_NewRef(self->error); }
+static PyObject *recorder_get_entry(Recorder *self, void *closure) {
+    return Py_NewRef(self->entry_frame ? self->entry_frame : Py_None);
+}
+
+static PyGetSetDef recorder_getset[] = {
+    {"finished", (getter)recorder_get_finished, NULL, "whether recording has stopped", NULL},
+    {"status", (getter)recorder_get_status, NULL, "the trace status so far", NULL},
+    {"error", (getter)recorder_get_error, NULL, "why the trace is cut or failed, or None", NULL},
+    {"entry_frame", (getter)recorder_get_entry, NULL, "the first traced frame, or None", NULL},
+    {NULL},
+};
+
+static PyMethodDef recorder_methods[] = {
+    {"start", (PyCFunction)recorder_start, METH_NOARGS, "install the recorder as this thread's trace function"},
+    {"stop", (PyCFunction)recorder_stop, METH_NOARGS, "remove the trace function and forget live scopes"},
+    {NULL},
+};
+
+static PyTypeObject RecorderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "opencwm.trace._native.Recorder",
+    .tp_doc = "Records a TraceBuilder's frames from C trace events.",
+    .tp_basicsize = sizeof(Recorder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)recorder_init,
+    .tp_traverse = (traverseproc)recorder_traverse,
+    .tp_clear = (inquiry)recorder_clear,
+    .tp_dealloc = (destructor)recorder_dealloc,
+    .tp_methods = recorder_methods,
+    .tp_getset = recorder_getset,
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "_native", "The tracer's per-event hot path in C (see tracer.py).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    const char *names[5] = {NULL, "call", "line", "return", "exception"};
+    for (int i = 0; i < A_COUNT; i++)
+        if ((ATTRIBUTE[i] = PyUnicode_InternFromString(ATTRIBUTE_NAMES[i])) == NULL) return NULL;
+    for (int i = 1; i < 5; i++)
+        if ((EVENT_NAME[i] = PyUnicode_InternFromString(names[i])) == NULL) return NULL;
+    if (!(STATUS_OK = PyUnicode_InternFromString("ok")) || !(STATUS_RAISED = PyUnicode_InternFromString("exception")) ||
+        !(STATUS_TRUNCATED = PyUnicode_InternFromString("truncated")) ||
+        !(STATUS_ERROR = PyUnicode_InternFromString("error")) || !(UNCHANGED_TEXT = PyUnicode_InternFromString("..")) ||
+        !(EMPTY_TEXT = PyUnicode_InternFromString("")) || !(SEPARATOR = PyUnicode_InternFromString(", ")) ||
+        !(ADDRESS_MARK = PyUnicode_InternFromString(" at 0x")))
+        return NULL;
+    if (PyType_Ready(&ScopeType) < 0 || PyType_Ready(&RecorderType) < 0) return NULL;
+    ID_PROOF = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    if (ID_PROOF == NULL) return NULL;
+    PyObject *module = PyModule_Create(&native_module);
+    if (module == NULL) return NULL;
+    if (PyModule_AddObjectRef(module, "Recorder", (PyObject *)&RecorderType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

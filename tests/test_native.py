@@ -1,0 +1,111 @@
+"""The C tracer (backend "native") against the pure-Python one (backend "settrace"): byte-identical traces.
+
+The Python backend is the definition (its own golden tests check it against the real interpreter); the C backend
+re-implements its hot path, its fast rendering of simple values and containers, and a cheaper proof that a
+container is unchanged. Here both trace the same programs, over values generated around every limit the renderer
+has (containers shown whole or cut, items that are atoms or not, reprs that are user code), with a small and the
+default value budget. CruxEval and the golden programs are compared on every CPython in test_versions.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from opencwm.trace.codec import encode
+from opencwm.trace.program import trace_program
+from opencwm.trace.tracer import Limits, native_available
+
+pytestmark = pytest.mark.skipif(not native_available(), reason="the native tracer is not built (make native)")
+
+# A program that mutates its argument step by step in ways that keep or break each kind of proof.
+MUTATOR = textwrap.dedent("""
+    class Box:
+        def __init__(self, v):
+            self.v = v
+
+    class Loud:
+        def __repr__(self):
+            raise ValueError("no repr")
+
+    def f(v, ops):
+        x = v
+        y = [v, Box(1)]
+        for op in ops:
+            if op == 0 and isinstance(x, list):
+                x.append(len(x))
+            elif op == 1 and isinstance(x, list) and x:
+                x[0] = x[-1]
+            elif op == 2 and isinstance(x, dict):
+                x[len(x)] = "at 0x1234>"
+            elif op == 3:
+                x = tuple(x) if not isinstance(x, dict) else x
+            elif op == 4 and isinstance(x, list) and x:
+                x.pop()
+            elif op == 5:
+                y[0] = Loud()
+            elif op == 6 and isinstance(x, set):
+                x.add(len(x))
+            elif op == 7 and isinstance(x, list):
+                x.insert(0, [1, [2]])
+            elif op == 8 and isinstance(x, list) and x and isinstance(x[0], list):
+                x[0].append(3)
+            elif op == 9:
+                del y
+                y = [x]
+        return x
+""")
+
+atoms = st.one_of(st.integers(-10**20, 10**20), st.booleans(), st.none(), st.floats(allow_nan=False),
+                  st.text(max_size=8), st.binary(max_size=4), st.tuples(st.integers(), st.text(max_size=3)))
+values = st.one_of(
+    st.lists(atoms, max_size=400),
+    st.lists(st.integers(0, 9), min_size=300, max_size=1200),
+    st.dictionaries(st.integers(0, 500), atoms, max_size=300),
+    st.sets(st.integers(-50, 50), max_size=40),
+    st.lists(st.lists(st.integers(), max_size=3), max_size=30),
+    st.lists(st.one_of(st.integers(), st.floats(), st.none(), st.booleans()), min_size=20, max_size=400),
+    st.text(min_size=20, max_size=300),
+    atoms,
+)
+
+
+def both(source: str, call: str, limits: Limits | None = None) -> tuple[str, str]:
+    python = trace_program(source, call, backend="settrace", limits=limits)
+    native = trace_program(source, call, backend="native", limits=limits)
+    assert (native.status, native.error) == (python.status, python.error)
+    return encode(python), encode(native)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=values, ops=st.lists(st.integers(0, 9), max_size=25), small=st.booleans())
+def test_native_traces_equal_the_python_backend(value, ops, small):
+    limits = Limits(max_value_chars=60) if small else None
+    python, native = both(MUTATOR, f"f({value!r}, {ops!r})", limits)
+    assert native == python
+
+
+@pytest.mark.parametrize(("source", "call"), [
+    ("def f(n):\n    xs = list(range(n))\n    for i in range(n):\n        xs[i] = -xs[i]\n    return xs[:2]\n",
+     "f(700)"),
+    ("def f(n):\n    d = {}\n    for i in range(n):\n        d[i] = str(i)\n    return len(d)\n", "f(400)"),
+    ("def f(n):\n    s = ''\n    for i in range(n):\n        s += 'ab'\n    return len(s)\n", "f(1500)"),
+    ("def f():\n    big = 7 ** 400\n    t = (1, (2, [3]))\n    t[1][1].append(4)\n    return big % 10, t\n", "f()"),
+    ("def g():\n    yield 1\n    raise KeyError('k')\n\ndef f():\n    try:\n        return list(g())\n"
+     "    except KeyError as e:\n        return repr(e)\n", "f()"),
+])
+def test_native_traces_equal_the_python_backend_on_edge_cases(source, call):
+    python, native = both(source, call)
+    assert native == python
+
+
+@pytest.mark.parametrize("limits", [Limits(max_frames=37), Limits(max_bytes=2000),
+                                    Limits(max_value_chars=30, max_frames=500)])
+def test_native_cuts_traces_where_the_python_backend_does(limits):
+    python, native = both("def f(n):\n    xs = []\n    while True:\n        xs.append(n)\n", "f(3)", limits)
+    assert native == python and "<|end_of_text|>" not in native
+    assert sys.gettrace() is None  # the tracer is removed once the trace is cut
