@@ -109,3 +109,35 @@ def test_native_cuts_traces_where_the_python_backend_does(limits):
     python, native = both("def f(n):\n    xs = []\n    while True:\n        xs.append(n)\n", "f(3)", limits)
     assert native == python and "<|end_of_text|>" not in native
     assert sys.gettrace() is None  # the tracer is removed once the trace is cut
+
+
+# Values around the renderer's limits, for the other interpreters (hypothesis explores them on this one).
+SAMPLES = [
+    ([1, 2, 3], [0, 1, 4, 7, 8, 3]), (list(range(400)), [0, 1, 4, 3]), ([True] * 900, [1, 0, 5, 9]),
+    ({i: str(i) for i in range(260)}, [2, 2, 3]), ({1: "a", 2: (3, "b")}, [2, 9]), ({-3, 5, 7}, [6, 6, 3]),
+    ([[1], [2, [3]]], [7, 8, 8]), ("x" * 2500, [3, 5]), ([0.5, None, False, 10**30], [0, 1, 3]),
+    ([b"ab", (1, ("c",)), "q at 0x1234>"], [0, 4, 4, 4]), (list(range(5000, 5400)), [1, 0, 0, 4]),
+]
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_native_traces_equal_the_python_backend_on_other_interpreters(version):
+    from conftest import require_interpreter, run_python
+
+    exe = require_interpreter(version)
+    script = f"""
+import sys
+from opencwm.trace.codec import encode
+from opencwm.trace.program import trace_program
+from opencwm.trace.tracer import Limits, native_available
+assert native_available(), "the native tracer is not built for " + sys.version
+for value, ops in {SAMPLES!r}:
+    for limits in (None, Limits(max_value_chars=60)):
+        call = f"f({{value!r}}, {{ops!r}})"
+        a = trace_program({MUTATOR!r}, call, backend="settrace", limits=limits)
+        b = trace_program({MUTATOR!r}, call, backend="native", limits=limits)
+        assert a.status == "ok" and len(a.frames) > 10, call
+        assert encode(a) == encode(b) and a.status == b.status, call
+print("ok")
+"""
+    assert run_python(exe, script).strip() == "ok"

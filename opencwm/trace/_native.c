@@ -45,6 +45,7 @@ typedef struct {
     PyObject *raw_names;  /* the locals' key order at the last snapshot (list) or NULL */
     PyObject *names;      /* the order the trace shows (list) */
     int in_order;         /* names == raw_names: the locals can be read in order, without lookups */
+    PyObject *unchanged;  /* {name: ".."} for every name shown, copied to start a line frame's locals, or NULL */
     PyObject *exception;  /* the exception most recently raised into this frame, or NULL */
     int last_event;
     long last_statement;
@@ -56,6 +57,7 @@ static int scope_traverse(Scope *self, visitproc visit, void *arg) {
     Py_VISIT(self->raw_names);
     Py_VISIT(self->names);
     Py_VISIT(self->exception);
+    Py_VISIT(self->unchanged);
     return 0;
 }
 
@@ -64,6 +66,7 @@ static int scope_clear(Scope *self) {
     Py_CLEAR(self->raw_names);
     Py_CLEAR(self->names);
     Py_CLEAR(self->exception);
+    Py_CLEAR(self->unchanged);
     return 0;
 }
 
@@ -88,6 +91,7 @@ static Scope *scope_new(void) {
     if (scope == NULL) return NULL;
     scope->entries = PyList_New(0);
     scope->in_order = 0;
+    scope->unchanged = NULL;
     scope->raw_names = NULL;
     scope->names = PyList_New(0);
     scope->exception = NULL;
@@ -788,13 +792,21 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
         Py_SETREF(scope->entries, entries);
         Py_XSETREF(scope->raw_names, raw);
         Py_SETREF(scope->names, names);
+        Py_CLEAR(scope->unchanged);
         scope->in_order = PyList_GET_SIZE(names) == PyList_GET_SIZE(raw);
         for (Py_ssize_t i = 0; scope->in_order && i < PyList_GET_SIZE(names); i++)
             scope->in_order = PyList_GET_ITEM(names, i) == PyList_GET_ITEM(raw, i);
     }
-    PyObject *out = _PyDict_NewPresized(PyList_GET_SIZE(scope->names));
-    if (out == NULL) goto fail_locals;
     PyObject *names = scope->names, *entries = scope->entries;
+    if (!full && scope->unchanged == NULL) {  /* a line frame starts as "all unchanged" and is corrected */
+        scope->unchanged = _PyDict_NewPresized(PyList_GET_SIZE(names));
+        for (Py_ssize_t i = 0; scope->unchanged != NULL && i < PyList_GET_SIZE(names); i++)
+            if (PyDict_SetItem(scope->unchanged, PyList_GET_ITEM(names, i), UNCHANGED_TEXT) < 0)
+                Py_CLEAR(scope->unchanged);
+        if (scope->unchanged == NULL) goto fail_locals;
+    }
+    PyObject *out = full ? _PyDict_NewPresized(PyList_GET_SIZE(names)) : PyDict_Copy(scope->unchanged);
+    if (out == NULL) goto fail_locals;
     Py_ssize_t position = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
         PyObject *name = PyList_GET_ITEM(names, i), *obj, *key;
@@ -817,7 +829,7 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
                 if (holds < 0) goto fail;
             }
             if (holds) {
-                if (PyDict_SetItem(out, name, full ? PyTuple_GET_ITEM(before, 1) : UNCHANGED_TEXT) < 0) goto fail;
+                if (full && PyDict_SetItem(out, name, PyTuple_GET_ITEM(before, 1)) < 0) goto fail;
                 continue;
             }
         }
@@ -835,7 +847,7 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
             if (equal == 0) shown = UNCHANGED_TEXT;
         }
         *size += PyUnicode_GET_LENGTH(shown);
-        int set = PyDict_SetItem(out, name, shown);
+        int set = full || shown != UNCHANGED_TEXT ? PyDict_SetItem(out, name, shown) : 0;
         PyObject *entry;
         if (is_atom(obj, 4)) {  /* depth 4: only true atoms; tuples get a proof */
             entry = acyclic(PyTuple_Pack(3, obj, text, Py_None));
