@@ -314,8 +314,8 @@ static PyObject *call2(PyObject *callable, PyObject *a, PyObject *b) {
 
 /* ---- rendering and proofs ------------------------------------------------------------------------------- */
 
-/* The cache's tuples hold atoms, strings, builtin types and tuples of those: they cannot be part of a reference
- * cycle, so they are taken off the cyclic GC's lists (as CPython itself does lazily for such tuples). */
+/* The cache's tuples hold atoms, strings, builtin types, bytes and tuples of those: they cannot be part of a
+ * reference cycle, so they are taken off the cyclic GC's lists (as CPython itself does lazily for such tuples). */
 static PyObject *acyclic(PyObject *tuple) {
     if (tuple != NULL && PyObject_GC_IsTracked(tuple)) PyObject_GC_UnTrack(tuple);
     return tuple;
@@ -848,24 +848,34 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
         }
         *size += PyUnicode_GET_LENGTH(shown);
         int set = full || shown != UNCHANGED_TEXT ? PyDict_SetItem(out, name, shown) : 0;
-        PyObject *entry;
-        if (is_atom(obj, 4)) {  /* depth 4: only true atoms; tuples get a proof */
-            entry = acyclic(PyTuple_Pack(3, obj, text, Py_None));
-        } else {
-            PyObject *proof = make_proof(self, obj, text, &info);
-            entry = proof == NULL ? NULL : PyTuple_Pack(3, self->mutable, text, proof);
-            if (entry != NULL && (proof == Py_None || !PyObject_GC_IsTracked(proof))) acyclic(entry);
-            Py_XDECREF(proof);
-        }
+        int atom = is_atom(obj, 4);  /* depth 4: only true atoms; tuples get a proof */
+        PyObject *proof = atom ? Py_NewRef(Py_None) : make_proof(self, obj, text, &info);
         Py_XDECREF(info.texts);
-        Py_DECREF(text);
-        if (set < 0 || entry == NULL) {
-            Py_XDECREF(entry);
+        if (set < 0 || proof == NULL) {
+            Py_XDECREF(proof);
+            Py_DECREF(text);
             goto fail;
         }
-        PyObject *replaced = PyList_GET_ITEM(entries, i);
-        PyList_SET_ITEM(entries, i, entry);  /* steals it */
-        Py_DECREF(replaced);
+        PyObject *fields[3] = {atom ? obj : self->mutable, text, proof};
+        if (before != NULL && Py_REFCNT(before) == 1) {  /* the list holds the only reference: update in place */
+            for (int k = 0; k < 3; k++) {
+                PyObject *old = PyTuple_GET_ITEM(before, k);
+                PyTuple_SET_ITEM(before, k, Py_NewRef(fields[k]));
+                Py_DECREF(old);
+            }
+        } else {
+            PyObject *entry = acyclic(PyTuple_Pack(3, fields[0], fields[1], fields[2]));
+            if (entry == NULL) {
+                Py_DECREF(proof);
+                Py_DECREF(text);
+                goto fail;
+            }
+            PyObject *replaced = PyList_GET_ITEM(entries, i);
+            PyList_SET_ITEM(entries, i, entry);  /* steals it */
+            Py_DECREF(replaced);
+        }
+        Py_DECREF(proof);
+        Py_DECREF(text);
     }
     Py_DECREF(f_locals);
     return out;
