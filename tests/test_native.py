@@ -9,6 +9,8 @@ default value budget. CruxEval and the golden programs are compared on every CPy
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 
@@ -141,3 +143,16 @@ for value, ops in {SAMPLES!r}:
 print("ok")
 """
     assert run_python(exe, script).strip() == "ok"
+
+
+def test_a_failed_build_keeps_the_working_module_and_says_why():
+    from opencwm.trace import build_native
+
+    target = build_native.target()
+    before = target.read_bytes()
+    result = subprocess.run([sys.executable, "-m", "opencwm.trace.build_native", "--force"], capture_output=True,
+                            text=True, env={**os.environ, "CC": "/nonexistent/cc"})
+    assert result.returncode != 0
+    assert result.stderr.startswith("opencwm: the native tracer was not built") and "/nonexistent/cc" in result.stderr
+    assert target.read_bytes() == before  # the library in use is left as it was
+    assert not list(target.parent.glob(".partial-*"))

@@ -5,7 +5,7 @@ any interpreter that runs opencwm from there, e.g. the CPython 3.12 and 3.13 tha
 Makefile runs it for every interpreter it finds. Without a C compiler or Python's headers the tracer still works,
 on its pure-Python backends.
 
-    python3.12 -m opencwm.trace.build_native [--force]
+    python3.12 -m opencwm.trace.build_native [--force]      (the compiler: $CC, else the one Python was built with)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def build(force: bool = False) -> Path:
     out = target()
     if not force and out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime:
         return out
-    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
     include = sysconfig.get_paths()["include"]
     if not Path(include, "Python.h").exists():
         raise RuntimeError(f"Python's headers are missing ({include}/Python.h): install the -dev package of "
