@@ -52,21 +52,18 @@ typedef struct {
     int fresh_exception;
 } Scope;
 
+/* Every object a Scope holds, for the GC's traverse and clear (one list, so that neither forgets one). */
+#define SCOPE_OBJECTS(X) X(entries) X(raw_names) X(names) X(exception) X(unchanged)
+#define VISIT_MEMBER(name) Py_VISIT(self->name);
+#define CLEAR_MEMBER(name) Py_CLEAR(self->name);
+
 static int scope_traverse(Scope *self, visitproc visit, void *arg) {
-    Py_VISIT(self->entries);
-    Py_VISIT(self->raw_names);
-    Py_VISIT(self->names);
-    Py_VISIT(self->exception);
-    Py_VISIT(self->unchanged);
+    SCOPE_OBJECTS(VISIT_MEMBER)
     return 0;
 }
 
 static int scope_clear(Scope *self) {
-    Py_CLEAR(self->entries);
-    Py_CLEAR(self->raw_names);
-    Py_CLEAR(self->names);
-    Py_CLEAR(self->exception);
-    Py_CLEAR(self->unchanged);
+    SCOPE_OBJECTS(CLEAR_MEMBER)
     return 0;
 }
 
@@ -132,45 +129,18 @@ typedef struct {
     Py_ssize_t frame_slots[5];  /* offsets of Frame's slots (event, line, lineno, locals, value), or 0: call it */
 } Recorder;
 
+/* Every object a Recorder holds, for the GC's traverse and clear. */
+#define RECORDER_OBJECTS(X) X(builder) X(frames) X(frame_type) X(limit_error) X(mutable) X(statements) X(texts) \
+    X(code_info) X(scopes) X(render) X(fingerprint) X(unchanged) X(order_names) X(def_line) X(entry_frame)      \
+    X(status) X(error)
+
 static int recorder_traverse(Recorder *self, visitproc visit, void *arg) {
-    Py_VISIT(self->builder);
-    Py_VISIT(self->frames);
-    Py_VISIT(self->frame_type);
-    Py_VISIT(self->limit_error);
-    Py_VISIT(self->mutable);
-    Py_VISIT(self->statements);
-    Py_VISIT(self->texts);
-    Py_VISIT(self->code_info);
-    Py_VISIT(self->scopes);
-    Py_VISIT(self->render);
-    Py_VISIT(self->fingerprint);
-    Py_VISIT(self->unchanged);
-    Py_VISIT(self->order_names);
-    Py_VISIT(self->def_line);
-    Py_VISIT(self->entry_frame);
-    Py_VISIT(self->status);
-    Py_VISIT(self->error);
+    RECORDER_OBJECTS(VISIT_MEMBER)
     return 0;
 }
 
 static int recorder_clear(Recorder *self) {
-    Py_CLEAR(self->builder);
-    Py_CLEAR(self->frames);
-    Py_CLEAR(self->frame_type);
-    Py_CLEAR(self->limit_error);
-    Py_CLEAR(self->mutable);
-    Py_CLEAR(self->statements);
-    Py_CLEAR(self->texts);
-    Py_CLEAR(self->code_info);
-    Py_CLEAR(self->scopes);
-    Py_CLEAR(self->render);
-    Py_CLEAR(self->fingerprint);
-    Py_CLEAR(self->unchanged);
-    Py_CLEAR(self->order_names);
-    Py_CLEAR(self->def_line);
-    Py_CLEAR(self->entry_frame);
-    Py_CLEAR(self->status);
-    Py_CLEAR(self->error);
+    RECORDER_OBJECTS(CLEAR_MEMBER)
     self->last_frame = NULL;
     self->last_scope = NULL;
     return 0;
@@ -398,8 +368,7 @@ static int is_simple(PyObject *obj) {
 
 /* What ``render`` learnt about a list or tuple it rendered itself, for the proof that follows. */
 typedef struct {
-    Py_ssize_t shown;  /* items shown of a cut one, else -1 */
-    PyObject *texts;   /* the reprs of the items the rendering depends on (new reference), or NULL */
+    PyObject *texts;  /* the reprs of the items the rendering depends on (new reference), or NULL */
 } Rendered;
 
 /* The repr of item ``i`` of a sequence: the previous rendering's when the item is the same object as then. */
@@ -454,7 +423,6 @@ static PyObject *render_cut_sequence(Recorder *self, PyObject *obj, PyObject *ol
         info->texts = kept == NULL ? NULL : PyList_AsTuple(kept);
         Py_XDECREF(kept);
         if (info->texts == NULL) Py_CLEAR(text);
-        info->shown = shown;
     }
     Py_DECREF(texts);
     return text;
@@ -530,7 +498,6 @@ static PyObject *render_string(Recorder *self, PyObject *obj) {
  * everything else by the Python renderer. */
 static PyObject *render(Recorder *self, PyObject *obj, PyObject *old_proof, Rendered *info) {
     PyTypeObject *type = Py_TYPE(obj);
-    info->shown = -1;
     info->texts = NULL;
     if (is_simple(obj)) {
         if (type == &PyLong_Type) {  /* larger ints take the Python renderer's guarded path */
@@ -569,7 +536,6 @@ static PyObject *render(Recorder *self, PyObject *obj, PyObject *old_proof, Rend
         }
     }
     if (text != NULL || PyErr_Occurred()) return text;
-    info->shown = -1;
     Py_CLEAR(info->texts);
     return call1(RENDER(self), obj);
 }
@@ -765,11 +731,9 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
         PyCodeObject *code = PyFrame_GetCode(frame);
         PyObject *names = fast_order(scope, code, raw);
         if (names == NULL && !PyErr_Occurred()) {
-            /* the builder's own cache of renderings is not used here: it gets an empty one to prune */
-            PyObject *order_names = ORDER_NAMES(self), *unused = PyDict_New();
-            names = order_names == NULL || unused == NULL ? NULL
-                    : PyObject_CallFunctionObjArgs(order_names, (PyObject *)code, scope->names, raw, unused, NULL);
-            Py_XDECREF(unused);
+            PyObject *order_names = ORDER_NAMES(self);
+            names = order_names == NULL ? NULL
+                    : PyObject_CallFunctionObjArgs(order_names, (PyObject *)code, scope->names, raw, NULL);
         }
         Py_DECREF(code);
         if (names == NULL || !PyList_Check(names)) {

@@ -227,21 +227,20 @@ class TraceBuilder:
         return out, size
 
     def _order_names(self, scope: _Scope, frame: types.FrameType, raw_names: list[str]) -> list[str]:
-        names = self.order_names(frame.f_code, scope.names, raw_names, scope.cache)
+        names = self.order_names(frame.f_code, scope.names, raw_names)
+        for gone in scope.cache.keys() - set(names):  # no longer bound: what was known of its value goes too
+            del scope.cache[gone]
         scope.raw_names, scope.names = raw_names, names
         return names
 
-    def order_names(self, code: types.CodeType, names: list[str], raw_names: list[str], cache: dict) -> list[str]:
+    def order_names(self, code: types.CodeType, names: list[str], raw_names: list[str]) -> list[str]:
         """The order the trace shows a scope's locals in, given the previous order and the frame's current names.
 
         Names keep the order in which they were first bound; names new in this step follow in source order,
         so the order does not depend on the Python version's co_varnames. Hidden interpreter locals (".0") are
-        left out. Names no longer bound are forgotten, with what ``cache`` knew of their values."""
+        left out, and names no longer bound."""
         present = set(raw_names)
         kept = [name for name in names if name in present]
-        if len(kept) < len(names):
-            for gone in cache.keys() - present:
-                del cache[gone]
         if len(kept) < len(raw_names):
             known = set(kept)
             new = [name for name in raw_names if name not in known and name[:1] != "."]
