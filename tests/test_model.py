@@ -140,8 +140,9 @@ def test_presets_keep_the_architecture(name):
     assert config.rope_parameters["rope_type"] == "llama3" and not config.tie_word_embeddings
 
 
+@pytest.mark.parametrize("blocked", [False, True])
 @pytest.mark.parametrize(("t", "window", "chunk"), [(50, 7, None), (64, 16, 16), (33, 8, 5), (20, 40, None)])
-def test_banded_sdpa_matches_dense_reference(t, window, chunk):
+def test_banded_sdpa_matches_dense_reference(t, window, chunk, blocked):
     torch.manual_seed(t)
     q = torch.randn(2, 4, t, 16)
     k, v = torch.randn(2, 2, t, 16), torch.randn(2, 2, t, 16)
@@ -150,8 +151,26 @@ def test_banded_sdpa_matches_dense_reference(t, window, chunk):
     for document_ids in (None, docs):
         for w in (window, None):
             expected = dense_attention(q, k, v, window=w, document_ids=document_ids)
-            got = sdpa_attention(q, k, v, window=w, document_ids=document_ids, chunk=chunk)
+            got = sdpa_attention(q, k, v, window=w, document_ids=document_ids, chunk=chunk, blocked=blocked)
             assert (expected - got).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(("t", "window"), [(300, None), (300, 70), (1100, None)])
+def test_cpu_training_attention_gradients_match_dense_reference(t, window):
+    """The kernel CPU training chooses (blocked matmuls up to BLOCKED_MAX_TIME tokens, fused SDPA past it):
+    outputs and gradients against the dense reference, chunk edges and document edges not aligned."""
+    torch.manual_seed(t)
+    q = torch.randn(1, 4, t, 16, requires_grad=True)
+    k, v = torch.randn(1, 2, t, 16, requires_grad=True), torch.randn(1, 2, t, 16, requires_grad=True)
+    docs = torch.tensor([[0] * 45 + [1] * 200 + [2] * (t - 245)])
+    upstream = torch.randn(1, 4, t, 16)
+    results = []
+    for fn in (dense_attention, sdpa_attention):
+        out = fn(q, k, v, window=window, document_ids=docs)
+        grads = torch.autograd.grad(out, (q, k, v), upstream)
+        results.append((out, *grads))
+    for expected, got in zip(*results):
+        assert (expected - got).abs().max() < 1e-4
 
 
 def test_documents_never_see_each_other():
