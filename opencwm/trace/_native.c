@@ -105,6 +105,13 @@ static Scope *scope_new(void) {
 
 /* ---- recorder ------------------------------------------------------------------------------------------- */
 
+/* What the recorder knows about one source line, filled on first use: the statement it belongs to, and, as a
+ * frame's line, its text and its number as an int object (shared by the frames of that line). */
+typedef struct {
+    long statement;          /* 0: not looked up yet */
+    PyObject *text, *number; /* strong references, or NULL: not looked up yet */
+} LineInfo;
+
 typedef struct {
     PyObject_HEAD
     PyObject *builder;       /* the Python TraceBuilder: source map helpers and the renderer's slow paths */
@@ -127,6 +134,8 @@ typedef struct {
     unsigned char return_ops[256], yield_ops[256];
     int generator_flags;
     Py_ssize_t frame_slots[5];  /* offsets of Frame's slots (event, line, lineno, locals, value), or 0: call it */
+    LineInfo *lines;         /* indexed by line number, n_lines of them (grown on demand) */
+    Py_ssize_t n_lines;
 } Recorder;
 
 /* Every object a Recorder holds, for the GC's traverse and clear. */
@@ -143,6 +152,13 @@ static int recorder_clear(Recorder *self) {
     RECORDER_OBJECTS(CLEAR_MEMBER)
     self->last_frame = NULL;
     self->last_scope = NULL;
+    for (Py_ssize_t i = 0; i < self->n_lines; i++) {
+        Py_CLEAR(self->lines[i].text);
+        Py_CLEAR(self->lines[i].number);
+    }
+    PyMem_Free(self->lines);
+    self->lines = NULL;
+    self->n_lines = 0;
     return 0;
 }
 
@@ -347,15 +363,30 @@ static int all_atoms(PyObject *items) {
 #define SMALL_INTS 1024
 static PyObject *SMALL_INT_TEXT[SMALL_INTS];  /* repr of 0 .. SMALL_INTS - 1, made on first use */
 
+/* The decimal text of a C long (what int.__repr__ gives, without its per-digit signal checks). */
+static PyObject *long_text(long value) {
+    char digits[24], *end = digits + sizeof(digits), *start = end;
+    unsigned long magnitude = value < 0 ? 0UL - (unsigned long)value : (unsigned long)value;
+    do {
+        *--start = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    if (value < 0) *--start = '-';
+    PyObject *text = PyUnicode_New(end - start, 127);
+    if (text != NULL) memcpy(PyUnicode_1BYTE_DATA(text), start, end - start);
+    return text;
+}
+
 /* repr() of an atom; those of small ints are kept. */
 static PyObject *atom_repr(PyObject *obj) {
     if (PyLong_CheckExact(obj)) {
         int overflow;
         long value = PyLong_AsLongAndOverflow(obj, &overflow);
         if (!overflow && value >= 0 && value < SMALL_INTS) {
-            if (SMALL_INT_TEXT[value] == NULL && (SMALL_INT_TEXT[value] = PyObject_Repr(obj)) == NULL) return NULL;
+            if (SMALL_INT_TEXT[value] == NULL && (SMALL_INT_TEXT[value] = long_text(value)) == NULL) return NULL;
             return Py_NewRef(SMALL_INT_TEXT[value]);
         }
+        if (!overflow) return long_text(value);
     }
     return PyObject_Repr(obj);
 }
@@ -603,17 +634,10 @@ static int proof_holds(Recorder *self, PyObject *obj, PyObject *proof) {
     Py_ssize_t count = PyLong_AsSsize_t(PyTuple_GET_ITEM(proof, 2));
     PyObject *items = PyTuple_GET_ITEM(proof, 3);
     Py_ssize_t n = PyTuple_GET_SIZE(items);
-    if (type == &PyList_Type) {
-        if (PyList_GET_SIZE(obj) != count) return 0;
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (PyList_GET_ITEM(obj, i) != PyTuple_GET_ITEM(items, i)) return 0;
-        return 1;
-    }
-    if (type == &PyTuple_Type) {
-        if (PyTuple_GET_SIZE(obj) != count) return 0;
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (PyTuple_GET_ITEM(obj, i) != PyTuple_GET_ITEM(items, i)) return 0;
-        return 1;
+    if (type == &PyList_Type || type == &PyTuple_Type) {  /* the first n items are the same objects */
+        if (Py_SIZE(obj) != count) return 0;
+        PyObject **now = type == &PyList_Type ? ((PyListObject *)obj)->ob_item : ((PyTupleObject *)obj)->ob_item;
+        return n == 0 || memcmp(now, ((PyTupleObject *)items)->ob_item, n * sizeof(PyObject *)) == 0;
     }
     if (type == &PyDict_Type) {
         if (PyDict_GET_SIZE(obj) != count) return 0;
@@ -769,8 +793,10 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
                 Py_CLEAR(scope->unchanged);
         if (scope->unchanged == NULL) goto fail_locals;
     }
-    PyObject *out = full ? _PyDict_NewPresized(PyList_GET_SIZE(names)) : PyDict_Copy(scope->unchanged);
-    if (out == NULL) goto fail_locals;
+    /* A line frame whose values are all unchanged shares the scope's "all unchanged" dict (nearly half of them
+     * are; frames are never modified); the others get a copy, corrected. */
+    PyObject *out = full ? _PyDict_NewPresized(PyList_GET_SIZE(names)) : NULL;
+    if (full && out == NULL) goto fail_locals;
     Py_ssize_t position = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
         PyObject *name = PyList_GET_ITEM(names, i), *obj, *key;
@@ -811,6 +837,11 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
             if (equal == 0) shown = UNCHANGED_TEXT;
         }
         *size += PyUnicode_GET_LENGTH(shown);
+        if (out == NULL && shown != UNCHANGED_TEXT && (out = PyDict_Copy(scope->unchanged)) == NULL) {
+            Py_DECREF(text);
+            Py_XDECREF(info.texts);
+            goto fail;
+        }
         int set = full || shown != UNCHANGED_TEXT ? PyDict_SetItem(out, name, shown) : 0;
         int atom = is_atom(obj, 4);  /* depth 4: only true atoms; tuples get a proof */
         PyObject *proof = atom ? Py_NewRef(Py_None) : make_proof(self, obj, text, &info);
@@ -842,9 +873,9 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
         Py_DECREF(text);
     }
     Py_DECREF(f_locals);
-    return out;
+    return out != NULL ? out : Py_NewRef(scope->unchanged);
 fail:
-    Py_DECREF(out);
+    Py_XDECREF(out);
 fail_locals:
     Py_DECREF(f_locals);
     return NULL;
@@ -852,13 +883,65 @@ fail_locals:
 
 /* ---- frames --------------------------------------------------------------------------------------------- */
 
-static long statement_of(Recorder *self, long lineno) {
+#define MAX_CACHED_LINE 1000000
+
+/* The cache entry of line ``lineno`` (grown to hold it), or NULL without an error for a line it does not cover. */
+static LineInfo *line_info(Recorder *self, long lineno) {
+    if (lineno < 0 || lineno >= MAX_CACHED_LINE) return NULL;
+    if (lineno >= self->n_lines) {
+        Py_ssize_t size = Py_MAX(lineno + 1, 2 * self->n_lines);
+        LineInfo *lines = PyMem_Realloc(self->lines, size * sizeof(LineInfo));
+        if (lines == NULL) return NULL;
+        memset(lines + self->n_lines, 0, (size - self->n_lines) * sizeof(LineInfo));
+        self->lines = lines;
+        self->n_lines = size;
+    }
+    return &self->lines[lineno];
+}
+
+static long lookup_statement(Recorder *self, long lineno) {
     PyObject *key = PyLong_FromLong(lineno);
     if (key == NULL) return -1;
     PyObject *statement = PyDict_GetItemWithError(self->statements, key);
     Py_DECREF(key);
     if (statement == NULL) return PyErr_Occurred() ? -1 : lineno;
     return PyLong_AsLong(statement);
+}
+
+/* The statement line ``lineno`` belongs to (the source map's statement_of). */
+static long statement_of(Recorder *self, long lineno) {
+    LineInfo *info = line_info(self, lineno);
+    if (info == NULL) return lookup_statement(self, lineno);
+    if (info->statement == 0) {
+        long statement = lookup_statement(self, lineno);
+        if (statement == -1 && PyErr_Occurred()) return -1;
+        info->statement = statement;
+    }
+    return info->statement;
+}
+
+/* Line ``lineno`` as a frame shows it: its text (borrowed) and number (new reference); NULL on error. */
+static PyObject *line_of(Recorder *self, long lineno, PyObject **text) {
+    LineInfo *info = line_info(self, lineno);
+    if (info != NULL && info->number != NULL) {
+        *text = info->text;
+        return Py_NewRef(info->number);
+    }
+    PyObject *number = PyLong_FromLong(lineno);
+    if (number == NULL) return NULL;
+    *text = PyDict_GetItemWithError(self->texts, number);
+    if (*text == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(number);
+            return NULL;
+        }
+        *text = EMPTY_TEXT;  /* a line outside the source, as SourceMap.text gives it */
+    }
+    if (info != NULL) {
+        info->text = Py_NewRef(*text);
+        info->number = Py_NewRef(number);
+    }
+    return number;
 }
 
 static int stop_at_limit(Recorder *self) {
@@ -880,13 +963,9 @@ static int stop_at_limit(Recorder *self) {
 /* Append a frame; steals nothing. ``locals`` and ``value`` may be NULL. */
 static int emit(Recorder *self, Scope *scope, int event, long lineno, PyObject *locals, PyObject *value,
                 Py_ssize_t size) {
-    PyObject *lineno_obj = PyLong_FromLong(lineno);
+    PyObject *line;
+    PyObject *lineno_obj = line_of(self, lineno, &line);
     if (lineno_obj == NULL) return -1;
-    PyObject *line = PyDict_GetItemWithError(self->texts, lineno_obj);
-    if (line == NULL) {
-        if (PyErr_Occurred()) goto fail;
-        line = EMPTY_TEXT;  /* a line outside the source, as SourceMap.text gives it */
-    }
     PyObject *args[5] = {EVENT_NAME[event], line, lineno_obj, locals ? locals : Py_None, value ? value : Py_None};
     PyObject *frame = new_frame(self, args);
     if (frame == NULL) goto fail;

@@ -36,7 +36,7 @@ class Frame:
     event: str
     line: str  # the source line of the action, without its newline
     lineno: int | None = None  # 1-based line in the trace's source (None when a decoded line matches no line)
-    locals: dict[str, str] | None = None  # call and line frames
+    locals: dict[str, str] | None = None  # call and line frames (read-only: frames of a trace may share one)
     value: str | None = None  # return and exception frames
 
     def to_dict(self) -> dict:
