@@ -459,9 +459,10 @@ static PyObject *render_cut_sequence(Recorder *self, PyObject *obj, PyObject *ol
     return text;
 }
 
-/* A list or tuple short enough to show whole, of atoms: its repr, built from its items' reprs. NULL without an
- * error when the Python renderer must do it (an item that is not an atom, a repr over the budget or with text
- * that looks like an address). */
+/* A list or tuple with few enough items to show whole, of atoms: its repr, built from its items' reprs, and cut
+ * to the budget with the characters left out counted (as the Python renderer cuts any long repr). NULL without
+ * an error when the Python renderer must do it (an item that is not an atom, text that looks like an address, a
+ * repr far over the budget). */
 static PyObject *render_whole_sequence(Recorder *self, PyObject *obj, PyObject *old_items, PyObject *old_texts,
                                        Rendered *info) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(obj), length = 0;
@@ -482,7 +483,7 @@ static PyObject *render_whole_sequence(Recorder *self, PyObject *obj, PyObject *
         length += PyUnicode_GET_LENGTH(text) + 2;
         PyTuple_SET_ITEM(texts, i, text);
     }
-    if (length > self->max_chars) {  /* too long: cut by the Python renderer */
+    if (length > 8 * self->max_chars) {  /* building it whole would cost more than the Python renderer's way */
         Py_DECREF(texts);
         return NULL;
     }
@@ -491,12 +492,22 @@ static PyObject *render_whole_sequence(Recorder *self, PyObject *obj, PyObject *
     PyObject *text = inner == NULL ? NULL : PyUnicode_FromFormat("%s%U%s%s", is_list ? "[" : "(", inner,
                                                                  !is_list && n == 1 ? "," : "", is_list ? "]" : ")");
     Py_XDECREF(inner);
-    int found = text == NULL ? -1 : PyUnicode_GET_LENGTH(text) > self->max_chars ? 1
-                              : wordy ? PyUnicode_Contains(text, ADDRESS_MARK) : 0;
+    int found = text == NULL ? -1 : wordy ? PyUnicode_Contains(text, ADDRESS_MARK) : 0;
     if (found != 0) {
         Py_XDECREF(text);
         Py_DECREF(texts);
         return NULL;  /* with an error set when found < 0 */
+    }
+    Py_ssize_t full = PyUnicode_GET_LENGTH(text);
+    if (full > self->max_chars) {
+        PyObject *shown = PyUnicode_Substring(text, 0, self->max_chars);
+        Py_SETREF(text, shown == NULL ? NULL : PyUnicode_FromFormat("%U...<+%zd chars>", shown,
+                                                                    full - self->max_chars));
+        Py_XDECREF(shown);
+        if (text == NULL) {
+            Py_DECREF(texts);
+            return NULL;
+        }
     }
     info->texts = texts;
     return text;
