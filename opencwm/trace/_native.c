@@ -1162,7 +1162,10 @@ static PyObject *recorder_start(Recorder *self, PyObject *unused) {
 
 static PyObject *recorder_stop(Recorder *self, PyObject *unused) {
     PyEval_SetTrace(NULL, NULL);
+    /* Interpreter frames are let go: a frame object kept past its run refers to its callers' frames, whose
+     * locals hold this recorder, and that cycle would leave the whole trace to the cyclic GC. */
     PyDict_Clear(self->scopes);
+    Py_CLEAR(self->entry_frame);
     self->last_frame = NULL;
     self->last_scope = NULL;
     Py_RETURN_NONE;
@@ -1171,15 +1174,11 @@ static PyObject *recorder_stop(Recorder *self, PyObject *unused) {
 static PyObject *recorder_get_finished(Recorder *self, void *closure) { return PyBool_FromLong(self->finished); }
 static PyObject *recorder_get_status(Recorder *self, void *closure) { return Py_NewRef(self->status); }
 static PyObject *recorder_get_error(Recorder *self, void *closure) { return Py_NewRef(self->error); }
-static PyObject *recorder_get_entry(Recorder *self, void *closure) {
-    return Py_NewRef(self->entry_frame ? self->entry_frame : Py_None);
-}
 
 static PyGetSetDef recorder_getset[] = {
     {"finished", (getter)recorder_get_finished, NULL, "whether recording has stopped", NULL},
     {"status", (getter)recorder_get_status, NULL, "the trace status so far", NULL},
     {"error", (getter)recorder_get_error, NULL, "why the trace is cut or failed, or None", NULL},
-    {"entry_frame", (getter)recorder_get_entry, NULL, "the first traced frame, or None", NULL},
     {NULL},
 };
 

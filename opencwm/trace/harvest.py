@@ -124,6 +124,7 @@ class Harvester:
         builder, (filename, function) = self._builder, self._entry
         self._builder = self._entry = self._local = None
         trace = builder.to_trace(builder.map.source, builder.map.def_line(builder.entry_frame.f_code))
+        builder.release_frames()
         self.results.append(Harvested(os.path.relpath(filename, self.root), function, trace))
 
     def start(self) -> None:

@@ -178,6 +178,13 @@ class TraceBuilder:
             return "yield"
         return EXCEPTION
 
+    def release_frames(self) -> None:
+        """Let go of the interpreter frames once the run is over: a frame object kept past its run refers to its
+        callers' frames, whose locals hold this builder, and that cycle would leave the whole trace (thousands of
+        frames) to the cyclic GC instead of freeing it when the last reference goes."""
+        self.entry_frame = None
+        self._scopes.clear()
+
     def to_trace(self, source: str, entry_lineno: int) -> Trace:
         trace = Trace(source=source, entry_lineno=entry_lineno, frames=self.frames, status=self.status)
         trace.error = self.error
@@ -316,7 +323,6 @@ def _run_native(builder: TraceBuilder, call: Callable[[], Any]) -> None:
         recorder.stop()
         sys.settrace(previous)
         builder.finished, builder.status, builder.error = recorder.finished, recorder.status, recorder.error
-        builder.entry_frame = recorder.entry_frame
 
 
 def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
@@ -419,4 +425,5 @@ def trace_call(
         if not builder.finished:  # the program's own exceptions end the entry scope first: this is the tracer's
             builder.finished, builder.status = True, ERROR
             builder.error = f"the tracer failed: {type(exc).__name__}: {exc}"
+    builder.release_frames()
     return builder.to_trace(source, source_map.def_line(code))
