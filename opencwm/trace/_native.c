@@ -517,6 +517,27 @@ static PyObject *render_whole_sequence(Recorder *self, PyObject *obj, PyObject *
  * when longer, with the characters left out counted in the marker. */
 static PyObject *render_string(Recorder *self, PyObject *obj) {
     Py_ssize_t length = PyUnicode_GET_LENGTH(obj), limit = self->max_chars, hidden = 0;
+    if (PyUnicode_IS_ASCII(obj) && limit >= 2) {  /* printable ASCII without ' or \: repr only adds the quotes */
+        Py_ssize_t head = Py_MIN(length, 2 * limit), i;
+        const Py_UCS1 *chars = PyUnicode_1BYTE_DATA(obj);
+        for (i = 0; i < head; i++)
+            if (chars[i] < 0x20 || chars[i] == 0x7f || chars[i] == '\\' || chars[i] == '\'') break;
+        if (i == head) {
+            Py_ssize_t full = head + 2, shown = Py_MIN(full, limit);  /* the repr's length, and what is shown */
+            PyObject *text = PyUnicode_New(shown, 127);
+            if (text == NULL) return NULL;
+            Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
+            out[0] = '\'';
+            memcpy(out + 1, chars, Py_MIN(head, shown - 1));
+            if (full <= limit && head == length) {
+                out[shown - 1] = '\'';
+                return text;
+            }
+            PyObject *cut = PyUnicode_FromFormat("%U...<+%zd chars>", text, full - limit + (length - head));
+            Py_DECREF(text);
+            return cut;
+        }
+    }
     PyObject *head = Py_NewRef(obj);
     if (length > 2 * limit) {
         hidden = length - 2 * limit;
