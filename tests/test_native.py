@@ -96,8 +96,10 @@ def test_native_traces_equal_the_python_backend(value, ops, small):
      "f(700)"),
     ("def f(n):\n    d = {}\n    for i in range(n):\n        d[i] = str(i)\n    return len(d)\n", "f(400)"),
     ("def f(n):\n    s = ''\n    for i in range(n):\n        s += 'ab'\n    return len(s)\n", "f(1500)"),
-    ("def f():\n    for n in (0, 1, 997, 998, 999, 1000, 1999, 2000, 2001, 2500):\n        for c in 'a\"\\'\\\\\\n':\n"
-     "            s = 'x' * (n - 1) + c if n else ''\n            t = c + 'y' * n\n    return len(s) + len(t)\n", "f()"),
+    ("def f():\n    for n in (0, 1, 997, 998, 999, 1000, 1999, 2000, 2001, 2500):\n"
+     "        for c in map(chr, (97, 34, 39, 92, 10, 127, 31, 32, 126)):\n"
+     "            s = 'x' * (n - 1) + c if n else ''\n            t = c + 'y' * n\n    return len(s) + len(t)\n",
+     "f()"),
     ("def f():\n    xs = []\n    for e in (63, 64):\n        for d in (-2, -1, 0, 1):\n"
      "            x = 2 ** e + d\n            y = -x\n            xs.append(y)\n    return xs\n", "f()"),
     ("def f():\n    big = 7 ** 400\n    t = (1, (2, [3]))\n    t[1][1].append(4)\n    return big % 10, t\n", "f()"),

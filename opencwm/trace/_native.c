@@ -14,6 +14,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <frameobject.h>
 #include <structmember.h>  /* PyMemberDef before 3.12 */
 
@@ -513,29 +514,48 @@ static PyObject *render_whole_sequence(Recorder *self, PyObject *obj, PyObject *
     return text;
 }
 
+/* Whether repr() escapes any of these ASCII characters (a control character, DEL, a backslash or a quote):
+ * eight at a time, with the "has a zero byte" test on each word (exact for ASCII, whose bytes are all < 0x80). */
+static int repr_escapes(const Py_UCS1 *chars, Py_ssize_t n) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t found = 0;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word, quote, backslash, del;
+        memcpy(&word, chars + i, 8);
+        quote = word ^ (ones * '\'');
+        backslash = word ^ (ones * '\\');
+        del = word ^ (ones * 0x7f);
+        found |= ((word - ones * 0x20) & ~word) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) |
+                 ((del - ones) & ~del);
+    }
+    if (found & highs) return 1;
+    for (; i < n; i++)
+        if (chars[i] < 0x20 || chars[i] == 0x7f || chars[i] == '\\' || chars[i] == '\'') return 1;
+    return 0;
+}
+
 /* A string: as the Python renderer does, the repr of at most twice the budget of characters, cut to the budget
  * when longer, with the characters left out counted in the marker. */
 static PyObject *render_string(Recorder *self, PyObject *obj) {
     Py_ssize_t length = PyUnicode_GET_LENGTH(obj), limit = self->max_chars, hidden = 0;
     if (PyUnicode_IS_ASCII(obj) && limit >= 2) {  /* printable ASCII without ' or \: repr only adds the quotes */
-        Py_ssize_t head = Py_MIN(length, 2 * limit), i;
+        Py_ssize_t head = Py_MIN(length, 2 * limit);
         const Py_UCS1 *chars = PyUnicode_1BYTE_DATA(obj);
-        for (i = 0; i < head; i++)
-            if (chars[i] < 0x20 || chars[i] == 0x7f || chars[i] == '\\' || chars[i] == '\'') break;
-        if (i == head) {
-            Py_ssize_t full = head + 2, shown = Py_MIN(full, limit);  /* the repr's length, and what is shown */
-            PyObject *text = PyUnicode_New(shown, 127);
+        if (!repr_escapes(chars, head)) {
+            Py_ssize_t full = head + 2;  /* the length of repr(head) */
+            char marker[48] = "";
+            if (full > limit || head < length)
+                snprintf(marker, sizeof(marker), "...<+%zd chars>", full - limit + (length - head));
+            Py_ssize_t shown = Py_MIN(full, limit), extra = (Py_ssize_t)strlen(marker);
+            PyObject *text = PyUnicode_New(shown + extra, 127);
             if (text == NULL) return NULL;
             Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
             out[0] = '\'';
             memcpy(out + 1, chars, Py_MIN(head, shown - 1));
-            if (full <= limit && head == length) {
-                out[shown - 1] = '\'';
-                return text;
-            }
-            PyObject *cut = PyUnicode_FromFormat("%U...<+%zd chars>", text, full - limit + (length - head));
-            Py_DECREF(text);
-            return cut;
+            if (!extra) out[shown - 1] = '\'';
+            memcpy(out + shown, marker, extra);
+            return text;
         }
     }
     PyObject *head = Py_NewRef(obj);
