@@ -32,10 +32,11 @@ static PyObject *ID_PROOF;
 /* Attribute names, interned once (PyObject_GetAttrString would decode and hash them at every lookup). */
 enum { A_ABORT, A_MAP, A_RENDERER, A_MAX_CHARS, A_FRAMES, A_STATEMENT_OF, A_TEXTS, A_DEF_LINES, A_RENDER,
        A_FINGERPRINT, A_UNCHANGED, A_ORDER_NAMES, A_TRACED_DEF_LINE, A_EVENT, A_LINE, A_LINENO, A_LOCALS, A_VALUE,
-       A_COUNT };
+       A_TRACE_LINES, A_COUNT };
 static const char *ATTRIBUTE_NAMES[A_COUNT] = {
     "abort_on_limit", "map", "renderer", "max_chars", "frames", "statement_of", "texts", "def_lines", "render",
-    "fingerprint", "unchanged", "order_names", "traced_def_line", "event", "line", "lineno", "locals", "value"};
+    "fingerprint", "unchanged", "order_names", "traced_def_line", "event", "line", "lineno", "locals", "value",
+    "f_trace_lines"};
 static PyObject *ATTRIBUTE[A_COUNT];  /* first item of an identity proof tuple: (ID_PROOF, type, count, items) */
 
 /* ---- scope: what the recorder remembers about one live frame -------------------------------------------- */
@@ -1070,7 +1071,9 @@ static int on_call(Recorder *self, PyFrameObject *frame) {
         Py_DECREF(info);  /* code_info holds it */
     }
     Py_DECREF(code);
-    if (def_line == Py_None) return 0;
+    /* Code that is not stepped into (the standard library, other files) would still report every line to a C
+     * trace function: its frame is told not to (the Python backends return None for it instead). */
+    if (def_line == Py_None) return PyObject_SetAttr((PyObject *)frame, ATTRIBUTE[A_TRACE_LINES], Py_False);
     if (self->entry_frame == NULL) self->entry_frame = Py_NewRef(frame);
     Scope *scope = find_scope(self, frame);
     if (scope == NULL) {
