@@ -231,27 +231,51 @@ static PyObject *new_frame(Recorder *self, PyObject **fields) {
     return frame;
 }
 
-/* Recorder(builder, frame_type, limit_error, mutable, return_ops, yield_ops, generator_flags, max_frames,
- *          max_bytes) */
-static int recorder_init(Recorder *self, PyObject *args, PyObject *kwds) {
-    PyObject *builder, *frame_type, *limit_error, *mutable, *return_ops, *yield_ops;
+/* What every recorder of this interpreter shares, set once by ``configure`` (tracer.py, at import). */
+static struct {
+    PyObject *frame_type, *limit_error, *mutable;  /* strong references, or NULL before configure */
+    unsigned char return_ops[256], yield_ops[256];
     int generator_flags;
+} config;
+
+/* configure(frame_type, limit_error, mutable, return_ops, yield_ops, generator_flags) */
+static PyObject *native_configure(PyObject *module, PyObject *args) {
+    PyObject *frame_type, *limit_error, *mutable, *return_ops, *yield_ops;
+    int generator_flags;
+    unsigned char returns[256] = {0}, yields[256] = {0};
+    if (!PyArg_ParseTuple(args, "OOOOOi", &frame_type, &limit_error, &mutable, &return_ops, &yield_ops,
+                          &generator_flags) ||
+        fill_ops(returns, return_ops) < 0 || fill_ops(yields, yield_ops) < 0)
+        return NULL;
+    Py_XSETREF(config.frame_type, Py_NewRef(frame_type));
+    Py_XSETREF(config.limit_error, Py_NewRef(limit_error));
+    Py_XSETREF(config.mutable, Py_NewRef(mutable));
+    memcpy(config.return_ops, returns, 256);
+    memcpy(config.yield_ops, yields, 256);
+    config.generator_flags = generator_flags;
+    Py_RETURN_NONE;
+}
+
+/* Recorder(builder, max_frames, max_bytes) */
+static int recorder_init(Recorder *self, PyObject *args, PyObject *kwds) {
+    PyObject *builder;
     Py_ssize_t max_frames, max_bytes;
-    if (!PyArg_ParseTuple(args, "OOOOOOinn", &builder, &frame_type, &limit_error, &mutable, &return_ops,
-                          &yield_ops, &generator_flags, &max_frames, &max_bytes))
+    if (!PyArg_ParseTuple(args, "Onn", &builder, &max_frames, &max_bytes)) return -1;
+    if (config.frame_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_native.configure() was not called");
         return -1;
+    }
     recorder_clear(self);
     self->builder = Py_NewRef(builder);
-    self->frame_type = Py_NewRef(frame_type);
+    self->frame_type = Py_NewRef(config.frame_type);
     if (find_frame_slots(self) < 0) return -1;
-    self->limit_error = Py_NewRef(limit_error);
-    self->mutable = Py_NewRef(mutable);
-    self->generator_flags = generator_flags;
+    self->limit_error = Py_NewRef(config.limit_error);
+    self->mutable = Py_NewRef(config.mutable);
+    self->generator_flags = config.generator_flags;
     self->max_frames = max_frames;
     self->max_bytes = max_bytes;
-    memset(self->return_ops, 0, 256);
-    memset(self->yield_ops, 0, 256);
-    if (fill_ops(self->return_ops, return_ops) < 0 || fill_ops(self->yield_ops, yield_ops) < 0) return -1;
+    memcpy(self->return_ops, config.return_ops, 256);
+    memcpy(self->yield_ops, config.yield_ops, 256);
     PyObject *abort = PyObject_GetAttr(builder, ATTRIBUTE[A_ABORT]);
     if (abort == NULL) return -1;
     self->abort_on_limit = PyObject_IsTrue(abort);
@@ -1247,8 +1271,16 @@ static PyTypeObject RecorderType = {
     .tp_getset = recorder_getset,
 };
 
+static PyMethodDef native_functions[] = {
+    {"configure", native_configure, METH_VARARGS,
+     "configure(frame_type, limit_error, mutable, return_ops, yield_ops, generator_flags): what every recorder "
+     "shares (the frame class, the limit exception, the builder's marker for mutable objects, the opcodes that "
+     "return and yield, the code flags of generators)"},
+    {NULL},
+};
+
 static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "_native", "The tracer's per-event hot path in C (see tracer.py).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_native", "The tracer's per-event hot path in C (see tracer.py).", -1, native_functions,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {

@@ -313,8 +313,7 @@ def _run_settrace(builder: TraceBuilder, call: Callable[[], Any]) -> None:
 
 def _run_native(builder: TraceBuilder, call: Callable[[], Any]) -> None:
     """The ``settrace`` backend's events handled in C (``_native.c``), feeding the same builder."""
-    recorder = _native.Recorder(builder, Frame, LimitReached, _MUTABLE, _RETURN_OPS, _YIELD_OPS, _GENERATOR_FLAGS,
-                                builder._max_frames, builder._max_bytes)
+    recorder = _native.Recorder(builder, builder._max_frames, builder._max_bytes)
     previous = sys.gettrace()
     recorder.start()
     try:
@@ -323,6 +322,10 @@ def _run_native(builder: TraceBuilder, call: Callable[[], Any]) -> None:
         recorder.stop()
         sys.settrace(previous)
         builder.finished, builder.status, builder.error = recorder.finished, recorder.status, recorder.error
+
+
+if _native is not None:
+    _native.configure(Frame, LimitReached, _MUTABLE, _RETURN_OPS, _YIELD_OPS, _GENERATOR_FLAGS)
 
 
 def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
@@ -390,6 +393,9 @@ def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
         mon.free_tool_id(tool)
 
 
+_RUNNERS = {"native": _run_native, "settrace": _run_settrace, "monitoring": _run_monitoring}
+
+
 def trace_call(
     func: Callable,
     args: tuple = (),
@@ -414,7 +420,7 @@ def trace_call(
     code = func.__code__
     source_map = source_map or SourceMap(source)
     builder = TraceBuilder(source_map, filename or code.co_filename, limits or Limits())
-    runner = {"native": _run_native, "settrace": _run_settrace, "monitoring": _run_monitoring}[backend]
+    runner = _RUNNERS[backend]
     try:
         runner(builder, lambda: func(*args, **(kwargs or {})))
     except LimitReached:
