@@ -398,3 +398,21 @@ def test_hash_seed_and_addresses_make_traces_deterministic():
         for _ in range(3)
     }
     assert len(outputs) == 1 and "0x1" in outputs.pop()
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("program", ["recursion", "uncaught", "generator"])
+def test_a_trace_is_freed_with_its_last_reference(backend, program):
+    """Nothing but the returned trace holds its frames: the tracer lets go of the interpreter frames (whose callers'
+    locals hold the tracer's own objects), so a trace is freed when dropped, not by a later pass of the cyclic GC."""
+    import gc
+
+    gc.disable()
+    try:
+        source, call = PROGRAMS[program]
+        trace = trace_program(source, call, backend=backend)
+        references = sys.getrefcount(trace.frames)  # (outside an assert: pytest's rewriting keeps temporaries)
+        assert len(trace.frames) > 1
+        assert references == 2  # the trace's attribute and getrefcount's argument
+    finally:
+        gc.enable()

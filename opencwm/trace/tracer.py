@@ -178,6 +178,22 @@ class TraceBuilder:
             return "yield"
         return EXCEPTION
 
+    def settrace_event(self, frame: types.FrameType, event: str, arg: Any):
+        """A ``sys.settrace`` event of a frame being stepped into; returns itself for the frame's next events."""
+        if event == "line":
+            self.on_line(frame)
+        elif event == "return":
+            kind = self.classify_settrace_return(frame)
+            if kind == "yield":
+                self.on_yield(frame, arg)
+            elif kind == RETURN:
+                self.on_return(frame, arg)
+            else:
+                self.on_unwind(frame, None)
+        elif event == "exception":
+            self.on_exception(frame, arg[1])
+        return self.settrace_event
+
     def release_frames(self) -> None:
         """Let go of the interpreter frames once the run is over: a frame object kept past its run refers to its
         callers' frames, whose locals hold this builder, and that cycle would leave the whole trace (thousands of
@@ -274,24 +290,9 @@ class TraceBuilder:
 
 # -- backends ---------------------------------------------------------------------------------------------------------
 def settrace_local(builder: TraceBuilder) -> Callable:
-    """The per-frame ``sys.settrace`` function that feeds ``builder``."""
-
-    def local(frame, event, arg):
-        if event == "line":
-            builder.on_line(frame)
-        elif event == "return":
-            kind = builder.classify_settrace_return(frame)
-            if kind == "yield":
-                builder.on_yield(frame, arg)
-            elif kind == RETURN:
-                builder.on_return(frame, arg)
-            else:
-                builder.on_unwind(frame, None)
-        elif event == "exception":
-            builder.on_exception(frame, arg[1])
-        return local
-
-    return local
+    """The per-frame ``sys.settrace`` function that feeds ``builder``: a bound method that returns itself anew, not
+    a closure that refers to itself (that cycle would keep the builder and its frames alive after the run)."""
+    return builder.settrace_event
 
 
 def _run_settrace(builder: TraceBuilder, call: Callable[[], Any]) -> None:
