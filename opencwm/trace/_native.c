@@ -485,6 +485,19 @@ static PyObject *render_cut_sequence(Recorder *self, PyObject *obj, PyObject *ol
     return text;
 }
 
+#define CUT_MARKER "...<+%zd chars>"  /* render.truncation_marker */
+
+/* ``text`` (stolen) cut to its first ``limit`` characters and marked with how many were left out (``hidden``
+ * more than the text had), as the Python renderer cuts a long rendering. */
+static PyObject *cut_text(PyObject *text, Py_ssize_t limit, Py_ssize_t hidden) {
+    PyObject *shown = PyUnicode_Substring(text, 0, limit);
+    PyObject *cut = shown == NULL ? NULL : PyUnicode_FromFormat("%U" CUT_MARKER, shown,
+                                                                PyUnicode_GET_LENGTH(text) - limit + hidden);
+    Py_XDECREF(shown);
+    Py_DECREF(text);
+    return cut;
+}
+
 /* A list or tuple with few enough items to show whole, of atoms: its repr, built from its items' reprs, and cut
  * to the budget with the characters left out counted (as the Python renderer cuts any long repr). NULL without
  * an error when the Python renderer must do it (an item that is not an atom, text that looks like an address, a
@@ -524,16 +537,9 @@ static PyObject *render_whole_sequence(Recorder *self, PyObject *obj, PyObject *
         Py_DECREF(texts);
         return NULL;  /* with an error set when found < 0 */
     }
-    Py_ssize_t full = PyUnicode_GET_LENGTH(text);
-    if (full > self->max_chars) {
-        PyObject *shown = PyUnicode_Substring(text, 0, self->max_chars);
-        Py_SETREF(text, shown == NULL ? NULL : PyUnicode_FromFormat("%U...<+%zd chars>", shown,
-                                                                    full - self->max_chars));
-        Py_XDECREF(shown);
-        if (text == NULL) {
-            Py_DECREF(texts);
-            return NULL;
-        }
+    if (PyUnicode_GET_LENGTH(text) > self->max_chars && (text = cut_text(text, self->max_chars, 0)) == NULL) {
+        Py_DECREF(texts);
+        return NULL;
     }
     info->texts = texts;
     return text;
@@ -571,7 +577,7 @@ static PyObject *render_string(Recorder *self, PyObject *obj) {
             Py_ssize_t full = head + 2;  /* the length of repr(head) */
             char marker[48] = "";
             if (full > limit || head < length)
-                snprintf(marker, sizeof(marker), "...<+%zd chars>", full - limit + (length - head));
+                snprintf(marker, sizeof(marker), CUT_MARKER, full - limit + (length - head));
             Py_ssize_t shown = Py_MIN(full, limit), extra = (Py_ssize_t)strlen(marker);
             PyObject *text = PyUnicode_New(shown + extra, 127);
             if (text == NULL) return NULL;
@@ -592,12 +598,7 @@ static PyObject *render_string(Recorder *self, PyObject *obj) {
     PyObject *text = PyObject_Repr(head);
     Py_DECREF(head);
     if (text == NULL || (PyUnicode_GET_LENGTH(text) <= limit && !hidden)) return text;
-    PyObject *shown = PyUnicode_Substring(text, 0, limit);
-    PyObject *cut = shown == NULL ? NULL : PyUnicode_FromFormat("%U...<+%zd chars>", shown,
-                                                                PyUnicode_GET_LENGTH(text) - limit + hidden);
-    Py_XDECREF(shown);
-    Py_DECREF(text);
-    return cut;
+    return cut_text(text, limit, hidden);
 }
 
 /* The exact rendering of an object, as the Python renderer gives it. Simple values, strings, lists and tuples of
