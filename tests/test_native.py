@@ -105,6 +105,14 @@ def test_native_traces_equal_the_python_backend(value, ops, small):
     ("def f():\n    big = 7 ** 400\n    t = (1, (2, [3]))\n    t[1][1].append(4)\n    return big % 10, t\n", "f()"),
     ("def g():\n    yield 1\n    raise KeyError('k')\n\ndef f():\n    try:\n        return list(g())\n"
      "    except KeyError as e:\n        return repr(e)\n", "f()"),
+    # locals unbound and bound again (del, ``except ... as``), read from 3.11's fast-locals array
+    ("def f(n):\n    a = 1\n    b = 2\n    del a\n    c = 3\n    a = 4\n    del b\n    b = [a, c]\n"
+     "    try:\n        1 / 0\n    except ZeroDivisionError as e:\n        x = str(e)\n    return b, x\n", "f(3)"),
+    # a scope with cells and free variables (read through f_locals) beside one without
+    ("def f(n):\n    x = n\n    def h(k):\n        y = x + k\n        return y\n    z = h(1)\n    return z\n",
+     "f(2)"),
+    # more locals than fit the small buffer
+    ("def f(n):\n" + "".join(f"    v{i} = n + {i}\n" for i in range(40)) + "    return v39\n", "f(1)"),
 ])
 def test_native_traces_equal_the_python_backend_on_edge_cases(source, call):
     python, native = both(source, call)

@@ -18,6 +18,17 @@
 #include <frameobject.h>
 #include <structmember.h>  /* PyMemberDef before 3.12 */
 
+/* CPython 3.11: a frame's locals are read from its fast-locals array when the code has no cells or free variables
+ * (most functions), instead of through PyFrame_GetLocals, which first copies every local into the frame's f_locals
+ * dict (FastToLocals: a dict store per local per event). The frame layout is the interpreter's own (internal
+ * header, fixed within a minor version). Other versions read f_locals. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+#define READ_FAST_LOCALS 1
+#endif
+
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX 16  /* T_OBJECT_EX of structmember.h before 3.12 */
 #endif
@@ -761,19 +772,98 @@ static PyObject *frame_locals(PyFrameObject *frame) {
 #endif
 }
 
-/* 1 if the dict's keys are, in order, the names in ``known`` (a list), else 0. */
-static int same_names(PyObject *f_locals, PyObject *known) {
-    if (known == NULL || PyList_GET_SIZE(known) != PyDict_GET_SIZE(f_locals)) return 0;
-    Py_ssize_t pos = 0, i = 0;
+/* A frame's bound locals as parallel arrays of names and values (borrowed: from the frame, or from its f_locals
+ * dict, held here), in a fixed order per scope: the dict's, or the fast-locals array's. */
+#define FEW_LOCALS 32
+typedef struct {
+    PyObject *dict;  /* the f_locals dict read, or NULL when read from the frame */
+    Py_ssize_t count;
+    PyObject **names, **values;
+    PyObject *few[2 * FEW_LOCALS];
+} Locals;
+
+static int locals_alloc(Locals *locals, Py_ssize_t most) {
+    locals->names = most <= FEW_LOCALS ? locals->few : PyMem_New(PyObject *, 2 * most);
+    if (locals->names == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    locals->values = locals->names + (most <= FEW_LOCALS ? FEW_LOCALS : most);
+    return 0;
+}
+
+static void locals_release(Locals *locals) {
+    if (locals->names != NULL && locals->names != locals->few) PyMem_Free(locals->names);
+    locals->names = NULL;
+    Py_CLEAR(locals->dict);
+}
+
+static int read_locals(PyFrameObject *frame, Locals *locals) {
+    locals->dict = NULL;
+    locals->names = NULL;
+    locals->count = 0;
+#ifdef READ_FAST_LOCALS
+    _PyInterpreterFrame *inner = frame->f_frame;
+    PyCodeObject *code = inner->f_code;
+    if ((code->co_flags & CO_OPTIMIZED) && code->co_ncellvars == 0 && code->co_nfreevars == 0) {
+        /* every slot is a plain local: NULL when unbound (FastToLocals reads none while stacktop is 0) */
+        Py_ssize_t n = inner->stacktop ? code->co_nlocals : 0;
+        if (locals_alloc(locals, n) < 0) return -1;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (inner->localsplus[i] != NULL) {
+                locals->names[locals->count] = PyTuple_GET_ITEM(code->co_localsplusnames, i);
+                locals->values[locals->count++] = inner->localsplus[i];
+            }
+        return 0;
+    }
+#endif
+    PyObject *dict = frame_locals(frame);
+    if (dict == NULL) return -1;
+    locals->dict = dict;
+    if (!PyDict_Check(dict)) {
+        PyErr_SetString(PyExc_TypeError, "frame locals are not a dict");
+        return -1;
+    }
+    if (locals_alloc(locals, PyDict_GET_SIZE(dict)) < 0) return -1;
+    Py_ssize_t position = 0;
     PyObject *key, *value;
-    while (PyDict_Next(f_locals, &pos, &key, &value)) {
-        PyObject *name = PyList_GET_ITEM(known, i++);
-        if (name != key) {
-            int equal = PyObject_RichCompareBool(name, key, Py_EQ);
+    while (locals->count < PyDict_GET_SIZE(dict) && PyDict_Next(dict, &position, &key, &value)) {
+        locals->names[locals->count] = key;
+        locals->values[locals->count++] = value;
+    }
+    return 0;
+}
+
+/* The value of local ``name`` (borrowed), or NULL with an error. */
+static PyObject *local_value(Locals *locals, PyObject *name) {
+    for (Py_ssize_t i = 0; i < locals->count; i++)
+        if (locals->names[i] == name) return locals->values[i];
+    for (Py_ssize_t i = 0; i < locals->count; i++) {
+        int equal = PyObject_RichCompareBool(locals->names[i], name, Py_EQ);
+        if (equal != 0) return equal < 0 ? NULL : locals->values[i];
+    }
+    PyErr_Format(PyExc_KeyError, "local %R vanished", name);
+    return NULL;
+}
+
+/* 1 if the locals' names are, in order, the names in ``known`` (a list), else 0. */
+static int same_names(Locals *locals, PyObject *known) {
+    if (known == NULL || PyList_GET_SIZE(known) != locals->count) return 0;
+    for (Py_ssize_t i = 0; i < locals->count; i++) {
+        PyObject *name = PyList_GET_ITEM(known, i);
+        if (name != locals->names[i]) {
+            int equal = PyObject_RichCompareBool(name, locals->names[i], Py_EQ);
             if (equal <= 0) return equal < 0 ? -1 : 0;
         }
     }
     return 1;
+}
+
+static PyObject *names_list(Locals *locals) {
+    PyObject *list = PyList_New(locals->count);
+    for (Py_ssize_t i = 0; list != NULL && i < locals->count; i++)
+        PyList_SET_ITEM(list, i, Py_NewRef(locals->names[i]));
+    return list;
 }
 
 static Py_ssize_t find_name(PyObject *list, PyObject *name) {
@@ -819,16 +909,12 @@ static PyObject *fast_order(Scope *scope, PyCodeObject *code, PyObject *raw) {
 
 /* The locals as the trace shows them (new dict), adding the characters newly rendered to *size. */
 static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, int full, Py_ssize_t *size) {
-    PyObject *f_locals = frame_locals(frame);
-    if (f_locals == NULL) return NULL;
-    if (!PyDict_Check(f_locals)) {
-        PyErr_SetString(PyExc_TypeError, "frame locals are not a dict");
-        goto fail_locals;
-    }
-    int same = same_names(f_locals, scope->raw_names);
+    Locals locals;
+    if (read_locals(frame, &locals) < 0) goto fail_locals;
+    int same = same_names(&locals, scope->raw_names);
     if (same < 0) goto fail_locals;
     if (!same) {
-        PyObject *raw = PyDict_Keys(f_locals);
+        PyObject *raw = names_list(&locals);
         if (raw == NULL) goto fail_locals;
         PyCodeObject *code = PyFrame_GetCode(frame);
         PyObject *names = fast_order(scope, code, raw);
@@ -875,18 +961,11 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
      * are; frames are never modified); the others get a copy, corrected. */
     PyObject *out = full ? _PyDict_NewPresized(PyList_GET_SIZE(names)) : NULL;
     if (full && out == NULL) goto fail_locals;
-    Py_ssize_t position = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
-        PyObject *name = PyList_GET_ITEM(names, i), *obj, *key;
-        if (scope->in_order) {  /* the i-th local is the i-th name */
-            if (!PyDict_Next(f_locals, &position, &key, &obj)) {
-                PyErr_SetString(PyExc_RuntimeError, "frame locals changed while read");
-                goto fail;
-            }
-        } else if ((obj = PyDict_GetItemWithError(f_locals, name)) == NULL) {
-            if (!PyErr_Occurred()) PyErr_Format(PyExc_KeyError, "local %R vanished", name);
-            goto fail;
-        }
+        PyObject *name = PyList_GET_ITEM(names, i);
+        /* in order: the i-th local is the i-th name */
+        PyObject *obj = scope->in_order ? locals.values[i] : local_value(&locals, name);
+        if (obj == NULL) goto fail;
         PyObject *before = PyList_GET_ITEM(entries, i);
         if (before == Py_None) before = NULL;
         if (before != NULL) {
@@ -950,12 +1029,12 @@ static PyObject *snapshot(Recorder *self, Scope *scope, PyFrameObject *frame, in
         Py_DECREF(proof);
         Py_DECREF(text);
     }
-    Py_DECREF(f_locals);
+    locals_release(&locals);
     return out != NULL ? out : Py_NewRef(scope->unchanged);
 fail:
     Py_XDECREF(out);
 fail_locals:
-    Py_DECREF(f_locals);
+    locals_release(&locals);
     return NULL;
 }
 
