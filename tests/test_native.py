@@ -111,6 +111,10 @@ def test_native_traces_equal_the_python_backend(value, ops, small):
     # a scope with cells and free variables (read through f_locals) beside one without
     ("def f(n):\n    x = n\n    def h(k):\n        y = x + k\n        return y\n    z = h(1)\n    return z\n",
      "f(2)"),
+    # whole sequences cut by characters, one-item tuples, non-ASCII items, a long list shrinking to a whole one
+    ("def f(n):\n    xs = ['abcde'] * 300\n    t = (n,)\n    for i in range(n):\n        xs[i * 150] = 'é' * i\n"
+     "        t = t + (xs[i],)\n    ys = list(range(400))\n    while len(ys) > 320:\n        ys.pop(0)\n"
+     "        ys[0] = -len(ys)\n    return len(xs), t[:2], ys[:3]\n", "f(3)"),
     # more locals than fit the small buffer
     ("def f(n):\n" + "".join(f"    v{i} = n + {i}\n" for i in range(40)) + "    return v39\n", "f(1)"),
 ])

@@ -446,56 +446,6 @@ static PyObject *item_repr(PyObject *item, Py_ssize_t i, PyObject *old_items, Py
     return atom_repr(item);
 }
 
-/* A list or tuple too long to show whole, whose first items are simple values: rendered as the Python renderer's
- * ``_bounded_repr`` with ``_cut_simple`` (or ``_cut_items``) does. Both show the longest run of first items whose
- * joined reprs and a following ", " fit the budget (or the first ``max_chars // 3`` items if they fit whole), so
- * only the items up to the first one left out are rendered. NULL without an error when the Python renderer must
- * do it (an item among those is not a simple value). */
-static PyObject *render_cut_sequence(Recorder *self, PyObject *obj, PyObject *old_items, PyObject *old_texts,
-                                     Rendered *info) {
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(obj), third = self->max_chars / 3;
-    Py_ssize_t budget = self->max_chars - 2 - 24;  /* brackets, and room for the marker */
-    PyObject **items = PySequence_Fast_ITEMS(obj);
-    if (n <= third || budget <= 0) return NULL;
-    PyObject *texts = PyList_New(0);
-    if (texts == NULL) return NULL;
-    Py_ssize_t length = -2, fitting = 0, i;
-    for (i = 0; i < third; i++) {
-        if (!is_simple(items[i])) {
-            Py_DECREF(texts);
-            return NULL;
-        }
-        PyObject *text = item_repr(items[i], i, old_items, old_texts);
-        if (text == NULL || PyList_Append(texts, text) < 0) {
-            Py_XDECREF(text);
-            Py_DECREF(texts);
-            return NULL;
-        }
-        length += PyUnicode_GET_LENGTH(text) + 2;
-        Py_DECREF(text);
-        if (length > budget) break;
-        if (length + 2 <= budget) fitting = i + 1;
-    }
-    Py_ssize_t shown = i == third ? third : fitting;
-    PyObject *head = PyList_GetSlice(texts, 0, shown);
-    PyObject *inner = head == NULL ? NULL : PyUnicode_Join(SEPARATOR, head);
-    Py_XDECREF(head);
-    int is_list = Py_TYPE(obj) == &PyList_Type;
-    PyObject *text = inner == NULL ? NULL : PyUnicode_FromFormat("%s%U%s...<+%zd items>%s", is_list ? "[" : "(",
-                                                                 inner, shown ? ", " : "", n - shown,
-                                                                 is_list ? "]" : ")");
-    Py_XDECREF(inner);
-    if (text != NULL) {
-        /* the proof keeps the items shown and the first one left out (it decided the cut) */
-        PyObject *kept = PyList_GetSlice(texts, 0, Py_MIN(shown + 1, third));
-        info->texts = kept == NULL ? NULL : PyList_AsTuple(kept);
-        Py_XDECREF(kept);
-        if (info->texts == NULL) Py_CLEAR(text);
-    }
-    Py_DECREF(texts);
-    return text;
-}
-
 #define CUT_MARKER "...<+%zd chars>"  /* render.truncation_marker */
 
 /* ``text`` (stolen) cut to its first ``limit`` characters and marked with how many were left out (``hidden``
@@ -509,46 +459,148 @@ static PyObject *cut_text(PyObject *text, Py_ssize_t limit, Py_ssize_t hidden) {
     return cut;
 }
 
-/* A list or tuple with few enough items to show whole, of atoms: its repr, built from its items' reprs, and cut
- * to the budget with the characters left out counted (as the Python renderer cuts any long repr). NULL without
- * an error when the Python renderer must do it (an item that is not an atom, text that looks like an address, a
- * repr far over the budget). */
+/* Writes ASCII text into a new string of a known size, keeping what fits (the first ``limit`` characters of a
+ * rendering that is cut). */
+typedef struct {
+    Py_UCS1 *out;
+    Py_ssize_t used, room;
+} Writer;
+
+static void put(Writer *w, const void *chars, Py_ssize_t n) {
+    n = Py_MIN(n, w->room - w->used);
+    if (n > 0) {
+        memcpy(w->out + w->used, chars, n);
+        w->used += n;
+    }
+}
+
+/* "[a, b]" (or "(a, b)", "(a,)") from the items' reprs ``texts`` (``length``: the sum of their lengths, all ASCII),
+ * followed by ``tail`` (NULL: none) before the closing bracket; when longer than ``limit`` characters, its first
+ * ``limit`` followed by the cut marker, as the Python renderer cuts any long repr. */
+static PyObject *join_ascii(PyObject **texts, Py_ssize_t n, Py_ssize_t length, int is_list, const char *tail,
+                            Py_ssize_t limit) {
+    Py_ssize_t tail_length = tail ? (Py_ssize_t)strlen(tail) : 0;
+    Py_ssize_t full = 2 + length + 2 * (n > 0 ? n - 1 : 0) + (!is_list && n == 1 && !tail) + tail_length;
+    char marker[48] = "";
+    if (full > limit) snprintf(marker, sizeof(marker), CUT_MARKER, full - limit);
+    Py_ssize_t shown = Py_MIN(full, limit), extra = (Py_ssize_t)strlen(marker);
+    PyObject *text = PyUnicode_New(shown + extra, 127);
+    if (text == NULL) return NULL;
+    Writer w = {PyUnicode_1BYTE_DATA(text), 0, shown};
+    put(&w, is_list ? "[" : "(", 1);
+    for (Py_ssize_t i = 0; i < n && w.used < w.room; i++) {
+        if (i) put(&w, ", ", 2);
+        put(&w, PyUnicode_1BYTE_DATA(texts[i]), PyUnicode_GET_LENGTH(texts[i]));
+    }
+    if (tail) put(&w, tail, tail_length);
+    if (!is_list && n == 1 && !tail) put(&w, ",", 1);
+    put(&w, is_list ? "]" : ")", 1);
+    memcpy(w.out + shown, marker, extra);
+    return text;
+}
+
+/* 1 if an item's repr looks like it holds a memory address (the Python renderer renumbers those), 0 if not, -1 on
+ * error. Checked per item: the ", " between items cannot be part of " at 0x". */
+static int has_address(PyObject *item, PyObject *text) {
+    return is_simple(item) ? 0 : PyUnicode_Contains(text, ADDRESS_MARK);
+}
+
+/* A list or tuple too long to show whole, whose first items are simple values: rendered as the Python renderer's
+ * ``_bounded_repr`` with ``_cut_simple`` (or ``_cut_items``) does. Both show the longest run of first items whose
+ * joined reprs and a following ", " fit the budget (or the first ``max_chars // 3`` items if they fit whole), so
+ * only the items up to the first one left out are rendered. NULL without an error when the Python renderer must
+ * do it (an item among those is not a simple value). */
+static PyObject *render_cut_sequence(Recorder *self, PyObject *obj, PyObject *old_items, PyObject *old_texts,
+                                     Rendered *info) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(obj), third = self->max_chars / 3;
+    Py_ssize_t budget = self->max_chars - 2 - 24;  /* brackets, and room for the marker */
+    PyObject **items = PySequence_Fast_ITEMS(obj);
+    if (n <= third || budget <= 0) return NULL;
+    PyObject **texts = PyMem_New(PyObject *, third);
+    if (texts == NULL) return PyErr_NoMemory();
+    Py_ssize_t length = -2, fitting = 0, fitting_length = 0, made = 0, i;
+    PyObject *text = NULL;
+    for (i = 0; i < third; i++) {
+        if (!is_simple(items[i])) goto done;
+        if ((texts[i] = item_repr(items[i], i, old_items, old_texts)) == NULL) goto done;
+        made++;
+        length += PyUnicode_GET_LENGTH(texts[i]) + 2;
+        if (length > budget) break;
+        if (length + 2 <= budget) {
+            fitting = i + 1;
+            fitting_length = length + 2 - 2 * i;  /* the sum of their lengths and of a ", " after the last */
+        }
+    }
+    Py_ssize_t shown = i == third ? third : fitting;
+    char tail[48];
+    snprintf(tail, sizeof(tail), "%s...<+%zd items>", shown ? ", " : "", n - shown);
+    if (i == third) fitting_length = length + 2 - 2 * (third - 1);
+    /* simple values' reprs are ASCII */
+    text = join_ascii(texts, shown, fitting_length - (shown ? 2 : 0), Py_TYPE(obj) == &PyList_Type, tail,
+                      PY_SSIZE_T_MAX);
+    if (text != NULL) {
+        /* the proof keeps the items shown and the first one left out (it decided the cut) */
+        Py_ssize_t kept = Py_MIN(shown + 1, third);
+        info->texts = PyTuple_New(kept);
+        for (Py_ssize_t k = 0; info->texts != NULL && k < kept; k++)
+            PyTuple_SET_ITEM(info->texts, k, Py_NewRef(texts[k]));
+        if (info->texts == NULL) Py_CLEAR(text);
+    }
+done:
+    for (Py_ssize_t k = 0; k < made; k++) Py_DECREF(texts[k]);
+    PyMem_Free(texts);
+    return text;
+}
+
+/* A list or tuple with few enough items to show whole, of atoms: its repr, built from its items' reprs (those of
+ * items that are the same objects as at the previous rendering are reused), and cut to the budget with the
+ * characters left out counted (as the Python renderer cuts any long repr). NULL without an error when the Python
+ * renderer must do it (an item that is not an atom, text that looks like an address, a repr far over the budget). */
 static PyObject *render_whole_sequence(Recorder *self, PyObject *obj, PyObject *old_items, PyObject *old_texts,
                                        Rendered *info) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(obj), length = 0;
+    Py_ssize_t n_old = old_texts != NULL ? PyTuple_GET_SIZE(old_texts) : 0;
     PyObject **items = PySequence_Fast_ITEMS(obj);
-    int wordy = 0;  /* an item whose repr may hold " at 0x" */
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!is_atom(items[i], 0)) return NULL;
-        wordy |= !is_simple(items[i]);
-    }
     PyObject *texts = PyTuple_New(n);
     if (texts == NULL) return NULL;
+    int ascii = 1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *text = item_repr(items[i], i, old_items, old_texts);
-        if (text == NULL) {
+        PyObject *item = items[i], *text;
+        if (i < n_old && PyTuple_GET_ITEM(old_items, i) == item) {  /* an atom, rendered then */
+            text = Py_NewRef(PyTuple_GET_ITEM(old_texts, i));
+        } else {
+            int found;
+            if (!is_atom(item, 0) || (text = atom_repr(item)) == NULL) {
+                Py_DECREF(texts);
+                return NULL;
+            }
+            if ((found = has_address(item, text)) != 0) {
+                Py_DECREF(text);
+                Py_DECREF(texts);
+                return NULL;  /* with an error set when found < 0 */
+            }
+        }
+        PyTuple_SET_ITEM(texts, i, text);
+        ascii &= PyUnicode_IS_ASCII(text);
+        length += PyUnicode_GET_LENGTH(text);
+        if (length > 8 * self->max_chars) {  /* building it whole would cost more than the Python renderer's way */
             Py_DECREF(texts);
             return NULL;
         }
-        length += PyUnicode_GET_LENGTH(text) + 2;
-        PyTuple_SET_ITEM(texts, i, text);
     }
-    if (length > 8 * self->max_chars) {  /* building it whole would cost more than the Python renderer's way */
-        Py_DECREF(texts);
-        return NULL;
-    }
-    PyObject *inner = PyUnicode_Join(SEPARATOR, texts);
     int is_list = Py_TYPE(obj) == &PyList_Type;
-    PyObject *text = inner == NULL ? NULL : PyUnicode_FromFormat("%s%U%s%s", is_list ? "[" : "(", inner,
-                                                                 !is_list && n == 1 ? "," : "", is_list ? "]" : ")");
-    Py_XDECREF(inner);
-    int found = text == NULL ? -1 : wordy ? PyUnicode_Contains(text, ADDRESS_MARK) : 0;
-    if (found != 0) {
-        Py_XDECREF(text);
-        Py_DECREF(texts);
-        return NULL;  /* with an error set when found < 0 */
+    PyObject *text;
+    if (ascii) {
+        text = join_ascii(((PyTupleObject *)texts)->ob_item, n, length, is_list, NULL, self->max_chars);
+    } else {
+        PyObject *inner = PyUnicode_Join(SEPARATOR, texts);
+        text = inner == NULL ? NULL : PyUnicode_FromFormat("%s%U%s%s", is_list ? "[" : "(", inner,
+                                                           !is_list && n == 1 ? "," : "", is_list ? "]" : ")");
+        Py_XDECREF(inner);
+        if (text != NULL && PyUnicode_GET_LENGTH(text) > self->max_chars)
+            text = cut_text(text, self->max_chars, 0);
     }
-    if (PyUnicode_GET_LENGTH(text) > self->max_chars && (text = cut_text(text, self->max_chars, 0)) == NULL) {
+    if (text == NULL) {
         Py_DECREF(texts);
         return NULL;
     }
