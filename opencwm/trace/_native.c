@@ -15,6 +15,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <frameobject.h>
 #include <structmember.h>  /* PyMemberDef before 3.12 */
 
@@ -466,10 +469,29 @@ typedef struct {
     Py_ssize_t used, room;
 } Writer;
 
-static void put(Writer *w, const void *chars, Py_ssize_t n) {
+/* memcpy for the few characters of most reprs: overlapping fixed-size moves instead of a library call (never
+ * reads or writes outside the ``n`` characters). */
+static inline void copy_chars(Py_UCS1 *out, const Py_UCS1 *in, Py_ssize_t n) {
+    if (n > 16) {
+        memcpy(out, in, n);
+    } else if (n >= 8) {
+        memcpy(out, in, 8);
+        memcpy(out + n - 8, in + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(out, in, 4);
+        memcpy(out + n - 4, in + n - 4, 4);
+    } else if (n >= 2) {
+        memcpy(out, in, 2);
+        memcpy(out + n - 2, in + n - 2, 2);
+    } else if (n == 1) {
+        out[0] = in[0];
+    }
+}
+
+static inline void put(Writer *w, const void *chars, Py_ssize_t n) {
     n = Py_MIN(n, w->room - w->used);
     if (n > 0) {
-        memcpy(w->out + w->used, chars, n);
+        copy_chars(w->out + w->used, chars, n);
         w->used += n;
     }
 }
@@ -609,19 +631,31 @@ static PyObject *render_whole_sequence(Recorder *self, PyObject *obj, PyObject *
 }
 
 /* Whether repr() escapes any of these ASCII characters (a control character, DEL, a backslash or a quote):
- * eight at a time, with the "has a zero byte" test on each word (exact for ASCII, whose bytes are all < 0x80). */
+ * sixteen at a time with SSE2 (every x86-64), else eight at a time with the "has a zero byte" test on each word
+ * (exact for ASCII, whose bytes are all < 0x80). */
 static int repr_escapes(const Py_UCS1 *chars, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+#ifdef __SSE2__
+    const __m128i space = _mm_set1_epi8(0x20), quote = _mm_set1_epi8('\''), backslash = _mm_set1_epi8('\\'),
+                  del = _mm_set1_epi8(0x7f);
+    __m128i seen = _mm_setzero_si128();
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(chars + i));
+        seen = _mm_or_si128(seen, _mm_or_si128(_mm_or_si128(_mm_cmplt_epi8(v, space), _mm_cmpeq_epi8(v, quote)),
+                                               _mm_or_si128(_mm_cmpeq_epi8(v, backslash), _mm_cmpeq_epi8(v, del))));
+    }
+    if (_mm_movemask_epi8(seen)) return 1;
+#endif
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
     uint64_t found = 0;
-    Py_ssize_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        uint64_t word, quote, backslash, del;
+        uint64_t word, quote8, backslash8, del8;
         memcpy(&word, chars + i, 8);
-        quote = word ^ (ones * '\'');
-        backslash = word ^ (ones * '\\');
-        del = word ^ (ones * 0x7f);
-        found |= ((word - ones * 0x20) & ~word) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) |
-                 ((del - ones) & ~del);
+        quote8 = word ^ (ones * '\'');
+        backslash8 = word ^ (ones * '\\');
+        del8 = word ^ (ones * 0x7f);
+        found |= ((word - ones * 0x20) & ~word) | ((quote8 - ones) & ~quote8) | ((backslash8 - ones) & ~backslash8) |
+                 ((del8 - ones) & ~del8);
     }
     if (found & highs) return 1;
     for (; i < n; i++)
