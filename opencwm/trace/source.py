@@ -13,6 +13,7 @@ Two rules make traces identical across CPython 3.11-3.13 (whose line events diff
 from __future__ import annotations
 
 import ast
+import bisect
 import inspect
 import re
 import types
@@ -38,6 +39,7 @@ class SourceMap:
         self.def_line_of: dict[int, int] = {}  # a function's first line (its first decorator) -> its def line
         self.texts: dict[int, str] = dict(enumerate(self.lines, 1))  # line -> its text
         self._line_offsets: list[int] | None = None
+        self._word_offsets: dict[str, list[int]] | None = None  # word -> where it stands alone, in order
         self._code_caches: dict[str, dict] = {}
         self._visit(tree)
 
@@ -112,8 +114,17 @@ class SourceMap:
         return self._line_offsets[min(max(lineno - 1, 0), len(self._line_offsets) - 1)]
 
     def _first_use(self, name: str, start: int) -> int:
-        match = re.compile(rf"(?<![\w.]){re.escape(name)}(?!\w)").search(self.source, start)
-        return match.start() if match else len(self.source)
+        """Where ``name`` first stands as a word of its own (not an attribute) at or after ``start``."""
+        if self._word_offsets is None:  # one pass over the source instead of a pattern per name
+            self._word_offsets = {}
+            for match in _WORD.finditer(self.source):
+                self._word_offsets.setdefault(match.group(), []).append(match.start())
+        offsets = self._word_offsets.get(name, ())
+        index = bisect.bisect_left(offsets, start)
+        return offsets[index] if index < len(offsets) else len(self.source)
+
+
+_WORD = re.compile(r"(?<![\w.])\w+")  # a whole word (what follows \w+ is never \w), not after a dot
 
 
 def _parameter_count(code: types.CodeType) -> int:
