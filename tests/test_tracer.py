@@ -350,6 +350,28 @@ def test_limits_cut_the_trace_visibly(backend):
     assert sys.gettrace() is None
 
 
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize(("call", "limits"), [("f(3)", None), ("f(-1)", None), ("f(10 ** 6)", Limits(max_frames=40))])
+def test_a_trace_function_installed_before_is_put_back(backend, call, limits):
+    """A debugger or coverage tool that traces the caller keeps tracing after the call, however the call ends
+    (returned, raised, cut at a limit)."""
+    seen = []
+
+    def outer(frame, event, arg):
+        seen.append(event)
+        return None
+
+    sys.settrace(outer)
+    try:
+        trace = trace_program("def f(n):\n    if n < 0:\n        raise ValueError(n)\n    for i in range(n):\n"
+                              "        n += i\n    return n\n", call, limits=limits, backend=backend)
+        after = sys.gettrace()
+    finally:
+        sys.settrace(None)
+    assert after is outer
+    assert trace.frames and trace.status == (TRUNCATED if limits else OK if call == "f(3)" else RAISED)
+
+
 @pytest.mark.parametrize(("source", "call", "message"), [
     ("def f(:\n", "f()", "syntax error"),
     ("def f(): pass\n", "g()", "NameError"),

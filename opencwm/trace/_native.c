@@ -46,11 +46,11 @@ static PyObject *ID_PROOF;
 /* Attribute names, interned once (PyObject_GetAttrString would decode and hash them at every lookup). */
 enum { A_ABORT, A_MAP, A_RENDERER, A_MAX_CHARS, A_FRAMES, A_STATEMENT_OF, A_TEXTS, A_DEF_LINES, A_RENDER,
        A_FINGERPRINT, A_UNCHANGED, A_ORDER_NAMES, A_TRACED_DEF_LINE, A_EVENT, A_LINE, A_LINENO, A_LOCALS, A_VALUE,
-       A_TRACE_LINES, A_COUNT };
+       A_TRACE_LINES, A_MAX_FRAMES, A_MAX_BYTES, A_FINISHED, A_STATUS, A_ERROR, A_COUNT };
 static const char *ATTRIBUTE_NAMES[A_COUNT] = {
     "abort_on_limit", "map", "renderer", "max_chars", "frames", "statement_of", "texts", "def_lines", "render",
     "fingerprint", "unchanged", "order_names", "traced_def_line", "event", "line", "lineno", "locals", "value",
-    "f_trace_lines"};
+    "f_trace_lines", "_max_frames", "_max_bytes", "finished", "status", "error"};
 static PyObject *ATTRIBUTE[A_COUNT];  /* first item of an identity proof tuple: (ID_PROOF, type, count, items) */
 
 /* ---- scope: what the recorder remembers about one live frame -------------------------------------------- */
@@ -270,11 +270,7 @@ static PyObject *native_configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* Recorder(builder, max_frames, max_bytes) */
-static int recorder_init(Recorder *self, PyObject *args, PyObject *kwds) {
-    PyObject *builder;
-    Py_ssize_t max_frames, max_bytes;
-    if (!PyArg_ParseTuple(args, "Onn", &builder, &max_frames, &max_bytes)) return -1;
+static int recorder_setup(Recorder *self, PyObject *builder, Py_ssize_t max_frames, Py_ssize_t max_bytes) {
     if (config.frame_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_native.configure() was not called");
         return -1;
@@ -315,6 +311,14 @@ static int recorder_init(Recorder *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     return 0;
+}
+
+/* Recorder(builder, max_frames, max_bytes) */
+static int recorder_init(Recorder *self, PyObject *args, PyObject *kwds) {
+    PyObject *builder;
+    Py_ssize_t max_frames, max_bytes;
+    if (!PyArg_ParseTuple(args, "Onn", &builder, &max_frames, &max_bytes)) return -1;
+    return recorder_setup(self, builder, max_frames, max_bytes);
 }
 
 /* The builder's method ``name`` (of ``part`` when not -1), looked up once. Borrowed reference, or NULL. */
@@ -1437,7 +1441,70 @@ static PyTypeObject RecorderType = {
     .tp_getset = recorder_getset,
 };
 
+/* record(builder, func, args, kwargs): call ``func(*args, **kwargs)`` with a new recorder of ``builder`` as this
+ * thread's trace function, as the Python runner did with ``Recorder``, ``start`` and ``stop``: the trace function
+ * that was there before is put back, and the builder's ``finished``, ``status`` and ``error`` are set from the
+ * recorder's. Returns None, or raises what the call raised (the per-trace limit's exception among them). */
+static PyObject *native_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyTuple_Check(args[2]) || (args[3] != Py_None && !PyDict_Check(args[3]))) {
+        PyErr_SetString(PyExc_TypeError, "record(builder, func, args: tuple, kwargs: dict | None)");
+        return NULL;
+    }
+    PyObject *builder = args[0], *limits[2] = {NULL, NULL};
+    Py_ssize_t max_frames = -1, max_bytes = -1;
+    if ((limits[0] = PyObject_GetAttr(builder, ATTRIBUTE[A_MAX_FRAMES])) != NULL &&
+        (limits[1] = PyObject_GetAttr(builder, ATTRIBUTE[A_MAX_BYTES])) != NULL) {
+        max_frames = PyLong_AsSsize_t(limits[0]);
+        max_bytes = max_frames == -1 && PyErr_Occurred() ? -1 : PyLong_AsSsize_t(limits[1]);
+    }
+    Py_XDECREF(limits[0]);
+    Py_XDECREF(limits[1]);
+    if ((max_frames == -1 || max_bytes == -1) && PyErr_Occurred()) return NULL;
+    Recorder *self = (Recorder *)RecorderType.tp_alloc(&RecorderType, 0);
+    if (self == NULL) return NULL;
+    if (recorder_setup(self, builder, max_frames, max_bytes) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    PyObject *gettrace = PySys_GetObject("gettrace"), *previous = gettrace ? PyObject_CallNoArgs(gettrace) : NULL;
+    if (previous == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "sys.gettrace is missing");
+        Py_DECREF(self);
+        return NULL;
+    }
+    recorder_start(self, NULL);
+    PyObject *result = PyObject_Call(args[1], args[2], args[3] == Py_None ? NULL : args[3]);
+    Py_XDECREF(recorder_stop(self, NULL));
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);  /* what the call raised waits while the state is handed back */
+    int failed = 0;
+    if (previous != Py_None) {
+        PyObject *settrace = PySys_GetObject("settrace");
+        PyObject *done = settrace ? PyObject_CallOneArg(settrace, previous) : NULL;
+        failed |= done == NULL;
+        Py_XDECREF(done);
+    }
+    failed |= PyObject_SetAttr(builder, ATTRIBUTE[A_FINISHED], self->finished ? Py_True : Py_False) < 0 ||
+               PyObject_SetAttr(builder, ATTRIBUTE[A_STATUS], self->status) < 0 ||
+               PyObject_SetAttr(builder, ATTRIBUTE[A_ERROR], self->error) < 0;
+    Py_DECREF(previous);
+    Py_DECREF(self);
+    if (type != NULL) {  /* the call's own exception wins over a failure to hand back */
+        Py_XDECREF(result);
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    if (failed) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    Py_DECREF(result);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef native_functions[] = {
+    {"record", (PyCFunction)(void (*)(void))native_record, METH_FASTCALL,
+     "record(builder, func, args, kwargs): call func(*args, **kwargs) under a new recorder feeding builder"},
     {"configure", native_configure, METH_VARARGS,
      "configure(frame_type, limit_error, mutable, return_ops, yield_ops, generator_flags): what every recorder "
      "shares (the frame class, the limit exception, the builder's marker for mutable objects, the opcodes that "

@@ -202,8 +202,7 @@ class TraceBuilder:
         self._scopes.clear()
 
     def to_trace(self, source: str, entry_lineno: int) -> Trace:
-        trace = Trace(source=source, entry_lineno=entry_lineno, frames=self.frames, status=self.status)
-        trace.error = self.error
+        trace = Trace(source, entry_lineno, self.frames, self.status, self.error)
         if not self.frames and trace.status != ERROR:
             trace.status, trace.error = ERROR, "the entry function ran no traced code"
         return trace
@@ -295,7 +294,7 @@ def settrace_local(builder: TraceBuilder) -> Callable:
     return builder.settrace_event
 
 
-def _run_settrace(builder: TraceBuilder, call: Callable[[], Any]) -> None:
+def _run_settrace(builder: TraceBuilder, func: Callable, args: tuple, kwargs: dict) -> None:
     local = settrace_local(builder)
 
     def global_(frame, event, arg):
@@ -307,29 +306,22 @@ def _run_settrace(builder: TraceBuilder, call: Callable[[], Any]) -> None:
     previous = sys.gettrace()
     sys.settrace(global_)
     try:
-        call()
+        func(*args, **kwargs)
     finally:
         sys.settrace(previous)
 
 
-def _run_native(builder: TraceBuilder, call: Callable[[], Any]) -> None:
-    """The ``settrace`` backend's events handled in C (``_native.c``), feeding the same builder."""
-    recorder = _native.Recorder(builder, builder._max_frames, builder._max_bytes)
-    previous = sys.gettrace()
-    recorder.start()
-    try:
-        call()
-    finally:
-        recorder.stop()
-        sys.settrace(previous)
-        builder.finished, builder.status, builder.error = recorder.finished, recorder.status, recorder.error
+def _run_native(builder: TraceBuilder, func: Callable, args: tuple, kwargs: dict) -> None:
+    """The ``settrace`` backend's events handled in C (``_native.c``), feeding the same builder: ``_native.record``
+    runs the call under a new recorder and hands the outcome to the builder."""
+    _native.record(builder, func, args, kwargs)
 
 
 if _native is not None:
     _native.configure(Frame, LimitReached, _MUTABLE, _RETURN_OPS, _YIELD_OPS, _GENERATOR_FLAGS)
 
 
-def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
+def _run_monitoring(builder: TraceBuilder, func: Callable, args: tuple, kwargs: dict) -> None:
     mon = sys.monitoring
     events = mon.events
     tool = next((t for t in (mon.DEBUGGER_ID, 3, 4) if mon.get_tool(t) is None), None)
@@ -384,7 +376,7 @@ def _run_monitoring(builder: TraceBuilder, call: Callable[[], Any]) -> None:
             mon.register_callback(tool, event, callback)
         mon.restart_events()  # forget DISABLEs left by an earlier trace in this process
         mon.set_events(tool, events.PY_START | events.PY_UNWIND | events.PY_THROW)
-        call()
+        func(*args, **kwargs)
     finally:
         mon.set_events(tool, 0)
         for code in enabled:
@@ -423,7 +415,7 @@ def trace_call(
     builder = TraceBuilder(source_map, filename or code.co_filename, limits or Limits())
     runner = _RUNNERS[backend]
     try:
-        runner(builder, lambda: func(*args, **(kwargs or {})))
+        runner(builder, func, args, kwargs or {})
     except LimitReached:
         pass
     except (KeyboardInterrupt, MemoryError):
