@@ -91,7 +91,8 @@ def test_native_traces_equal_the_python_backend(value, ops, small):
     assert native == python
 
 
-@pytest.mark.parametrize(("source", "call"), [
+# Programs at the edges of what the C tracer does its own way (run on every CPython, here and in the test below).
+EDGE_PROGRAMS = [
     ("def f(n):\n    xs = list(range(n))\n    for i in range(n):\n        xs[i] = -xs[i]\n    return xs[:2]\n",
      "f(700)"),
     ("def f(n):\n    d = {}\n    for i in range(n):\n        d[i] = str(i)\n    return len(d)\n", "f(400)"),
@@ -117,7 +118,13 @@ def test_native_traces_equal_the_python_backend(value, ops, small):
      "        ys[0] = -len(ys)\n    return len(xs), t[:2], ys[:3]\n", "f(3)"),
     # more locals than fit the small buffer
     ("def f(n):\n" + "".join(f"    v{i} = n + {i}\n" for i in range(40)) + "    return v39\n", "f(1)"),
-])
+    # locals() and a write through f_locals: the frame's locals are then read from f_locals, not its fast array
+    ("import sys\n\ndef f(n):\n    xs = [i * n for i in range(3)]\n    d = locals()\n    y = len(d)\n"
+     "    sys._getframe().f_locals['zz'] = y\n    z = y + 1\n    return xs, z\n", "f(2)"),
+]
+
+
+@pytest.mark.parametrize(("source", "call"), EDGE_PROGRAMS)
 def test_native_traces_equal_the_python_backend_on_edge_cases(source, call):
     python, native = both(source, call)
     assert native == python
@@ -158,6 +165,9 @@ for value, ops in {SAMPLES!r}:
         b = trace_program({MUTATOR!r}, call, backend="native", limits=limits)
         assert a.status == "ok" and len(a.frames) > 10, call
         assert encode(a) == encode(b) and a.status == b.status, call
+for source, call in {EDGE_PROGRAMS!r}:
+    a, b = (trace_program(source, call, backend=backend) for backend in ("settrace", "native"))
+    assert encode(a) == encode(b) and a.status == b.status, call
 print("ok")
 """
     assert run_python(exe, script).strip() == "ok"

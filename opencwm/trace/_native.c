@@ -21,11 +21,12 @@
 #include <frameobject.h>
 #include <structmember.h>  /* PyMemberDef before 3.12 */
 
-/* CPython 3.11: a frame's locals are read from its fast-locals array when the code has no cells or free variables
- * (most functions), instead of through PyFrame_GetLocals, which first copies every local into the frame's f_locals
- * dict (FastToLocals: a dict store per local per event). The frame layout is the interpreter's own (internal
- * header, fixed within a minor version). Other versions read f_locals. */
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+/* CPython 3.11-3.13: a frame's locals are read from its fast-locals array when its code has only plain locals (no
+ * cells, free or hidden variables) and nothing was written to its locals from outside, instead of through
+ * PyFrame_GetLocals, which on 3.11 and 3.12 first copies every local into the frame's f_locals dict (a dict store
+ * per local per event) and on 3.13 returns a proxy that had to be copied. The frame layout is the interpreter's own
+ * (its internal header, fixed within a minor version); other versions read f_locals. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
 #define Py_BUILD_CORE 1
 #include "internal/pycore_frame.h"
 #undef Py_BUILD_CORE
@@ -894,10 +895,21 @@ static int read_locals(PyFrameObject *frame, Locals *locals) {
     locals->count = 0;
 #ifdef READ_FAST_LOCALS
     _PyInterpreterFrame *inner = frame->f_frame;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyCodeObject *code = _PyFrame_GetCode(inner);
+    int untouched = frame->f_extra_locals == NULL;  /* no name was added through the f_locals proxy */
+    Py_ssize_t n = code->co_nlocals;
+#else
     PyCodeObject *code = inner->f_code;
-    if ((code->co_flags & CO_OPTIMIZED) && code->co_ncellvars == 0 && code->co_nfreevars == 0) {
-        /* every slot is a plain local: NULL when unbound (FastToLocals reads none while stacktop is 0) */
-        Py_ssize_t n = inner->stacktop ? code->co_nlocals : 0;
+    int untouched = inner->f_locals == NULL;  /* no f_locals dict, which could hold names written into it */
+    Py_ssize_t n = inner->stacktop ? code->co_nlocals : 0;  /* FastToLocals reads none while stacktop is 0 */
+#endif
+    int plain = untouched && (code->co_flags & CO_OPTIMIZED) && code->co_ncellvars == 0 && code->co_nfreevars == 0;
+#ifdef CO_FAST_HIDDEN
+    const char *kinds = PyBytes_AS_STRING(code->co_localspluskinds);
+    for (Py_ssize_t i = 0; plain && i < code->co_nlocals; i++) plain = !(kinds[i] & CO_FAST_HIDDEN);
+#endif
+    if (plain) {  /* every slot is a plain local, NULL when unbound */
         if (locals_alloc(locals, n) < 0) return -1;
         for (Py_ssize_t i = 0; i < n; i++)
             if (inner->localsplus[i] != NULL) {
