@@ -37,6 +37,8 @@ def truncation_marker(hidden_chars: int) -> str:
 class Renderer:
     """Renders values for one trace (address numbering is per trace)."""
 
+    __slots__ = ("_addresses", "max_chars")
+
     def __init__(self, max_chars: int = DEFAULT_MAX_CHARS):
         self.max_chars = max_chars
         self._addresses: dict[str, str] = {}

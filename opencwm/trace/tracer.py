@@ -90,6 +90,9 @@ class _Scope:
 class TraceBuilder:
     """Turns interpreter events into frames; backends call the ``on_*`` methods with the live frame object."""
 
+    __slots__ = ("_bytes", "_max_bytes", "_max_frames", "_scopes", "_statement_of", "abort_on_limit", "def_lines",
+                 "entry_frame", "error", "filename", "finished", "frames", "map", "renderer", "status")
+
     def __init__(self, source_map: SourceMap, filename: str, limits: Limits, *, abort_on_limit: bool = True):
         self.map = source_map
         self.abort_on_limit = abort_on_limit  # else stop recording and let the program run on
