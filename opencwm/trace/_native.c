@@ -49,7 +49,7 @@ enum { A_ABORT, A_MAP, A_RENDERER, A_MAX_CHARS, A_FRAMES, A_STATEMENT_OF, A_TEXT
        A_FINGERPRINT, A_UNCHANGED, A_ORDER_NAMES, A_TRACED_DEF_LINE, A_EVENT, A_LINE, A_LINENO, A_LOCALS, A_VALUE,
        A_TRACE_LINES, A_MAX_FRAMES, A_MAX_BYTES, A_FINISHED, A_STATUS, A_ERROR, A_COUNT };
 static const char *ATTRIBUTE_NAMES[A_COUNT] = {
-    "abort_on_limit", "map", "renderer", "max_chars", "frames", "statement_of", "texts", "def_lines", "render",
+    "abort_on_limit", "map", "renderer", "max_value_chars", "frames", "statement_of", "texts", "def_lines", "render",
     "fingerprint", "unchanged", "order_names", "traced_def_line", "event", "line", "lineno", "locals", "value",
     "f_trace_lines", "_max_frames", "_max_bytes", "finished", "status", "error"};
 static PyObject *ATTRIBUTE[A_COUNT];  /* first item of an identity proof tuple: (ID_PROOF, type, count, items) */
@@ -291,7 +291,7 @@ static int recorder_setup(Recorder *self, PyObject *builder, Py_ssize_t max_fram
     if (abort == NULL) return -1;
     self->abort_on_limit = PyObject_IsTrue(abort);
     Py_DECREF(abort);
-    PyObject *max_chars = get_attr_chain(builder, A_RENDERER, A_MAX_CHARS);
+    PyObject *max_chars = PyObject_GetAttr(builder, ATTRIBUTE[A_MAX_CHARS]);
     if (max_chars == NULL) return -1;
     self->max_chars = PyLong_AsSsize_t(max_chars);
     Py_DECREF(max_chars);

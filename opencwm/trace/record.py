@@ -43,7 +43,7 @@ class Frame:
         return dataclasses.asdict(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class Trace:
     source: str
     entry_lineno: int  # the line of the entry function's ``def``; it carries the START_OF_TRACE marker in the text

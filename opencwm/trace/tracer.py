@@ -90,14 +90,16 @@ class _Scope:
 class TraceBuilder:
     """Turns interpreter events into frames; backends call the ``on_*`` methods with the live frame object."""
 
-    __slots__ = ("_bytes", "_max_bytes", "_max_frames", "_scopes", "_statement_of", "abort_on_limit", "def_lines",
-                 "entry_frame", "error", "filename", "finished", "frames", "map", "renderer", "status")
+    __slots__ = ("_bytes", "_max_bytes", "_max_frames", "_renderer", "_scopes", "_statement_of", "abort_on_limit",
+                 "def_lines", "entry_frame", "error", "filename", "finished", "frames", "map", "max_value_chars",
+                 "status")
 
     def __init__(self, source_map: SourceMap, filename: str, limits: Limits, *, abort_on_limit: bool = True):
         self.map = source_map
         self.abort_on_limit = abort_on_limit  # else stop recording and let the program run on
         self.filename = filename
-        self.renderer = Renderer(limits.max_value_chars)
+        self.max_value_chars = limits.max_value_chars
+        self._renderer: Renderer | None = None
         self.frames: list[Frame] = []
         self.status = OK
         self.error: str | None = None
@@ -108,6 +110,13 @@ class TraceBuilder:
         self.def_lines = source_map.code_cache(filename)  # code -> its def line if it is stepped into, else None
         self._bytes = 0
         self._max_frames, self._max_bytes = limits.max_frames, limits.max_bytes
+
+    @property
+    def renderer(self) -> Renderer:
+        """The trace's renderer, made on first use (the C backend renders most values itself)."""
+        if self._renderer is None:
+            self._renderer = Renderer(self.max_value_chars)
+        return self._renderer
 
     def is_traced(self, code: types.CodeType) -> bool:
         return self.traced_def_line(code) is not None
