@@ -372,6 +372,26 @@ def test_a_trace_function_installed_before_is_put_back(backend, call, limits):
     assert trace.frames and trace.status == (TRUNCATED if limits else OK if call == "f(3)" else RAISED)
 
 
+@pytest.mark.skipif(not native_available(), reason="the native tracer is not built (make native)")
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_a_trace_taken_inside_a_traced_call_leaves_the_outer_trace_going(backend):
+    """Nested tracing (a traced program that traces a call itself, as the collector's own tests do): the inner
+    trace puts the outer tracer back, C or Python, and the outer trace goes on after the inner call."""
+    from opencwm.trace.tracer import trace_call
+
+    inner_source = "def g(x):\n    y = x * 2\n    return y\n"
+    namespace: dict = {}
+    exec(compile(inner_source, "<inner>", "exec"), namespace)
+    outer_source = ("def f(trace_call, g, source):\n    t = trace_call(g, (3,), source=source, filename='<inner>', "
+                    "backend='native')\n    z = t.return_value\n    return z\n")
+    exec(compile(outer_source, "<outer>", "exec"), namespace)
+    outer = trace_call(namespace["f"], (trace_call, namespace["g"], inner_source), source=outer_source,
+                       filename="<outer>", backend=backend)
+    assert outer.status == OK and outer.return_value == "'6'"
+    assert [frame.lineno for frame in outer.frames if frame.event == LINE] == [2, 3, 4]
+    assert sys.gettrace() is None
+
+
 @pytest.mark.parametrize(("source", "call", "message"), [
     ("def f(:\n", "f()", "syntax error"),
     ("def f(): pass\n", "g()", "NameError"),

@@ -1478,28 +1478,21 @@ static PyObject *native_record(PyObject *module, PyObject *const *args, Py_ssize
         Py_DECREF(self);
         return NULL;
     }
-    PyObject *gettrace = PySys_GetObject("gettrace"), *previous = gettrace ? PyObject_CallNoArgs(gettrace) : NULL;
-    if (previous == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "sys.gettrace is missing");
-        Py_DECREF(self);
-        return NULL;
-    }
+    /* the trace function there before (sys.settrace's or a C tracer's), put back exactly as it was */
+    PyThreadState *thread = PyThreadState_Get();
+    Py_tracefunc previous = thread->c_tracefunc;
+    PyObject *previous_arg = Py_XNewRef(thread->c_traceobj);
     recorder_start(self, NULL);
     PyObject *result = PyObject_Call(args[1], args[2], args[3] == Py_None ? NULL : args[3]);
     Py_XDECREF(recorder_stop(self, NULL));
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);  /* what the call raised waits while the state is handed back */
     int failed = 0;
-    if (previous != Py_None) {
-        PyObject *settrace = PySys_GetObject("settrace");
-        PyObject *done = settrace ? PyObject_CallOneArg(settrace, previous) : NULL;
-        failed |= done == NULL;
-        Py_XDECREF(done);
-    }
+    if (previous != NULL) PyEval_SetTrace(previous, previous_arg);
+    Py_XDECREF(previous_arg);
     failed |= PyObject_SetAttr(builder, ATTRIBUTE[A_FINISHED], self->finished ? Py_True : Py_False) < 0 ||
                PyObject_SetAttr(builder, ATTRIBUTE[A_STATUS], self->status) < 0 ||
                PyObject_SetAttr(builder, ATTRIBUTE[A_ERROR], self->error) < 0;
-    Py_DECREF(previous);
     Py_DECREF(self);
     if (type != NULL) {  /* the call's own exception wins over a failure to hand back */
         Py_XDECREF(result);
