@@ -47,11 +47,11 @@ static PyObject *ID_PROOF;
 /* Attribute names, interned once (PyObject_GetAttrString would decode and hash them at every lookup). */
 enum { A_ABORT, A_MAP, A_RENDERER, A_MAX_CHARS, A_FRAMES, A_STATEMENT_OF, A_TEXTS, A_DEF_LINES, A_RENDER,
        A_FINGERPRINT, A_UNCHANGED, A_ORDER_NAMES, A_TRACED_DEF_LINE, A_EVENT, A_LINE, A_LINENO, A_LOCALS, A_VALUE,
-       A_TRACE_LINES, A_MAX_FRAMES, A_MAX_BYTES, A_FINISHED, A_STATUS, A_ERROR, A_COUNT };
+       A_TRACE_LINES, A_MAX_FRAMES, A_MAX_BYTES, A_FINISHED, A_STATUS, A_ERROR, A_LINE_CACHE, A_COUNT };
 static const char *ATTRIBUTE_NAMES[A_COUNT] = {
     "abort_on_limit", "map", "renderer", "max_value_chars", "frames", "statement_of", "texts", "def_lines", "render",
     "fingerprint", "unchanged", "order_names", "traced_def_line", "event", "line", "lineno", "locals", "value",
-    "f_trace_lines", "_max_frames", "_max_bytes", "finished", "status", "error"};
+    "f_trace_lines", "_max_frames", "_max_bytes", "finished", "status", "error", "_line_cache"};
 static PyObject *ATTRIBUTE[A_COUNT];  /* first item of an identity proof tuple: (ID_PROOF, type, count, items) */
 
 /* ---- scope: what the recorder remembers about one live frame -------------------------------------------- */
@@ -129,6 +129,31 @@ typedef struct {
     PyObject *text, *number; /* strong references, or NULL: not looked up yet */
 } LineInfo;
 
+/* The lines of one source map, kept on the map (its ``_line_cache``), so that every trace of the same program
+ * shares what was looked up: it depends on the map alone. Holds strings and ints only (no cycles, no GC). */
+typedef struct {
+    PyObject_HEAD
+    LineInfo *lines;  /* indexed by line number, n_lines of them (grown on demand) */
+    Py_ssize_t n_lines;
+} LineCache;
+
+static void line_cache_dealloc(LineCache *self) {
+    for (Py_ssize_t i = 0; i < self->n_lines; i++) {
+        Py_CLEAR(self->lines[i].text);
+        Py_CLEAR(self->lines[i].number);
+    }
+    PyMem_Free(self->lines);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject LineCacheType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "opencwm.trace._native.LineCache",
+    .tp_basicsize = sizeof(LineCache),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)line_cache_dealloc,
+};
+
 typedef struct {
     PyObject_HEAD
     PyObject *builder;       /* the Python TraceBuilder: source map helpers and the renderer's slow paths */
@@ -151,14 +176,13 @@ typedef struct {
     unsigned char return_ops[256], yield_ops[256];
     int generator_flags;
     Py_ssize_t frame_slots[5];  /* offsets of Frame's slots (event, line, lineno, locals, value), or 0: call it */
-    LineInfo *lines;         /* indexed by line number, n_lines of them (grown on demand) */
-    Py_ssize_t n_lines;
+    LineCache *line_cache;   /* the source map's (strong reference) */
 } Recorder;
 
 /* Every object a Recorder holds, for the GC's traverse and clear. */
 #define RECORDER_OBJECTS(X) X(builder) X(frames) X(frame_type) X(limit_error) X(mutable) X(statements) X(texts) \
     X(code_info) X(scopes) X(render) X(fingerprint) X(unchanged) X(order_names) X(def_line) X(entry_frame)      \
-    X(status) X(error)
+    X(status) X(error) X(line_cache)
 
 static int recorder_traverse(Recorder *self, visitproc visit, void *arg) {
     RECORDER_OBJECTS(VISIT_MEMBER)
@@ -169,13 +193,6 @@ static int recorder_clear(Recorder *self) {
     RECORDER_OBJECTS(CLEAR_MEMBER)
     self->last_frame = NULL;
     self->last_scope = NULL;
-    for (Py_ssize_t i = 0; i < self->n_lines; i++) {
-        Py_CLEAR(self->lines[i].text);
-        Py_CLEAR(self->lines[i].number);
-    }
-    PyMem_Free(self->lines);
-    self->lines = NULL;
-    self->n_lines = 0;
     return 0;
 }
 
@@ -297,8 +314,22 @@ static int recorder_setup(Recorder *self, PyObject *builder, Py_ssize_t max_fram
     Py_DECREF(max_chars);
     if (self->max_chars == -1 && PyErr_Occurred()) return -1;
     self->frames = PyObject_GetAttr(builder, ATTRIBUTE[A_FRAMES]);
-    self->statements = get_attr_chain(builder, A_MAP, A_STATEMENT_OF);
-    self->texts = get_attr_chain(builder, A_MAP, A_TEXTS);
+    PyObject *map = PyObject_GetAttr(builder, ATTRIBUTE[A_MAP]);
+    if (map == NULL) return -1;
+    self->statements = PyObject_GetAttr(map, ATTRIBUTE[A_STATEMENT_OF]);
+    self->texts = PyObject_GetAttr(map, ATTRIBUTE[A_TEXTS]);
+    PyObject *cache = PyObject_GetAttr(map, ATTRIBUTE[A_LINE_CACHE]);
+    if (cache != NULL && !Py_IS_TYPE(cache, &LineCacheType)) {  /* None: the map's first trace */
+        Py_SETREF(cache, (PyObject *)PyObject_New(LineCache, &LineCacheType));
+        if (cache != NULL) {
+            ((LineCache *)cache)->lines = NULL;
+            ((LineCache *)cache)->n_lines = 0;
+            if (PyObject_SetAttr(map, ATTRIBUTE[A_LINE_CACHE], cache) < 0) Py_CLEAR(cache);
+        }
+    }
+    Py_DECREF(map);
+    if (cache == NULL) return -1;
+    self->line_cache = (LineCache *)cache;
     self->code_info = PyObject_GetAttr(builder, ATTRIBUTE[A_DEF_LINES]);
     self->scopes = PyDict_New();
     self->status = Py_NewRef(STATUS_OK);
@@ -1146,16 +1177,17 @@ fail_locals:
 
 /* The cache entry of line ``lineno`` (grown to hold it), or NULL without an error for a line it does not cover. */
 static LineInfo *line_info(Recorder *self, long lineno) {
+    LineCache *cache = self->line_cache;
     if (lineno < 0 || lineno >= MAX_CACHED_LINE) return NULL;
-    if (lineno >= self->n_lines) {
-        Py_ssize_t size = Py_MAX(lineno + 1, 2 * self->n_lines);
-        LineInfo *lines = PyMem_Realloc(self->lines, size * sizeof(LineInfo));
+    if (lineno >= cache->n_lines) {
+        Py_ssize_t size = Py_MAX(lineno + 1, 2 * cache->n_lines);
+        LineInfo *lines = PyMem_Realloc(cache->lines, size * sizeof(LineInfo));
         if (lines == NULL) return NULL;
-        memset(lines + self->n_lines, 0, (size - self->n_lines) * sizeof(LineInfo));
-        self->lines = lines;
-        self->n_lines = size;
+        memset(lines + cache->n_lines, 0, (size - cache->n_lines) * sizeof(LineInfo));
+        cache->lines = lines;
+        cache->n_lines = size;
     }
-    return &self->lines[lineno];
+    return &cache->lines[lineno];
 }
 
 static long lookup_statement(Recorder *self, long lineno) {
@@ -1533,7 +1565,8 @@ PyMODINIT_FUNC PyInit__native(void) {
         !(EMPTY_TEXT = PyUnicode_InternFromString("")) || !(SEPARATOR = PyUnicode_InternFromString(", ")) ||
         !(ADDRESS_MARK = PyUnicode_InternFromString(" at 0x")))
         return NULL;
-    if (PyType_Ready(&ScopeType) < 0 || PyType_Ready(&RecorderType) < 0) return NULL;
+    if (PyType_Ready(&ScopeType) < 0 || PyType_Ready(&RecorderType) < 0 || PyType_Ready(&LineCacheType) < 0)
+        return NULL;
     ID_PROOF = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     if (ID_PROOF == NULL) return NULL;
     PyObject *module = PyModule_Create(&native_module);

@@ -41,6 +41,7 @@ class SourceMap:
         self._line_offsets: list[int] | None = None
         self._word_offsets: dict[str, list[int]] | None = None  # word -> where it stands alone, in order
         self._code_caches: dict[str, dict] = {}
+        self._line_cache = None  # the C tracer's per-line lookups, shared by the traces of this map
         self._visit(tree)
 
     def _visit(self, tree: ast.AST) -> None:
