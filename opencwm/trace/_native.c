@@ -345,14 +345,6 @@ static int recorder_setup(Recorder *self, PyObject *builder, Py_ssize_t max_fram
     return 0;
 }
 
-/* Recorder(builder, max_frames, max_bytes) */
-static int recorder_init(Recorder *self, PyObject *args, PyObject *kwds) {
-    PyObject *builder;
-    Py_ssize_t max_frames, max_bytes;
-    if (!PyArg_ParseTuple(args, "Onn", &builder, &max_frames, &max_bytes)) return -1;
-    return recorder_setup(self, builder, max_frames, max_bytes);
-}
-
 /* The builder's method ``name`` (of ``part`` when not -1), looked up once. Borrowed reference, or NULL. */
 static PyObject *slow_path(Recorder *self, PyObject **slot, int part, int name) {
     if (*slot == NULL) *slot = part >= 0 ? get_attr_chain(self->builder, part, name)
@@ -1437,12 +1429,13 @@ static int trace_function(PyObject *obj, PyFrameObject *frame, int what, PyObjec
 
 /* ---- Python methods ------------------------------------------------------------------------------------- */
 
-static PyObject *recorder_start(Recorder *self, PyObject *unused) {
+/* Install the recorder as this thread's trace function. */
+static void recorder_start(Recorder *self) {
     PyEval_SetTrace(trace_function, (PyObject *)self);
-    Py_RETURN_NONE;
 }
 
-static PyObject *recorder_stop(Recorder *self, PyObject *unused) {
+/* Remove the trace function and forget live scopes. */
+static void recorder_stop(Recorder *self) {
     PyEval_SetTrace(NULL, NULL);
     /* Interpreter frames are let go: a frame object kept past its run refers to its callers' frames, whose
      * locals hold this recorder, and that cycle would leave the whole trace to the cyclic GC. */
@@ -1450,45 +1443,23 @@ static PyObject *recorder_stop(Recorder *self, PyObject *unused) {
     Py_CLEAR(self->entry_frame);
     self->last_frame = NULL;
     self->last_scope = NULL;
-    Py_RETURN_NONE;
 }
-
-static PyObject *recorder_get_finished(Recorder *self, void *closure) { return PyBool_FromLong(self->finished); }
-static PyObject *recorder_get_status(Recorder *self, void *closure) { return Py_NewRef(self->status); }
-static PyObject *recorder_get_error(Recorder *self, void *closure) { return Py_NewRef(self->error); }
-
-static PyGetSetDef recorder_getset[] = {
-    {"finished", (getter)recorder_get_finished, NULL, "whether recording has stopped", NULL},
-    {"status", (getter)recorder_get_status, NULL, "the trace status so far", NULL},
-    {"error", (getter)recorder_get_error, NULL, "why the trace is cut or failed, or None", NULL},
-    {NULL},
-};
-
-static PyMethodDef recorder_methods[] = {
-    {"start", (PyCFunction)recorder_start, METH_NOARGS, "install the recorder as this thread's trace function"},
-    {"stop", (PyCFunction)recorder_stop, METH_NOARGS, "remove the trace function and forget live scopes"},
-    {NULL},
-};
 
 static PyTypeObject RecorderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "opencwm.trace._native.Recorder",
-    .tp_doc = "Records a TraceBuilder's frames from C trace events.",
+    .tp_doc = "Records a TraceBuilder's frames from C trace events (made by record()).",
     .tp_basicsize = sizeof(Recorder),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)recorder_init,
     .tp_traverse = (traverseproc)recorder_traverse,
     .tp_clear = (inquiry)recorder_clear,
     .tp_dealloc = (destructor)recorder_dealloc,
-    .tp_methods = recorder_methods,
-    .tp_getset = recorder_getset,
 };
 
 /* record(builder, func, args, kwargs): call ``func(*args, **kwargs)`` with a new recorder of ``builder`` as this
- * thread's trace function, as the Python runner did with ``Recorder``, ``start`` and ``stop``: the trace function
- * that was there before is put back, and the builder's ``finished``, ``status`` and ``error`` are set from the
- * recorder's. Returns None, or raises what the call raised (the per-trace limit's exception among them). */
+ * thread's trace function; then the trace function that was there before is put back, and the builder's
+ * ``finished``, ``status`` and ``error`` are set from the recorder's. Returns None, or raises what the call raised
+ * (the per-trace limit's exception among them). */
 static PyObject *native_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyTuple_Check(args[2]) || (args[3] != Py_None && !PyDict_Check(args[3]))) {
         PyErr_SetString(PyExc_TypeError, "record(builder, func, args: tuple, kwargs: dict | None)");
@@ -1514,9 +1485,9 @@ static PyObject *native_record(PyObject *module, PyObject *const *args, Py_ssize
     PyThreadState *thread = PyThreadState_Get();
     Py_tracefunc previous = thread->c_tracefunc;
     PyObject *previous_arg = Py_XNewRef(thread->c_traceobj);
-    recorder_start(self, NULL);
+    recorder_start(self);
     PyObject *result = PyObject_Call(args[1], args[2], args[3] == Py_None ? NULL : args[3]);
-    Py_XDECREF(recorder_stop(self, NULL));
+    recorder_stop(self);
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);  /* what the call raised waits while the state is handed back */
     int failed = 0;
@@ -1569,11 +1540,5 @@ PyMODINIT_FUNC PyInit__native(void) {
         return NULL;
     ID_PROOF = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     if (ID_PROOF == NULL) return NULL;
-    PyObject *module = PyModule_Create(&native_module);
-    if (module == NULL) return NULL;
-    if (PyModule_AddObjectRef(module, "Recorder", (PyObject *)&RecorderType) < 0) {
-        Py_DECREF(module);
-        return NULL;
-    }
-    return module;
+    return PyModule_Create(&native_module);
 }
