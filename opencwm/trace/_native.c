@@ -568,25 +568,25 @@ static PyObject *render_cut_sequence(Recorder *self, PyObject *obj, PyObject *ol
     if (n <= third || budget <= 0) return NULL;
     PyObject **texts = PyMem_New(PyObject *, third);
     if (texts == NULL) return PyErr_NoMemory();
-    Py_ssize_t length = -2, fitting = 0, fitting_length = 0, made = 0, i;
+    Py_ssize_t chars = 0, fitting = 0, fitting_chars = 0, made = 0, i;  /* chars: the items' reprs, summed */
     PyObject *text = NULL;
     for (i = 0; i < third; i++) {
         if (!is_simple(items[i])) goto done;
         if ((texts[i] = item_repr(items[i], i, old_items, old_texts)) == NULL) goto done;
         made++;
-        length += PyUnicode_GET_LENGTH(texts[i]) + 2;
-        if (length > budget) break;
-        if (length + 2 <= budget) {
+        chars += PyUnicode_GET_LENGTH(texts[i]);
+        Py_ssize_t joined = chars + 2 * i;  /* items 0..i joined by ", " */
+        if (joined > budget) break;
+        if (joined + 2 <= budget) {  /* and a ", " after them */
             fitting = i + 1;
-            fitting_length = length + 2 - 2 * i;  /* the sum of their lengths and of a ", " after the last */
+            fitting_chars = chars;
         }
     }
     Py_ssize_t shown = i == third ? third : fitting;
     char tail[48];
     snprintf(tail, sizeof(tail), "%s...<+%zd items>", shown ? ", " : "", n - shown);
-    if (i == third) fitting_length = length + 2 - 2 * (third - 1);
     /* simple values' reprs are ASCII */
-    text = join_ascii(texts, shown, fitting_length - (shown ? 2 : 0), Py_TYPE(obj) == &PyList_Type, tail,
+    text = join_ascii(texts, shown, i == third ? chars : fitting_chars, Py_TYPE(obj) == &PyList_Type, tail,
                       PY_SSIZE_T_MAX);
     if (text != NULL) {
         /* the proof keeps the items shown and the first one left out (it decided the cut) */
