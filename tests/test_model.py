@@ -11,7 +11,8 @@ import torch
 
 from opencwm.model import CWM, CwmConfig, preset
 from opencwm.model.attention import dense_attention, sdpa_attention
-from opencwm.model.generate import Sampling, generate
+from opencwm.model.generate import Sampling, compiled_decode, generate
+from opencwm.model.linear_cross_entropy import linear_cross_entropy
 
 transformers = pytest.importorskip("transformers")
 
@@ -77,6 +78,64 @@ def test_training_loss_and_gradients_match_transformers(tmp_path, compiled):
     theirs = dict(reference.named_parameters())
     for name, parameter in ours.named_parameters():
         assert torch.allclose(parameter.grad, theirs[name].grad, atol=1e-5), name
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_training_loss_under_cpu_bf16_autocast_follows_fp32(compiled):
+    """How CPUs with AMX train (bf16 autocast): the loss and its gradients stay within bf16 rounding of fp32's (the
+    fp32-only CPU kernels stand aside)."""
+    model = CWM(CwmConfig(**SMALL)).init_weights(seed=12).train()
+    if compiled:
+        model.compile_blocks()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 45))
+    labels = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+    results = []
+    for bf16 in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = model(ids, labels=labels)
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (fp32_loss, fp32_grad), (bf16_loss, bf16_grad) = results
+    assert abs(bf16_loss - fp32_loss) < 1e-2 * fp32_loss
+    assert torch.nn.functional.cosine_similarity(fp32_grad, bf16_grad, dim=0) > 0.99
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_chunked_output_layer_loss_matches_cross_entropy(compiled):
+    """The fused output layer + loss of CPU training against ``F.cross_entropy`` of the whole logits: loss and
+    gradients, several chunks and a partial last one, with every label kept and with some ignored."""
+    torch.manual_seed(0)
+    fused = torch.compile(linear_cross_entropy) if compiled else linear_cross_entropy
+    for ignored in (False, True):
+        hidden = torch.randn(3, 70, 32, requires_grad=True)
+        weight = (torch.randn(500, 32) * 0.3).requires_grad_()
+        labels = torch.randint(0, 500, (3, 70))
+        if ignored:
+            labels[0, :50] = -100
+            labels[2, 7] = -100
+        expected = torch.nn.functional.cross_entropy((hidden @ weight.T).flatten(0, 1), labels.flatten(),
+                                                     ignore_index=-100, reduction="sum")
+        got = fused(hidden, weight, labels, chunk=32)
+        assert abs(got.item() - expected.item()) < 1e-6 * expected.item()
+        for a, b in zip(torch.autograd.grad(expected * 0.3, (hidden, weight)),
+                        torch.autograd.grad(got * 0.3, (hidden, weight))):
+            assert (a - b).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("batch", [2, 12])
+def test_compiled_decoding_step_matches_the_full_forward(batch):
+    """The compiled step (its few-row products written as multiply-and-sum; batch 12 keeps the BLAS product)
+    gives the logits of the full forward at every position, past the window."""
+    model = CWM(CwmConfig(**SMALL)).init_weights(seed=11).eval()
+    ids = torch.randint(0, SMALL["vocab_size"], (batch, 20))
+    step = compiled_decode(model)
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache(batch, 32)
+        model(ids[:, :4], cache=cache)
+        steps = [step(ids[:, t], cache) for t in range(4, 20)]
+    assert (torch.stack(steps, dim=1) - full[:, 4:]).abs().max() < 1e-5
 
 
 def test_sharded_checkpoints_round_trip_both_ways(tmp_path):

@@ -7,10 +7,10 @@ given), and, on local layers, ``i - j < window``. Backends, all computing the sa
 - ``sdpa``: PyTorch's scaled_dot_product_attention. Global layers use the causal kernel (or a document mask);
   local layers run query chunks against only the keys their window can reach, so time and memory grow linearly
   with the sequence length instead of quadratically. fp32 training on a CPU with sequences of up to
-  ``BLOCKED_MAX_TIME`` tokens takes the same chunks through two matmuls and a softmax instead (the chunks skip
-  the keys the causal mask hides): compiled, its forward and backward take ~30% less time than the fused CPU
-  kernel's at 512 tokens (2 AMD EPYC cores; 3-4% of the ``tiny`` preset's training step), and it stops paying
-  off past ~1k tokens, where its saved probabilities also grow as T². Not measured under bf16, so not used there.
+  ``BLOCKED_MAX_TIME`` tokens takes the same chunks through :mod:`opencwm.model.chunked_attention` instead (GEMMs
+  and a softmax with a written-out backward; the chunks skip the keys the causal mask hides): at 512 tokens its
+  forward and backward take less time than the fused CPU kernel's (2 AMD EPYC cores), and past ~1k tokens it
+  stops paying off, where its saved probabilities also grow as T². Not measured under bf16, so not used there.
 - ``flex``: FlexAttention with a block mask (CUDA), compiled; the default for training on CUDA.
 
 Tensors are (batch, heads, time, head_dim); keys and values have ``num_key_value_heads`` heads (GQA).
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from opencwm.model.chunked_attention import chunked_attention
 
 BACKENDS = ("dense", "sdpa", "flex")
 
@@ -65,32 +67,20 @@ def _sdpa(q, k, v, mask=None, causal=False):
                                           is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def _matmul_softmax(q, k, v, mask):
-    """Attention of (batch, heads, Tq, D) queries over (batch, kv_heads, Tk, D) keys as two matmuls and a softmax
-    in fp32; the query heads that share a key head are stacked, so keys are never repeated (GQA)."""
-    batch, heads, tq, dim = q.shape
-    kv_heads = k.shape[1]
-    groups = heads // kv_heads
-    scores = (q.reshape(batch, kv_heads, groups * tq, dim) @ k.transpose(-1, -2)).float() * dim**-0.5
-    scores = scores.masked_fill(~mask.repeat(1, groups, 1)[:, None], float("-inf"))
-    weights = torch.softmax(scores, dim=-1).to(v.dtype)
-    return (weights @ v).reshape(batch, heads, tq, dim)
-
-
-BLOCKED_MAX_TIME = 1024  # the longest sequence that CPU training runs through _matmul_softmax (measured: see above)
+BLOCKED_MAX_TIME = 1024  # the longest sequence that CPU training runs through chunked_attention (measured: see above)
 BLOCKED_CHUNK = 128
 
 
 def sdpa_attention(q, k, v, *, window=None, document_ids=None, mask=None, chunk: int | None = None,
                    blocked: bool | None = None):
-    """``blocked``: force (True) or forbid (False) the matmul kernel; None chooses it for fp32 CPU training on
-    short sequences."""
+    """``blocked``: force (True) or forbid (False) :func:`chunked_attention`; None chooses it for fp32 CPU training
+    on short sequences."""
     batch, _, t, _ = q.shape
     if mask is not None:
         return _sdpa(q, k, v, mask)
     if blocked is None:
-        blocked = (q.device.type == "cpu" and q.dtype == torch.float32 and q.requires_grad
-                   and torch.is_grad_enabled() and t <= BLOCKED_MAX_TIME)
+        blocked = (q.device.type == "cpu" and q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                   and q.requires_grad and torch.is_grad_enabled() and t <= BLOCKED_MAX_TIME)
     if window is not None and window >= t:
         window = None
     if not blocked and window is None:
@@ -98,20 +88,19 @@ def sdpa_attention(q, k, v, *, window=None, document_ids=None, mask=None, chunk:
             return _sdpa(q, k, v, causal=True)
         pos = torch.arange(t, device=q.device).expand(batch, t)
         return _sdpa(q, k, v, allowed(pos, pos, window, document_ids, document_ids))
-    # Banded: each chunk of queries attends to the keys its window reaches (at most chunk + window - 1 of them);
-    # without a window, to the keys up to its own end.
-    chunk = chunk or (BLOCKED_CHUNK if blocked else window)
-    kernel = _matmul_softmax if blocked else _sdpa
+    if blocked:
+        return chunked_attention(q, k, v, window=window, document_ids=document_ids, chunk=chunk or BLOCKED_CHUNK)
+    # Banded: each chunk of queries attends to the keys its window reaches (at most chunk + window - 1 of them).
     outputs = []
     positions = torch.arange(t, device=q.device)
-    for start in range(0, t, chunk):
-        end = min(start + chunk, t)
-        first = 0 if window is None else max(0, start - window + 1)
+    for start in range(0, t, chunk or window):
+        end = min(start + (chunk or window), t)
+        first = max(0, start - window + 1)
         q_pos = positions[start:end].expand(batch, -1)
         k_pos = positions[first:end].expand(batch, -1)
         docs = (document_ids[:, start:end], document_ids[:, first:end]) if document_ids is not None else (None, None)
         band = allowed(q_pos, k_pos, window, *docs)
-        outputs.append(kernel(q[:, :, start:end], k[:, :, first:end], v[:, :, first:end], band))
+        outputs.append(_sdpa(q[:, :, start:end], k[:, :, first:end], v[:, :, first:end], band))
     return torch.cat(outputs, dim=2)
 
 
