@@ -123,13 +123,14 @@ def test_chunked_output_layer_loss_matches_cross_entropy(compiled):
             assert (a - b).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("batch", [2, 12])
-def test_compiled_decoding_step_matches_the_full_forward(batch):
-    """The compiled step (its few-row products written as multiply-and-sum; batch 12 keeps the BLAS product)
-    gives the logits of the full forward at every position, past the window."""
+@pytest.mark.parametrize(("batch", "compiled"), [(2, False), (2, True), (12, True)])
+def test_decoding_step_matches_the_full_forward(batch, compiled):
+    """The decoding step gives the logits of the full forward at every position, past the window: eagerly
+    (attending to the written slots only) and compiled (its few-row products written as multiply-and-sum; batch
+    12 keeps the BLAS product)."""
     model = CWM(CwmConfig(**SMALL)).init_weights(seed=11).eval()
     ids = torch.randint(0, SMALL["vocab_size"], (batch, 20))
-    step = compiled_decode(model)
+    step = compiled_decode(model) if compiled else model.decode
     with torch.no_grad():
         full = model(ids)
         cache = model.new_cache(batch, 32)

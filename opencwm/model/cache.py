@@ -65,15 +65,19 @@ class KVCache:
                 self._step[window] = (None, mask)
 
     def begin_decode(self, positions: torch.Tensor) -> None:
-        """``begin_step`` for one new token in every sequence, without host synchronisation (the caller keeps
-        positions below ``max_length``), so a whole decoding step can be compiled into one graph."""
+        """``begin_step`` for one new token in every sequence. Compiled, it runs without host synchronisation (the
+        caller keeps positions below ``max_length``), so a whole decoding step is one graph over the static
+        buffers; eagerly, attention covers only the slots written so far (the buffers fill from slot 0), so a
+        step costs what its context holds, not what the cache could hold."""
         rows = torch.arange(positions.shape[0], device=positions.device)
+        written = None if torch.compiler.is_compiling() else int(positions.max()) + 1
         self._step = {"positions": positions, "decode": True, "all_valid": True}
         for window, size in self.sizes.items():
             slots = positions[:, 0] % size
             updated = self.slot_positions[window].clone()
             updated[rows, slots] = positions[:, 0]
-            self._step[window] = (slots, allowed(positions, updated, window) & (updated >= 0)[:, None, :])
+            seen = updated if written is None else updated[:, : min(size, written)]
+            self._step[window] = (slots, allowed(positions, seen, window) & (seen >= 0)[:, None, :])
             self.slot_positions[window] = updated
 
     def attend_inputs(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor):
@@ -89,7 +93,9 @@ class KVCache:
                 valid = self._step["valid"][:, 0]
                 self.keys[layer][rows[valid], :, slots[valid]] = k_new[valid, :, 0].to(self.keys[layer].dtype)
                 self.values[layer][rows[valid], :, slots[valid]] = v_new[valid, :, 0].to(self.values[layer].dtype)
-            return self.keys[layer].to(k_new.dtype), self.values[layer].to(v_new.dtype), mask
+            seen = mask.shape[-1]  # the slots this step attends to (fewer than the buffer's when eager)
+            return (self.keys[layer][:, :, :seen].to(k_new.dtype), self.values[layer][:, :, :seen].to(v_new.dtype),
+                    mask)
         keys = torch.cat([self.keys[layer], k_new.to(self.keys[layer].dtype)], dim=2)
         values = torch.cat([self.values[layer], v_new.to(self.values[layer].dtype)], dim=2)
         self._write(layer, k_new, v_new)
