@@ -91,10 +91,11 @@ def sdpa_attention(q, k, v, *, window=None, document_ids=None, mask=None, chunk:
     if blocked:
         return chunked_attention(q, k, v, window=window, document_ids=document_ids, chunk=chunk or BLOCKED_CHUNK)
     # Banded: each chunk of queries attends to the keys its window reaches (at most chunk + window - 1 of them).
+    chunk = chunk or window
     outputs = []
     positions = torch.arange(t, device=q.device)
-    for start in range(0, t, chunk or window):
-        end = min(start + (chunk or window), t)
+    for start in range(0, t, chunk):
+        end = min(start + chunk, t)
         first = max(0, start - window + 1)
         q_pos = positions[start:end].expand(batch, -1)
         k_pos = positions[first:end].expand(batch, -1)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_NAMESPACE = "opencwm"
-
 
 def _chunks(time: int, chunk: int, window: int | None):
     """(start, end, first): each chunk of queries ``start..end-1`` and the first key it can reach."""
@@ -60,7 +58,7 @@ def _masked_scores(qc: Tensor, k: Tensor, start: int, end: int, first: int, wind
     return scores
 
 
-@torch.library.custom_op(f"{_NAMESPACE}::chunked_attention", mutates_args=())
+@torch.library.custom_op("opencwm::chunked_attention", mutates_args=())
 def _forward(q: Tensor, k: Tensor, v: Tensor, document_ids: Tensor | None, window: int | None,
              chunk: int) -> tuple[Tensor, list[Tensor]]:
     batch, heads, time, dim = q.shape
@@ -85,7 +83,7 @@ def _(q, k, v, document_ids, window, chunk):
         for start, end, first in _chunks(time, chunk, window)]
 
 
-@torch.library.custom_op(f"{_NAMESPACE}::chunked_attention_backward", mutates_args=())
+@torch.library.custom_op("opencwm::chunked_attention_backward", mutates_args=())
 def _backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, probabilities: list[Tensor], window: int | None,
               chunk: int) -> tuple[Tensor, Tensor, Tensor]:
     batch, heads, time, dim = q.shape
