@@ -21,8 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from opencwm.model.chunked_attention import chunked_attention
-
 BACKENDS = ("dense", "sdpa", "flex")
 
 
@@ -39,8 +37,8 @@ def allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, q_doc:
     ok = k_pos[:, None, :] <= q_pos[:, :, None]
     if window is not None:
         ok &= (q_pos[:, :, None] - k_pos[:, None, :]) < window
-    if q_doc is not None:
-        ok &= q_doc[:, :, None] == k_doc[:, None, :]
+    if q_doc is not None:  # (not in place: positions may be shared by the batch, one row for all)
+        ok = ok & (q_doc[:, :, None] == k_doc[:, None, :])
     return ok
 
 
@@ -89,6 +87,8 @@ def sdpa_attention(q, k, v, *, window=None, document_ids=None, mask=None, chunk:
         pos = torch.arange(t, device=q.device).expand(batch, t)
         return _sdpa(q, k, v, allowed(pos, pos, window, document_ids, document_ids))
     if blocked:
+        from opencwm.model.chunked_attention import chunked_attention  # (it imports this module's mask rule)
+
         return chunked_attention(q, k, v, window=window, document_ids=document_ids, chunk=chunk or BLOCKED_CHUNK)
     # Banded: each chunk of queries attends to the keys its window reaches (at most chunk + window - 1 of them).
     chunk = chunk or window

@@ -19,24 +19,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from opencwm.model.attention import allowed
+
 
 def _chunks(time: int, chunk: int, window: int | None):
     """(start, end, first): each chunk of queries ``start..end-1`` and the first key it can reach."""
     for start in range(0, time, chunk):
         yield start, min(start + chunk, time), 0 if window is None else max(0, start - window + 1)
-
-
-def _unseen(start: int, end: int, first: int, window: int | None, document_ids: Tensor | None, device) -> Tensor:
-    """Boolean (batch or 1, queries, keys): the keys ``first..end-1`` each query of the chunk may *not* see."""
-    q_pos = torch.arange(start, end, device=device)[:, None]
-    k_pos = torch.arange(first, end, device=device)[None, :]
-    unseen = k_pos > q_pos
-    if window is not None:
-        unseen |= (q_pos - k_pos) >= window
-    unseen = unseen[None]
-    if document_ids is not None:
-        unseen = unseen | (document_ids[:, start:end, None] != document_ids[:, None, first:end])
-    return unseen
 
 
 def _stacked(x: Tensor, kv_heads: int) -> Tensor:
@@ -54,7 +43,10 @@ def _masked_scores(qc: Tensor, k: Tensor, start: int, end: int, first: int, wind
     if document_ids is None and window is None:  # only the diagonal block hides keys: those after each query
         by_group = by_group[..., start - first:]
         first = start
-    by_group.masked_fill_(_unseen(start, end, first, window, document_ids, qc.device)[:, None, None], float("-inf"))
+    q_pos = torch.arange(start, end, device=qc.device)[None]
+    k_pos = torch.arange(first, end, device=qc.device)[None]
+    docs = (document_ids[:, start:end], document_ids[:, first:end]) if document_ids is not None else (None, None)
+    by_group.masked_fill_(~allowed(q_pos, k_pos, window, *docs)[:, None, None], float("-inf"))
     return scores
 
 
