@@ -76,13 +76,24 @@ def _log(message: str) -> None:
     print(f"[speedrun {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+DATASETS = ("code", "programs", "heldout-programs", "traces", "heldout-traces")  # under shared/data/, by name
+
+
+def data_paths(shared: Path) -> dict[str, Path]:
+    """The datasets in a speedrun's shared folder by name, with ``repo_traces`` when they were collected."""
+    paths = {name: shared / "data" / name for name in DATASETS}
+    if (shared / "data" / "repo-traces").exists():
+        paths["repo_traces"] = shared / "data" / "repo-traces"
+    return paths
+
+
 def build_data(config: SpeedrunConfig, root: Path) -> dict[str, Path]:
     from opencwm.data.corpora import Holdout, build_code_corpus, build_program_corpus
     from opencwm.eval.trace_eval import load_cruxeval
     from opencwm.trace.collect import CollectConfig, collect
 
     data = root / "data"
-    paths = {name: data / name for name in ("code", "programs", "heldout-programs", "traces", "heldout-traces")}
+    paths = {name: data / name for name in DATASETS}
     holdout = None
     if config.cruxeval:
         items, _ = load_cruxeval(config.cruxeval)
@@ -140,8 +151,9 @@ def _stage_sources(config: SpeedrunConfig, stage: str, paths: dict[str, Path]) -
     return {name: weight for name, weight in weights.items() if name != "repo_traces" or name in paths}
 
 
-def new_model(config: SpeedrunConfig, tokenizer):
-    """The untrained model of a run (seeded), on the run's device."""
+def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
+    """The untrained model of a run (seeded), on the run's device; ``preset_overrides`` change the preset's
+    config (e.g. ``hidden_size``, ``num_hidden_layers``)."""
     import torch
 
     from opencwm.model import CWM, preset
@@ -149,7 +161,7 @@ def new_model(config: SpeedrunConfig, tokenizer):
     torch.manual_seed(config.seed)
     with torch.device(config.device):
         return CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
-                          max_position_embeddings=max(4096, config.seq_len))).init_weights(
+                          max_position_embeddings=max(4096, config.seq_len), **preset_overrides)).init_weights(
                           seed=config.seed, zero_residual=config.optimizer == "muon")
 
 
@@ -180,14 +192,15 @@ def training_documents(config: SpeedrunConfig, paths: dict[str, Path], tokenizer
 
 
 def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], tokenizer,
-                docs: dict[str, list] | None = None) -> tuple[Path, list[dict], dict[str, dict]]:
-    """Train every stage; returns the last stage's directory, the logged metrics and the size of each source."""
+                docs: dict[str, list] | None = None, model=None) -> tuple[Path, list[dict], dict[str, dict]]:
+    """Train every stage of ``model`` (default: ``new_model``, the preset's); returns the last stage's directory,
+    the logged metrics and the size of each source."""
     from opencwm.data.packing import PackedStream
     from opencwm.train.loop import Trainer
 
     docs = docs if docs is not None else training_documents(config, paths, tokenizer)
     sizes = {name: {"documents": len(d), "tokens": sum(len(doc.tokens) for doc in d)} for name, d in docs.items()}
-    model = new_model(config, tokenizer)
+    model = model if model is not None else new_model(config, tokenizer)
     history: list[dict] = []
     steps_of = {"pretrain": config.pretrain_steps, "midtrain": config.midtrain_steps, "sft": config.sft_steps}
     last = None
@@ -217,7 +230,7 @@ def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -
     evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens,
                                batch_size=EVAL_BATCH)
     results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces,
-                              chat=config.sft_steps > 0)
+                              chat=config.sft_steps > 0, first_position_bucket=config.seq_len)
     results.update(cruxeval_report(evaluator, config.cruxeval, config.cruxeval_limit))
     results["copying_accuracy"] = copying_accuracy(model, low=0, high=min(tokenizer.special_ids.values()))
     return results
@@ -348,6 +361,7 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
     report["difficulty"] = main.get("difficulty")
     report["frame_token_accuracy_by_kind"] = main.get("frame_token_accuracy_by_kind")
     report["frame_exact_match_if_right"] = main.get("frame_exact_match_if_right")
+    report["frame_exact_match_by_position"] = main.get("frame_exact_match_by_position")
     report["sources"] = main.get("sources")
     if main.get("cruxeval_missing"):
         report["cruxeval_missing"] = main["cruxeval_missing"]
@@ -416,6 +430,15 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
     if if_right:
         lines += ["Frame exact match if one kind of token were always right (what limits whole frames): " + ", ".join(
             f"{kind} {100 * rate:.1f}%" for kind, rate in if_right.items() if rate is not None), ""]
+    by_position = main.get("frame_exact_match_by_position")
+    if by_position:
+        def first_token(edge: str) -> int:  # buckets double from the training sequence length
+            return 1 if int(edge) <= config["seq_len"] else int(edge) // 2 + 1
+
+        lines += [f"Frame exact match by where the frame ends in its trace (training sequences are "
+                  f"{config['seq_len']} tokens: later positions were never trained): " + ", ".join(
+                      f"tokens {first_token(edge)}-{edge}: {fmt(right / total)} of {total}"
+                      for edge, (right, total) in by_position.items()), ""]
     lines += ["Held-out difficulty (goal: as long as CruxEval's traces, median >= 7 and p95 >= 39 frames): "
               + ", ".join(f"{k} {v}" for k, v in difficulty.items()), ""]
     if main.get("cruxeval_missing"):

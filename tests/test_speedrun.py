@@ -41,6 +41,12 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     if_right = report["frame_exact_match_if_right"]  # a kind always right can only add exact frames
     assert all(if_right[kind] >= report["frame_exact_match"] for kind in ("line", "value", "name"))
     assert "Frame exact match if one kind of token were always right" in (tmp_path / "report.md").read_text()
+    results = json.loads((tmp_path / "traces" / "results.json").read_text())
+    by_position = report["frame_exact_match_by_position"]  # buckets double from the training sequence length
+    assert all(int(edge) / results["config"]["seq_len"] in (1, 2, 4, 8, 16, 32) for edge in by_position)
+    assert sum(total for _, total in by_position.values()) == results["frames"]
+    assert sum(right for right, _ in by_position.values()) == round(report["frame_exact_match"] * results["frames"])
+    assert "Frame exact match by where the frame ends in its trace" in (tmp_path / "report.md").read_text()
     assert "In chat, where both models were fine-tuned to answer:" in (tmp_path / "report.md").read_text()
     # repository-level traces of networkx's own tests are a training source
     assert report["sources"]["repo_traces"]["documents"] > 0

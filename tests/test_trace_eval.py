@@ -18,6 +18,7 @@ from opencwm.eval.trace_eval import (
     token_kinds,
 )
 from opencwm.model import CWM, preset
+from opencwm.special_tokens import FRAME_SEP
 from opencwm.tokenizer import Tokenizer
 from opencwm.trace.codec import encode, encode_frame
 from opencwm.trace.program import trace_program
@@ -169,49 +170,86 @@ def test_copying_accuracy_is_one_for_a_perfect_copier_and_near_zero_otherwise():
     assert copying_accuracy(untrained, low=0, high=64, length=40) < 0.2
 
 
-@pytest.mark.parametrize("kind", ["line", "returned"])
-def test_frame_exact_match_if_one_kind_were_right_against_a_model_wrong_on_that_kind_only(kind):
-    """A stand-in model predicts every true next token except the tokens of one kind (the source line, or a
-    return value: both start after a special token, so a frame has such tokens exactly when it has such
-    characters). Frames without that kind are exact; with it always right every frame would be."""
-    from types import SimpleNamespace
-
+def _laid_out(traces, tokenizer):
+    """Each trace's token ids and the kind of each id, laid out the way the evaluator lays a trace out."""
     from opencwm.special_tokens import FRAME_SEP
     from opencwm.trace.codec import encode_context
 
-    traces = [trace_program(source, call) for source, call in PROGRAMS]
-    tokenizer = Tokenizer.train([encode(t) for t in traces], vocab_size=400)
-    sequences, wrong_tokens = [], 0  # (ids, kind of each id) the way the evaluator lays a trace out
+    sequences = []
     for trace in traces:
         ids = tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
         kinds = ["context"] * len(ids)
         for frame in trace.frames:
             piece = tokenizer.encode(encode_frame(frame), allow_special=True)
             ids += [*piece, tokenizer.token_id(FRAME_SEP)]
-            piece_kinds = token_kinds(tokenizer, frame, piece)
-            kinds += [*piece_kinds, "format"]
-            if frame is not trace.frames[0]:  # the call frame is the input, not scored
-                wrong_tokens += piece_kinds.count(kind)
+            kinds += [*token_kinds(tokenizer, frame, piece), "format"]
         sequences.append((ids, kinds))
+    return sequences
 
-    class WrongOnOneKind(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.config = SimpleNamespace(max_position_embeddings=4096)
-            self.device = torch.device("cpu")
 
-        def forward(self, ids):
-            row = ids[0].tolist()
-            full, kinds = next(s for s in sequences if s[0][: len(row)] == row)
-            targets = [(full[i + 1] + (kinds[i + 1] == kind)) % tokenizer.vocab_size if i + 1 < len(full) else 0
-                       for i in range(len(row))]
-            return torch.nn.functional.one_hot(torch.tensor([targets]), tokenizer.vocab_size).float()
+class TruthExcept(torch.nn.Module):
+    """A stand-in model that predicts every true next token of the laid-out ``sequences``, except where
+    ``wrong(index, kind)`` holds for the token to predict (its index in the sequence and its kind)."""
 
+    def __init__(self, sequences, vocab_size, wrong):
+        from types import SimpleNamespace
+
+        super().__init__()
+        self.sequences, self.vocab_size, self.wrong = sequences, vocab_size, wrong
+        self.config = SimpleNamespace(max_position_embeddings=4096)
+        self.device = torch.device("cpu")
+
+    def forward(self, ids):
+        row = ids[0].tolist()
+        full, kinds = next(s for s in self.sequences if s[0][: len(row)] == row)
+        targets = [(full[i + 1] + self.wrong(i + 1, kinds[i + 1])) % self.vocab_size if i + 1 < len(full) else 0
+                   for i in range(len(row))]
+        return torch.nn.functional.one_hot(torch.tensor([targets]), self.vocab_size).float()
+
+
+@pytest.mark.parametrize("kind", ["line", "returned"])
+def test_frame_exact_match_if_one_kind_were_right_against_a_model_wrong_on_that_kind_only(kind):
+    """A stand-in model predicts every true next token except the tokens of one kind (the source line, or a
+    return value: both start after a special token, so a frame has such tokens exactly when it has such
+    characters). Frames without that kind are exact; with it always right every frame would be."""
+    traces = [trace_program(source, call) for source, call in PROGRAMS]
+    tokenizer = Tokenizer.train([encode(t) for t in traces], vocab_size=400)
+    sequences = _laid_out(traces, tokenizer)
+    # the call frame is the input, not scored: count the kind's tokens after each trace's first frame
+    wrong_tokens = sum(kinds[ids.index(tokenizer.token_id(FRAME_SEP), ids.index(tokenizer.token_id(FRAME_SEP)) + 1):]
+                       .count(kind) for ids, kinds in sequences)
     all_but = {}
-    frames, tokens = TraceEvaluator(WrongOnOneKind(), tokenizer).next_frame_scores(traces, all_but=all_but)
+    model = TruthExcept(sequences, tokenizer.vocab_size, lambda index, token_kind: token_kind == kind)
+    frames, tokens = TraceEvaluator(model, tokenizer).next_frame_scores(traces, all_but=all_but)
     scored = [frame for trace in traces for frame in trace.frames[1:]]  # the call frame is the input
     without = sum(kind not in frame_char_kinds(frame) for frame in scored)
     assert frames.total == len(scored) and frames.correct == without < len(scored)
     assert tokens.total - tokens.correct == wrong_tokens > 0
     assert all_but[kind].correct == all_but[kind].total == len(scored)
     assert all(all_but[other].correct == without for other in all_but if other != kind)
+
+
+def test_frame_exact_match_by_position_against_a_model_wrong_from_one_position_on():
+    """A stand-in model right on every token before position ``cut`` and wrong from there on: the frames that
+    end by ``cut`` (the first bucket) are exact, every later one is wrong, and the buckets double from ``cut``."""
+    traces = [trace_program("def f(n):\n    t = 0\n    for i in range(n):\n        t += i\n    return t\n", "f(9)")]
+    tokenizer = Tokenizer.train([encode(t) for t in traces], vocab_size=400)
+    sequences = _laid_out(traces, tokenizer)
+    ids, _ = sequences[0]
+    separators = [i for i, token in enumerate(ids) if token == tokenizer.token_id(FRAME_SEP)]
+    ends = [i + 1 for i in separators[2:]]  # each scored frame ends after its closing separator (frame 0: context)
+    cut = ends[len(ends) // 4]
+    by_position = {}
+    model = TruthExcept(sequences, tokenizer.vocab_size, lambda index, kind: index >= cut)
+    frames, _ = TraceEvaluator(model, tokenizer).next_frame_scores(traces, by_position=by_position,
+                                                                 first_position_bucket=cut)
+    expected = {}
+    for end in ends:
+        edge = cut
+        while edge < end:
+            edge *= 2
+        expected.setdefault(edge, [0, 0])
+        expected[edge][0] += end <= cut
+        expected[edge][1] += 1
+    assert len(expected) >= 3 and frames.total == len(ends) and frames.correct == expected[cut][0] > 0
+    assert {edge: [score.correct, score.total] for edge, score in by_position.items()} == expected

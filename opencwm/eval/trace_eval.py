@@ -92,6 +92,15 @@ def token_kinds(tokenizer: Tokenizer, frame: Frame, ids: list[int]) -> list[str]
     return out
 
 
+def position_bucket(end: int, first: int = 512) -> int:
+    """The bucket of a frame that ends at token ``end`` of its trace: the least of ``first``, ``2 * first``,
+    ``4 * first``, ... that is at least ``end`` (a frame in bucket 1024 with first 512 ends at token 513-1024)."""
+    edge = first
+    while edge < end:
+        edge *= 2
+    return edge
+
+
 def rollout_prompt(trace: Trace) -> str:
     """The source context and the entry call frame (the input)."""
     return encode_context(trace.source, trace.entry_lineno) + encode_frame(trace.frames[0]) + FRAME_SEP
@@ -152,13 +161,17 @@ class TraceEvaluator:
         return self.next_frame_scores(traces, max_frames_per_trace)[0]
 
     def next_frame_scores(self, traces: list[Trace], max_frames_per_trace: int | None = None,
-                          by_kind: dict[str, Score] | None = None,
-                          all_but: dict[str, Score] | None = None) -> tuple[Score, Score]:
+                          by_kind: dict[str, Score] | None = None, all_but: dict[str, Score] | None = None,
+                          by_position: dict[int, Score] | None = None,
+                          first_position_bucket: int = 512) -> tuple[Score, Score]:
         """(next-frame exact match, token accuracy within those frames): the second is the graded figure, the
         share of the frames' tokens whose most likely prediction from the true prefix is right; ``by_kind``
         (a dict) receives the same per token kind (``FRAME_TOKEN_KINDS``). ``all_but`` (a dict) receives, per
         kind, the share of frames whose tokens of every other kind are all right: the frame exact match the
-        model would get if that kind were always right (exact, since every prediction sees the true prefix)."""
+        model would get if that kind were always right (exact, since every prediction sees the true prefix).
+        ``by_position`` (a dict) receives the frame exact match by where in its trace a frame ends, keyed by
+        ``position_bucket`` (``first_position_bucket``, e.g. the training sequence length, then doubling): a
+        model trained on shorter sequences than its traces meets positions and distances it never learned."""
         import torch
 
         score, tokens = Score(), Score()
@@ -180,6 +193,8 @@ class TraceEvaluator:
             for start, end, frame in spans:
                 right = [p == t for p, t in zip(predicted[start - 1 : end - 1], ids[start:end])]
                 score.add(all(right))
+                if by_position is not None:
+                    by_position.setdefault(position_bucket(end, first_position_bucket), Score()).add(all(right))
                 tokens.correct += sum(right)
                 tokens.total += len(right)
                 if by_kind is None and all_but is None:
@@ -324,13 +339,18 @@ def cruxeval_report(evaluator: TraceEvaluator, source: str | None, limit: int | 
 
 
 def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | None = None,
-                    max_frames_per_trace: int | None = None, chat: bool = False) -> dict:
-    """All world-modeling figures on held-out traces (rows from ``opencwm.trace.collect.read_traces``)."""
+                    max_frames_per_trace: int | None = None, chat: bool = False,
+                    first_position_bucket: int = 512) -> dict:
+    """All world-modeling figures on held-out traces (rows from ``opencwm.trace.collect.read_traces``); the frame
+    exact match by position starts its buckets at ``first_position_bucket`` tokens (e.g. the training sequence
+    length)."""
     chosen = [(row, trace) for row, trace in rows_and_traces if trace.status == "ok" and trace.frames][:limit]
     traces = [trace for _, trace in chosen]
     by_kind: dict[str, Score] = {}
     all_but: dict[str, Score] = {}
-    frames, frame_tokens = evaluator.next_frame_scores(traces, max_frames_per_trace, by_kind, all_but)
+    by_position: dict[int, Score] = {}
+    frames, frame_tokens = evaluator.next_frame_scores(traces, max_frames_per_trace, by_kind, all_but, by_position,
+                                                       first_position_bucket)
     whole, output = evaluator.rollout(traces)
     programs = [(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")]
     direct = evaluator.direct(programs)
@@ -339,5 +359,7 @@ def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | 
             "frame_token_accuracy": frame_tokens.rate, "trace_exact_match": whole.rate,
             "frame_token_accuracy_by_kind": {k: by_kind[k].rate for k in FRAME_TOKEN_KINDS if k in by_kind},
             "frame_exact_match_if_right": {k: all_but[k].rate for k in FRAME_TOKEN_KINDS if k in all_but},
+            "frame_exact_match_by_position": {str(k): [by_position[k].correct, by_position[k].total]
+                                              for k in sorted(by_position)},
             "output_exact_match_rollout": output.rate, "output_exact_match_direct": direct.rate,
             "traces": len(traces)}
