@@ -81,8 +81,14 @@ def main() -> int:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
+    import torch
+
     from opencwm.tokenizer import Tokenizer
     from opencwm.trace.collect import read_traces
+
+    # every variant's shapes and windows compile FlexAttention (CUDA) anew in this one process: past dynamo's
+    # default of 8 recompilations it would fall back to eager FlexAttention, which materialises the scores
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
     paths = data_paths(args.data)
     missing = [str(p) for p in [args.data / "tokenizer", *paths.values()] if not p.exists()]

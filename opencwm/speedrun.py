@@ -299,7 +299,7 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
     """Every stage's steps for this machine: the recipe's, scaled down (never up) so that ``runs`` runs and their
     evaluations fit ``seconds_left``. Kept in ``plan.json``; a rerun with the same recipe resumes with it."""
     from opencwm.data.packing import PackedStream
-    from opencwm.train.budget import fit_scale, measure_speed
+    from opencwm.train.budget import MEASURED_STEPS, fit_scale, measure_speed
 
     recipe = {f"{stage}_steps": getattr(config, f"{stage}_steps") for stage in STAGES}
     key = {"recipe": recipe, "time_budget": config.time_budget, "device": config.device, "runs": runs}
@@ -316,7 +316,7 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
     speed = measure_speed(lambda: new_model(config, tokenizer), stage_train_config(config, 1), stream,
                           decode_batch=EVAL_BATCH)
     eval_seconds = evaluation_seconds(config, paths, tokenizer, speed)
-    seconds_left = seconds_left - speed.startup_seconds - speed.step_seconds * 5  # what measuring took
+    seconds_left = seconds_left - speed.startup_seconds - speed.step_seconds * (1 + MEASURED_STEPS)  # measuring
     scale = fit_scale(sum(recipe.values()), seconds_left=seconds_left, runs=runs, speed=speed,
                       eval_seconds=eval_seconds)
     steps = {name: max(1, round(value * scale)) if value > 0 else 0 for name, value in recipe.items()}

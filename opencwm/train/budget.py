@@ -18,6 +18,11 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+# Optimizer steps timed after the first (which compiles): the first few after it run slower (2-core AMD EPYC, tiny
+# preset at 4 x 512: the median of 4 steps said 1.48-1.57 s per step, of 12 steps 1.32 s, and training ran at
+# 1.3-1.4 s), so a short measurement planned ~15% fewer steps than fit.
+MEASURED_STEPS = 10
+
 
 @dataclass
 class Speed:
@@ -34,7 +39,7 @@ class Speed:
         return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 1)}
 
 
-def measure_speed(new_model, train_config, stream, *, decode_batch: int = 8, steps: int = 4,
+def measure_speed(new_model, train_config, stream, *, decode_batch: int = 8, steps: int = MEASURED_STEPS,
                   prompt_tokens: int = 256, decode_steps: int = 256) -> Speed:
     """Train a model from ``new_model()`` (a throwaway) for 1 + ``steps`` steps on ``stream`` (a copy of the
     training data, which it advances) with ``train_config`` (its step count and checkpointing overridden), then
