@@ -172,7 +172,6 @@ def test_copying_accuracy_is_one_for_a_perfect_copier_and_near_zero_otherwise():
 
 def _laid_out(traces, tokenizer):
     """Each trace's token ids and the kind of each id, laid out the way the evaluator lays a trace out."""
-    from opencwm.special_tokens import FRAME_SEP
     from opencwm.trace.codec import encode_context
 
     sequences = []
@@ -215,9 +214,10 @@ def test_frame_exact_match_if_one_kind_were_right_against_a_model_wrong_on_that_
     traces = [trace_program(source, call) for source, call in PROGRAMS]
     tokenizer = Tokenizer.train([encode(t) for t in traces], vocab_size=400)
     sequences = _laid_out(traces, tokenizer)
-    # the call frame is the input, not scored: count the kind's tokens after each trace's first frame
-    wrong_tokens = sum(kinds[ids.index(tokenizer.token_id(FRAME_SEP), ids.index(tokenizer.token_id(FRAME_SEP)) + 1):]
-                       .count(kind) for ids, kinds in sequences)
+    wrong_tokens = 0  # the kind's tokens after the call frame (the input, not scored; it ends at the 2nd separator)
+    for ids, kinds in sequences:
+        separators = [i for i, token in enumerate(ids) if token == tokenizer.token_id(FRAME_SEP)]
+        wrong_tokens += kinds[separators[1] + 1 :].count(kind)
     all_but = {}
     model = TruthExcept(sequences, tokenizer.vocab_size, lambda index, token_kind: token_kind == kind)
     frames, tokens = TraceEvaluator(model, tokenizer).next_frame_scores(traces, all_but=all_but)
