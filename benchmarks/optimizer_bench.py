@@ -56,7 +56,7 @@ def main() -> None:
     docs = {"traces": documents(work / "train-traces", tokenizer),
             "direct": documents(work / "train-traces", tokenizer, direct=True)}
     heldout = [trace for _, trace in read_traces(work / "heldout-traces")]
-    config = preset("tiny", vocab_size=tokenizer.vocab_size, num_hidden_layers=args.layers)
+    config = preset("tiny", **tokenizer.config_fields(), num_hidden_layers=args.layers)
 
     results = {}
     for optimizer in ("adamw", "muon"):

@@ -79,7 +79,7 @@ def main() -> None:
     docs = {"traces": documents(work / "traces", tokenizer), "direct": documents(work / "traces", tokenizer,
                                                                                   direct=True)}
     config = (preset(args.preset, max_position_embeddings=max(args.seq_len, 1024)) if args.preset_vocab
-              else preset(args.preset, vocab_size=tokenizer.vocab_size))
+              else preset(args.preset, **tokenizer.config_fields()))
     checkpoint_every = args.checkpoint_every or max(1, args.steps // 2)
     tokens_per_step = args.batch_size * args.seq_len
 

@@ -334,7 +334,7 @@ def cmd_train(args) -> int:
     if args.init:
         model = CWM.from_pretrained(args.init, device=device)
     else:
-        overrides = {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": max(args.seq_len, 1024)}
+        overrides = {**tokenizer.config_fields(), "max_position_embeddings": max(args.seq_len, 1024)}
         with torch.device(device):
             model = CWM(preset(args.preset, **overrides))
         model.init_weights(seed=args.seed, zero_residual=args.optimizer == "muon")
@@ -348,7 +348,7 @@ def cmd_train(args) -> int:
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every, compile=args.compile,
                          activation_checkpointing=args.activation_checkpointing, precision=args.precision)
     try:
-        trainer = Trainer(model, stream, config, out, distributed=world > 1)
+        trainer = Trainer(model, stream, config, out, distributed=world > 1, tokenizer=tokenizer)
     except ValueError as exc:  # e.g. Muon under FSDP2
         raise CliError(str(exc)) from None
     if trainer.resume() and rank == 0:

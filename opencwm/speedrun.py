@@ -163,7 +163,7 @@ def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
 
     torch.manual_seed(config.seed)
     with torch.device(config.device):
-        return CWM(preset(config.preset, vocab_size=tokenizer.vocab_size,
+        return CWM(preset(config.preset, **tokenizer.config_fields(),
                           max_position_embeddings=max(4096, config.seq_len), **preset_overrides)).init_weights(
                           seed=config.seed, zero_residual=config.optimizer == "muon")
 
@@ -214,7 +214,7 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
         last = stage
         weights = _stage_sources(config, stage, paths)
         stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed)
-        trainer = Trainer(model, stream, stage_train_config(config, steps), root / stage)
+        trainer = Trainer(model, stream, stage_train_config(config, steps), root / stage, tokenizer=tokenizer)
         trainer.resume()
         _log(f"{stage}: {steps} steps on {weights}")
         trainer.train(progress=True)

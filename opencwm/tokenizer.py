@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from opencwm.special_tokens import CWM_IDS
+from opencwm.special_tokens import BEGIN_OF_TEXT, CWM_IDS, STOP_TOKENS
 
 # Llama 3's pre-tokenization regex (CWM uses it with its tiktoken vocabulary).
 SPLIT_PATTERN = (
@@ -60,6 +60,13 @@ class Tokenizer:
 
     def token_id(self, name: str) -> int:
         return self.special_ids[name]
+
+    def config_fields(self) -> dict:
+        """The model config fields this tokenizer decides: the vocabulary size and the ids ``config.json`` names
+        as beginning and end of text (CWM's: begin of text; end of text, message and turn), so that
+        ``transformers`` and vLLM start and stop where opencwm does. CWM's own tokenizer gives CWM's values."""
+        return {"vocab_size": self.vocab_size, "bos_token_id": self.token_id(BEGIN_OF_TEXT),
+                "eos_token_id": [self.token_id(name) for name in STOP_TOKENS]}
 
     # -- encoding ---------------------------------------------------------------------------------------------------
     def _encode_plain(self, text: str) -> list[int]:

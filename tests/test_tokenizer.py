@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opencwm.special_tokens import CWM_IDS, FRAME_SEP
+from opencwm.special_tokens import CWM_IDS, FRAME_SEP, STOP_TOKENS
 from opencwm.tokenizer import NUM_SPECIAL, Tokenizer
 
 
@@ -78,3 +78,20 @@ def test_tiktoken_model_file_gets_cwm_ids(tmp_path):
     text = f"abc {FRAME_SEP} de"
     assert CWM_IDS[FRAME_SEP] not in tok.encode(text) and tok.decode(tok.encode(text)) == text
     assert tok.encode(text, allow_special=True).count(CWM_IDS[FRAME_SEP]) == 1
+
+
+def test_a_model_for_this_tokenizer_names_its_begin_and_end_tokens(trained, tmp_path):
+    """A checkpoint of a model trained with a small tokenizer: ``transformers`` reads the same begin and end of text
+    from its config.json as from the tokenizer saved beside it (they would otherwise be CWM's 128k ids, outside the
+    vocabulary, and a server would never stop at the end of text)."""
+    transformers = pytest.importorskip("transformers")
+    from opencwm.model import CWM, preset
+
+    CWM(preset("nano", **trained.config_fields())).save_pretrained(tmp_path)
+    trained.save(tmp_path)
+    config = transformers.AutoConfig.from_pretrained(tmp_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert config.vocab_size == len(tokenizer) == trained.vocab_size
+    assert config.bos_token_id == tokenizer.bos_token_id
+    assert tokenizer.eos_token_id in config.eos_token_id
+    assert tokenizer.convert_ids_to_tokens(config.eos_token_id) == list(STOP_TOKENS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,6 +152,14 @@ def test_train_cli_pretrain_resume_then_midtrain(tmp_path):
                      "--data", f"traces={tmp_path / 'traces'}", "--optimizer", "muon")
     assert mid["stage"] == "midtrain" and mid["step"] == 4
     assert _tokenizer_loads(tmp_path / "mid" / "tokenizer")
+    # A checkpoint's model folder alone is a Hugging Face model with its tokenizer (what vLLM serves), and its
+    # config names the tokenizer's begin and end of text.
+    transformers = pytest.importorskip("transformers")
+    folder = Path(mid["checkpoint"]) / "model"
+    reference = transformers.AutoTokenizer.from_pretrained(folder)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    assert config.vocab_size == len(reference)
+    assert config.bos_token_id == reference.bos_token_id and reference.eos_token_id in config.eos_token_id
     bad = subprocess.run([sys.executable, "-m", "opencwm.cli", "train", "--out", str(tmp_path / "x"), "--data",
                           "oops"], capture_output=True, text=True)
     assert bad.returncode == 2 and "NAME=DIR" in bad.stderr

@@ -102,11 +102,13 @@ def loss_fn(model: CWM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 class Trainer:
     """With ``distributed=True`` (under torchrun) the model is sharded with FSDP2; give each rank its own stream
     (e.g. seeded with seed + rank). Rank 0 writes the model and metrics; every rank keeps its optimizer shard and
-    stream state in the checkpoint."""
+    stream state in the checkpoint. With a ``tokenizer``, each checkpoint's model folder holds it too, so the folder
+    alone loads in ``transformers`` (model and ``AutoTokenizer``) or serves with vLLM."""
 
     def __init__(self, model: CWM, stream: PackedStream, config: TrainConfig, out_dir: str | Path,
-                 *, distributed: bool = False):
+                 *, distributed: bool = False, tokenizer=None):
         self.model, self.stream, self.config = model, stream, config
+        self.tokenizer = tokenizer
         self.out_dir = Path(out_dir)
         self.device = model.device
         self.distributed = distributed
@@ -156,6 +158,8 @@ class Trainer:
             from opencwm.model.hf import save_state_dict
 
             save_state_dict(state_dict, self.model_config, tmp / "model")
+            if self.tokenizer is not None:
+                self.tokenizer.save(tmp / "model")
             state = {"step": self.step, "config": asdict(self.config), "world_size": self.world,
                      "python_rng": random.getstate()}
             (tmp / "state.json").write_text(json.dumps(state))
