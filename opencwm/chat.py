@@ -53,6 +53,18 @@ def _check_role(role: str) -> None:
         raise ChatFormatError(f"unknown role {role!r} (system, user, assistant or 'tool: NAME')")
 
 
+# The same format as a Jinja chat template, saved with every tokenizer (``tokenizer_config.json``), so that
+# ``transformers``' ``apply_chat_template`` and vLLM's chat endpoint prompt a model as ``encode_messages`` does;
+# ``enable_thinking`` (a template argument, e.g. vLLM's ``chat_template_kwargs``) is ``think``.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '" + START_HEADER + "' + message['role'] + '" + END_HEADER + "\\n\\n' + message['content'] + '"
+    + END_OF_TURN + "' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '" + START_HEADER + "assistant" + END_HEADER + "\\n\\n' }}"
+    "{% if enable_thinking %}{{ '" + THINK_START + "\\n' }}{% endif %}{% endif %}"
+)
+
+
 def encode_message(role: str, content: str) -> str:
     _check_role(role)
     return f"{START_HEADER}{role}{END_HEADER}\n\n{content}{END_OF_TURN}"

@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from opencwm.chat import CHAT_TEMPLATE
 from opencwm.special_tokens import BEGIN_OF_TEXT, CWM_IDS, STOP_TOKENS
 
 # Llama 3's pre-tokenization regex (CWM uses it with its tiktoken vocabulary).
@@ -154,7 +155,8 @@ class Tokenizer:
         raise FileNotFoundError(f"{directory}: no tokenizer.json or tokenizer.model")
 
     def save(self, directory: str | Path) -> None:
-        """Write ``tokenizer.json`` and the config files ``transformers.AutoTokenizer`` reads."""
+        """Write ``tokenizer.json`` and the config files ``transformers.AutoTokenizer`` reads, with CWM's chat
+        template (``opencwm.chat.CHAT_TEMPLATE``)."""
         if self._hf is None:
             raise ValueError("a tiktoken tokenizer is saved as the tokenizer.model it was loaded from")
         directory = Path(directory)
@@ -163,7 +165,7 @@ class Tokenizer:
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "pad_token": "<|pad|>",
-            "clean_up_tokenization_spaces": False, "model_max_length": 131072,
+            "clean_up_tokenization_spaces": False, "model_max_length": 131072, "chat_template": CHAT_TEMPLATE,
         }
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
         (directory / "special_tokens_map.json").write_text(json.dumps(

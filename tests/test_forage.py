@@ -574,10 +574,14 @@ def test_a_local_checkpoint_plays_an_episode(env, tasks, tmp_path):
     from opencwm.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.train([(TOY / "toycalc" / "__init__.py").read_text()] * 5, vocab_size=300)
-    model = CWM(preset("nano", vocab_size=tokenizer.vocab_size, max_position_embeddings=4096)).init_weights(seed=0)
-    model.save_pretrained(tmp_path / "run" / "checkpoints" / "step-000001" / "model")
-    tokenizer.save(tmp_path / "run" / "tokenizer")  # where 'opencwm train' keeps it
-    policy = LocalPolicy(str(tmp_path / "run" / "checkpoints" / "step-000001" / "model"), max_tokens=8)
+    model = CWM(preset("nano", **tokenizer.config_fields(), max_position_embeddings=4096)).init_weights(seed=0)
+    folder = tmp_path / "run" / "checkpoints" / "step-000001" / "model"
+    model.save_pretrained(folder)
+    tokenizer.save(folder)  # as the trainer writes checkpoints
+    policy = LocalPolicy(str(folder), max_tokens=8)
+    (folder / "tokenizer.json").rename(tmp_path / "elsewhere.json")  # older runs kept it only in RUN/tokenizer
+    tokenizer.save(tmp_path / "run" / "tokenizer")
+    assert LocalPolicy(str(folder)).tokenizer.vocab_size == tokenizer.vocab_size
     row = run_episode(env, tasks[0], policy, Budget(max_turns=2))
     messages, actions = json.loads(row["messages"]), json.loads(row["actions"])
     assert row["policy"] == "local" and row["turns"] == 2 and row["status"] == "turn_budget"

@@ -9,15 +9,21 @@ its sliding window is shorter than the prompts, so the comparison covers local a
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import socket
 import subprocess
 import sysconfig
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
+from opencwm.chat import encode_messages, format_tool_call, tool_role
+from opencwm.forage.policies import OpenAIPolicy
 from opencwm.model import CWM, preset
 from opencwm.model.generate import Sampling, generate
 from opencwm.special_tokens import END_OF_TEXT
@@ -35,19 +41,29 @@ def _prompt_logprobs(model: CWM, prompt: list[int]) -> list[float]:
     return [logprobs[t - 1, prompt[t]].item() for t in range(1, len(prompt))]
 
 
-@pytest.mark.slow
-def test_vllm_serves_an_opencwm_checkpoint_with_the_same_logits(tmp_path):
+def _require_vllm() -> None:
     if not VLLM_PYTHON.exists():
         pytest.skip(f"{VLLM_PYTHON} is absent: `make vllm` installs vLLM's environment (make test-slow does)")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """(folder, model, tokenizer): a random ``nano`` model saved with its tokenizer, as training saves them."""
     sources = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:30]
     tokenizer = Tokenizer.train((p.read_text(encoding="utf-8", errors="replace") for p in sources), vocab_size=400)
     config = preset("nano", **tokenizer.config_fields(), sliding_window=16, max_position_embeddings=512,
                     initializer_range=0.25)  # wide weights: logits far apart, so greedy choices are not near-ties
     model = CWM(config).init_weights(seed=0).eval()
-    folder = tmp_path / "checkpoint"
+    folder = tmp_path_factory.mktemp("vllm") / "checkpoint"
     model.save_pretrained(folder)
     tokenizer.save(folder)
+    return folder, model, tokenizer
 
+
+@pytest.mark.slow
+def test_vllm_serves_an_opencwm_checkpoint_with_the_same_logits(tmp_path, checkpoint):
+    _require_vllm()
+    folder, model, tokenizer = checkpoint
     generator = torch.Generator().manual_seed(1)
     token_prompts = [torch.randint(0, tokenizer.bpe_size, (n,), generator=generator).tolist() for n in (40, 29)]
     text = "def add(a, b):\n    return a + b\n"
@@ -74,7 +90,60 @@ def test_vllm_serves_an_opencwm_checkpoint_with_the_same_logits(tmp_path):
                                                 Sampling(max_new_tokens=NEW_TOKENS))[0]
 
     # The window matters at these lengths, so the agreement above is not that of plain causal attention.
-    for block in model.model.layers:
+    unwindowed = copy.deepcopy(model)
+    for block in unwindowed.model.layers:
         block.self_attn.window = None
-    unwindowed = _prompt_logprobs(model, token_prompts[0])
+    unwindowed = _prompt_logprobs(unwindowed, token_prompts[0])
     assert max(abs(a - b) for a, b in zip(unwindowed, result["tokens"][0]["prompt_logprobs"])) > 1e-2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_vllm_chat_endpoint_prompts_as_opencwm_and_the_forager_policy_talks_to_it(tmp_path, checkpoint):
+    """vLLM's OpenAI-compatible server on the checkpoint folder: its chat endpoint renders CWM's format with the
+    saved chat template (a ``tool: bash`` role included; ``enable_thinking`` primes ``<think>``), answers what
+    opencwm's greedy decoding answers, and the forager's ``OpenAIPolicy`` gets its replies over HTTP."""
+    _require_vllm()
+    folder, model, tokenizer = checkpoint
+    port = _free_port()
+    with open(tmp_path / "server.log", "w") as log:  # (the server keeps its own copy of the descriptor)
+        server = subprocess.Popen(
+            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+             "--served-model-name", "cwm", "--dtype", "float32", "--max-model-len", "512", "--host", "127.0.0.1",
+             "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": "", "VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "vLLM's server did not start in 10 minutes"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        messages = [{"role": "user", "content": "The test fails; fix it."},
+                    {"role": "assistant", "content": format_tool_call("bash", "pytest -x -q")},
+                    {"role": tool_role("bash"), "content": "1 failed, 3 passed"}]
+        policy = OpenAIPolicy(f"http://127.0.0.1:{port}/v1", "cwm", max_tokens=24)
+        for think in (False, True):
+            prompt = tokenizer.encode(encode_messages(messages, add_generation_prompt=True, think=think),
+                                      allow_special=True)
+            response = policy.client.chat.completions.create(
+                model="cwm", messages=messages, temperature=0.0, max_tokens=24,
+                extra_body={"return_token_ids": True, "chat_template_kwargs": {"enable_thinking": think}})
+            assert response.prompt_token_ids == prompt
+            assert response.choices[0].token_ids == generate(model, [prompt], Sampling(max_new_tokens=24))[0]
+        reply = policy(messages)
+        assert reply.prompt_tokens == len(tokenizer.encode(encode_messages(messages, add_generation_prompt=True),
+                                                           allow_special=True))
+        assert reply.completion_tokens == 24 and reply.text
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)

@@ -95,3 +95,30 @@ def test_a_model_for_this_tokenizer_names_its_begin_and_end_tokens(trained, tmp_
     assert config.bos_token_id == tokenizer.bos_token_id
     assert tokenizer.eos_token_id in config.eos_token_id
     assert tokenizer.convert_ids_to_tokens(config.eos_token_id) == list(STOP_TOKENS)
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What does f(3) return?\n\ndef f(x):\n    return x * 'ab'"}],
+    [{"role": "system", "content": "You are a helpful AI assistant."},
+     {"role": "user", "content": "Fix the failing test."},
+     {"role": "assistant", "content": "<think>\nlook first\n</think>\n<tool: bash>\npytest -x -q\n</tool>"},
+     {"role": "tool: bash", "content": "1 failed, 3 passed\n{'quotes': \"and\" {{ braces }} }"}],
+]
+
+
+@pytest.mark.parametrize("conversation", CONVERSATIONS)
+@pytest.mark.parametrize("think", [False, True])
+def test_saved_chat_template_prompts_as_the_chat_codec_does(trained, tmp_path, conversation, think):
+    """``transformers``' ``apply_chat_template`` (what vLLM's chat endpoint runs) on the saved tokenizer gives the
+    text and the token ids of ``opencwm.chat.encode_messages``."""
+    transformers = pytest.importorskip("transformers")
+    from opencwm.chat import encode_messages
+
+    trained.save(tmp_path)
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for prompt in (False, True):
+        ours = encode_messages(conversation, add_generation_prompt=prompt, think=think)
+        kwargs = dict(add_generation_prompt=prompt, enable_thinking=think)
+        assert reference.apply_chat_template(conversation, tokenize=False, **kwargs) == ours
+        ids = reference.apply_chat_template(conversation, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+        assert list(ids) == trained.encode(ours, allow_special=True)

@@ -134,7 +134,12 @@ class LocalPolicy(Policy):
         from opencwm.tokenizer import Tokenizer
 
         self.model = CWM.from_pretrained(checkpoint).eval()
-        directory = Path(tokenizer) if tokenizer else Path(checkpoint).parent.parent.parent / "tokenizer"
+        if tokenizer:
+            directory = Path(tokenizer)
+        elif (Path(checkpoint) / "tokenizer.json").exists():  # checkpoints hold their tokenizer
+            directory = Path(checkpoint)
+        else:  # older runs: the run's own tokenizer folder (RUN/checkpoints/step-N/model -> RUN/tokenizer)
+            directory = Path(checkpoint).parent.parent.parent / "tokenizer"
         self.tokenizer = Tokenizer.load(directory)
         self.max_tokens, self.temperature = max_tokens, temperature
 
