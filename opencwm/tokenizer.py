@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -41,10 +42,11 @@ def special_token_names() -> list[str]:
 
 
 class Tokenizer:
-    def __init__(self, *, hf=None, tiktoken_encoding=None, bpe_size: int):
+    def __init__(self, *, hf=None, tiktoken_encoding=None, tiktoken_file: Path | None = None, bpe_size: int):
         self._hf = hf  # tokenizers.Tokenizer with the specials registered (decoding, saving)
         self._plain = None  # the same BPE without specials (encoding user text)
         self._tiktoken = tiktoken_encoding
+        self._tiktoken_file = tiktoken_file  # the rank file a tiktoken tokenizer was read from (saved as is)
         self.bpe_size = bpe_size
         self.special_ids = {name: bpe_size + i for i, name in enumerate(special_token_names())}
         self._special_pattern = re.compile("|".join(re.escape(n) for n in self.special_ids))
@@ -136,7 +138,7 @@ class Tokenizer:
         specials = {name: bpe_size + i for i, name in enumerate(special_token_names())}
         encoding = tiktoken.Encoding(name=Path(path).stem, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
                                      special_tokens=specials)
-        return cls(tiktoken_encoding=encoding, bpe_size=bpe_size)
+        return cls(tiktoken_encoding=encoding, tiktoken_file=Path(path), bpe_size=bpe_size)
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
@@ -156,11 +158,14 @@ class Tokenizer:
 
     def save(self, directory: str | Path) -> None:
         """Write ``tokenizer.json`` and the config files ``transformers.AutoTokenizer`` reads, with CWM's chat
-        template (``opencwm.chat.CHAT_TEMPLATE``)."""
-        if self._hf is None:
-            raise ValueError("a tiktoken tokenizer is saved as the tokenizer.model it was loaded from")
+        template (``opencwm.chat.CHAT_TEMPLATE``); a tokenizer read from CWM's ``tokenizer.model`` writes that file."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self._hf is None:  # CWM's tiktoken tokenizer: its rank file, as loaded
+            target = directory / "tokenizer.model"
+            if not (target.exists() and target.samefile(self._tiktoken_file)):
+                shutil.copyfile(self._tiktoken_file, target)
+            return
         self._hf.save(str(directory / "tokenizer.json"))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",

@@ -78,6 +78,14 @@ def test_tiktoken_model_file_gets_cwm_ids(tmp_path):
     text = f"abc {FRAME_SEP} de"
     assert CWM_IDS[FRAME_SEP] not in tok.encode(text) and tok.decode(tok.encode(text)) == text
     assert tok.encode(text, allow_special=True).count(CWM_IDS[FRAME_SEP]) == 1
+    # A model for it is configured as the released CWM (vocabulary, begin and end of text), and it saves as it came.
+    from opencwm.model import CwmConfig
+
+    released = CwmConfig()
+    assert tok.config_fields() == {"vocab_size": released.vocab_size, "bos_token_id": released.bos_token_id,
+                                   "eos_token_id": released.eos_token_id}
+    tok.save(tmp_path / "copy")
+    assert Tokenizer.load(tmp_path / "copy").encode(text, allow_special=True) == tok.encode(text, allow_special=True)
 
 
 def test_a_model_for_this_tokenizer_names_its_begin_and_end_tokens(trained, tmp_path):
