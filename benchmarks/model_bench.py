@@ -2,7 +2,9 @@
 
 1. training step (forward + backward, cross-entropy) tokens/s, in fp32 and under bf16 autocast (how the speedrun
    trains on CPUs with AMX), both models alike, each eager and with ``torch.compile`` per decoder layer (the goal
-   compares with transformers as it runs by default, eager; its compiled figure is shown beside it);
+   compares with transformers as it runs by default, eager; its compiled figure is shown beside it); then the fp32
+   step on one long sequence (``--long-length``, 4096 tokens: four times the `tiny` preset's window, where local
+   layers attend to a band and transformers' SDPA to the whole masked square);
 2. greedy decoding tokens/s at batch 1 (our KV-cache ``generate`` against ``model.generate``);
 3. peak memory of a forward pass at 4k, 8k, 16k and 32k tokens with local (sliding-window) layers: it should
    grow linearly, so the 32k/8k ratio is reported (4 is linear, 16 quadratic); each length runs in a fresh
@@ -165,6 +167,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--long-length", type=int, default=4096,
+                        help="also time the fp32 training step on one sequence this long (0: skip)")
     parser.add_argument("--lengths", default="4096,8192,16384,32768")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -179,6 +183,11 @@ def main() -> None:
               f"eager, {t['ours_compiled'] / t['transformers']:.2f}x compiled (goal >= 1.3x); transformers with "
               f"compiled layers {t['transformers_compiled']:.0f} tok/s, ours compiled "
               f"{t['ours_compiled'] / t['transformers_compiled']:.2f}x that")
+    long = bench_training(ours, theirs, 1, args.long_length, args.repeats, False) if args.long_length else None
+    if long:
+        print(f"training step (fp32, 1 x {args.long_length}): ours {long['ours']:.0f} tok/s eager, "
+              f"{long['ours_compiled']:.0f} compiled; transformers {long['transformers']:.0f} -> "
+              f"{long['ours'] / long['transformers']:.2f}x / {long['ours_compiled'] / long['transformers']:.2f}x")
     decode = bench_decode(ours, theirs, 32, 128, args.repeats)
     print(f"greedy decode (batch 1): ours {decode['ours']:.1f} tok/s eager, {decode['ours_compiled']:.1f} tok/s "
           f"with the compiled step; transformers generate {decode['transformers']:.1f} tok/s -> "
@@ -206,7 +215,12 @@ def main() -> None:
                         f"{t['ours_compiled'] / t['transformers']:.2f}x (transformers with compiled layers "
                         f"{t['transformers_compiled']:.0f} tok/s: ours compiled "
                         f"{t['ours_compiled'] / t['transformers_compiled']:.2f}x)" for p, t in trains.items())
-            + f" (bf16: autocast on both); greedy decode batch 1 {decode['ours']:.1f} "
+            + " (bf16: autocast on both); "
+            + (f"fp32 at 1 x {args.long_length}: {long['ours']:.0f} / {long['ours_compiled']:.0f} vs "
+               f"{long['transformers']:.0f} tok/s = {long['ours'] / long['transformers']:.2f}x / "
+               f"{long['ours_compiled'] / long['transformers']:.2f}x (transformers with compiled layers "
+               f"{long['transformers_compiled']:.0f}); " if long else "")
+            + f"greedy decode batch 1 {decode['ours']:.1f} "
             f"(eager) / {decode['ours_compiled']:.1f} (compiled step) vs {decode['transformers']:.1f} tok/s "
             f"transformers generate = {decode['ours'] / decode['transformers']:.2f}x / "
             f"{decode['ours_compiled'] / decode['transformers']:.2f}x (same tokens: {decode['same_tokens']}); "
@@ -219,7 +233,8 @@ def main() -> None:
             f"{int8['greedy_token_agreement']:.3f}; median of {args.repeats}"
         )
         append_row("model_bench", "python benchmarks/model_bench.py", figures)
-    print(json.dumps({"training": trains, "decode": decode, "memory": memory, "dense_memory": dense, "int8": int8}))
+    print(json.dumps({"training": trains, "long_training": long, "decode": decode, "memory": memory,
+                      "dense_memory": dense, "int8": int8}))
 
 
 if __name__ == "__main__":

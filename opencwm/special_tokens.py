@@ -22,6 +22,9 @@ TRACE_CONTEXT_START = "<|trace_context_start|>"
 THINKING_START = "<|reasoning_thinking_start|>"
 THINKING_END = "<|reasoning_thinking_end|>"
 
+#: Special ids after the BPE tokens, in every vocabulary (CWM's named ones among reserved ones).
+NUM_SPECIAL = 256
+
 #: name -> id in the released CWM tokenizer (128,000 BPE tokens, then 256 reserved ids).
 CWM_IDS: dict[str, int] = {
     BEGIN_OF_TEXT: 128000,

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from opencwm.chat import CHAT_TEMPLATE
-from opencwm.special_tokens import BEGIN_OF_TEXT, CWM_IDS, STOP_TOKENS
+from opencwm.special_tokens import BEGIN_OF_TEXT, CWM_IDS, NUM_SPECIAL, STOP_TOKENS
 
 # Llama 3's pre-tokenization regex (CWM uses it with its tiktoken vocabulary).
 SPLIT_PATTERN = (
@@ -30,7 +30,6 @@ SPLIT_PATTERN = (
     r"|\s+(?!\S)|\s+"
 )
 CWM_BPE_SIZE = 128000
-NUM_SPECIAL = 256
 
 
 def special_token_names() -> list[str]:

@@ -95,7 +95,9 @@ def test_a_model_for_this_tokenizer_names_its_begin_and_end_tokens(trained, tmp_
     transformers = pytest.importorskip("transformers")
     from opencwm.model import CWM, preset
 
-    CWM(preset("nano", **trained.config_fields())).save_pretrained(tmp_path)
+    fields = trained.config_fields()
+    assert preset("nano", vocab_size=trained.vocab_size) == preset("nano", **fields)  # a preset's default layout
+    CWM(preset("nano", **fields)).save_pretrained(tmp_path)
     trained.save(tmp_path)
     config = transformers.AutoConfig.from_pretrained(tmp_path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)

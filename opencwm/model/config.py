@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opencwm.special_tokens import BEGIN_OF_TEXT, CWM_IDS, NUM_SPECIAL, STOP_TOKENS
+
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 CWM_ROPE = {
@@ -141,10 +143,21 @@ PRESETS: dict[str, callable] = {
 }
 
 
+def special_token_fields(vocab_size: int) -> dict:
+    """Begin- and end-of-text ids of a vocabulary laid out as CWM's: BPE tokens, then ``NUM_SPECIAL`` special ids in
+    CWM's order (as ``opencwm.tokenizer`` trains them); for CWM's own 128,256 tokens, the released model's ids."""
+    offset = vocab_size - NUM_SPECIAL - CWM_IDS[BEGIN_OF_TEXT]  # CWM's specials start with begin of text
+    return {"bos_token_id": CWM_IDS[BEGIN_OF_TEXT] + offset,
+            "eos_token_id": [CWM_IDS[name] + offset for name in STOP_TOKENS]}
+
+
 def preset(name: str, **overrides) -> CwmConfig:
+    """A preset's config with ``overrides``; begin and end of text follow the vocabulary size unless given."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
     config = PRESETS[name]()
     if "num_hidden_layers" in overrides and "layer_types" not in overrides:
         overrides["layer_types"] = None  # recomputed for the new depth
-    return dataclasses.replace(config, **overrides) if overrides else config
+    if not {"bos_token_id", "eos_token_id"} & overrides.keys():
+        overrides.update(special_token_fields(overrides.get("vocab_size", config.vocab_size)))
+    return dataclasses.replace(config, **overrides)
