@@ -48,3 +48,12 @@ CWM_IDS: dict[str, int] = {
 
 #: Generation stops at any of these (end of text, end of message, end of turn).
 STOP_TOKENS = (END_OF_TEXT, END_OF_MESSAGE, END_OF_TURN)
+
+
+def special_token_fields(vocab_size: int) -> dict:
+    """The begin- and end-of-text ids a model config (``bos_token_id``, ``eos_token_id``) names for a vocabulary laid
+    out as CWM's: BPE tokens, then ``NUM_SPECIAL`` special ids in CWM's order (as ``opencwm.tokenizer`` lays out
+    every tokenizer); for CWM's own 128,256 tokens, the released model's ids."""
+    offset = vocab_size - NUM_SPECIAL - CWM_IDS[BEGIN_OF_TEXT]  # CWM's specials start with begin of text
+    return {"bos_token_id": CWM_IDS[BEGIN_OF_TEXT] + offset,
+            "eos_token_id": [CWM_IDS[name] + offset for name in STOP_TOKENS]}

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from opencwm.chat import CHAT_TEMPLATE
-from opencwm.special_tokens import BEGIN_OF_TEXT, CWM_IDS, NUM_SPECIAL, STOP_TOKENS
+from opencwm.special_tokens import CWM_IDS, NUM_SPECIAL, special_token_fields
 
 # Llama 3's pre-tokenization regex (CWM uses it with its tiktoken vocabulary).
 SPLIT_PATTERN = (
@@ -67,8 +67,7 @@ class Tokenizer:
         """The model config fields this tokenizer decides: the vocabulary size and the ids ``config.json`` names
         as beginning and end of text (CWM's: begin of text; end of text, message and turn), so that
         ``transformers`` and vLLM start and stop where opencwm does. CWM's own tokenizer gives CWM's values."""
-        return {"vocab_size": self.vocab_size, "bos_token_id": self.token_id(BEGIN_OF_TEXT),
-                "eos_token_id": [self.token_id(name) for name in STOP_TOKENS]}
+        return {"vocab_size": self.vocab_size, **special_token_fields(self.vocab_size)}
 
     # -- encoding ---------------------------------------------------------------------------------------------------
     def _encode_plain(self, text: str) -> list[int]:

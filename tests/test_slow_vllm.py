@@ -26,7 +26,7 @@ from opencwm.chat import encode_messages, format_tool_call, tool_role
 from opencwm.forage.policies import OpenAIPolicy
 from opencwm.model import CWM, preset
 from opencwm.model.generate import Sampling, generate
-from opencwm.special_tokens import END_OF_TEXT
+from opencwm.special_tokens import BEGIN_OF_TEXT, END_OF_TEXT
 from opencwm.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ def test_vllm_serves_an_opencwm_checkpoint_with_the_same_logits(tmp_path, checkp
     # vLLM reads the tokenizer saved beside the weights: same ids for text, same end of text.
     (text_result,) = result["texts"]
     ids = tokenizer.encode(text)
-    assert text_result["prompt_token_ids"] in (ids, [tokenizer.token_id("<|begin_of_text|>"), *ids])
+    assert text_result["prompt_token_ids"] in (ids, [tokenizer.token_id(BEGIN_OF_TEXT), *ids])
     assert result["eos_token_id"] == tokenizer.token_id(END_OF_TEXT)
     assert text_result["generated"] == generate(model, [text_result["prompt_token_ids"]],
                                                 Sampling(max_new_tokens=NEW_TOKENS))[0]

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opencwm.special_tokens import BEGIN_OF_TEXT, CWM_IDS, NUM_SPECIAL, STOP_TOKENS
+from opencwm.special_tokens import special_token_fields
 
 FULL, SLIDING = "full_attention", "sliding_attention"
 
@@ -141,14 +141,6 @@ PRESETS: dict[str, callable] = {
                             num_attention_heads=4, num_key_value_heads=2, head_dim=32, sliding_window=64,
                             max_position_embeddings=1024),
 }
-
-
-def special_token_fields(vocab_size: int) -> dict:
-    """Begin- and end-of-text ids of a vocabulary laid out as CWM's: BPE tokens, then ``NUM_SPECIAL`` special ids in
-    CWM's order (as ``opencwm.tokenizer`` trains them); for CWM's own 128,256 tokens, the released model's ids."""
-    offset = vocab_size - NUM_SPECIAL - CWM_IDS[BEGIN_OF_TEXT]  # CWM's specials start with begin of text
-    return {"bos_token_id": CWM_IDS[BEGIN_OF_TEXT] + offset,
-            "eos_token_id": [CWM_IDS[name] + offset for name in STOP_TOKENS]}
 
 
 def preset(name: str, **overrides) -> CwmConfig:
