@@ -54,8 +54,17 @@ native: $(BIN)/.installed system-deps
 	done
 
 # bubblewrap is the sandbox's preferred backend; without root the sandbox falls back to unshare or rlimits.
+# libseccomp2 compiles the sandbox's seccomp filter (required: the sandbox refuses to start without it).
 # A C compiler builds the tracer's accelerator (optional: the tracer falls back to pure Python).
 system-deps:
+	@if ! ldconfig -p 2>/dev/null | grep -q libseccomp.so.2; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp2) >/dev/null \
+				|| echo "warning: could not install libseccomp2; the sandbox cannot start"; \
+		else \
+			echo "note: libseccomp2 is missing and this user is not root (apt-get install libseccomp2 to fix)"; \
+		fi; \
+	fi
 	@if ! command -v cc >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc) >/dev/null \
 			|| echo "warning: could not install gcc; the tracer runs on pure Python"; \

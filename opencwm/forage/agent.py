@@ -13,13 +13,15 @@ applied to another fresh work tree and the task's ``FAIL_TO_PASS`` + ``PASS_TO_P
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from opencwm.chat import ChatFormatError, parse_create, parse_edit, parse_tool_call, tool_role
-from opencwm.forage.environment import Environment, git
+from opencwm.forage.environment import Environment, git, git_command, git_environment
 from opencwm.forage.policies import Policy
 from opencwm.sandbox.shell import Shell, truncate_output
 
@@ -77,30 +79,73 @@ class Tools:
 
     def edit(self, args: str) -> tuple[str, str]:
         name, blocks = parse_edit(args)
-        path = self._path(name)
-        if not path.is_file():
-            raise ChatFormatError(f"{name}: no such file (use create for new files)")
-        text = path.read_text(encoding="utf-8")
+        relative = self._path(name).relative_to(self.tree)
+        try:
+            with _open_beneath(self.tree, relative, os.O_RDONLY) as handle:
+                text = handle.read().decode("utf-8")
+        except FileNotFoundError:
+            raise ChatFormatError(f"{name}: no such file (use create for new files)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ChatFormatError(f"{name}: cannot be edited ({_reason(exc)})") from None
         for old, new in blocks:
             count = text.count(old)
             if count != 1:
                 raise ChatFormatError(f"{name}: the SEARCH text occurs {count} times (it must occur exactly once)")
             text = text.replace(old, new, 1)
-        path.write_text(text, encoding="utf-8")
+        try:
+            with _open_beneath(self.tree, relative, os.O_WRONLY | os.O_TRUNC) as handle:
+                handle.write(text.encode("utf-8"))
+        except OSError as exc:
+            raise ChatFormatError(f"{name}: cannot be edited ({_reason(exc)})") from None
         return "ok", f"{name}: {len(blocks)} block(s) replaced"
 
     def create(self, args: str) -> tuple[str, str]:
         name, content = parse_create(args)
-        path = self._path(name)
-        if path.exists():
-            raise ChatFormatError(f"{name}: already exists (use edit)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
+        relative = self._path(name).relative_to(self.tree)
+        try:
+            with _open_beneath(self.tree, relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, make_dirs=True) as handle:
+                handle.write(content.encode("utf-8"))
+        except FileExistsError:
+            raise ChatFormatError(f"{name}: already exists (use edit)") from None
+        except OSError as exc:
+            raise ChatFormatError(f"{name}: cannot be created ({_reason(exc)})") from None
         return "ok", f"{name}: created ({len(content)} characters)"
 
 
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+
+
+def _open_beneath(root: Path, relative: Path, flags: int, *, make_dirs: bool = False):
+    """A regular file ``root/relative``, opened without following any symbolic link on the way: the agent's
+    processes run while the host edits, and a link swapped in after the path was checked must not lead the host
+    out of the tree. Anything but a regular file (a FIFO would block the host) is refused."""
+    if not relative.parts:
+        raise IsADirectoryError(21, "Is a directory")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in relative.parts[:-1]:
+            if make_dirs:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            parent, fd = fd, os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(parent)
+        file_fd = os.open(relative.parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise OSError(22, "not a regular file")
+    os.set_blocking(file_fd, True)
+    return os.fdopen(file_fd, "rb" if flags & (os.O_WRONLY | os.O_RDWR) == 0 else "wb")
+
+
 def diff_of(tree: Path, base_commit: str) -> str:
-    """The work tree's changes against ``base_commit``, new files included (git's ignore rules apply)."""
+    """The work tree's changes against ``base_commit``, new files included (git's ignore rules apply). The tree
+    was written by the agent: git runs with its safety settings (``GIT_SAFETY``) over a ``.git`` the agent could
+    not write."""
     git(tree, "add", "-A")
     return git(tree, "diff", "--cached", "--binary", base_commit)
 
@@ -112,8 +157,8 @@ def evaluate_patch(env: Environment, task: dict, patch: str, *, backend: str = "
     tree = env.checkout(task["base_commit"])
     try:
         if patch.strip():
-            applied = subprocess.run(["git", "-C", str(tree), "apply", "--whitespace=nowarn", "-"], input=patch,
-                                     text=True, capture_output=True)
+            applied = subprocess.run(git_command(tree, "apply", "--whitespace=nowarn", "-"), input=patch,
+                                     text=True, capture_output=True, env=git_environment())
             if applied.returncode != 0:
                 return 0.0, {"<patch>": "does not apply"}
         run = env.run_tests(tree, tests, backend=backend, timeout=timeout)
@@ -131,6 +176,7 @@ def run_episode(env: Environment, task: dict, policy: Policy, budget: Budget | N
     tree = env.checkout(task["base_commit"])
     shell_backend = "auto" if backend == "docker" else backend  # the bash session runs in the local sandbox
     shell = Shell(tree, env=env.sandbox_env(tree), backend=shell_backend, visible=(str(env.path),),
+                  protected=(str(tree / ".git"),),
                   max_output=budget.max_output * 4)
     tools = Tools(tree, shell, budget)
     messages = [{"role": "system", "content": SYSTEM_PROMPT.format(tree=tree, timeout=budget.command_timeout)},

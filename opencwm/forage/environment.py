@@ -56,17 +56,39 @@ class ForageError(RuntimeError):
     """An environment could not be built or used; the message says why in one line."""
 
 
+# Host-side git never runs what a repository or a tree asks it to: no hooks, no fsmonitor, no external diff or
+# text conversion programs, no system or global configuration, no network protocols. (Work trees keep their
+# .git read-only inside the sandbox, so the repository configuration is opencwm's own.)
+GIT_SAFETY = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false",
+              "-c", "protocol.allow=never", "-c", "protocol.file.allow=always", "-c", "core.sshCommand=false",
+              "-c", "credential.helper=", "-c", "core.pager=cat", "-c", "core.editor=false",
+              "-c", "submodule.recurse=false", "-c", "core.askPass=", "-c", "uploadpack.packObjectsHook=")
+
+
+def git_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_IDENTITY, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_ATTR_NOSYSTEM="1",
+               GIT_TERMINAL_PROMPT="0", GIT_NO_REPLACE_OBJECTS="1")
+    return env
+
+
+def git_command(repo: str | Path, *args: str) -> list[str]:
+    if args and args[0] == "diff":
+        args = ("diff", "--no-ext-diff", "--no-textconv", *args[1:])
+    return ["git", *GIT_SAFETY, "-C", str(repo), *args]
+
+
 def git(repo: str | Path, *args: str, check: bool = True, input: str | None = None) -> str:
-    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, input=input,
-                            env={**os.environ, **GIT_IDENTITY})
+    result = subprocess.run(git_command(repo, *args), capture_output=True, text=True, input=input,
+                            env=git_environment())
     if check and result.returncode != 0:
         raise ForageError(f"git {' '.join(args[:2])} failed: {result.stderr.strip()[:300]}")
     return result.stdout
 
 
 def has_commit(repo: str | Path, commit: str) -> bool:
-    return subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"],
-                          capture_output=True).returncode == 0
+    return subprocess.run(git_command(repo, "cat-file", "-e", f"{commit}^{{commit}}"), capture_output=True,
+                          env=git_environment()).returncode == 0
 
 
 def is_test_file(path: str) -> bool:
@@ -227,7 +249,8 @@ class Environment:
             if selection is not None:
                 env["OPENCWM_FORAGE_SELECT"] = str(selection)
             result: CommandResult = run_command(argv, tree.parent, cwd=tree, timeout=timeout, env=env,
-                                                backend=backend, visible=(str(self.path),), max_output=20_000)
+                                                backend=backend, visible=(str(self.path),),
+                                                protected=(str(tree / ".git"),), max_output=20_000)
         if not results.exists():
             status = result.status if result.status != "ok" else "error"
             return TestRun(status, {}, output=result.output, seconds=result.seconds)
@@ -288,8 +311,8 @@ def source_key(source: str, python: str) -> tuple[str, str]:
     digest = hashlib.sha256(f"{version}\0".encode())
     path = Path(source)
     if path.is_dir():
-        files = subprocess.run(["git", "-C", str(path), "ls-files", "-co", "--exclude-standard"], capture_output=True,
-                               text=True)
+        files = subprocess.run(git_command(path, "ls-files", "-co", "--exclude-standard"), capture_output=True,
+                               text=True, env=git_environment())
         names = files.stdout.split() if files.returncode == 0 else [
             str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
         for name in sorted(names):

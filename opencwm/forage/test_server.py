@@ -47,7 +47,8 @@ class TestServer:
         self.box = Sandbox(SandboxConfig(
             backend=backend, python=str(env.venv / "bin" / "python"), preload=("pytest", PLUGIN),
             env={**env.sandbox_env(self.tree), "OPENCWM_FORAGE_WARM": str(self.tree)}, visible_paths=(str(env.path),),
-            scratch=str(self.tree.parent), memory_mb=memory_mb, max_processes=512))
+            writable_paths=(str(self.tree.parent),), protected_paths=(str(self.tree / ".git"),),
+            memory_mb=memory_mb, max_processes=512, disk_mb=1024, disk_inodes=65_536))
 
     def run(self, tests: list[str] | None = None, *, timeout: float = 900) -> TestRun:
         """Run ``tests`` (node ids; None: the whole suite) on the tree as it is now."""

@@ -2,15 +2,17 @@
 
     with Sandbox(SandboxConfig(timeout=5, memory_mb=1024)) as box:
         outcome = box.run("opencwm.trace.jobs:trace_item", item={...})
-        outcome.status   # ok | exception | timeout | memory | crash | killed
+        outcome.status   # ok | exception | timeout | memory | disk | crash | killed
 
 A job that kills the server (or the whole sandbox) gets status ``killed``; the next job starts a new server.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -20,25 +22,40 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import opencwm
-from opencwm.sandbox.isolation import ProcessCap, detect_backend, launch_command, stop_process
-from opencwm.sandbox.server import KILLED, OK
+from opencwm.sandbox.cgroup import Cgroup
+from opencwm.sandbox.isolation import (
+    LAYERS,
+    PACKAGE_ROOT,
+    SHM,
+    WRITABLE_AREA,
+    Launch,
+    Layout,
+    detect_backend,
+    stop_process,
+)
+from opencwm.sandbox.server import KILLED, MEMORY, OK, STATUSES
 
-PACKAGE_ROOT = str(Path(opencwm.__file__).resolve().parent.parent)
 SERVER_FILE = str(Path(__file__).with_name("server.py"))
+SCRATCH_PREFIX = "opencwm-sandbox-"
+_MiB = 1024 * 1024
 
 
 @dataclass
 class SandboxConfig:
     backend: str = "auto"  # auto | bwrap | unshare | rlimits
     timeout: float = 10.0  # seconds per job
-    memory_mb: int = 2048  # address-space limit per job
+    memory_mb: int = 2048  # per job: its whole process tree (cgroup) and each of its processes (address space)
     max_processes: int = 128  # per sandbox (fork bombs stop here)
+    disk_mb: int = 256  # per job: the writable area (a tmpfs: /tmp, also HOME and TMPDIR), and any one file
+    disk_inodes: int = 16_384  # per job: files and directories in the writable area
     python: str = sys.executable  # the interpreter inside the sandbox (any CPython >= 3.11)
     preload: tuple[str, ...] = ()  # modules the server imports once, before forking jobs
     env: dict[str, str] = field(default_factory=dict)
     visible_paths: tuple[str, ...] = ()  # host paths the jobs read (e.g. a repository); always read-only
-    scratch: str | None = None  # the one writable directory (default: a fresh temporary one, removed on close)
+    writable_paths: tuple[str, ...] = ()  # host directories the jobs may write, kept from job to job (a work tree)
+    protected_paths: tuple[str, ...] = ()  # paths inside writable ones that stay read-only (a work tree's .git)
+    cwd: str | None = None  # the jobs' working directory (default: the writable area)
+    layers: tuple[str, ...] = LAYERS  # defence layers in force (see opencwm.sandbox.isolation); tests weaken it
 
 
 @dataclass
@@ -57,29 +74,59 @@ class SandboxError(RuntimeError):
     """The sandbox could not be started at all."""
 
 
+def sweep_stale_scratch(parent: str | None = None) -> int:
+    """Remove the rlimits backend's scratch directories whose owner process is gone (after a ``kill -9``)."""
+    from opencwm.sandbox.cgroup import _alive
+
+    parent = parent or tempfile.gettempdir()
+    removed = 0
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return 0
+    for name in entries:
+        match = re.match(re.escape(SCRATCH_PREFIX) + r"(\d+)-", name)
+        if match and not _alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed += 1
+    return removed
+
+
 class Sandbox:
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
         self.backend = detect_backend(self.config.backend)
-        self._own_scratch = self.config.scratch is None
-        self.scratch = Path(tempfile.mkdtemp(prefix="opencwm-sandbox-") if self._own_scratch
-                            else self.config.scratch).resolve()
+        self.scratch: Path | None = None
+        if self.backend == "rlimits":  # no tmpfs without namespaces: a host directory stands in for it
+            sweep_stale_scratch()
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")).resolve()
+        c = self.config
+        self.layout = Layout(
+            python=c.python, visible=tuple(map(str, c.visible_paths)), writable=tuple(map(str, c.writable_paths)),
+            protected=tuple(map(str, c.protected_paths)), cwd=c.cwd, disk_bytes=c.disk_mb * _MiB,
+            disk_inodes=c.disk_inodes, layers=tuple(c.layers), scratch=str(self.scratch) if self.scratch else None)
         self._process: subprocess.Popen | None = None
-        self._cap: ProcessCap | None = None
+        self._cgroup: Cgroup | None = None
+        self._ids = itertools.count(1)
         self.restarts = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def _environment(self) -> dict[str, str]:
+        home = self.layout.home
+        layers = self.config.layers
+        areas = [str(self.scratch)] if self.scratch else ([WRITABLE_AREA, SHM] if "tmpfs" in layers else [])
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.scratch),
-            "TMPDIR": str(self.scratch),
+            "HOME": home,
+            "TMPDIR": home,
             "LANG": "C.UTF-8",
             "PYTHONHASHSEED": "0",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONPATH": PACKAGE_ROOT,
             "OPENCWM_SANDBOX_PIDNS": "1" if self.backend in ("bwrap", "unshare") else "0",
             "OPENCWM_SANDBOX_PRELOAD": ",".join(self.config.preload),
+            "OPENCWM_SANDBOX_AREAS": ":".join(areas),
+            "OPENCWM_SANDBOX_NONDUMPABLE": "1" if "nondumpable" in layers else "0",
         }
         env.update(self.config.env)
         return env
@@ -90,36 +137,56 @@ class Sandbox:
         self.close_process()
         # By path, so that an interpreter without opencwm installed (a repository's venv) runs it too.
         argv = [self.config.python, "-s", SERVER_FILE]
-        self._cap = ProcessCap(self.config.max_processes)
+        self._cgroup = Cgroup(self.config.max_processes)
         env = self._environment()
-        if self._cap.path is not None:
-            env["OPENCWM_SANDBOX_CGROUP_PROCS"] = str(self._cap.path / "cgroup.procs")
-        interpreter_prefix = str(Path(self.config.python).absolute().parent.parent)  # a venv or an installation
-        visible = (PACKAGE_ROOT, interpreter_prefix, *map(str, self.config.visible_paths))
-        command = launch_command(self.backend, argv, self.scratch, env, visible)
+        if self.backend == "rlimits" and "pids" in self._cgroup.groups:
+            env["OPENCWM_SANDBOX_CGROUP_PROCS"] = str(self._cgroup.groups["pids"] / "cgroup.procs")
+        launch = Launch.prepare(self.backend, argv, self.layout, env)
         try:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                preexec_fn=self._cap.enter, cwd=self.scratch,
+                launch.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                preexec_fn=self._cgroup.enter, cwd="/", env=launch.env, pass_fds=launch.pass_fds,
             )
         except OSError as exc:
             raise SandboxError(f"could not start the {self.backend} sandbox: {exc}") from None
+        finally:
+            launch.close()
         line = self._read_line(60.0)
-        if line is None or not json.loads(line).get("ready"):
+        try:
+            ready = line is not None and json.loads(line).get("ready")
+        except (ValueError, AttributeError):
+            ready = False
+        if not ready:
+            why = self._startup_error()
             self.close_process()
-            raise SandboxError(f"the {self.backend} sandbox's fork server did not start ({self.config.python})")
+            raise SandboxError(f"the {self.backend} sandbox's fork server did not start ({self.config.python})"
+                               + (f": {why}" if why else ""))
+        self._process.stderr.close()  # the server writes nothing there once it is ready
+        if "cgroup" in self.config.layers:  # the job's budget, above what the warm server itself holds
+            self._cgroup.limit_memory(self._cgroup.memory_usage() + self.config.memory_mb * _MiB)
+
+    def _startup_error(self) -> str:
+        process = self._process
+        try:
+            process.wait(timeout=5)
+            text = process.stderr.read().decode("utf-8", "replace").strip()
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            return ""
+        return text.splitlines()[-1][:300] if text else ""
 
     def close_process(self) -> None:
         process, self._process = self._process, None
         if process is not None:
-            stop_process(process, self._cap)
-        elif self._cap is not None:
-            self._cap.close()
-        self._cap = None
+            if process.stderr is not None:
+                process.stderr.close()
+            stop_process(process, self._cgroup)
+        elif self._cgroup is not None:
+            self._cgroup.close()
+        self._cgroup = None
 
     def close(self) -> None:
         self.close_process()
-        if self._own_scratch:
+        if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
@@ -135,7 +202,10 @@ class Sandbox:
         result are JSON) in a fresh process inside the sandbox."""
         self.start()
         timeout = self.config.timeout if timeout is None else timeout
-        request = {"fn": fn, "kwargs": kwargs, "timeout": timeout, "memory_mb": self.config.memory_mb}
+        request_id = next(self._ids)
+        request = {"id": request_id, "fn": fn, "kwargs": kwargs, "timeout": timeout,
+                   "memory_mb": self.config.memory_mb}
+        oom_before = self._cgroup.oom_kills()
         start = time.monotonic()
         try:
             self._process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -144,13 +214,23 @@ class Sandbox:
             line = self._read_line(timeout + 30.0)
         except (BrokenPipeError, OSError):
             line = None
-        if line is None:
-            self.close_process()
-            self.restarts += 1
-            return Outcome(KILLED, error="the sandbox died while running the job (it was restarted)",
-                           seconds=time.monotonic() - start)
-        reply = json.loads(line)
-        return Outcome(reply["status"], reply.get("result"), reply.get("error"), reply.get("seconds", 0.0))
+        seconds = time.monotonic() - start
+        reply = _parse_reply(line, request_id)
+        if self._cgroup.oom_kills() > oom_before:  # a process of the job's tree was killed for want of memory
+            error = (f"the job's processes used more than {self.config.memory_mb} MB together and were killed"
+                     + ("" if reply is not None else " with the sandbox (it was restarted)"))
+            if reply is None:
+                self._restart()
+            return Outcome(MEMORY, error=error, seconds=seconds)
+        if reply is None:
+            self._restart()
+            why = "died while running the job" if line is None else "answered out of turn"
+            return Outcome(KILLED, error=f"the sandbox {why} (it was restarted)", seconds=seconds)
+        return Outcome(reply["status"], reply.get("result"), reply.get("error"), reply.get("seconds", seconds))
+
+    def _restart(self) -> None:
+        self.close_process()
+        self.restarts += 1
 
     def _read_line(self, timeout: float) -> bytes | None:
         stream = self._process.stdout
@@ -159,3 +239,19 @@ class Sandbox:
             return None
         line = stream.readline()
         return line or None
+
+
+def _parse_reply(line: bytes | None, request_id: int) -> dict | None:
+    """The server's reply to request ``request_id``, checked; None for a missing or foreign one."""
+    if line is None:
+        return None
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(reply, dict) or reply.get("id") != request_id or reply.get("status") not in STATUSES:
+        return None
+    if not isinstance(reply.get("error"), (str, type(None))) or not isinstance(reply.get("seconds", 0.0),
+                                                                               (int, float)):
+        return None
+    return reply

@@ -1,33 +1,125 @@
-"""How a sandbox is isolated from the host: backend detection, the launch command, and a process-count cap.
+"""How a sandbox is isolated from the host: backend detection, what a job can see, and the launch command.
 
 Backends, in order of preference:
 
-- ``bwrap`` (bubblewrap): new network, PID, IPC, UTS and mount namespaces; the host filesystem read-only, a private
-  ``/tmp`` and ``/dev``, and one writable scratch directory.
-- ``unshare``: new network, PID and mount namespaces (util-linux); the root filesystem is remounted read-only
-  inside, except for the scratch directory (``TMPDIR`` points there).
-- ``rlimits``: no namespaces at all, only resource limits. Isolation is weak (network and the filesystem are
-  reachable) and a loud warning says so.
+- ``bwrap`` (bubblewrap): new user, network, PID, IPC, UTS, cgroup and mount namespaces; a root holding only
+  what a job needs, read-only.
+- ``unshare`` (util-linux): the same namespaces, with the root built by ``confine`` (same contents).
+- ``rlimits``: no namespaces at all. The network and the host's files are reachable; a loud warning says so.
 
-Whatever the backend, a process-count cap (cgroup ``pids.max`` when this user may create cgroups, else
-``RLIMIT_NPROC`` for non-root users) contains fork bombs, and each job runs under ``RLIMIT_AS``.
+What a job sees (``Layout``): the system's programs and libraries (``/usr`` and its links), a short list of
+``/etc`` files (users, name service, dynamic linker, certificates; never ``shadow``), the interpreter's
+installation (a venv and the Python it was made from), the ``opencwm`` package, the paths the caller shows
+(read-only) or hands over (writable), ``/proc`` of its own PID namespace and a minimal ``/dev``. Not ``/root``,
+``/home``, the rest of ``/etc`` or anything else of the host. Its writable area is a fresh tmpfs with a byte and
+an inode limit (``/tmp``, also ``HOME`` and ``TMPDIR``; ``/dev/shm``).
+
+Inside, before the workload starts, ``confine`` mounts those tmpfs, drops every capability (uid 0 of the user
+namespace keeps none, and secure bits stop it regaining them), sets ``no_new_privs`` and loads the seccomp filter
+(``opencwm.sandbox.seccomp``). Each of these is a layer that ``layers`` can turn off, for tests and for
+``opencwm sandbox check`` to show what each one holds.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
-import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import opencwm
+
 BACKENDS = ("bwrap", "unshare", "rlimits")
+# Defence in depth, each switchable: capabilities dropped, seccomp filter, only the needed paths mounted, the
+# whole tree's memory in a cgroup, a size-limited tmpfs as the writable area, the fork server's memory and
+# descriptors out of its jobs' reach.
+LAYERS = ("capabilities", "seccomp", "mounts", "cgroup", "tmpfs", "nondumpable")
+PACKAGE_DIR = str(Path(opencwm.__file__).resolve().parent)
+PACKAGE_ROOT = str(Path(PACKAGE_DIR).parent)
+CONFINE_FILE = str(Path(__file__).with_name("confine.py"))
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+ETC_FILES = ("passwd", "group", "nsswitch.conf", "hosts", "host.conf", "localtime", "timezone", "ld.so.cache",
+             "ld.so.conf", "ld.so.conf.d", "alternatives", "ssl", "ca-certificates", "mime.types", "os-release",
+             "debian_version", "protocols", "services", "locale.alias", "inputrc", "magic", "magic.mime")
+WRITABLE_AREA = "/tmp"
+SHM = "/dev/shm"
 _probe_cache: dict[str, bool] = {}
 
 
 class SandboxUnavailable(RuntimeError):
     """The requested isolation backend cannot run on this machine."""
+
+
+@functools.lru_cache(maxsize=16)
+def installation(python: str) -> tuple[str, ...]:
+    """The directories an interpreter needs: its venv, the installation the venv was made from, its real path."""
+    paths = {str(Path(python).absolute().parent.parent), str(Path(os.path.realpath(python)).parent.parent)}
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    else:
+        code = "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]))"
+        try:
+            result = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, timeout=60)
+            prefixes = json.loads(result.stdout) if result.returncode == 0 else []
+        except (OSError, ValueError, subprocess.SubprocessError):
+            prefixes = []
+    paths.update(str(Path(p).resolve()) for p in prefixes)
+    paths.update(prefixes)
+    return tuple(sorted(p for p in paths if p and p != "/"))
+
+
+@dataclass
+class Layout:
+    """What the sandbox shows a job and where it may write."""
+
+    python: str = sys.executable  # the workload's interpreter (its installation is shown read-only)
+    visible: tuple[str, ...] = ()  # host paths shown read-only
+    writable: tuple[str, ...] = ()  # host directories the job may write (e.g. a work tree)
+    protected: tuple[str, ...] = ()  # paths inside writable ones that stay read-only (e.g. a work tree's .git)
+    cwd: str | None = None  # default: the writable area
+    disk_bytes: int = 256 * 1024**2  # the tmpfs writable area's size...
+    disk_inodes: int = 16_384  # ... and its number of files and directories
+    layers: tuple[str, ...] = LAYERS
+    scratch: str | None = None  # rlimits only: the host directory that stands in for the tmpfs
+
+    def read_only_binds(self) -> list[str]:
+        paths = [*installation(self.python), *installation(sys.executable), PACKAGE_DIR, *self.visible]
+        return _outermost(str(Path(p).absolute()) for p in paths)
+
+    def system(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """(directories and /etc files bound read-only, (target, link) symlinks) of the system itself."""
+        binds, links = [], []
+        for name in SYSTEM_DIRS:
+            path = Path("/") / name
+            if path.is_symlink():
+                links.append((os.readlink(path), str(path)))
+            elif path.is_dir():
+                binds.append(str(path))
+        if "mounts" in self.layers:
+            binds += [f"/etc/{name}" for name in ETC_FILES if os.path.lexists(f"/etc/{name}")]
+        else:  # the weakened layout: all of /etc and the home directories, as the sandbox once showed them
+            binds += [p for p in ("/etc", "/root", "/home") if os.path.isdir(p)]
+        return binds, links
+
+    @property
+    def home(self) -> str:
+        return self.scratch if self.scratch else WRITABLE_AREA
+
+    def file_size_limit(self) -> int:
+        return self.disk_bytes
+
+
+def _outermost(paths) -> list[str]:
+    """The paths without those inside another one of them (binding the outer one shows them already)."""
+    chosen: list[str] = []
+    for path in sorted(set(paths), key=len):
+        if not any(path == c or path.startswith(c.rstrip("/") + "/") for c in chosen):
+            chosen.append(path)
+    return sorted(chosen)
 
 
 def _probe(backend: str) -> bool:
@@ -36,11 +128,16 @@ def _probe(backend: str) -> bool:
         if backend == "rlimits":
             ok = True
         else:
+            launch = None
             try:
-                command = launch_command(backend, ["/bin/true"], Path("/tmp"), {})
-                ok = subprocess.run(command, capture_output=True, timeout=20).returncode == 0
+                launch = Launch.prepare(backend, ["/bin/true"], Layout(layers=()), {"PATH": "/usr/bin:/bin"})
+                ok = subprocess.run(launch.command, capture_output=True, timeout=20, env=launch.env,
+                                    pass_fds=launch.pass_fds).returncode == 0
             except (OSError, subprocess.SubprocessError, SandboxUnavailable):
                 ok = False
+            finally:
+                if launch is not None:
+                    launch.close()
         _probe_cache[backend] = ok
     return _probe_cache[backend]
 
@@ -72,97 +169,106 @@ def warn_weak_isolation() -> None:
     print(f"WARNING: {message}", file=sys.stderr)
 
 
-def launch_command(backend: str, argv: list[str], scratch: Path, env: dict[str, str],
-                   visible: tuple[str, ...] = ()) -> list[str]:
-    """The host command that starts ``argv`` inside the sandbox with ``scratch`` as its only writable directory.
-    ``visible`` paths are guaranteed readable inside (bubblewrap hides the host's /tmp behind a private one)."""
-    scratch = str(scratch)
-    if backend == "bwrap":
-        exe = shutil.which("bwrap")
-        if exe is None:
-            raise SandboxUnavailable("bubblewrap (bwrap) is not installed")
-        command = [exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-        for path in visible:
-            command += ["--ro-bind-try", path, path]
-        command += ["--bind", scratch, scratch, "--chdir", scratch]
-        command += ["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
-        for key, value in env.items():
-            command += ["--setenv", key, value]
-        return [*command, "--", *argv]
-    if backend == "unshare":
-        exe = shutil.which("unshare")
-        if exe is None:
-            raise SandboxUnavailable("unshare (util-linux) is not installed")
-        user = [] if os.geteuid() == 0 else ["--map-root-user"]
-        # Inside the new mount namespace: keep scratch writable (a mount of its own), make the rest read-only.
-        setup = (
-            'set -e; mount --make-rprivate /; mount --bind "$0" "$0";'
-            'mount -o remount,bind,ro /; cd "$0"; exec env -i "$@"'
-        )
-        exports = [f"{key}={value}" for key, value in env.items()]
-        return [exe, *user, "--net", "--pid", "--fork", "--mount-proc", "--mount", "--kill-child", "--",
-                "/bin/sh", "-c", setup, scratch, *exports, *argv]
-    if backend == "rlimits":
-        return ["/usr/bin/env", "-i", *[f"{key}={value}" for key, value in env.items()], *argv]
-    raise SandboxUnavailable(f"unknown sandbox backend {backend!r}")
+@dataclass
+class Launch:
+    """A prepared sandbox start: the host command, its environment, and descriptors it inherits."""
 
-
-class ProcessCap:
-    """A cgroup that caps how many processes a sandbox may hold (fork bombs hit the cap, not the host)."""
-
-    ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
-
-    def __init__(self, max_processes: int):
-        self.max_processes = max_processes
-        self.path: Path | None = None
-        for root in self.ROOTS:
-            v1 = root.name == "pids" and (root / "cgroup.procs").exists()
-            if v1 or self._v2_has_pids(root):
-                path = root / f"opencwm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                try:
-                    path.mkdir()
-                    (path / "pids.max").write_text(str(max_processes))
-                except OSError:
-                    try:
-                        path.rmdir()
-                    except OSError:
-                        pass
-                    continue
-                self.path = path
-                break
-
-    @staticmethod
-    def _v2_has_pids(root: Path) -> bool:
-        try:
-            return "pids" in (root / "cgroup.subtree_control").read_text().split()
-        except OSError:
-            return False
-
-    def enter(self) -> None:
-        """Called in the sandbox's first process before exec: move it (and so all its descendants) in."""
-        if self.path is not None:
-            (self.path / "cgroup.procs").write_text("0")
-        elif os.geteuid() != 0:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_NPROC, (self.max_processes + _user_process_count(),) * 2)
+    command: list[str]
+    env: dict[str, str]
+    pass_fds: tuple[int, ...] = ()
+    spec: dict = field(default_factory=dict)
 
     def close(self) -> None:
-        if self.path is None:
-            return
-        try:
-            for pid in (self.path / "cgroup.procs").read_text().split():
-                try:
-                    os.kill(int(pid), 9)
-                except OSError:
-                    pass
-            self.path.rmdir()
-        except OSError:
-            pass
-        self.path = None
+        for fd in self.pass_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.pass_fds = ()
+
+    @classmethod
+    def prepare(cls, backend: str, argv: list[str], layout: Layout, env: dict[str, str]) -> Launch:
+        """The command that runs ``argv`` inside the ``backend`` sandbox laid out as ``layout``."""
+        layers = set(layout.layers)
+        namespaced = backend in ("bwrap", "unshare")
+        spec: dict = {"drop_capabilities": "capabilities" in layers, "no_new_privs": True,
+                      "file_size": layout.file_size_limit(), "cwd": layout.cwd or layout.home}
+        pass_fds: tuple[int, ...] = ()
+        if "seccomp" in layers:
+            from opencwm.sandbox.seccomp import SeccompUnavailable, program_fd
+
+            try:
+                fd = program_fd()
+            except SeccompUnavailable as exc:
+                raise SandboxUnavailable(str(exc)) from None
+            os.set_inheritable(fd, True)
+            spec["seccomp_fd"], pass_fds = fd, (fd,)
+        rebind = [[p, True] for p in layout.writable] + [[p, False] for p in (*layout.read_only_binds(),
+                                                                             *layout.protected)]
+        if namespaced:  # (never on the rlimits backend: confine runs in the host's own mount namespace there)
+            spec["protect_proc"] = True
+            size = layout.disk_bytes if "tmpfs" in layers else 1 << 40
+            inodes = layout.disk_inodes if "tmpfs" in layers else 1 << 24
+            spec["tmpfs"] = [{"path": WRITABLE_AREA, "bytes": size, "inodes": inodes},
+                             {"path": SHM, "bytes": min(size, 64 * 1024**2), "inodes": min(inodes, 1024)}]
+            spec["rebind"] = rebind
+        env = dict(env)
+        confine = [sys.executable, "-I", "-S", CONFINE_FILE]
+        if backend == "bwrap":
+            command = _bwrap(layout, spec)
+        elif backend == "unshare":
+            command = _unshare(layout, spec)
+        elif backend == "rlimits":
+            command = []
+            spec["drop_capabilities"] = spec["drop_capabilities"] and os.geteuid() == 0
+        else:
+            raise SandboxUnavailable(f"unknown sandbox backend {backend!r}")
+        return cls([*command, *confine, json.dumps(spec), "--", *argv], env, pass_fds, spec)
 
 
-def stop_process(process, cap: ProcessCap | None, *, group: bool = False) -> None:
+def _bwrap(layout: Layout, spec: dict) -> list[str]:
+    exe = shutil.which("bwrap")
+    if exe is None:
+        raise SandboxUnavailable("bubblewrap (bwrap) is not installed")
+    command = [exe, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+               # confine needs these two to mount the writable tmpfs and drop the rest; it drops them too
+               "--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"]
+    binds, links = layout.system()
+    for path in binds:
+        command += ["--ro-bind", path, path]
+    for target, path in links:
+        command += ["--symlink", target, path]
+    command += ["--proc", "/proc", "--dev", "/dev", "--dir", WRITABLE_AREA]
+    for path in layout.read_only_binds():
+        command += ["--ro-bind-try", path, path]
+    for path in layout.writable:
+        command += ["--bind", path, path]
+    for path in layout.protected:
+        command += ["--ro-bind-try", path, path]
+    if "mounts" in layout.layers:
+        command += ["--remount-ro", "/dev", "--remount-ro", "/"]
+    return command
+
+
+def _unshare(layout: Layout, spec: dict) -> list[str]:
+    exe = shutil.which("unshare")
+    if exe is None:
+        raise SandboxUnavailable("unshare (util-linux) is not installed")
+    binds, links = layout.system()
+    spec["root"] = {
+        "mount_point": WRITABLE_AREA,  # this mount namespace's own tmpfs goes there: the host's /tmp is untouched
+        "binds": [[p, p, False] for p in [*binds, *layout.read_only_binds()]]
+                 + [[p, p, True] for p in layout.writable] + [[p, p, False] for p in layout.protected],
+        "symlinks": [*links, ["/proc/self/fd", "/dev/fd"], ["/proc/self/fd/0", "/dev/stdin"],
+                     ["/proc/self/fd/1", "/dev/stdout"], ["/proc/self/fd/2", "/dev/stderr"]],
+    }
+    if "mounts" in layout.layers:
+        spec["read_only"] = ["/"]
+    return [exe, "--map-root-user", "--user", "--net", "--pid", "--fork", "--mount", "--ipc", "--uts", "--cgroup",
+            "--kill-child", "--"]
+
+
+def stop_process(process, cgroup=None, *, group: bool = False) -> None:
     """Close a sandbox process's pipes and kill it (its whole process group too when it leads one, ``group``),
     then every process left in its cgroup, and wait for it."""
     import signal
@@ -181,18 +287,5 @@ def stop_process(process, cap: ProcessCap | None, *, group: bool = False) -> Non
     if process.poll() is None:
         process.kill()
     process.wait()
-    if cap is not None:
-        cap.close()
-
-
-def _user_process_count() -> int:
-    uid = os.geteuid()
-    count = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    count += 1
-            except OSError:
-                pass
-    return count
+    if cgroup is not None:
+        cgroup.close()

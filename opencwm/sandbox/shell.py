@@ -2,7 +2,10 @@
 tool), with one writable directory, no network, a wall-time limit per command and the whole process tree killed
 when it runs out.
 
-The isolation is the same as the fork server's (``opencwm.sandbox.isolation``); only what runs inside differs.
+The isolation is the same as the fork server's (``opencwm.sandbox.isolation``): only what a job needs is visible,
+``root`` is the one host directory it may write (paths in ``protected``, such as a work tree's ``.git``, stay
+read-only inside it), ``/tmp`` is a size-limited tmpfs of its own, no capabilities, the seccomp filter, and a
+cgroup that caps processes (and memory, when given). Only what runs inside differs.
 
     with Shell(root, cwd="repo", env={"PATH": ...}) as shell:
         result = shell.run("cd src && ls", timeout=30)
@@ -21,15 +24,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from opencwm.sandbox.isolation import ProcessCap, detect_backend, launch_command, stop_process
+from opencwm.sandbox.cgroup import Cgroup
+from opencwm.sandbox.isolation import LAYERS, WRITABLE_AREA, Launch, Layout, detect_backend, stop_process
 
-OK, TIMEOUT, KILLED = "ok", "timeout", "killed"
+OK, TIMEOUT, KILLED, DISK = "ok", "timeout", "killed", "disk"
 DEFAULT_MAX_OUTPUT = 16_000
 
 
 @dataclass
 class CommandResult:
-    status: str  # ok (finished, whatever its exit code) | timeout | killed (the shell died)
+    status: str  # ok (finished, whatever its exit code) | timeout | killed (the shell died) | disk (its tmpfs is full)
     returncode: int | None
     output: str  # stdout and stderr together, truncated in the middle with a visible marker
     seconds: float
@@ -48,7 +52,7 @@ def truncate_output(text: str, limit: int = DEFAULT_MAX_OUTPUT) -> str:
 
 
 def _base_env(root: Path, backend: str, env: dict[str, str] | None) -> dict[str, str]:
-    home = "/tmp" if backend == "bwrap" else str(root)  # bwrap gives a private, writable /tmp
+    home = str(root) if backend == "rlimits" else WRITABLE_AREA  # the namespaced backends' private tmpfs
     merged = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "GIT_PAGER": "cat", "PAGER": "cat",
               "TERM": "dumb"}
@@ -56,40 +60,55 @@ def _base_env(root: Path, backend: str, env: dict[str, str] | None) -> dict[str,
     return merged
 
 
-def _in_directory(cwd: Path, argv: list[str]) -> list[str]:
-    return ["/bin/sh", "-c", 'cd "$0" && exec "$@"', str(cwd), *argv]
+def _prepare(backend: str, argv: list[str], root: Path, cwd: Path, env: dict[str, str], visible: tuple[str, ...],
+             protected: tuple[str, ...], disk_mb: int, max_processes: int,
+             memory_mb: int | None) -> tuple[Launch, Cgroup]:
+    layout = Layout(visible=tuple(map(str, visible)), writable=(str(root),), protected=tuple(map(str, protected)),
+                    cwd=str(cwd), disk_bytes=disk_mb * 1024 * 1024, layers=LAYERS,
+                    scratch=str(root) if backend == "rlimits" else None)
+    cgroup = Cgroup(max_processes, memory_mb * 1024 * 1024 if memory_mb else None)
+    return Launch.prepare(backend, argv, layout, env), cgroup
 
 
-def _drain_and_stop(process: subprocess.Popen, cap: ProcessCap) -> bytes:
+def _drain_and_stop(process: subprocess.Popen, cgroup: Cgroup) -> bytes:
     """Kill a timed-out command's process group and cgroup, keeping what it printed so far."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except OSError:
         pass
-    cap.close()
+    cgroup.kill_all()
     return process.communicate()[0]
 
 
 def run_command(argv: list[str], root: str | Path, *, cwd: str | Path | None = None, timeout: float = 600,
                 env: dict[str, str] | None = None, backend: str = "auto", visible: tuple[str, ...] = (),
-                max_processes: int = 512, max_output: int | None = DEFAULT_MAX_OUTPUT) -> CommandResult:
-    """Run ``argv`` in the sandbox with ``root`` as its only writable directory, in ``cwd`` (default ``root``)."""
+                protected: tuple[str, ...] = (), max_processes: int = 512, memory_mb: int | None = None,
+                disk_mb: int = 1024, max_output: int | None = DEFAULT_MAX_OUTPUT) -> CommandResult:
+    """Run ``argv`` in the sandbox with ``root`` as its only writable host directory, in ``cwd`` (default
+    ``root``)."""
     backend = detect_backend(backend)
     root = Path(root).resolve()
     cwd = Path(cwd).resolve() if cwd else root
-    cap = ProcessCap(max_processes)
-    command = launch_command(backend, _in_directory(cwd, argv), root, _base_env(root, backend, env), visible)
+    launch, cgroup = _prepare(backend, argv, root, cwd, _base_env(root, backend, env), visible, protected, disk_mb,
+                              max_processes, memory_mb)
     start = time.monotonic()
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, preexec_fn=cap.enter, start_new_session=True, cwd=root)
+    try:
+        process = subprocess.Popen(launch.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, preexec_fn=cgroup.enter, start_new_session=True,
+                                   cwd="/", env=launch.env, pass_fds=launch.pass_fds)
+    except BaseException:
+        cgroup.close()
+        raise
+    finally:
+        launch.close()
     try:
         output, _ = process.communicate(timeout=timeout)
         status, code = OK, process.returncode
     except subprocess.TimeoutExpired:
-        output = _drain_and_stop(process, cap)
+        output = _drain_and_stop(process, cgroup)
         status, code = TIMEOUT, None
     finally:
-        cap.close()
+        cgroup.close()
     text = output.decode("utf-8", "replace")
     return CommandResult(status, code, truncate_output(text, max_output) if max_output else text,
                          round(time.monotonic() - start, 3))
@@ -101,27 +120,33 @@ class Shell:
     command gets a fresh session in the starting directory."""
 
     def __init__(self, root: str | Path, *, cwd: str | Path | None = None, env: dict[str, str] | None = None,
-                 backend: str = "auto", visible: tuple[str, ...] = (), max_processes: int = 256,
+                 backend: str = "auto", visible: tuple[str, ...] = (), protected: tuple[str, ...] = (),
+                 max_processes: int = 256, memory_mb: int | None = None, disk_mb: int = 1024,
                  max_output: int = DEFAULT_MAX_OUTPUT):
         self.backend = detect_backend(backend)
         self.root = Path(root).resolve()
         self.cwd = Path(cwd).resolve() if cwd else self.root
-        self.env, self.visible = _base_env(self.root, self.backend, env), visible
-        self.max_processes, self.max_output = max_processes, max_output
+        self.env, self.visible, self.protected = _base_env(self.root, self.backend, env), visible, protected
+        self.max_processes, self.memory_mb, self.disk_mb = max_processes, memory_mb, disk_mb
+        self.max_output = max_output
         self._process: subprocess.Popen | None = None
-        self._cap: ProcessCap | None = None
+        self._cgroup: Cgroup | None = None
         self.restarts = 0
 
     def start(self) -> None:
         if self._process is not None and self._process.poll() is None:
             return
         self.close()
-        self._cap = ProcessCap(self.max_processes)
-        argv = _in_directory(self.cwd, ["bash", "--noprofile", "--norc"])
-        command = launch_command(self.backend, argv, self.root, self.env, self.visible)
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, preexec_fn=self._cap.enter,
-                                         start_new_session=True, cwd=self.root)
+        launch, self._cgroup = _prepare(self.backend, ["bash", "--noprofile", "--norc"], self.root, self.cwd,
+                                        self.env, self.visible, self.protected, self.disk_mb, self.max_processes,
+                                        self.memory_mb)
+        try:
+            self._process = subprocess.Popen(launch.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, preexec_fn=self._cgroup.enter,
+                                             start_new_session=True, cwd="/", env=launch.env,
+                                             pass_fds=launch.pass_fds)
+        finally:
+            launch.close()
 
     def run(self, command: str, timeout: float = 120) -> CommandResult:
         self.start()
@@ -129,8 +154,9 @@ class Shell:
         marker = f"__opencwm_done_{uuid.uuid4().hex}__"
         encoded = base64.b64encode(command.encode()).decode()
         # the command never reads the session's stdin (which carries the next commands)
+        # after the exit code: free blocks and files of the private /tmp (both 0: the command filled it)
         line = (f'{{ eval "$(printf %s {encoded} | base64 -d)"; }} < /dev/null 2>&1; '
-                f"printf '\\n{marker} %s\\n' $?\n")
+                f"printf '\\n{marker} %s %s\\n' $? \"$(/usr/bin/stat -f -c %a:%d {WRITABLE_AREA} 2>/dev/null)\"\n")
         start = time.monotonic()
         try:
             self._process.stdin.write(line.encode())
@@ -143,8 +169,10 @@ class Shell:
         while True:
             index = buffer.find(needle)
             if index >= 0 and buffer.endswith(b"\n"):
-                code = int(buffer[index + len(needle):].split()[0])
-                return self._result(OK, code, buffer[:index], start)
+                fields = buffer[index + len(needle):].split()
+                full = self.backend != "rlimits" and len(fields) > 1 and b":" in fields[1] \
+                    and b"0" in fields[1].split(b":")
+                return self._result(DISK if full else OK, int(fields[0]), buffer[:index], start)
             left = timeout - (time.monotonic() - start)
             if left <= 0:
                 self.close()
@@ -169,10 +197,10 @@ class Shell:
     def close(self) -> None:
         process, self._process = self._process, None
         if process is not None:
-            stop_process(process, self._cap, group=True)
-        elif self._cap is not None:
-            self._cap.close()
-        self._cap = None
+            stop_process(process, self._cgroup, group=True)
+        elif self._cgroup is not None:
+            self._cgroup.close()
+        self._cgroup = None
 
     def __enter__(self) -> Shell:
         self.start()
