@@ -126,6 +126,8 @@ def cmd_trace_run(args) -> int:
         else:
             trace = Trace(item.kwargs["source"], 0, status=outcome.status, error=outcome.error)
     if trace.status == ERROR or not trace.frames:
+        if args.format == "json":  # the outcome as data too (status timeout, memory, error, ...)
+            _print_trace(trace, "json")
         print(f"opencwm: {trace.error or trace.status}", file=sys.stderr)
         return 1
     _print_trace(trace, args.format)
@@ -193,43 +195,25 @@ def cmd_trace_show(args) -> int:
 
 # -- sandbox check --------------------------------------------------------------------------------------------------
 def cmd_sandbox_check(args) -> int:
-    import socket
-    import tempfile
     from dataclasses import replace
 
-    from opencwm.sandbox import Sandbox, SandboxError, SandboxUnavailable
+    from opencwm.sandbox import LAYERS, SandboxError, SandboxUnavailable
+    from opencwm.sandbox.check import format_verdict, run_checks
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    port = listener.getsockname()[1]
-    with tempfile.TemporaryDirectory(dir=Path.home()) as host_dir:
-        victim = Path(host_dir) / "victim.txt"
-        victim.write_text("host data")
-        probes = {  # name -> (code, contained if the job's outcome is one of these statuses)
-            "network (host port)": (f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)",
-                                    {"exception"}),
-            "write a host file": (f"open({str(victim)!r}, 'w').write('pwned')", {"exception"}),
-            "infinite loop": ("while True: pass", {"timeout"}),
-            "10 GB allocation": ("bytearray(10 * 1024**3)", {"memory"}),
-        }
-        config = replace(_sandbox_config(args), visible_paths=(host_dir,))
-        failures = 0
-        try:
-            with Sandbox(config) as box:
-                print(f"backend: {box.backend}")
-                for name, (code, contained) in probes.items():
-                    outcome = box.run("opencwm.sandbox.probe:run_code", code=code)
-                    held = outcome.status in contained and victim.read_text() == "host data"
-                    victim.write_text("host data")
-                    failures += not held
-                    verdict = "contained" if held else "NOT CONTAINED"
-                    print(f"{name:<22} {verdict:<14} {outcome.status:<10} {outcome.error or ''}")
-        except (SandboxError, SandboxUnavailable) as exc:
-            raise CliError(str(exc)) from None
-        finally:
-            listener.close()
-    return 1 if failures else 0
+    unknown = [layer for layer in args.without if layer not in LAYERS]
+    if unknown:
+        raise CliError(f"--without {unknown[0]}: no such layer (choose from {', '.join(LAYERS)})")
+    config = replace(_sandbox_config(args), layers=tuple(layer for layer in LAYERS if layer not in args.without))
+    print(f"{'guarantee':<22} {'probe':<58} {'verdict':<7} {'status':<10} detail")
+    try:
+        backend, verdicts = run_checks(config, report=lambda v: print(format_verdict(v), flush=True))
+    except (SandboxError, SandboxUnavailable) as exc:
+        raise CliError(str(exc)) from None
+    failed = [v for v in verdicts if not v.held]
+    layers = ", ".join(config.layers) or "none"
+    print(f"backend {backend}, layers: {layers}: {len(verdicts) - len(failed)} of {len(verdicts)} probes held"
+          + (f"; FAILED: {', '.join(sorted({v.guarantee for v in failed}))}" if failed else ""))
+    return 1 if failed else 0
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
@@ -624,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sandbox_commands.add_parser(
         "check", help="show the backend in use and run hostile probes (exit 1 if one is not contained)")
     _add_sandbox_args(check, timeout=3.0)
+    check.add_argument("--without", action="append", default=[], metavar="LAYER",
+                       help="turn a defence layer off, to see what it holds (repeatable; capabilities, seccomp, "
+                            "mounts, cgroup, tmpfs, nondumpable)")
     check.set_defaults(func=cmd_sandbox_check)
 
     from opencwm.forage.cli import add_parser as add_forage_parser

@@ -29,6 +29,10 @@ class DatasetError(ValueError):
     """A dataset directory is missing, malformed, or of another kind."""
 
 
+class BadRows(DatasetError):
+    """An item's rows do not fit the dataset's schema (nothing of the item was added; the caller records it)."""
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
@@ -79,7 +83,8 @@ class ShardWriter:
             self.manifest = {"kind": kind, "format_version": 1, "schema": _describe(schema), "rows": 0,
                              "shards": [], "metadata": metadata or {}}
         self._remove_unlisted()
-        self._rows: list[dict] = []
+        self._tables: list[pa.Table] = []
+        self._pending = 0
         self._empty: list[str] = []
         self._last_flush = time.monotonic()
 
@@ -99,28 +104,35 @@ class ShardWriter:
         return done
 
     def add(self, item: str, rows: Iterable[dict]) -> None:
-        """Record a finished work item with its rows (possibly none)."""
+        """Record a finished work item with its rows (possibly none). Rows that do not fit the schema raise
+        ``BadRows`` here, where the item is known, instead of failing the whole shard later."""
         rows = list(rows)
         for row in rows:
             row["item"] = item
         if rows:
-            self._rows.extend(rows)
+            try:
+                table = pa.Table.from_pylist(rows, schema=self.schema)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                raise BadRows(f"item {item!r}: its rows do not fit the schema ({str(exc).splitlines()[0][:200]})") \
+                    from None
+            self._tables.append(table)
+            self._pending += table.num_rows
         else:
             self._empty.append(item)
-        if (len(self._rows) >= self.rows_per_shard
+        if (self._pending >= self.rows_per_shard
                 or time.monotonic() - self._last_flush >= self.seconds_per_shard):
             self.flush()
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
-        if not self._rows and not self._empty:
+        if not self._tables and not self._empty:
             return
         index = len(self.manifest["shards"])
         name = f"shard-{index:05d}.parquet"
         while (self.directory / name).exists():  # never overwrite a listed shard
             index += 1
             name = f"shard-{index:05d}.parquet"
-        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        table = pa.concat_tables(self._tables) if self._tables else self.schema.empty_table()
         tmp = self.directory / f".{name}.tmp"
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as handle:
@@ -129,7 +141,7 @@ class ShardWriter:
         self.manifest["shards"].append({"file": name, "rows": table.num_rows, "empty_items": self._empty})
         self.manifest["rows"] += table.num_rows
         _atomic_write_bytes(self.directory / MANIFEST, json.dumps(self.manifest, indent=1).encode())
-        self._rows, self._empty = [], []
+        self._tables, self._pending, self._empty = [], 0, []
 
     def close(self) -> None:
         self.flush()

@@ -53,6 +53,8 @@ class Budget:
     max_seconds: float = 900.0
     command_timeout: float = 120.0
     max_output: int = 8_000
+    memory_mb: int = 8192  # the bash session's whole process tree
+    disk_mb: int = 1024  # its private /tmp (and any one file it writes)
 
 
 class Tools:
@@ -75,6 +77,8 @@ class Tools:
                               "was killed; the shell was restarted in the repository root]"
         if result.status == "killed":
             return "killed", f"{output}\n[the shell exited; a new one starts in the repository root]"
+        if result.status == "disk":
+            return "disk", f"{output}\n[exit code {result.returncode}; /tmp is full ({self.budget.disk_mb} MB)]"
         return "ok", f"{output}\n[exit code {result.returncode}]"
 
     def edit(self, args: str) -> tuple[str, str]:
@@ -176,7 +180,7 @@ def run_episode(env: Environment, task: dict, policy: Policy, budget: Budget | N
     tree = env.checkout(task["base_commit"])
     shell_backend = "auto" if backend == "docker" else backend  # the bash session runs in the local sandbox
     shell = Shell(tree, env=env.sandbox_env(tree), backend=shell_backend, visible=(str(env.path),),
-                  protected=(str(tree / ".git"),),
+                  protected=(str(tree / ".git"),), memory_mb=budget.memory_mb, disk_mb=budget.disk_mb,
                   max_output=budget.max_output * 4)
     tools = Tools(tree, shell, budget)
     messages = [{"role": "system", "content": SYSTEM_PROMPT.format(tree=tree, timeout=budget.command_timeout)},

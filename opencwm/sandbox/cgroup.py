@@ -81,7 +81,8 @@ def _remove(group: Path, wait: float = 2.0) -> bool:
             time.sleep(0.01)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (the owner of a group, a scratch directory or a work tree)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -100,7 +101,7 @@ def sweep_stale(parent: Path) -> int:
         return 0
     for entry in entries:
         match = _NAME.match(entry.name)
-        if match and not _alive(int(match.group(1))) and _remove(entry):
+        if match and not process_alive(int(match.group(1))) and _remove(entry):
             removed += 1
     return removed
 

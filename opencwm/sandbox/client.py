@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opencwm.sandbox.cgroup import Cgroup
+from opencwm.sandbox.cgroup import Cgroup, process_alive
 from opencwm.sandbox.isolation import (
     LAYERS,
     PACKAGE_ROOT,
@@ -37,6 +37,7 @@ from opencwm.sandbox.server import KILLED, MEMORY, OK, STATUSES
 
 SERVER_FILE = str(Path(__file__).with_name("server.py"))
 SCRATCH_PREFIX = "opencwm-sandbox-"
+REPLY_MARGIN = 10.0  # seconds past a job's time limit before a silent server counts as dead
 _MiB = 1024 * 1024
 
 
@@ -76,8 +77,6 @@ class SandboxError(RuntimeError):
 
 def sweep_stale_scratch(parent: str | None = None) -> int:
     """Remove the rlimits backend's scratch directories whose owner process is gone (after a ``kill -9``)."""
-    from opencwm.sandbox.cgroup import _alive
-
     parent = parent or tempfile.gettempdir()
     removed = 0
     try:
@@ -86,7 +85,7 @@ def sweep_stale_scratch(parent: str | None = None) -> int:
         return 0
     for name in entries:
         match = re.match(re.escape(SCRATCH_PREFIX) + r"(\d+)-", name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
             removed += 1
     return removed
@@ -162,8 +161,10 @@ class Sandbox:
             raise SandboxError(f"the {self.backend} sandbox's fork server did not start ({self.config.python})"
                                + (f": {why}" if why else ""))
         self._process.stderr.close()  # the server writes nothing there once it is ready
-        if "cgroup" in self.config.layers:  # the job's budget, above what the warm server itself holds
-            self._cgroup.limit_memory(self._cgroup.memory_usage() + self.config.memory_mb * _MiB)
+        if "cgroup" in self.config.layers:  # the job's budget, above what the warm server itself holds; files
+            # in the tmpfs writable areas are memory too, and have their own limit
+            files = self.layout.disk_bytes + self.layout.shm_bytes if self.scratch is None else 0
+            self._cgroup.limit_memory(self._cgroup.memory_usage() + self.config.memory_mb * _MiB + files)
 
     def _startup_error(self) -> str:
         process = self._process
@@ -210,14 +211,16 @@ class Sandbox:
         try:
             self._process.stdin.write(json.dumps(request).encode() + b"\n")
             self._process.stdin.flush()
-            # The server enforces the timeout itself; this margin only catches a server that stopped answering.
-            line = self._read_line(timeout + 30.0)
+            # The server enforces the timeout itself (and sweeps what is left within 5 s); this margin only
+            # catches a server that stopped answering (a job may stop or kill it).
+            line = self._read_line(timeout + REPLY_MARGIN)
         except (BrokenPipeError, OSError):
             line = None
         seconds = time.monotonic() - start
         reply = _parse_reply(line, request_id)
         if self._cgroup.oom_kills() > oom_before:  # a process of the job's tree was killed for want of memory
-            error = (f"the job's processes used more than {self.config.memory_mb} MB together and were killed"
+            error = (f"the job's processes used more than {self.config.memory_mb} MB together (files in its "
+                     f"writable area included) and were killed"
                      + ("" if reply is not None else " with the sandbox (it was restarted)"))
             if reply is None:
                 self._restart()

@@ -61,7 +61,8 @@ def installation(python: str) -> tuple[str, ...]:
     if os.path.realpath(python) == os.path.realpath(sys.executable):
         prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     else:
-        code = "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]))"
+        code = ("import json, sys; "
+                "print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]))")
         try:
             result = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, timeout=60)
             prefixes = json.loads(result.stdout) if result.returncode == 0 else []
@@ -104,6 +105,10 @@ class Layout:
         else:  # the weakened layout: all of /etc and the home directories, as the sandbox once showed them
             binds += [p for p in ("/etc", "/root", "/home") if os.path.isdir(p)]
         return binds, links
+
+    @property
+    def shm_bytes(self) -> int:
+        return min(self.disk_bytes, 64 * 1024**2)
 
     @property
     def home(self) -> str:
@@ -210,7 +215,7 @@ class Launch:
             size = layout.disk_bytes if "tmpfs" in layers else 1 << 40
             inodes = layout.disk_inodes if "tmpfs" in layers else 1 << 24
             spec["tmpfs"] = [{"path": WRITABLE_AREA, "bytes": size, "inodes": inodes},
-                             {"path": SHM, "bytes": min(size, 64 * 1024**2), "inodes": min(inodes, 1024)}]
+                             {"path": SHM, "bytes": min(size, layout.shm_bytes), "inodes": min(inodes, 1024)}]
             spec["rebind"] = rebind
         env = dict(env)
         confine = [sys.executable, "-I", "-S", CONFINE_FILE]

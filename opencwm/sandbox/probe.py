@@ -1,4 +1,5 @@
-"""Tiny jobs used by the tests and by ``opencwm sandbox check``: run a snippet, echo a value."""
+"""Tiny jobs used by the tests and by ``opencwm sandbox check``: run a snippet (and return what it left in
+``result``), echo a value."""
 
 
 def run_code(code: str) -> str:
@@ -9,3 +10,9 @@ def run_code(code: str) -> str:
 
 def echo(value):
     return value
+
+
+def evaluate(code: str):
+    namespace: dict = {}
+    exec(compile(code, "<sandboxed>", "exec"), namespace)
+    return namespace.get("result")

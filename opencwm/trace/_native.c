@@ -1421,6 +1421,14 @@ static int trace_function(PyObject *obj, PyFrameObject *frame, int what, PyObjec
         PyObject *message = PyUnicode_FromFormat("the tracer failed: %S: %S", name ? name : Py_None,
                                                  value ? value : Py_None);
         Py_XDECREF(name);
+        if (message == NULL) {  /* e.g. no stack left to format the value (RecursionError): the type alone */
+            PyErr_Clear();
+            message = type == PyExc_RecursionError
+                ? PyUnicode_FromString("the tracer failed: RecursionError: maximum recursion depth exceeded")
+                : PyUnicode_FromFormat("the tracer failed: %s",
+                                       type ? ((PyTypeObject *)type)->tp_name : "unknown error");
+            PyErr_Clear();
+        }
         if (message != NULL) Py_SETREF(self->error, message);
         PyErr_Restore(type, value, tb);
     }

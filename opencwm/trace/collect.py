@@ -26,8 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from opencwm.sandbox import OK, Outcome, Sandbox, SandboxConfig
-from opencwm.shards import ShardWriter, read_rows
-from opencwm.trace.record import Frame, Trace
+from opencwm.shards import BadRows, ShardWriter, read_rows
+from opencwm.trace.record import ERROR, Frame, Trace
 from opencwm.trace.sources import WorkItem, load_items
 from opencwm.trace.tracer import Limits
 
@@ -83,11 +83,25 @@ def read_traces(directory: str | Path):
 
 
 def outcome_rows(item: WorkItem, outcome: Outcome, origin: str) -> list[dict]:
-    """The rows one finished work item contributes. A job the sandbox had to stop still leaves a row saying so."""
+    """The rows one finished work item contributes. A job the sandbox had to stop still leaves a row saying so, and
+    so does a result of the wrong shape (it came from untrusted code)."""
+    try:
+        return _outcome_rows(item, outcome, origin)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        return error_rows(item, outcome, origin, f"the job's result is malformed ({type(exc).__name__}: {exc})"[:300])
+
+
+def error_rows(item: WorkItem, outcome: Outcome, origin: str, reason: str) -> list[dict]:
+    """The one row of an item that gave no usable trace: status ``error`` and the reason."""
+    return _outcome_rows(item, Outcome(ERROR, error=reason, seconds=outcome.seconds), origin)
+
+
+def _outcome_rows(item: WorkItem, outcome: Outcome, origin: str) -> list[dict]:
     meta = {"origin": origin, "call": item.meta.get("call"), "entry": None, "module": None, "python": None,
             "backend": None, "seconds": outcome.seconds}
     if outcome.status != OK:
-        trace = Trace(source=item.kwargs.get("source", ""), entry_lineno=0, status=outcome.status,
+        source = item.kwargs.get("source", "")
+        trace = Trace(source=source if isinstance(source, str) else "", entry_lineno=0, status=outcome.status,
                       error=outcome.error).to_dict()
         return [trace_row(item.key, trace, meta=meta)]
     result = outcome.result
@@ -205,20 +219,30 @@ def collect(source: str | Path, out: str | Path, config: CollectConfig | None = 
     def on_done(item: WorkItem, outcome: Outcome) -> None:
         nonlocal rows_written
         rows = outcome_rows(item, outcome, origin)
+        try:
+            writer.add(item.key, rows)
+        except BadRows as exc:  # a value of the wrong type: the item says so, the others are kept
+            rows = error_rows(item, outcome, origin, str(exc))
+            writer.add(item.key, rows)
         for row in rows:
             statuses[row["status"]] += 1
         rows_written += len(rows)
-        writer.add(item.key, rows)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(dict(statuses.most_common(4)), refresh=False)
 
     start = time.monotonic()
+    runnable = []
+    for item in todo:
+        if item.invalid:
+            on_done(item, Outcome(ERROR, error=item.invalid))
+        else:
+            runnable.append(item)
     try:
         if config.ray_address:
-            _run_ray(todo, config, on_done)
+            _run_ray(runnable, config, on_done)
         else:
-            _run_local(todo, config, on_done)
+            _run_local(runnable, config, on_done)
     finally:
         writer.close()
         if progress is not None:

@@ -34,6 +34,7 @@ class WorkItem:
     job: str  # "module:function" run in the sandbox
     kwargs: dict
     meta: dict = field(default_factory=dict)  # copied into every record of the item
+    invalid: str | None = None  # why the item cannot run: it becomes a row with status error and this reason
 
 
 def load_items(source: str | Path, calls: list[str] | None = None) -> tuple[str, list[WorkItem]]:
@@ -60,24 +61,47 @@ def _read_text(path: Path) -> str:
 
 
 def jsonl_items(path: Path) -> list[WorkItem]:
+    """One item per line. A line that is not a valid item (not JSON, missing or mistyped fields, a repeated id)
+    is still an item: it becomes a row with status ``error`` and the reason, and the other lines are traced."""
     items, seen = [], set()
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
+        key = f"line-{number}"
         try:
             record = json.loads(line)
         except ValueError as exc:
-            raise SourceError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or "code" not in record or not ("input" in record or "call" in record):
-            raise SourceError(f'{path}:{number}: expected an object with "code" and "input" (or "call")')
-        key = str(record.get("id", f"line-{number}"))
+            items.append(_invalid(key, f"{path.name}:{number}: not valid JSON ({exc.msg})"))
+            continue
+        if isinstance(record, dict) and isinstance(record.get("id"), (str, int)) \
+                and not isinstance(record["id"], bool):
+            key = str(record["id"])
+        problem = _item_problem(record)
         if key in seen:
-            raise SourceError(f"{path}:{number}: duplicate id {key!r}")
+            key, problem = f"line-{number}", f"duplicate id {key!r}"
         seen.add(key)
+        if problem:
+            items.append(_invalid(key, f"{path.name}:{number}: {problem}"))
+            continue
         call = record.get("call") or cruxeval_call(record.get("entry", "f"), record["input"])
         items.append(WorkItem(key, "opencwm.trace.jobs:trace_program_job",
                               {"source": record["code"], "call": call}, {"call": call}))
     return items
+
+
+def _item_problem(record) -> str | None:
+    if not isinstance(record, dict) or "code" not in record or not ("input" in record or "call" in record):
+        return 'expected an object with "code" and "input" (or "call")'
+    for name in ("code", "input", "call", "entry"):
+        if name in record and not isinstance(record[name], str):
+            return f"{name!r} must be a string, not {type(record[name]).__name__}"
+    if "id" in record and (not isinstance(record["id"], (str, int)) or isinstance(record["id"], bool)):
+        return f"'id' must be a string or an integer, not {type(record['id']).__name__}"
+    return None
+
+
+def _invalid(key: str, reason: str) -> WorkItem:
+    return WorkItem(key, "", {}, {}, invalid=reason)
 
 
 def program_dataset_items(path: Path) -> list[WorkItem]:
