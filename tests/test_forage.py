@@ -405,6 +405,81 @@ def test_symlinks_cannot_lead_edits_out_of_the_work_tree(env, tasks, tmp_path):
     assert "outside the repository" in actions[1]["observation"] and target.read_text() == "a = 1\n"
 
 
+def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path):
+    """The attacks of the threat model as an agent's bash actions: remounting the root, planting an fsmonitor
+    command for the host's git, reading secrets, filling the disk and the memory, a fork bomb. None reaches the
+    host; each action says what happened; the session goes on."""
+    pwned = Path("/tmp") / f"pwned-{os.getpid()}-{tmp_path.name}"
+    marker = Path("/root") / f"marker-{tmp_path.name}"
+    policy = ScriptedPolicy([
+        format_tool_call("bash", f"mount -o remount,bind,rw / && echo x > {marker}"),
+        format_tool_call("bash", f"git config core.fsmonitor 'touch {pwned}'; git config core.hooksPath ."),
+        format_tool_call("bash", "cat /etc/shadow; ls -A /root /home"),
+        format_tool_call("bash", "head -c 300M /dev/zero > /tmp/big; echo wrote $?"),
+        format_tool_call("bash", "python -c \"import os\nfor _ in range(4):\n    os.fork()\n"
+                                 "b = bytearray(150 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\""),
+        format_tool_call("bash", "f() { f | f & }; f; sleep 2; echo bombed"),
+        format_tool_call("bash", "echo still-here > fixed.txt; echo ok"),
+        format_tool_call("submit", ""),
+    ])
+    row = run_episode(env, tasks[0], policy, Budget(command_timeout=5, memory_mb=256, disk_mb=64))
+    actions = json.loads(row["actions"])
+    assert "exit code 0" not in actions[0]["observation"] and not marker.exists()
+    assert "Read-only file system" in actions[1]["observation"] or "could not lock" in actions[1]["observation"]
+    assert "No such file" in actions[2]["observation"] and ".bashrc" not in actions[2]["observation"]
+    assert actions[3]["status"] == "disk" and "wrote 1" in actions[3]["observation"]
+    assert actions[4]["status"] == "memory", actions[4]
+    assert actions[5]["status"] in ("ok", "timeout", "killed")
+    assert "ok" in actions[6]["observation"] and "fixed.txt" in row["diff"]
+    assert not pwned.exists()  # the host computed the diff without running what the agent planted
+
+
+def test_host_git_ignores_a_hostile_repository_configuration(env, tmp_path):
+    """Even over a tree whose .git was written by someone hostile, host-side git runs no hook, fsmonitor or
+    filter command."""
+    pwned = tmp_path / "pwned"
+    tree = env.checkout(parent=tmp_path / "work")
+    try:
+        git(tree, "config", "core.fsmonitor", f"touch {pwned}-fsmonitor")
+        git(tree, "config", "filter.evil.clean", f"touch {pwned}-filter; cat")
+        git(tree, "config", "diff.external", f"touch {pwned}-diff")
+        (tree / ".git" / "hooks" / "pre-commit").write_text(f"#!/bin/sh\ntouch {pwned}-hook\n")
+        (tree / ".git" / "hooks" / "pre-commit").chmod(0o755)
+        (tree / ".gitattributes").write_text("* filter=evil diff=evil\n")
+        (tree / "new.py").write_text("x = 1\n")
+        patch = env.diff(tree, env.base_commit)
+        assert "new.py" in patch and "gitattributes" in patch
+        assert not list(tmp_path.glob("pwned*"))
+    finally:
+        Environment.discard(tree)
+
+
+def test_kill_9_of_mutate_then_a_rerun_gives_every_candidate_once(env, tmp_path):
+    import random
+    import signal
+    import time
+
+    from opencwm.forage.tasks import candidates
+    from opencwm.shards import read_rows
+
+    out = tmp_path / "tasks"
+    command = [sys.executable, "-m", "opencwm.cli", "forage", "mutate", str(env.path), "--out", str(out),
+               "--workers", "2", "--json", "--quiet"]
+    rng = random.Random(11)
+    for _ in range(3):
+        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.5, 4.0))
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    items = [row["item"] for row in read_rows(out, columns=["item"])]
+    assert sorted(items) == sorted(set(items)) and len(items) == len(candidates(env))
+    live = [p for p in (env.path / "work").iterdir() if Path(f"/proc/{p.name.split('-')[0]}").exists()]
+    assert not [p for p in (env.path / "work").iterdir() if p not in live]  # the killed runs' trees are gone
+
+
 class _ScriptedServer(BaseHTTPRequestHandler):
     replies: ClassVar[list[str]] = []
     requests: ClassVar[list[dict]] = []

@@ -382,3 +382,34 @@ def test_each_layer_holds_its_own_probes(layer):
     config = _config(backend, layers=tuple(x for x in LAYERS if x != layer), disk_mb=16, disk_inodes=1024)
     _, verdicts = run_checks(config)
     assert {v.guarantee for v in verdicts if not v.held} == WHAT_EACH_LAYER_HOLDS[layer]
+
+
+@pytest.mark.parametrize("backend, may_lack", [("bwrap", {"memory limit", "disk limit"}),
+                                               ("unshare", {"memory limit"})])
+def test_an_unprivileged_user_gets_the_guarantees_or_is_told_which_are_missing(backend, may_lack):
+    """Run by a user (uid 65534) with the system's Python: every probe holds but those that need root here --
+    the memory cgroup (no delegation to that user) and, under bubblewrap, the tmpfs inode limit."""
+    import shutil
+    import tempfile
+
+    import pyseccomp
+
+    setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
+    if os.geteuid() != 0 or setpriv is None or not Path(python).exists() or not _works(backend):
+        pytest.skip("needs root (to become another user), setpriv, /usr/bin/python3 and the backend")
+    copy = Path(tempfile.mkdtemp(prefix="opencwm-unprivileged-"))
+    try:
+        shutil.copytree(REPO / "opencwm", copy / "opencwm", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        shutil.copy(pyseccomp.__file__, copy)
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        result = subprocess.run(
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "env", "-i", "PATH=/usr/bin:/bin",
+             "HOME=/tmp", f"PYTHONPATH={copy}", python, "-m", "opencwm.cli", "sandbox", "check", "--sandbox",
+             backend, "--memory-mb", "256"], cwd="/", capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    assert f"backend {backend}" in result.stdout, result.stdout + result.stderr
+    failed = {line[:22].strip() for line in result.stdout.splitlines() if " FAILED " in line}
+    assert failed <= may_lack, result.stdout
+    assert (result.returncode == 1) == bool(failed)

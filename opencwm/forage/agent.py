@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opencwm.chat import ChatFormatError, parse_create, parse_edit, parse_tool_call, tool_role
-from opencwm.forage.environment import Environment, git, git_command, git_environment
+from opencwm.forage.environment import Environment, git_command, git_environment
 from opencwm.forage.policies import Policy
 from opencwm.sandbox.shell import Shell, truncate_output
 
@@ -77,6 +77,9 @@ class Tools:
                               "was killed; the shell was restarted in the repository root]"
         if result.status == "killed":
             return "killed", f"{output}\n[the shell exited; a new one starts in the repository root]"
+        if result.status == "memory":
+            return "memory", f"{output}\n[exit code {result.returncode}; a process ran past the memory limit " \
+                             f"({self.budget.memory_mb} MB) and was killed]"
         if result.status == "disk":
             return "disk", f"{output}\n[exit code {result.returncode}; /tmp is full ({self.budget.disk_mb} MB)]"
         return "ok", f"{output}\n[exit code {result.returncode}]"
@@ -144,14 +147,6 @@ def _open_beneath(root: Path, relative: Path, flags: int, *, make_dirs: bool = F
         raise OSError(22, "not a regular file")
     os.set_blocking(file_fd, True)
     return os.fdopen(file_fd, "rb" if flags & (os.O_WRONLY | os.O_RDWR) == 0 else "wb")
-
-
-def diff_of(tree: Path, base_commit: str) -> str:
-    """The work tree's changes against ``base_commit``, new files included (git's ignore rules apply). The tree
-    was written by the agent: git runs with its safety settings (``GIT_SAFETY``) over a ``.git`` the agent could
-    not write."""
-    git(tree, "add", "-A")
-    return git(tree, "diff", "--cached", "--binary", base_commit)
 
 
 def evaluate_patch(env: Environment, task: dict, patch: str, *, backend: str = "auto",
@@ -227,7 +222,7 @@ def run_episode(env: Environment, task: dict, policy: Policy, budget: Budget | N
             left = (f"\n\n[{budget.max_turns - turn - 1} turns left; "
                     f"{max(0, budget.max_tokens - prompt_tokens - completion_tokens)} tokens left]")
             messages.append({"role": tool_role(name), "content": action["observation"] + left})
-        patch = diff_of(tree, task["base_commit"])
+        patch = env.diff(tree, task["base_commit"])
     finally:
         shell.close()
         Environment.discard(tree)

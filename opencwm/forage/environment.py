@@ -79,9 +79,10 @@ def git_command(repo: str | Path, *args: str) -> list[str]:
     return ["git", *GIT_SAFETY, "-C", str(repo), *args]
 
 
-def git(repo: str | Path, *args: str, check: bool = True, input: str | None = None) -> str:
+def git(repo: str | Path, *args: str, check: bool = True, input: str | None = None,
+        environment: dict[str, str] | None = None) -> str:
     result = subprocess.run(git_command(repo, *args), capture_output=True, text=True, input=input,
-                            env=git_environment())
+                            env={**git_environment(), **(environment or {})})
     if check and result.returncode != 0:
         raise ForageError(f"git {' '.join(args[:2])} failed: {result.stderr.strip()[:300]}")
     return result.stdout
@@ -184,6 +185,20 @@ class Environment:
         git(self.path, "clone", "-q", "--shared", "--no-checkout", str(self.repo), str(tree))
         git(tree, "checkout", "-q", "-f", commit or self.base_commit)
         return tree
+
+    def diff(self, tree: Path, commit: str) -> str:
+        """The changes of a work tree that untrusted code wrote (an agent's) against ``commit``, new files
+        included (git's ignore rules apply). Nothing of the tree's own ``.git`` is used: git runs on the
+        environment's repository (which no sandboxed process can write) with a throwaway index and object store,
+        so no configuration, hook or filter of the tree's can run on the host."""
+        with tempfile.TemporaryDirectory(prefix="opencwm-diff-") as scratch:
+            os.makedirs(f"{scratch}/objects/pack")
+            environment = {"GIT_DIR": str(self.repo / ".git"), "GIT_WORK_TREE": str(tree),
+                           "GIT_INDEX_FILE": f"{scratch}/index", "GIT_OBJECT_DIRECTORY": f"{scratch}/objects",
+                           "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(self.repo / ".git" / "objects")}
+            git(tree, "read-tree", commit, environment=environment)
+            git(tree, "add", "-A", environment=environment)
+            return git(tree, "diff", "--cached", "--binary", commit, environment=environment)
 
     @staticmethod
     def reset(tree: Path, commit: str) -> None:

@@ -116,8 +116,8 @@ def protect_proc() -> None:
     otherwise writable without any capability (``kernel.core_pattern`` would run a program on the host)."""
     for name in PROC_READ_ONLY:
         path = f"/proc/{name}"
-        if os.path.exists(path):
-            _mount(path, path, None, MS_BIND | MS_REC)
+        if os.path.exists(path) and not os.statvfs(path).f_flag & os.ST_RDONLY:  # (bubblewrap run by a user
+            _mount(path, path, None, MS_BIND | MS_REC)  # makes them read-only itself; run by root, it does not)
             _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 

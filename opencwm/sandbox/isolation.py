@@ -243,7 +243,20 @@ def _bwrap(layout: Layout, spec: dict) -> list[str]:
         command += ["--ro-bind", path, path]
     for target, path in links:
         command += ["--symlink", target, path]
-    command += ["--proc", "/proc", "--dev", "/dev", "--dir", WRITABLE_AREA]
+    command += ["--proc", "/proc", "--dev", "/dev"]
+    if os.geteuid() == 0:
+        command += ["--dir", WRITABLE_AREA]  # confine mounts the tmpfs, with its byte and inode limits
+    else:
+        # Run by a user, bubblewrap hands the job a user namespace that does not own its mount namespace, so
+        # confine cannot mount there: bubblewrap's own tmpfs, limited in bytes only (the check reports the
+        # missing inode limit), and its own read-only /proc/sys.
+        tmpfs = {area["path"]: area for area in spec.pop("tmpfs", [])}
+        spec["protect_proc"] = False
+        for path in (WRITABLE_AREA, SHM):
+            if path in tmpfs:
+                command += ["--size", str(tmpfs[path]["bytes"]), "--perms", "1777", "--tmpfs", path]
+            else:
+                command += ["--dir", path]
     for path in layout.read_only_binds():
         command += ["--ro-bind-try", path, path]
     for path in layout.writable:

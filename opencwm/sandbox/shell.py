@@ -27,13 +27,14 @@ from pathlib import Path
 from opencwm.sandbox.cgroup import Cgroup
 from opencwm.sandbox.isolation import LAYERS, WRITABLE_AREA, Launch, Layout, detect_backend, stop_process
 
-OK, TIMEOUT, KILLED, DISK = "ok", "timeout", "killed", "disk"
+OK, TIMEOUT, KILLED, DISK, MEMORY = "ok", "timeout", "killed", "disk", "memory"
 DEFAULT_MAX_OUTPUT = 16_000
 
 
 @dataclass
 class CommandResult:
-    status: str  # ok (finished, whatever its exit code) | timeout | killed (the shell died) | disk (its tmpfs is full)
+    status: str  # ok (finished, whatever its exit code) | timeout | killed (the shell died) | disk (its tmpfs is
+    # full) | memory (a process of the command was killed by the memory limit)
     returncode: int | None
     output: str  # stdout and stderr together, truncated in the middle with a visible marker
     seconds: float
@@ -131,6 +132,7 @@ class Shell:
         self.max_output = max_output
         self._process: subprocess.Popen | None = None
         self._cgroup: Cgroup | None = None
+        self._oom_before = 0
         self.restarts = 0
 
     def start(self) -> None:
@@ -158,6 +160,7 @@ class Shell:
         line = (f'{{ eval "$(printf %s {encoded} | base64 -d)"; }} < /dev/null 2>&1; '
                 f"printf '\\n{marker} %s %s\\n' $? \"$(/usr/bin/stat -f -c %a:%d {WRITABLE_AREA} 2>/dev/null)\"\n")
         start = time.monotonic()
+        self._oom_before = self._cgroup.oom_kills() if self._cgroup else 0
         try:
             self._process.stdin.write(line.encode())
             self._process.stdin.flush()
@@ -191,6 +194,8 @@ class Shell:
         return self._result(KILLED, None, buffer, start)
 
     def _result(self, status: str, code: int | None, output: bytes, start: float) -> CommandResult:
+        if status in (OK, DISK) and self._cgroup is not None and self._cgroup.oom_kills() > self._oom_before:
+            status = MEMORY
         text = truncate_output(output.decode("utf-8", "replace"), self.max_output)
         return CommandResult(status, code, text, round(time.monotonic() - start, 3))
 
