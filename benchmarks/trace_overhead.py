@@ -7,9 +7,14 @@ under PySnooper and hunter recording lines and locals. Each mode runs the suite 
 reported, and overheads as ratios to the untraced time.
 
 Part 2 -- sandboxed collection throughput (items/s on this machine, a fresh process per item) of
-``opencwm trace collect`` on the same CruxEval items, against the naive way: one fresh interpreter per item.
+``opencwm trace collect`` on the same CruxEval items, against the naive way: one fresh interpreter per item; and
+with every defence layer of the sandbox against none of them (capabilities kept, no seccomp filter, the host shown
+read-only, no memory cgroup, no tmpfs, a dumpable server: what the sandbox was before those layers).
 
-    python benchmarks/trace_overhead.py [--cruxeval PATH] [--repeats 5] [--no-write]
+Part 3 -- the sandbox's own cost per job: the round trip of a job that returns its argument, with every layer and
+with none, interleaved, on each namespaced backend that works here (median of ``--jobs`` per configuration).
+
+    python benchmarks/trace_overhead.py [--cruxeval PATH] [--repeats 5] [--jobs 300] [--no-write]
 """
 
 from __future__ import annotations
@@ -175,11 +180,17 @@ def other_interpreter(version: str) -> str | None:
 
 
 def collection_throughput(cruxeval: Path, workers: int) -> dict:
+    from dataclasses import replace
+
     from opencwm.trace.collect import CollectConfig, collect
 
     with tempfile.TemporaryDirectory() as tmp:
         config = CollectConfig(workers=workers, progress=False)
-        summary = collect(cruxeval, Path(tmp) / "ds", config)
+        bare = replace(config, sandbox=replace(config.sandbox, layers=()))
+        rates = {}
+        for name, chosen in (("layers", config), ("no_layers", bare), ("layers_again", config)):
+            summary = collect(cruxeval, Path(tmp) / name, chosen)
+            rates[name] = summary["items_per_second"]
         items = [json.loads(line) for line in cruxeval.read_text().splitlines()][:40]
         # The naive reference: a fresh interpreter per item (no sandbox at all), on a sample.
         start = time.perf_counter()
@@ -188,8 +199,38 @@ def collection_throughput(cruxeval: Path, workers: int) -> dict:
                     f"trace_program({item['code']!r}, {'f(' + item['input'] + ')'!r})")
             subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         naive = len(items) / (time.perf_counter() - start)
-    return {"items": summary["processed"], "sandboxed_items_per_s": summary["items_per_second"],
-            "statuses": summary["statuses"], "naive_fresh_interpreter_items_per_s": round(naive, 1)}
+    return {"items": summary["processed"], "sandboxed_items_per_s": min(rates["layers"], rates["layers_again"]),
+            "without_layers_items_per_s": rates["no_layers"], "statuses": summary["statuses"],
+            "naive_fresh_interpreter_items_per_s": round(naive, 1)}
+
+
+def job_overhead(jobs: int) -> dict[str, dict[str, float]]:
+    """Median round trip (ms) of an echo job per backend, every layer vs none, interleaved in rounds."""
+    from opencwm.sandbox import LAYERS, Sandbox, SandboxConfig, SandboxUnavailable, detect_backend
+
+    results = {}
+    for backend in ("bwrap", "unshare"):
+        try:
+            detect_backend(backend)
+        except SandboxUnavailable:
+            continue
+        boxes = {name: Sandbox(SandboxConfig(backend=backend, layers=layers, preload=("opencwm.sandbox.probe",)))
+                 for name, layers in (("layers", LAYERS), ("no_layers", ()))}
+        times: dict[str, list[float]] = {name: [] for name in boxes}
+        try:
+            for box in boxes.values():
+                box.run("opencwm.sandbox.probe:echo", value=0)
+            for round_ in range(jobs // 20):
+                for name, box in boxes.items():
+                    for i in range(20):
+                        start = time.perf_counter()
+                        box.run("opencwm.sandbox.probe:echo", value=round_ * 20 + i)
+                        times[name].append(time.perf_counter() - start)
+        finally:
+            for box in boxes.values():
+                box.close()
+        results[backend] = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    return results
 
 
 def main() -> None:
@@ -197,6 +238,7 @@ def main() -> None:
     parser.add_argument("--cruxeval", type=Path, default=DEFAULT_CRUXEVAL)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--jobs", type=int, default=300, help="sandbox jobs per configuration in part 3")
     parser.add_argument("--json", action="store_true", help="print only the overhead medians as JSON (internal)")
     parser.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -237,7 +279,12 @@ def main() -> None:
         throughput = collection_throughput(args.cruxeval, args.workers)
         print(f"sandboxed collection: {throughput['sandboxed_items_per_s']} items/s "
               f"({throughput['items']} items, {args.workers} workers, statuses {throughput['statuses']}); "
+              f"without the defence layers: {throughput['without_layers_items_per_s']} items/s; "
               f"fresh interpreter per item: {throughput['naive_fresh_interpreter_items_per_s']} items/s")
+    overhead = job_overhead(args.jobs)
+    for backend, medians in overhead.items():
+        print(f"sandbox job round trip ({backend}): every layer {medians['layers']:.2f} ms, "
+              f"none {medians['no_layers']:.2f} ms (median of {args.jobs // 20 * 20} each)")
 
     if not args.no_write:
         figures = "; ".join([
@@ -246,8 +293,11 @@ def main() -> None:
             *([("CPython 3.12: " + ", ".join(f"{k} {v:.2f}x" for k, v in extra.items()))] if extra else []),
             ", ".join(f"{k}: {v:.2f}x" for k, v in goals.items()),
             *([f"sandboxed collection {throughput['sandboxed_items_per_s']} items/s ({args.workers} workers, "
-               f"fresh process per item) vs {throughput['naive_fresh_interpreter_items_per_s']} items/s with a "
+               f"fresh process per item; {throughput['without_layers_items_per_s']} items/s without the defence "
+               f"layers) vs {throughput['naive_fresh_interpreter_items_per_s']} items/s with a "
                f"fresh interpreter per item"] if throughput else []),
+            *[f"sandbox job round trip {backend}: every layer {m['layers']:.2f} ms vs none {m['no_layers']:.2f} ms"
+              for backend, m in overhead.items()],
         ])
         append_row("trace_overhead", "python benchmarks/trace_overhead.py", figures)
 

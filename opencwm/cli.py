@@ -156,6 +156,9 @@ def cmd_trace_collect(args) -> int:
     except (SourceError, ProgramError, DatasetError) as exc:
         raise CliError(str(exc)) from None
     print(json.dumps(summary))
+    if summary["invalid_items"]:
+        print(f"opencwm: {summary['invalid_items']} item(s) are not valid and were stored as rows with status error "
+              f"(first: {summary['first_invalid']})", file=sys.stderr)
     return 0
 
 

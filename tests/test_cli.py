@@ -77,8 +77,10 @@ def test_unreadable_and_missing_inputs(tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     bad_jsonl = tmp_path / "bad.jsonl"
     bad_jsonl.write_text('{"code": "def f(x): return x", "input": "1", "id": "a"}\n{oops\n')
-    result = opencwm("trace", "collect", str(bad_jsonl), "--out", str(tmp_path / "o"))
-    assert result.returncode == 2 and "bad.jsonl:2" in result.stderr
+    result = opencwm("trace", "collect", str(bad_jsonl), "--out", str(tmp_path / "o"), "--quiet")
+    # a bad line is a row with its reason (the good items are kept), and one line on stderr says so
+    assert result.returncode == 0 and json.loads(result.stdout)["statuses"] == {"ok": 1, "error": 1}
+    assert result.stderr.count("\n") == 1 and "bad.jsonl:2: not valid JSON" in result.stderr
     result = opencwm("trace", "show", str(tmp_path))
     assert result.returncode == 2 and "not an opencwm dataset" in result.stderr
     result = opencwm("trace", "collect", "examples/programs.jsonl", "--out", str(tmp_path / "o2"), "--workers", "0")
@@ -110,8 +112,4 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for command in ("run", "collect", "show"):
         assert command in result.stdout
-    check = opencwm("sandbox", "check")
-    assert check.returncode == 0 and check.stdout.count(" contained ") == 4, check.stdout
-    weak = opencwm("sandbox", "check", "--sandbox", "rlimits")  # no namespaces: network and files reachable
-    assert weak.returncode == 1 and "NOT CONTAINED" in weak.stdout and "WARNING" in weak.stderr
-    assert " contained " in weak.stdout  # limits still hold without namespaces
+    # (opencwm sandbox check: tests/test_hostile.py)

@@ -405,7 +405,8 @@ def test_symlinks_cannot_lead_edits_out_of_the_work_tree(env, tasks, tmp_path):
     assert "outside the repository" in actions[1]["observation"] and target.read_text() == "a = 1\n"
 
 
-def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path):
+@pytest.mark.parametrize("backend", ["bwrap", "unshare"])
+def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path, backend):
     """The attacks of the threat model as an agent's bash actions: remounting the root, planting an fsmonitor
     command for the host's git, reading secrets, filling the disk and the memory, a fork bomb. None reaches the
     host; each action says what happened; the session goes on."""
@@ -422,7 +423,13 @@ def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path):
         format_tool_call("bash", "echo still-here > fixed.txt; echo ok"),
         format_tool_call("submit", ""),
     ])
-    row = run_episode(env, tasks[0], policy, Budget(command_timeout=5, memory_mb=256, disk_mb=64))
+    from opencwm.sandbox import SandboxUnavailable, detect_backend
+
+    try:
+        detect_backend(backend)
+    except SandboxUnavailable:
+        pytest.skip(f"the {backend} backend does not work here")
+    row = run_episode(env, tasks[0], policy, Budget(command_timeout=5, memory_mb=256, disk_mb=64), backend=backend)
     actions = json.loads(row["actions"])
     assert "exit code 0" not in actions[0]["observation"] and not marker.exists()
     assert "Read-only file system" in actions[1]["observation"] or "could not lock" in actions[1]["observation"]

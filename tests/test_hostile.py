@@ -348,16 +348,20 @@ def test_kill_9_at_random_moments_then_a_rerun_gives_every_item_once(backend, tm
 
 
 # -- 11. the self-test -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ISOLATING)
+@pytest.mark.parametrize("backend", ["auto", *[b for b in ISOLATING if b != "bwrap"]])
 def test_sandbox_check_holds_every_probe(backend):
-    result = _opencwm("sandbox", "check", "--sandbox", backend, "--memory-mb", "256")
+    """As the README writes it (the best backend here), and on the other isolating backend."""
+    if backend == "auto" and not [b for b in ISOLATING if b in ("bwrap", "unshare")]:
+        pytest.skip("no isolating backend works here")
+    result = _opencwm("sandbox", "check", *(["--sandbox", backend] if backend != "auto" else []))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAILED" not in result.stdout and "probes held" in result.stdout
 
 
 def test_sandbox_check_fails_on_the_rlimits_backend():
     result = _opencwm("sandbox", "check", "--sandbox", "rlimits", "--memory-mb", "256")
-    assert result.returncode == 1 and "FAILED" in result.stdout
+    assert result.returncode == 1 and "FAILED" in result.stdout and "WARNING" in result.stderr
+    assert any(line.startswith("time limit") and " held " in line for line in result.stdout.splitlines())
     for guarantee in ("no network", "host secrets hidden", "read-only host"):
         assert guarantee in result.stdout.rsplit("FAILED:", 1)[1]
 

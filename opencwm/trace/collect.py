@@ -232,9 +232,10 @@ def collect(source: str | Path, out: str | Path, config: CollectConfig | None = 
             progress.set_postfix(dict(statuses.most_common(4)), refresh=False)
 
     start = time.monotonic()
-    runnable = []
+    runnable, invalid = [], []
     for item in todo:
         if item.invalid:
+            invalid.append(item.invalid)
             on_done(item, Outcome(ERROR, error=item.invalid))
         else:
             runnable.append(item)
@@ -252,4 +253,5 @@ def collect(source: str | Path, out: str | Path, config: CollectConfig | None = 
         "out": str(out), "source_kind": kind, "items": len(items), "already_done": len(done & {i.key for i in items}),
         "processed": len(todo), "traces": rows_written, "statuses": dict(statuses), "seconds": round(seconds, 3),
         "items_per_second": round(len(todo) / seconds, 1) if seconds > 0 and todo else None,
+        "invalid_items": len(invalid), "first_invalid": invalid[0] if invalid else None,
     }
