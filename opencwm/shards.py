@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,7 +30,10 @@ class DatasetError(ValueError):
 
 
 class BadRows(DatasetError):
-    """An item's rows do not fit the dataset's schema (nothing of the item was added; the caller records it)."""
+    """An item's rows do not fit the dataset's schema (and the writer was given no way to replace them)."""
+
+
+_CONVERSION_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -68,12 +71,14 @@ class ShardWriter:
     """Appends rows to a dataset directory, shard by shard; reopening it resumes where the last run stopped."""
 
     def __init__(self, directory: str | Path, schema: pa.Schema, kind: str, *, rows_per_shard: int = 2000,
-                 seconds_per_shard: float = 60.0, metadata: dict | None = None):
+                 seconds_per_shard: float = 60.0, metadata: dict | None = None,
+                 on_bad_rows: Callable[[str, list[dict], str], list[dict]] | None = None):
         self.directory = Path(directory)
         self.schema = schema
         self.kind = kind
         self.rows_per_shard = rows_per_shard
         self.seconds_per_shard = seconds_per_shard
+        self.on_bad_rows = on_bad_rows  # (item, its rows, reason) -> the rows to keep instead (e.g. an error row)
         self.directory.mkdir(parents=True, exist_ok=True)
         if (self.directory / MANIFEST).exists():
             self.manifest = read_manifest(self.directory)
@@ -83,7 +88,7 @@ class ShardWriter:
             self.manifest = {"kind": kind, "format_version": 1, "schema": _describe(schema), "rows": 0,
                              "shards": [], "metadata": metadata or {}}
         self._remove_unlisted()
-        self._tables: list[pa.Table] = []
+        self._rows: list[tuple[str, list[dict]]] = []
         self._pending = 0
         self._empty: list[str] = []
         self._last_flush = time.monotonic()
@@ -104,35 +109,49 @@ class ShardWriter:
         return done
 
     def add(self, item: str, rows: Iterable[dict]) -> None:
-        """Record a finished work item with its rows (possibly none). Rows that do not fit the schema raise
-        ``BadRows`` here, where the item is known, instead of failing the whole shard later."""
+        """Record a finished work item with its rows (possibly none)."""
         rows = list(rows)
         for row in rows:
             row["item"] = item
         if rows:
-            try:
-                table = pa.Table.from_pylist(rows, schema=self.schema)
-            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-                raise BadRows(f"item {item!r}: its rows do not fit the schema ({str(exc).splitlines()[0][:200]})") \
-                    from None
-            self._tables.append(table)
-            self._pending += table.num_rows
+            self._rows.append((item, rows))
+            self._pending += len(rows)
         else:
             self._empty.append(item)
         if (self._pending >= self.rows_per_shard
                 or time.monotonic() - self._last_flush >= self.seconds_per_shard):
             self.flush()
 
+    def _table(self) -> pa.Table:
+        """The pending rows as one table. When they do not fit the schema, each item is checked on its own: a bad
+        item's rows become what ``on_bad_rows`` makes of them (or ``BadRows`` is raised), the others are kept."""
+        rows = [row for _, item_rows in self._rows for row in item_rows]
+        try:
+            return pa.Table.from_pylist(rows, schema=self.schema)
+        except _CONVERSION_ERRORS:
+            pass
+        tables = []
+        for item, item_rows in self._rows:
+            try:
+                tables.append(pa.Table.from_pylist(item_rows, schema=self.schema))
+            except _CONVERSION_ERRORS as exc:
+                reason = f"item {item!r}: its rows do not fit the schema ({str(exc).splitlines()[0][:200]})"
+                if self.on_bad_rows is None:
+                    raise BadRows(reason) from None
+                replacement = [{**row, "item": item} for row in self.on_bad_rows(item, item_rows, reason)]
+                tables.append(pa.Table.from_pylist(replacement, schema=self.schema))
+        return pa.concat_tables(tables)
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
-        if not self._tables and not self._empty:
+        if not self._rows and not self._empty:
             return
         index = len(self.manifest["shards"])
         name = f"shard-{index:05d}.parquet"
         while (self.directory / name).exists():  # never overwrite a listed shard
             index += 1
             name = f"shard-{index:05d}.parquet"
-        table = pa.concat_tables(self._tables) if self._tables else self.schema.empty_table()
+        table = self._table() if self._rows else self.schema.empty_table()
         tmp = self.directory / f".{name}.tmp"
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as handle:
@@ -141,7 +160,7 @@ class ShardWriter:
         self.manifest["shards"].append({"file": name, "rows": table.num_rows, "empty_items": self._empty})
         self.manifest["rows"] += table.num_rows
         _atomic_write_bytes(self.directory / MANIFEST, json.dumps(self.manifest, indent=1).encode())
-        self._tables, self._pending, self._empty = [], 0, []
+        self._rows, self._pending, self._empty = [], 0, []
 
     def close(self) -> None:
         self.flush()

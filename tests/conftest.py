@@ -27,6 +27,17 @@ def interpreter(version: str) -> str | None:
     return shutil.which(f"python{version}")
 
 
+def working_backend(backend: str) -> bool:
+    """Whether the sandbox backend ``backend`` works on this machine."""
+    from opencwm.sandbox import SandboxUnavailable, detect_backend
+
+    try:
+        detect_backend(backend)
+        return True
+    except SandboxUnavailable:
+        return False
+
+
 def require_interpreter(version: str) -> str:
     exe = interpreter(version)
     if exe is None:

@@ -423,11 +423,9 @@ def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path, 
         format_tool_call("bash", "echo still-here > fixed.txt; echo ok"),
         format_tool_call("submit", ""),
     ])
-    from opencwm.sandbox import SandboxUnavailable, detect_backend
+    from conftest import working_backend
 
-    try:
-        detect_backend(backend)
-    except SandboxUnavailable:
+    if not working_backend(backend):
         pytest.skip(f"the {backend} backend does not work here")
     row = run_episode(env, tasks[0], policy, Budget(command_timeout=5, memory_mb=256, disk_mb=64), backend=backend)
     actions = json.loads(row["actions"])

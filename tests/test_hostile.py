@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import working_backend
 
 from opencwm.sandbox import (
     CRASH,
@@ -30,8 +31,6 @@ from opencwm.sandbox import (
     TIMEOUT,
     Sandbox,
     SandboxConfig,
-    SandboxUnavailable,
-    detect_backend,
 )
 from opencwm.sandbox.cgroup import _own_group
 from opencwm.sandbox.check import run_checks
@@ -44,15 +43,7 @@ EVALUATE = "opencwm.sandbox.probe:evaluate"
 ECHO = "opencwm.sandbox.probe:echo"
 
 
-def _works(backend: str) -> bool:
-    try:
-        detect_backend(backend)
-        return True
-    except SandboxUnavailable:
-        return False
-
-
-ISOLATING = [b for b in ("bwrap", "unshare") if _works(b)] or [pytest.param("none", marks=pytest.mark.skip(
+ISOLATING = [b for b in ("bwrap", "unshare") if working_backend(b)] or [pytest.param("none", marks=pytest.mark.skip(
     reason="no isolating backend (bubblewrap or unshare) works here"))]
 
 
@@ -249,6 +240,10 @@ def test_trace_collect_keeps_every_good_item_beside_hostile_and_bad_ones(backend
     lines[90] = json.dumps({"id": "forge", "code": "import os\ndef f(x):\n    for fd in range(64):\n        try:\n"
                             "            os.write(fd, b'{\"id\": 1, \"status\": \"ok\"}\\n')\n        except OSError:\n"
                             "            pass\n    return x", "input": "7"})
+    lines[95] = json.dumps({"id": "liar", "input": "1", "code": (  # a job that lies about its result's shape
+        "import opencwm.trace.record as record\nreal = record.Trace.to_dict\n"
+        "record.Trace.to_dict = lambda self: {**real(self), 'entry_lineno': 'nope', 'frames': [{'event': 5}]}\n"
+        "def f(x):\n    return x")})
     source = tmp_path / "items.jsonl"
     source.write_text("\n".join(lines) + "\n")
     result = _opencwm("trace", "collect", str(source), "--out", str(tmp_path / "ds"), "--sandbox", backend,
@@ -264,6 +259,8 @@ def test_trace_collect_keeps_every_good_item_beside_hostile_and_bad_ones(backend
     assert rows["bad-type"][0]["status"] == "error" and "'code' must be a string" in rows["bad-type"][0]["error"]
     assert rows["line-61"][0]["status"] == "error" and "not valid JSON" in rows["line-61"][0]["error"]
     assert rows["escape"][1].frames[-1].event == "exception"
+    assert rows["liar"][0]["status"] == "error" and "do not fit the schema" in rows["liar"][0]["error"]
+    assert json.loads(result.stdout)["statuses"]["error"] == 3
     # the forger wrote over its own reply pipe too: its own result is lost (crash), never another item's
     assert rows["forge"][0]["status"] == "crash" or rows["forge"][1].return_value == "7"
     again = _opencwm("trace", "collect", str(source), "--out", str(tmp_path / "ds"), "--sandbox", backend, "--quiet")
@@ -380,7 +377,7 @@ WHAT_EACH_LAYER_HOLDS = {
 def test_each_layer_holds_its_own_probes(layer):
     """A sandbox with one layer off fails exactly that layer's probes: each layer is tested on its own, and the
     check can tell a weakened configuration."""
-    backend = next((b for b in ("bwrap", "unshare") if _works(b)), None)
+    backend = next((b for b in ("bwrap", "unshare") if working_backend(b)), None)
     if backend is None:
         pytest.skip("no isolating backend works here")
     config = _config(backend, layers=tuple(x for x in LAYERS if x != layer), disk_mb=16, disk_inodes=1024)
@@ -399,7 +396,7 @@ def test_an_unprivileged_user_gets_the_guarantees_or_is_told_which_are_missing(b
     import pyseccomp
 
     setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
-    if os.geteuid() != 0 or setpriv is None or not Path(python).exists() or not _works(backend):
+    if os.geteuid() != 0 or setpriv is None or not Path(python).exists() or not working_backend(backend):
         pytest.skip("needs root (to become another user), setpriv, /usr/bin/python3 and the backend")
     copy = Path(tempfile.mkdtemp(prefix="opencwm-unprivileged-"))
     try:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import working_backend
 
 from opencwm.sandbox import (
     CRASH,
@@ -22,22 +23,12 @@ from opencwm.sandbox import (
     TIMEOUT,
     Sandbox,
     SandboxConfig,
-    SandboxUnavailable,
-    detect_backend,
 )
 
 RUN = "opencwm.sandbox.probe:run_code"
 
 
-def _working(backend: str) -> bool:
-    try:
-        detect_backend(backend)
-        return True
-    except SandboxUnavailable:
-        return False
-
-
-ISOLATING = [b for b in ("bwrap", "unshare") if _working(b)]
+ISOLATING = [b for b in ("bwrap", "unshare") if working_backend(b)]
 ALL = [*ISOLATING, "rlimits"]
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opencwm.forage.mutate import functions
-from opencwm.sandbox.cgroup import process_alive
+from opencwm.sandbox.orphans import owned_name, sweep
 from opencwm.sandbox.shell import CommandResult, run_command
 
 PLUGIN = "opencwm_forage_plugin"
@@ -178,9 +178,9 @@ class Environment:
         """A fresh work tree of the repository at ``commit`` (default: the baseline) in a new directory
         ``<parent>/<id>/repo``; the caller removes ``<id>`` when done (``discard``)."""
         parent = Path(parent) if parent else self.path / "work"
-        sweep_stale_work(parent)
-        root = parent / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # the owner's pid: a later run removes it if
-        root.mkdir(parents=True)  # this process is killed before it does
+        sweep(parent, "")  # the trees of runs killed before they removed their own
+        root = parent / owned_name("")
+        root.mkdir(parents=True)
         tree = root / "repo"
         git(self.path, "clone", "-q", "--shared", "--no-checkout", str(self.repo), str(tree))
         git(tree, "checkout", "-q", "-f", commit or self.base_commit)
@@ -279,22 +279,6 @@ class Environment:
             results.unlink()
         return TestRun(result.status, data["outcomes"], data["failures"], data["coverage"], result.output,
                        result.seconds)
-
-
-def sweep_stale_work(parent: Path) -> int:
-    """Remove the work trees under ``parent`` whose owner process is gone (a ``kill -9`` of ``forage mutate`` or
-    ``forage run``); how many were removed."""
-    removed = 0
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return 0
-    for entry in entries:
-        owner, _, rest = entry.name.partition("-")
-        if owner.isdigit() and rest and not process_alive(int(owner)):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
-    return removed
 
 
 # -- building ---------------------------------------------------------------------------------------------------------

@@ -13,13 +13,13 @@ count falls back to ``RLIMIT_NPROC`` for non-root users, the memory limit to the
 from __future__ import annotations
 
 import os
-import re
 import time
-import uuid
 from pathlib import Path
 
+from opencwm.sandbox.orphans import owned_name, sweep
+
 ROOT = Path("/sys/fs/cgroup")
-_NAME = re.compile(r"opencwm-(\d+)-[0-9a-f]+$")
+PREFIX = "opencwm-"
 
 
 def _own_group(controller: str) -> tuple[Path, bool] | None:
@@ -81,29 +81,9 @@ def _remove(group: Path, wait: float = 2.0) -> bool:
             time.sleep(0.01)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (the owner of a group, a scratch directory or a work tree)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale(parent: Path) -> int:
     """Remove the opencwm groups in ``parent`` whose owner process is gone; how many were removed."""
-    removed = 0
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return 0
-    for entry in entries:
-        match = _NAME.match(entry.name)
-        if match and not process_alive(int(match.group(1))) and _remove(entry):
-            removed += 1
-    return removed
+    return sweep(parent, PREFIX, _remove)
 
 
 class Cgroup:
@@ -113,7 +93,7 @@ class Cgroup:
         self.max_processes = max_processes
         self.groups: dict[str, Path] = {}  # controller -> group directory (one directory for both on v2)
         self.version: int | None = None
-        name = f"opencwm-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        name = owned_name(PREFIX)
         for controller in ("pids", "memory"):
             found = _own_group(controller)
             if found is None:

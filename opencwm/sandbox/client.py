@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import select
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opencwm.sandbox.cgroup import Cgroup, process_alive
+from opencwm.sandbox.cgroup import Cgroup
 from opencwm.sandbox.isolation import (
     LAYERS,
     PACKAGE_ROOT,
@@ -33,6 +32,7 @@ from opencwm.sandbox.isolation import (
     detect_backend,
     stop_process,
 )
+from opencwm.sandbox.orphans import sweep
 from opencwm.sandbox.server import KILLED, MEMORY, OK, STATUSES
 
 SERVER_FILE = str(Path(__file__).with_name("server.py"))
@@ -75,29 +75,13 @@ class SandboxError(RuntimeError):
     """The sandbox could not be started at all."""
 
 
-def sweep_stale_scratch(parent: str | None = None) -> int:
-    """Remove the rlimits backend's scratch directories whose owner process is gone (after a ``kill -9``)."""
-    parent = parent or tempfile.gettempdir()
-    removed = 0
-    try:
-        entries = os.listdir(parent)
-    except OSError:
-        return 0
-    for name in entries:
-        match = re.match(re.escape(SCRATCH_PREFIX) + r"(\d+)-", name)
-        if match and not process_alive(int(match.group(1))):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            removed += 1
-    return removed
-
-
 class Sandbox:
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
         self.backend = detect_backend(self.config.backend)
         self.scratch: Path | None = None
         if self.backend == "rlimits":  # no tmpfs without namespaces: a host directory stands in for it
-            sweep_stale_scratch()
+            sweep(Path(tempfile.gettempdir()), SCRATCH_PREFIX)
             self.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")).resolve()
         c = self.config
         self.layout = Layout(
@@ -106,6 +90,7 @@ class Sandbox:
             disk_inodes=c.disk_inodes, layers=tuple(c.layers), scratch=str(self.scratch) if self.scratch else None)
         self._process: subprocess.Popen | None = None
         self._cgroup: Cgroup | None = None
+        self._oom_kills = 0  # the group's out-of-memory kills seen so far
         self._ids = itertools.count(1)
         self.restarts = 0
 
@@ -165,6 +150,7 @@ class Sandbox:
             # in the tmpfs writable areas are memory too, and have their own limit
             files = self.layout.disk_bytes + self.layout.shm_bytes if self.scratch is None else 0
             self._cgroup.limit_memory(self._cgroup.memory_usage() + self.config.memory_mb * _MiB + files)
+        self._oom_kills = self._cgroup.oom_kills()
 
     def _startup_error(self) -> str:
         process = self._process
@@ -206,7 +192,7 @@ class Sandbox:
         request_id = next(self._ids)
         request = {"id": request_id, "fn": fn, "kwargs": kwargs, "timeout": timeout,
                    "memory_mb": self.config.memory_mb}
-        oom_before = self._cgroup.oom_kills()
+        oom_before = self._oom_kills
         start = time.monotonic()
         try:
             self._process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -218,7 +204,8 @@ class Sandbox:
             line = None
         seconds = time.monotonic() - start
         reply = _parse_reply(line, request_id)
-        if self._cgroup.oom_kills() > oom_before:  # a process of the job's tree was killed for want of memory
+        self._oom_kills = self._cgroup.oom_kills()
+        if self._oom_kills > oom_before:  # a process of the job's tree was killed for want of memory
             error = (f"the job's processes used more than {self.config.memory_mb} MB together (files in its "
                      f"writable area included) and were killed"
                      + ("" if reply is not None else " with the sandbox (it was restarted)"))

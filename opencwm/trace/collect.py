@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from opencwm.sandbox import OK, Outcome, Sandbox, SandboxConfig
-from opencwm.shards import BadRows, ShardWriter, read_rows
+from opencwm.shards import ShardWriter, read_rows
 from opencwm.trace.record import ERROR, Frame, Trace
 from opencwm.trace.sources import WorkItem, load_items
 from opencwm.trace.tracer import Limits
@@ -89,6 +89,20 @@ def outcome_rows(item: WorkItem, outcome: Outcome, origin: str) -> list[dict]:
         return _outcome_rows(item, outcome, origin)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         return error_rows(item, outcome, origin, f"the job's result is malformed ({type(exc).__name__}: {exc})"[:300])
+
+
+def _bad_rows(item: str, rows: list[dict], reason: str) -> list[dict]:
+    """Rows of a value of the wrong type (from untrusted code): one error row that says so, with what of the
+    item's own description fits the schema."""
+    first = rows[0]
+    row = {name: first.get(name) for name in SCHEMA.names}
+    row.update(id=str(first.get("id") or item), status=ERROR, error=reason, frames=[], n_frames=0, entry_lineno=0)
+    for column in SCHEMA:
+        try:
+            pa.array([row[column.name]], type=column.type)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            row[column.name] = None
+    return [row]
 
 
 def error_rows(item: WorkItem, outcome: Outcome, origin: str, reason: str) -> list[dict]:
@@ -197,7 +211,7 @@ def collect(source: str | Path, out: str | Path, config: CollectConfig | None = 
         config = replace(config, sandbox=replace(config.sandbox, visible_paths=visible))
     writer = ShardWriter(out, SCHEMA, KIND, rows_per_shard=config.rows_per_shard,
                          seconds_per_shard=config.seconds_per_shard,
-                         metadata={"source": origin, "source_kind": kind})
+                         metadata={"source": origin, "source_kind": kind}, on_bad_rows=lambda *a: on_bad(*a))
     done = writer.finished_items()
     todo = [item for item in items if item.key not in done]
     if config.max_items is not None:
@@ -219,17 +233,19 @@ def collect(source: str | Path, out: str | Path, config: CollectConfig | None = 
     def on_done(item: WorkItem, outcome: Outcome) -> None:
         nonlocal rows_written
         rows = outcome_rows(item, outcome, origin)
-        try:
-            writer.add(item.key, rows)
-        except BadRows as exc:  # a value of the wrong type: the item says so, the others are kept
-            rows = error_rows(item, outcome, origin, str(exc))
-            writer.add(item.key, rows)
+        writer.add(item.key, rows)
         for row in rows:
             statuses[row["status"]] += 1
         rows_written += len(rows)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(dict(statuses.most_common(4)), refresh=False)
+
+    def on_bad(item: str, rows: list[dict], reason: str) -> list[dict]:
+        for row in rows:
+            statuses[row["status"]] -= 1
+        statuses[ERROR] += 1
+        return _bad_rows(item, rows, reason)
 
     start = time.monotonic()
     runnable, invalid = [], []
@@ -251,7 +267,7 @@ def collect(source: str | Path, out: str | Path, config: CollectConfig | None = 
     seconds = time.monotonic() - start
     return {
         "out": str(out), "source_kind": kind, "items": len(items), "already_done": len(done & {i.key for i in items}),
-        "processed": len(todo), "traces": rows_written, "statuses": dict(statuses), "seconds": round(seconds, 3),
+        "processed": len(todo), "traces": rows_written, "statuses": dict(+statuses), "seconds": round(seconds, 3),
         "items_per_second": round(len(todo) / seconds, 1) if seconds > 0 and todo else None,
         "invalid_items": len(invalid), "first_invalid": invalid[0] if invalid else None,
     }
