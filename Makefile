@@ -55,8 +55,13 @@ native: $(BIN)/.installed system-deps
 
 # bubblewrap is the sandbox's preferred backend; without root the sandbox falls back to unshare or rlimits.
 # libseccomp2 compiles the sandbox's seccomp filter (required: the sandbox refuses to start without it).
+# gVisor's runsc is the optional user-space-kernel backend (--sandbox gvisor).
 # A C compiler builds the tracer's accelerator (optional: the tracer falls back to pure Python).
 system-deps:
+	@if ! command -v runsc >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc) >/dev/null \
+			|| echo "note: could not install gVisor (runsc); --sandbox gvisor will be unavailable"; \
+	fi
 	@if ! ldconfig -p 2>/dev/null | grep -q libseccomp.so.2; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp2) >/dev/null \

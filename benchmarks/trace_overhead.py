@@ -11,8 +11,9 @@ Part 2 -- sandboxed collection throughput (items/s on this machine, a fresh proc
 with every defence layer of the sandbox against none of them (capabilities kept, no seccomp filter, the host shown
 read-only, no memory cgroup, no tmpfs, a dumpable server: what the sandbox was before those layers).
 
-Part 3 -- the sandbox's own cost per job: the round trip of a job that returns its argument, with every layer and
-with none, interleaved, on each namespaced backend that works here (median of ``--jobs`` per configuration).
+Part 3 -- the sandbox's own cost: the round trip of a job that returns its argument, with every layer and with
+none, interleaved, on each namespaced backend that works here (median of ``--jobs`` per configuration), and the
+start of a sandbox; gVisor beside them (every layer, a tenth of the jobs).
 
     python benchmarks/trace_overhead.py [--cruxeval PATH] [--repeats 5] [--jobs 300] [--no-write]
 """
@@ -205,22 +206,31 @@ def collection_throughput(cruxeval: Path, workers: int) -> dict:
 
 
 def job_overhead(jobs: int) -> dict[str, dict[str, float]]:
-    """Median round trip (ms) of an echo job per backend, every layer vs none, interleaved in rounds."""
+    """Per backend: median round trip (ms) of an echo job with every layer and with none (interleaved in rounds),
+    and the median start of a sandbox (s). gVisor with every layer only (its start and forks dominate)."""
     from opencwm.sandbox import LAYERS, Sandbox, SandboxConfig, SandboxUnavailable, detect_backend
 
     results = {}
-    for backend in ("bwrap", "unshare"):
+    for backend in ("bwrap", "unshare", "gvisor"):
         try:
             detect_backend(backend)
         except SandboxUnavailable:
             continue
+        variants = (("layers", LAYERS),) if backend == "gvisor" else (("layers", LAYERS), ("no_layers", ()))
+        starts = []
+        for _ in range(3):
+            start = time.perf_counter()
+            with Sandbox(SandboxConfig(backend=backend)) as box:
+                box.run("opencwm.sandbox.probe:echo", value=0)
+            starts.append(time.perf_counter() - start)
         boxes = {name: Sandbox(SandboxConfig(backend=backend, layers=layers, preload=("opencwm.sandbox.probe",)))
-                 for name, layers in (("layers", LAYERS), ("no_layers", ()))}
+                 for name, layers in variants}
         times: dict[str, list[float]] = {name: [] for name in boxes}
+        rounds = jobs // 20 if backend != "gvisor" else max(1, jobs // 200)
         try:
             for box in boxes.values():
                 box.run("opencwm.sandbox.probe:echo", value=0)
-            for round_ in range(jobs // 20):
+            for round_ in range(rounds):
                 for name, box in boxes.items():
                     for i in range(20):
                         start = time.perf_counter()
@@ -230,6 +240,7 @@ def job_overhead(jobs: int) -> dict[str, dict[str, float]]:
             for box in boxes.values():
                 box.close()
         results[backend] = {name: statistics.median(values) * 1000 for name, values in times.items()}
+        results[backend]["start_s"] = statistics.median(starts)
     return results
 
 
@@ -283,8 +294,9 @@ def main() -> None:
               f"fresh interpreter per item: {throughput['naive_fresh_interpreter_items_per_s']} items/s")
     overhead = job_overhead(args.jobs)
     for backend, medians in overhead.items():
-        print(f"sandbox job round trip ({backend}): every layer {medians['layers']:.2f} ms, "
-              f"none {medians['no_layers']:.2f} ms (median of {args.jobs // 20 * 20} each)")
+        print(f"sandbox ({backend}): start {medians['start_s']:.2f} s; job round trip with every layer "
+              f"{medians['layers']:.2f} ms" + (f", with none {medians['no_layers']:.2f} ms" if "no_layers" in medians
+                                               else ""))
 
     if not args.no_write:
         figures = "; ".join([
@@ -296,8 +308,8 @@ def main() -> None:
                f"fresh process per item; {throughput['without_layers_items_per_s']} items/s without the defence "
                f"layers) vs {throughput['naive_fresh_interpreter_items_per_s']} items/s with a "
                f"fresh interpreter per item"] if throughput else []),
-            *[f"sandbox job round trip {backend}: every layer {m['layers']:.2f} ms vs none {m['no_layers']:.2f} ms"
-              for backend, m in overhead.items()],
+            *[f"sandbox {backend}: start {m['start_s']:.2f} s, job round trip every layer {m['layers']:.2f} ms"
+              + (f" vs none {m['no_layers']:.2f} ms" if "no_layers" in m else "") for backend, m in overhead.items()],
         ])
         append_row("trace_overhead", "python benchmarks/trace_overhead.py", figures)
 

@@ -28,7 +28,7 @@ class CliError(Exception):
 
 
 def _add_sandbox_choice(parser) -> None:
-    parser.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits"],
+    parser.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits", "gvisor"],
                         help="isolation backend (default: the best that works here)")
 
 
@@ -201,13 +201,13 @@ def cmd_sandbox_check(args) -> int:
     from dataclasses import replace
 
     from opencwm.sandbox import LAYERS, SandboxError, SandboxUnavailable
-    from opencwm.sandbox.check import format_verdict, run_checks
+    from opencwm.sandbox.check import format_header, format_verdict, run_checks
 
     unknown = [layer for layer in args.without if layer not in LAYERS]
     if unknown:
         raise CliError(f"--without {unknown[0]}: no such layer (choose from {', '.join(LAYERS)})")
     config = replace(_sandbox_config(args), layers=tuple(layer for layer in LAYERS if layer not in args.without))
-    print(f"{'guarantee':<22} {'probe':<58} {'verdict':<7} {'status':<10} detail")
+    print(format_header())
     try:
         backend, verdicts = run_checks(config, report=lambda v: print(format_verdict(v), flush=True))
     except (SandboxError, SandboxUnavailable) as exc:

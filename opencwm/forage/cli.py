@@ -273,6 +273,7 @@ def add_parser(areas) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
-    parser.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits", "docker"],
+    parser.add_argument("--sandbox", default="auto",
+                        choices=["auto", "bwrap", "unshare", "rlimits", "gvisor", "docker"],
                         help="where tests run: the local sandbox (default: the best backend that works here) or "
                              "Docker (test runs in containers; needs a reachable engine)")

@@ -40,8 +40,9 @@ class Probe:
 
 
 def _status_lines(names: tuple[str, ...]) -> str:
+    """Job code: the fields of /proc/self/status among ``names`` that this kernel shows (gVisor shows fewer)."""
     return (f"fields = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines())\n"
-            f"result = {{k: fields[k].strip() for k in {list(names)!r}}}\n")
+            f"result = {{k: fields[k].strip() for k in {list(names)!r} if k in fields}}\n")
 
 
 CAPABILITY_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
@@ -93,9 +94,10 @@ def probes(host_dir: Path, victim: Path, listeners: dict[str, socket.socket], co
     shown = _shown(config)
     return [
         Probe("no capabilities", "capability sets of a job", _status_lines(CAPABILITY_FIELDS),
-              lambda o: o.ok and all(int(v, 16) == 0 for v in o.result.values())),
-        Probe("no capabilities", "no_new_privs", _status_lines(("NoNewPrivs",)),
-              lambda o: o.ok and o.result["NoNewPrivs"] == "1"),
+              lambda o: o.ok and {"CapEff", "CapPrm", "CapBnd"} <= set(o.result)
+              and all(int(v, 16) == 0 for v in o.result.values())),
+        Probe("no capabilities", "no_new_privs", LIBC + "result = libc.prctl(39, 0, 0, 0, 0)",  # PR_GET_NO_NEW_PRIVS
+              lambda o: o.ok and o.result == 1),
         Probe("seccomp filter", "filter loaded", _status_lines(("Seccomp",)),
               lambda o: o.ok and o.result["Seccomp"] == "2"),
         Probe("seccomp filter", "unshare(CLONE_NEWUSER)",
@@ -144,24 +146,36 @@ def _shown(config: SandboxConfig) -> list[str]:
     return Layout(python=config.python, visible=tuple(config.visible_paths)).read_only_binds()
 
 
+def _server_reach(box: Sandbox) -> Verdict:
+    """Whether a job can open the fork server's descriptors or its memory (a non-dumpable server: it cannot)."""
+    code = ("import os\nppid = os.getppid()\nresult = []\n"
+            "for path, flags in [*((f'/proc/{ppid}/fd/{n}', os.O_WRONLY) for n in range(64)),\n"
+            "                    (f'/proc/{ppid}/mem', os.O_RDWR), (f'/proc/{ppid}/environ', os.O_RDONLY)]:\n"
+            "    try:\n        os.close(os.open(path, flags))\n        result.append(path.rsplit('/', 2)[-2:])\n"
+            "    except OSError:\n        pass")
+    outcome = box.run(EVALUATE, code=code)
+    held = outcome.ok and outcome.result == []
+    detail = f"opened {outcome.result}" if outcome.ok and outcome.result else (outcome.error or "")
+    return Verdict("fork server out of reach", "open the fork server's descriptors and memory", held,
+                   outcome.status, detail)
+
+
 def _forgery(box: Sandbox) -> Verdict:
-    """A job writes a forged reply into every descriptor of the fork server and pokes its memory; the next job
-    must get its own, real result."""
-    code = (LIBC + "import json\nattempts = []\nppid = os.getppid()\nforged = json.dumps({'id': 0, 'status': 'ok', "
-            "'result': 'FORGED'}) + '\\n'\nfor n in range(3, 64):\n    for i in range(1, 8):\n"
-            "        try:\n            fd = os.open(f'/proc/{ppid}/fd/{n}', os.O_WRONLY)\n"
-            "            os.write(fd, forged.replace('\"id\": 0', f'\"id\": {i}').encode())\n"
-            "            attempts.append(n)\n        except OSError:\n            break\n"
-            "try:\n    fd = os.open(f'/proc/{ppid}/mem', os.O_RDWR)\n    attempts.append('mem')\nexcept OSError:\n"
-            "    pass\nresult = attempts")
+    """A job writes forged replies, for itself and for the jobs after it, into every descriptor it can reach; the
+    next jobs must get their own, real results (reply ids are random: a job cannot name the next request)."""
+    code = ("import json, os\nppid = os.getppid()\n"
+            "lines = ''.join(json.dumps({'id': i, 'status': 'ok', 'result': 'FORGED'}) + '\\n' for i in range(64))\n"
+            "for fd in [*range(64), *(f'/proc/{ppid}/fd/{n}' for n in range(64))]:\n    try:\n"
+            "        os.write(fd if isinstance(fd, int) else os.open(fd, os.O_WRONLY), lines.encode())\n"
+            "    except OSError:\n        pass\nresult = 'done'")
     outcome = box.run(EVALUATE, code=code)
     nonce = uuid.uuid4().hex
     after = [box.run(ECHO, value=f"{nonce}-{i}") for i in range(3)]
     real = all(o.ok and o.result == f"{nonce}-{i}" for i, o in enumerate(after))
-    held = outcome.ok and outcome.result == [] and real
-    detail = f"the job reached {outcome.result}" if outcome.ok and outcome.result else (outcome.error or "")
-    return Verdict("results unforgeable", "forged replies into the fork server's descriptors and memory", held,
-                   outcome.status, detail if not real else detail or "the next jobs got their own results")
+    forged = outcome.ok and outcome.result == "FORGED"
+    detail = "the next jobs got their own results" if real else f"next jobs: {[o.result for o in after]}"
+    return Verdict("results unforgeable", "forged replies for itself and the next jobs", real and not forged,
+                   outcome.status, detail)
 
 
 def _cross_job(box: Sandbox) -> Verdict:
@@ -229,7 +243,7 @@ def run_checks(config: SandboxConfig, report: Callable[[Verdict], None] | None =
                         held = False
                     record(Verdict(probe.guarantee, probe.name, held, outcome.status, _detail(outcome, held)))
                     victim.write_text("host data")
-                for special in (_cross_job, _forgery, _server_killed):
+                for special in (_cross_job, _server_reach, _forgery, _server_killed):
                     record(special(box))
                 backend = box.backend
     finally:
@@ -246,7 +260,14 @@ def _detail(outcome: Outcome, held: bool) -> str:
     return ""
 
 
+WIDTH = 25  # of the guarantee column
+
+
+def format_header() -> str:
+    return f"{'guarantee':<{WIDTH}} {'probe':<58} {'verdict':<7} {'status':<10} detail"
+
+
 def format_verdict(verdict: Verdict) -> str:
     mark = "held" if verdict.held else "FAILED"
-    return f"{verdict.guarantee:<22} {verdict.probe[:58]:<58} {mark:<7} {verdict.status:<10} {verdict.detail}"
+    return f"{verdict.guarantee:<{WIDTH}} {verdict.probe[:58]:<58} {mark:<7} {verdict.status:<10} {verdict.detail}"
 

@@ -9,9 +9,9 @@ A job that kills the server (or the whole sandbox) gets status ``killed``; the n
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import secrets
 import select
 import shutil
 import subprocess
@@ -30,6 +30,7 @@ from opencwm.sandbox.isolation import (
     Launch,
     Layout,
     detect_backend,
+    process_cap,
     stop_process,
 )
 from opencwm.sandbox.orphans import sweep
@@ -90,8 +91,8 @@ class Sandbox:
             disk_inodes=c.disk_inodes, layers=tuple(c.layers), scratch=str(self.scratch) if self.scratch else None)
         self._process: subprocess.Popen | None = None
         self._cgroup: Cgroup | None = None
+        self._launch: Launch | None = None
         self._oom_kills = 0  # the group's out-of-memory kills seen so far
-        self._ids = itertools.count(1)
         self.restarts = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ class Sandbox:
             "PYTHONHASHSEED": "0",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONPATH": PACKAGE_ROOT,
-            "OPENCWM_SANDBOX_PIDNS": "1" if self.backend in ("bwrap", "unshare") else "0",
+            "OPENCWM_SANDBOX_PIDNS": "0" if self.backend == "rlimits" else "1",
             "OPENCWM_SANDBOX_PRELOAD": ",".join(self.config.preload),
             "OPENCWM_SANDBOX_AREAS": ":".join(areas),
             "OPENCWM_SANDBOX_NONDUMPABLE": "1" if "nondumpable" in layers else "0",
@@ -121,17 +122,18 @@ class Sandbox:
         self.close_process()
         # By path, so that an interpreter without opencwm installed (a repository's venv) runs it too.
         argv = [self.config.python, "-s", SERVER_FILE]
-        self._cgroup = Cgroup(self.config.max_processes)
+        self._cgroup = Cgroup(process_cap(self.backend, self.config.max_processes))
         env = self._environment()
         if self.backend == "rlimits" and "pids" in self._cgroup.groups:
             env["OPENCWM_SANDBOX_CGROUP_PROCS"] = str(self._cgroup.groups["pids"] / "cgroup.procs")
-        launch = Launch.prepare(self.backend, argv, self.layout, env)
+        launch = self._launch = Launch.prepare(self.backend, argv, self.layout, env)
         try:
             self._process = subprocess.Popen(
                 launch.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 preexec_fn=self._cgroup.enter, cwd="/", env=launch.env, pass_fds=launch.pass_fds,
             )
         except OSError as exc:
+            self.close_process()
             raise SandboxError(f"could not start the {self.backend} sandbox: {exc}") from None
         finally:
             launch.close()
@@ -170,6 +172,9 @@ class Sandbox:
         elif self._cgroup is not None:
             self._cgroup.close()
         self._cgroup = None
+        launch, self._launch = self._launch, None
+        if launch is not None:
+            launch.release()
 
     def close(self) -> None:
         self.close_process()
@@ -189,7 +194,7 @@ class Sandbox:
         result are JSON) in a fresh process inside the sandbox."""
         self.start()
         timeout = self.config.timeout if timeout is None else timeout
-        request_id = next(self._ids)
+        request_id = secrets.token_hex(8)  # unguessable: a job that reaches the protocol cannot answer for the next
         request = {"id": request_id, "fn": fn, "kwargs": kwargs, "timeout": timeout,
                    "memory_mb": self.config.memory_mb}
         oom_before = self._oom_kills
@@ -231,7 +236,7 @@ class Sandbox:
         return line or None
 
 
-def _parse_reply(line: bytes | None, request_id: int) -> dict | None:
+def _parse_reply(line: bytes | None, request_id: str) -> dict | None:
     """The server's reply to request ``request_id``, checked; None for a missing or foreign one."""
     if line is None:
         return None

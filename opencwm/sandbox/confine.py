@@ -188,6 +188,8 @@ def confine(spec: dict) -> None:
         no_new_privs()
     if spec.get("seccomp_fd") is not None:
         load_seccomp(int(spec["seccomp_fd"]))
+    elif spec.get("seccomp_path"):  # gVisor: the program as a file bound read-only
+        load_seccomp(os.open(spec["seccomp_path"], os.O_RDONLY))
     if spec.get("file_size"):
         limit = int(spec["file_size"])
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import opencwm
 
-BACKENDS = ("bwrap", "unshare", "rlimits")
+BACKENDS = ("bwrap", "unshare", "rlimits", "gvisor")
+AUTO = ("bwrap", "unshare", "rlimits")  # what "auto" tries, in order; gVisor only when asked (slow to start, fork)
 # Defence in depth, each switchable: capabilities dropped, seccomp filter, only the needed paths mounted, the
 # whole tree's memory in a cgroup, a size-limited tmpfs as the writable area, the fork server's memory and
 # descriptors out of its jobs' reach.
@@ -142,7 +143,7 @@ def _probe(backend: str) -> bool:
                 ok = False
             finally:
                 if launch is not None:
-                    launch.close()
+                    launch.release()
         _probe_cache[backend] = ok
     return _probe_cache[backend]
 
@@ -157,12 +158,21 @@ def detect_backend(preferred: str | None = None) -> str:
         if preferred == "rlimits":
             warn_weak_isolation()
         return preferred
-    for backend in BACKENDS:
+    for backend in AUTO:
         if _probe(backend):
             if backend == "rlimits":
                 warn_weak_isolation()
             return backend
     raise SandboxUnavailable("no sandbox backend works here")  # unreachable: rlimits always works
+
+
+def process_cap(backend: str, max_processes: int) -> int:
+    """The cgroup's task limit for a sandbox that lets its jobs have ``max_processes``."""
+    if backend == "gvisor":
+        from opencwm.sandbox.gvisor import RUNTIME_TASKS
+
+        return max_processes + RUNTIME_TASKS
+    return max_processes
 
 
 def warn_weak_isolation() -> None:
@@ -182,6 +192,16 @@ class Launch:
     env: dict[str, str]
     pass_fds: tuple[int, ...] = ()
     spec: dict = field(default_factory=dict)
+    workdir: Path | None = None  # what the start made on the host (gVisor's bundle), removed by release()
+
+    def release(self) -> None:
+        """After the sandbox's process has ended: remove what its start made on the host."""
+        self.close()
+        if self.workdir is not None:
+            from opencwm.sandbox.gvisor import release
+
+            release(self.workdir)
+            self.workdir = None
 
     def close(self) -> None:
         for fd in self.pass_fds:
@@ -195,7 +215,7 @@ class Launch:
     def prepare(cls, backend: str, argv: list[str], layout: Layout, env: dict[str, str]) -> Launch:
         """The command that runs ``argv`` inside the ``backend`` sandbox laid out as ``layout``."""
         layers = set(layout.layers)
-        namespaced = backend in ("bwrap", "unshare")
+        namespaced = backend in ("bwrap", "unshare", "gvisor")
         spec: dict = {"drop_capabilities": "capabilities" in layers, "no_new_privs": True,
                       "file_size": layout.file_size_limit(), "cwd": layout.cwd or layout.home}
         pass_fds: tuple[int, ...] = ()
@@ -223,6 +243,13 @@ class Launch:
             command = _bwrap(layout, spec)
         elif backend == "unshare":
             command = _unshare(layout, spec)
+        elif backend == "gvisor":  # the OCI runtime makes the mounts, drops capabilities; confine loads seccomp
+            from opencwm.sandbox.gvisor import bundle
+
+            tmpfs = spec.pop("tmpfs")
+            spec.update(protect_proc=False, drop_capabilities=False, rebind=[])
+            command, workdir = bundle(layout, spec, confine, argv, env, tmpfs)
+            return cls(command, env, (), spec, workdir)
         elif backend == "rlimits":
             command = []
             spec["drop_capabilities"] = spec["drop_capabilities"] and os.geteuid() == 0

@@ -4,14 +4,15 @@ Forking a warm interpreter (modules already imported) costs about a millisecond,
 new interpreter, so every item still gets a fresh process. Protocol with the host: one JSON object per line on
 the server's original stdin/stdout, which it moves to private descriptors; untrusted children never see them.
 
-Request: ``{"id": n, "fn": "module:function", "kwargs": {...}, "timeout": s, "memory_mb": m}``.
-Reply: ``{"id": n, "status": ..., "result": ..., "error": ..., "seconds": ...}`` where status is one of ``ok``,
-``exception``, ``timeout``, ``memory``, ``disk``, ``crash``, ``killed``. Only JSON crosses the boundary (never
-pickle), so a hostile job cannot make the host run code.
+Request: ``{"id": "<random>", "fn": "module:function", "kwargs": {...}, "timeout": s, "memory_mb": m}``.
+Reply: ``{"id": "<the request's>", "status": ..., "result": ..., "error": ..., "seconds": ...}`` where status is one
+of ``ok``, ``exception``, ``timeout``, ``memory``, ``disk``, ``crash``, ``killed``. Only JSON crosses the boundary
+(never pickle), so a hostile job cannot make the host run code.
 
 A job cannot speak for another: it writes its result on a pipe of its own, which the server reads and wraps in a
-reply carrying the request's id (the host checks it); the server is not dumpable, so a job (same uid, no
-capabilities, no ``ptrace``) can open neither its memory nor its descriptors under ``/proc``. After every job, each
+reply carrying the request's random id (the host checks it, and a job cannot guess the next one); the server is not
+dumpable, so a job (same uid, no capabilities, no ``ptrace``) can open neither its memory nor its descriptors under
+``/proc`` (under gVisor it can: the random ids still hold there). After every job, each
 process the job left is killed and the writable areas are emptied, so the next job starts from a fresh state.
 """
 

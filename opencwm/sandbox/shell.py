@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opencwm.sandbox.cgroup import Cgroup
-from opencwm.sandbox.isolation import LAYERS, WRITABLE_AREA, Launch, Layout, detect_backend, stop_process
+from opencwm.sandbox.isolation import (
+    LAYERS,
+    WRITABLE_AREA,
+    Launch,
+    Layout,
+    detect_backend,
+    process_cap,
+    stop_process,
+)
 
 OK, TIMEOUT, KILLED, DISK, MEMORY = "ok", "timeout", "killed", "disk", "memory"
 DEFAULT_MAX_OUTPUT = 16_000
@@ -67,7 +75,7 @@ def _prepare(backend: str, argv: list[str], root: Path, cwd: Path, env: dict[str
     layout = Layout(visible=tuple(map(str, visible)), writable=(str(root),), protected=tuple(map(str, protected)),
                     cwd=str(cwd), disk_bytes=disk_mb * 1024 * 1024, layers=LAYERS,
                     scratch=str(root) if backend == "rlimits" else None)
-    cgroup = Cgroup(max_processes, memory_mb * 1024 * 1024 if memory_mb else None)
+    cgroup = Cgroup(process_cap(backend, max_processes), memory_mb * 1024 * 1024 if memory_mb else None)
     return Launch.prepare(backend, argv, layout, env), cgroup
 
 
@@ -99,6 +107,7 @@ def run_command(argv: list[str], root: str | Path, *, cwd: str | Path | None = N
                                    cwd="/", env=launch.env, pass_fds=launch.pass_fds)
     except BaseException:
         cgroup.close()
+        launch.release()
         raise
     finally:
         launch.close()
@@ -110,9 +119,19 @@ def run_command(argv: list[str], root: str | Path, *, cwd: str | Path | None = N
         status, code = TIMEOUT, None
     finally:
         cgroup.close()
+        launch.release()
     text = output.decode("utf-8", "replace")
     return CommandResult(status, code, truncate_output(text, max_output) if max_output else text,
                          round(time.monotonic() - start, 3))
+
+
+def _full(counts: bytes) -> bool:
+    """Whether ``stat -f -c %a:%d:%c`` (free blocks, free files, total files) says the area is full."""
+    try:
+        blocks, files, total = (int(x) for x in counts.split(b":"))
+    except ValueError:
+        return False
+    return blocks == 0 or (total > 0 and files == 0)
 
 
 class Shell:
@@ -132,6 +151,7 @@ class Shell:
         self.max_output = max_output
         self._process: subprocess.Popen | None = None
         self._cgroup: Cgroup | None = None
+        self._launch: Launch | None = None
         self._oom_before = 0
         self.restarts = 0
 
@@ -142,6 +162,7 @@ class Shell:
         launch, self._cgroup = _prepare(self.backend, ["bash", "--noprofile", "--norc"], self.root, self.cwd,
                                         self.env, self.visible, self.protected, self.disk_mb, self.max_processes,
                                         self.memory_mb)
+        self._launch = launch
         try:
             self._process = subprocess.Popen(launch.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                              stderr=subprocess.STDOUT, preexec_fn=self._cgroup.enter,
@@ -156,9 +177,10 @@ class Shell:
         marker = f"__opencwm_done_{uuid.uuid4().hex}__"
         encoded = base64.b64encode(command.encode()).decode()
         # the command never reads the session's stdin (which carries the next commands)
-        # after the exit code: free blocks and files of the private /tmp (both 0: the command filled it)
+        # after the exit code: free blocks, free and total files of the private /tmp (no blocks or no files left:
+        # the command filled it; a total of 0 files means no file limit, as in gVisor)
         line = (f'{{ eval "$(printf %s {encoded} | base64 -d)"; }} < /dev/null 2>&1; '
-                f"printf '\\n{marker} %s %s\\n' $? \"$(/usr/bin/stat -f -c %a:%d {WRITABLE_AREA} 2>/dev/null)\"\n")
+                f"printf '\\n{marker} %s %s\\n' $? \"$(/usr/bin/stat -f -c %a:%d:%c {WRITABLE_AREA} 2>/dev/null)\"\n")
         start = time.monotonic()
         self._oom_before = self._cgroup.oom_kills() if self._cgroup else 0
         try:
@@ -173,8 +195,7 @@ class Shell:
             index = buffer.find(needle)
             if index >= 0 and buffer.endswith(b"\n"):
                 fields = buffer[index + len(needle):].split()
-                full = self.backend != "rlimits" and len(fields) > 1 and b":" in fields[1] \
-                    and b"0" in fields[1].split(b":")
+                full = self.backend != "rlimits" and len(fields) > 1 and _full(fields[1])
                 return self._result(DISK if full else OK, int(fields[0]), buffer[:index], start)
             left = timeout - (time.monotonic() - start)
             if left <= 0:
@@ -189,13 +210,14 @@ class Shell:
                 buffer += chunk
 
     def _died(self, start: float, buffer: bytes) -> CommandResult:
+        oom = self._cgroup is not None and self._cgroup.oom_kills() > self._oom_before
         self.close()
         self.restarts += 1
-        return self._result(KILLED, None, buffer, start)
+        return self._result(MEMORY if oom else KILLED, None, buffer, start)
 
     def _result(self, status: str, code: int | None, output: bytes, start: float) -> CommandResult:
-        if status in (OK, DISK) and self._cgroup is not None and self._cgroup.oom_kills() > self._oom_before:
-            status = MEMORY
+        if status != TIMEOUT and self._cgroup is not None and self._cgroup.oom_kills() > self._oom_before:
+            status = MEMORY  # (under gVisor the kernel's choice may be the whole sandbox: the shell died)
         text = truncate_output(output.decode("utf-8", "replace"), self.max_output)
         return CommandResult(status, code, text, round(time.monotonic() - start, 3))
 
@@ -206,6 +228,9 @@ class Shell:
         elif self._cgroup is not None:
             self._cgroup.close()
         self._cgroup = None
+        launch, self._launch = self._launch, None
+        if launch is not None:
+            launch.release()
 
     def __enter__(self) -> Shell:
         self.start()

@@ -1,0 +1,134 @@
+"""The ``gvisor`` backend: the same layout run by gVisor's ``runsc`` (a user-space kernel: the job's system calls
+are served by gVisor, not the host's kernel), for work where a command's cost dwarfs the sandbox's -- agent
+episodes and RL. Starting one takes about a second and a fork inside it tens of milliseconds (see
+``benchmarks/trace_overhead.py``), against a few milliseconds under bubblewrap; so it is never chosen by ``auto``.
+
+The sandbox is an OCI bundle made per start (``opencwm-gvisor-<pid>-<random>`` in the temporary directory, removed
+on release, swept after a ``kill -9``): an empty read-only root with the layout's read-only and writable binds, the
+writable areas as size-limited tmpfs, no capabilities, ``no_new_privs``, no network (``--network=none``), its own
+PID, IPC, UTS and mount namespaces. ``confine`` still runs first inside (the seccomp filter, read from a bound file:
+runsc hands the container no other descriptor; the file size limit). gVisor's tmpfs ignores ``nr_inodes``, so there
+is no inode limit, and its ``/proc`` lets a job open the fork server's descriptors although the server is not
+dumpable (the random reply ids still stop forgery); ``opencwm sandbox check --sandbox gvisor`` reports both. The
+memory cgroup is opencwm's own (runsc runs with ``--ignore-cgroups`` inside it), so the whole sandbox counts,
+gVisor's kernel included. Debian 12's runsc (2022-12) answers ``statx`` with EINVAL, so coreutils' ``ls`` and
+``stat`` fail inside (Python's ``os.stat`` works): fine for jobs and test runs, poor for an agent's shell until a
+newer runsc is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+PREFIX = "opencwm-gvisor-"
+RUNTIME_TASKS = 512  # runsc's own threads (Go) count in the sandbox's pids cgroup, beside the job's processes
+SECCOMP_DIR = "/.opencwm"  # bound read-only: a directory (this runsc fails to bind single files it did not see)
+SECCOMP_PATH = f"{SECCOMP_DIR}/seccomp.bpf"
+
+
+def runsc() -> str | None:
+    return shutil.which("runsc")
+
+
+def _mount_point(rootfs: Path, target: str, directory: bool) -> None:
+    """Make the mount point in the (empty) root before runsc starts: it is read-only once running."""
+    path = rootfs / target.lstrip("/")
+    if directory:
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+
+
+def bundle(layout, spec: dict, confine: list[str], argv: list[str], env: dict[str, str],
+           tmpfs: list[dict]) -> tuple[list[str], Path]:
+    """(the runsc command, the bundle directory) for ``argv`` in ``layout``, started by ``confine`` with ``spec``."""
+    from opencwm.sandbox.orphans import sweep
+
+    exe = runsc()
+    if exe is None:
+        from opencwm.sandbox.isolation import SandboxUnavailable
+
+        raise SandboxUnavailable("gVisor (runsc) is not installed (apt-get install runsc)")
+    sweep(Path(tempfile.gettempdir()), PREFIX, _release_directory)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    rootfs = workdir / "rootfs"
+    rootfs.mkdir()
+    mounts: list[dict] = [{"destination": "/proc", "type": "proc", "source": "proc"}]
+
+    def bind(source: str, target: str, writable: bool) -> None:
+        if not os.path.exists(source):
+            return
+        under_tmpfs = any(target.startswith(area["path"].rstrip("/") + "/") for area in tmpfs)
+        if not under_tmpfs:
+            _mount_point(rootfs, target, os.path.isdir(source))
+        mounts.append({"destination": target, "type": "bind", "source": source,
+                       "options": ["rbind", "rw" if writable else "ro", "nosuid", "nodev"]})
+
+    binds, links = layout.system()
+    for target, link in links:
+        (rootfs / link.lstrip("/")).symlink_to(target)
+    for path in binds:
+        bind(path, path, False)
+    for area in tmpfs:  # before the binds that may lie below them
+        _mount_point(rootfs, area["path"], True)
+        mounts.append({"destination": area["path"], "type": "tmpfs", "source": "tmpfs",
+                       "options": ["nosuid", "nodev", "mode=1777", f"size={int(area['bytes'])}"]})
+    for path in layout.read_only_binds():
+        bind(path, path, False)
+    for path in layout.writable:
+        bind(path, path, True)
+    for path in layout.protected:
+        bind(path, path, False)
+    seccomp_fd = spec.pop("seccomp_fd", None)
+    if seccomp_fd is not None:  # runsc passes the container no descriptor but stdio: a bound file instead
+        from opencwm.sandbox.seccomp import filter_program
+
+        os.close(seccomp_fd)
+        (workdir / "seccomp").mkdir()
+        (workdir / "seccomp" / "seccomp.bpf").write_bytes(filter_program())
+        bind(str(workdir / "seccomp"), SECCOMP_DIR, False)
+        spec["seccomp_path"] = SECCOMP_PATH
+    capabilities = {name: [] for name in ("bounding", "effective", "inheritable", "permitted", "ambient")}
+    config = {
+        "ociVersion": "1.0.0",
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0},
+                    "args": [*confine, json.dumps(spec), "--", *argv],
+                    "env": [f"{key}={value}" for key, value in env.items()], "cwd": "/",
+                    "capabilities": capabilities, "noNewPrivileges": True},
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "sandbox",
+        "mounts": mounts,
+        "linux": {"namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")]},
+    }
+    (workdir / "config.json").write_text(json.dumps(config))
+    container = f"opencwm-{uuid.uuid4().hex[:12]}"
+    (workdir / "container").write_text(container)
+    command = [exe, "--root", str(workdir / "state"), "--network=none", "--platform=ptrace", "--ignore-cgroups",
+               "run", "--bundle", str(workdir), container]
+    return command, workdir
+
+
+def _release_directory(workdir: Path) -> bool:
+    """Delete the container (if runsc still knows it) and the bundle."""
+    exe = runsc()
+    try:
+        container = (workdir / "container").read_text().strip()
+    except OSError:
+        container = ""
+    if exe and container and (workdir / "state").exists():
+        subprocess.run([exe, "--root", str(workdir / "state"), "delete", "-force", container],
+                       capture_output=True, timeout=60)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return not workdir.exists()
+
+
+def release(workdir: Path | None) -> None:
+    if workdir is not None:
+        _release_directory(workdir)
