@@ -385,6 +385,7 @@ def test_each_layer_holds_its_own_probes(layer):
     assert {v.guarantee for v in verdicts if not v.held} == WHAT_EACH_LAYER_HOLDS[layer]
 
 
+@pytest.mark.slow  # a second interpreter as another user: a system check (make test-slow)
 @pytest.mark.parametrize("backend, may_lack", [("bwrap", {"memory limit", "disk limit"}),
                                                ("unshare", {"memory limit"})])
 def test_an_unprivileged_user_gets_the_guarantees_or_is_told_which_are_missing(backend, may_lack):
@@ -416,6 +417,7 @@ def test_an_unprivileged_user_gets_the_guarantees_or_is_told_which_are_missing(b
     assert (result.returncode == 1) == bool(failed)
 
 
+@pytest.mark.slow  # gVisor starts in seconds and forks in tens of milliseconds (make test-slow)
 def test_gvisor_gives_the_guarantees_but_the_two_it_lacks(tmp_path):
     """gVisor (a user-space kernel) runs the same layout: every probe holds but the tmpfs inode limit and the
     fork server's descriptors under its /proc (its random reply ids still stop forgery), and traces are the real

@@ -34,8 +34,8 @@ from opencwm.sandbox.isolation import (
     process_cap,
     stop_process,
 )
+from opencwm.sandbox.server import DISK, KILLED, MEMORY, OK, TIMEOUT
 
-OK, TIMEOUT, KILLED, DISK, MEMORY = "ok", "timeout", "killed", "disk", "memory"
 DEFAULT_MAX_OUTPUT = 16_000
 
 
