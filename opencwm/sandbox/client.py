@@ -92,6 +92,7 @@ class Sandbox:
         self._process: subprocess.Popen | None = None
         self._cgroup: Cgroup | None = None
         self._launch: Launch | None = None
+        self._stderr = None  # the backend's messages (a temporary file)
         self._oom_kills = 0  # the group's out-of-memory kills seen so far
         self.restarts = 0
 
@@ -127,9 +128,12 @@ class Sandbox:
         if self.backend == "rlimits" and "pids" in self._cgroup.groups:
             env["OPENCWM_SANDBOX_CGROUP_PROCS"] = str(self._cgroup.groups["pids"] / "cgroup.procs")
         launch = self._launch = Launch.prepare(self.backend, argv, self.layout, env)
+        # What the backend (bwrap, confine, runsc) says goes to a file: read for a start that fails, never a pipe
+        # that could fill up or break under a runtime that logs later.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process, in close_process)
         try:
             self._process = subprocess.Popen(
-                launch.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                launch.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                 preexec_fn=self._cgroup.enter, cwd="/", env=launch.env, pass_fds=launch.pass_fds,
             )
         except OSError as exc:
@@ -147,7 +151,6 @@ class Sandbox:
             self.close_process()
             raise SandboxError(f"the {self.backend} sandbox's fork server did not start ({self.config.python})"
                                + (f": {why}" if why else ""))
-        self._process.stderr.close()  # the server writes nothing there once it is ready
         if "cgroup" in self.config.layers:  # the job's budget, above what the warm server itself holds; files
             # in the tmpfs writable areas are memory too, and have their own limit
             files = self.layout.disk_bytes + self.layout.shm_bytes if self.scratch is None else 0
@@ -155,10 +158,10 @@ class Sandbox:
         self._oom_kills = self._cgroup.oom_kills()
 
     def _startup_error(self) -> str:
-        process = self._process
         try:
-            process.wait(timeout=5)
-            text = process.stderr.read().decode("utf-8", "replace").strip()
+            self._process.wait(timeout=5)
+            self._stderr.seek(0)
+            text = self._stderr.read(1 << 16).decode("utf-8", "replace").strip()
         except (subprocess.TimeoutExpired, OSError, ValueError):
             return ""
         return text.splitlines()[-1][:300] if text else ""
@@ -166,8 +169,6 @@ class Sandbox:
     def close_process(self) -> None:
         process, self._process = self._process, None
         if process is not None:
-            if process.stderr is not None:
-                process.stderr.close()
             stop_process(process, self._cgroup)
         elif self._cgroup is not None:
             self._cgroup.close()
@@ -175,6 +176,9 @@ class Sandbox:
         launch, self._launch = self._launch, None
         if launch is not None:
             launch.release()
+        stderr, self._stderr = self._stderr, None
+        if stderr is not None:
+            stderr.close()
 
     def close(self) -> None:
         self.close_process()
