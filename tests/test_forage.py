@@ -405,7 +405,7 @@ def test_symlinks_cannot_lead_edits_out_of_the_work_tree(env, tasks, tmp_path):
     assert "outside the repository" in actions[1]["observation"] and target.read_text() == "a = 1\n"
 
 
-@pytest.mark.parametrize("backend", ["bwrap", "unshare"])
+@pytest.mark.parametrize("backend", ["bwrap", pytest.param("unshare", marks=pytest.mark.slow)])
 def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path, backend):
     """The attacks of the threat model as an agent's bash actions: remounting the root, planting an fsmonitor
     command for the host's git, reading secrets, filling the disk and the memory, a fork bomb. None reaches the
@@ -459,6 +459,7 @@ def test_host_git_ignores_a_hostile_repository_configuration(env, tmp_path):
         Environment.discard(tree)
 
 
+@pytest.mark.slow  # three killed runs and a full one: ~25 s (make test-slow)
 def test_kill_9_of_mutate_then_a_rerun_gives_every_candidate_once(env, tmp_path):
     import random
     import signal
