@@ -26,6 +26,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from opencwm.sandbox.orphans import sweep
+from opencwm.sandbox.seccomp import filter_program
+
 PREFIX = "opencwm-gvisor-"
 RUNTIME_TASKS = 512  # runsc's own threads (Go) count in the sandbox's pids cgroup, beside the job's processes
 SECCOMP_DIR = "/.opencwm"  # bound read-only: a directory (this runsc fails to bind single files it did not see)
@@ -49,13 +52,9 @@ def _mount_point(rootfs: Path, target: str, directory: bool) -> None:
 def bundle(layout, spec: dict, confine: list[str], argv: list[str], env: dict[str, str],
            tmpfs: list[dict]) -> tuple[list[str], Path]:
     """(the runsc command, the bundle directory) for ``argv`` in ``layout``, started by ``confine`` with ``spec``."""
-    from opencwm.sandbox.orphans import sweep
-
     exe = runsc()
     if exe is None:
-        from opencwm.sandbox.isolation import SandboxUnavailable
-
-        raise SandboxUnavailable("gVisor (runsc) is not installed (apt-get install runsc)")
+        raise FileNotFoundError("runsc")  # (isolation checks first and says so in its own words)
     sweep(Path(tempfile.gettempdir()), PREFIX, _release_directory)
     workdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
     rootfs = workdir / "rootfs"
@@ -88,8 +87,6 @@ def bundle(layout, spec: dict, confine: list[str], argv: list[str], env: dict[st
         bind(path, path, False)
     seccomp_fd = spec.pop("seccomp_fd", None)
     if seccomp_fd is not None:  # runsc passes the container no descriptor but stdio: a bound file instead
-        from opencwm.sandbox.seccomp import filter_program
-
         os.close(seccomp_fd)
         (workdir / "seccomp").mkdir()
         (workdir / "seccomp" / "seccomp.bpf").write_bytes(filter_program())

@@ -244,7 +244,10 @@ class Launch:
         elif backend == "unshare":
             command = _unshare(layout, spec)
         elif backend == "gvisor":  # the OCI runtime makes the mounts, drops capabilities; confine loads seccomp
-            from opencwm.sandbox.gvisor import bundle
+            from opencwm.sandbox.gvisor import bundle, runsc
+
+            if runsc() is None:
+                raise SandboxUnavailable("gVisor (runsc) is not installed (apt-get install runsc)")
 
             tmpfs = spec.pop("tmpfs")
             spec.update(protect_proc=False, drop_capabilities=False, rebind=[])
