@@ -459,6 +459,27 @@ def test_host_git_ignores_a_hostile_repository_configuration(env, tmp_path):
         Environment.discard(tree)
 
 
+def test_results_a_hostile_suite_forges_are_an_error_not_a_hang(env, tmp_path):
+    """The tests under test write beside their results file: when they replace it with a FIFO (a blocking read), a
+    link to a host secret or JSON of the wrong shape, the run is an error and the host neither hangs nor reads it."""
+    tree = env.checkout(parent=tmp_path / "work")
+    replace = {
+        "fifo": "os.mkfifo(path)",
+        "link": "os.symlink('/etc/shadow', path)",
+        "shape": "open(path, 'w').write(json.dumps({'outcomes': {'t.py::t': 5}, 'failures': {}, 'coverage': {}}))",
+    }
+    try:
+        for name, action in replace.items():
+            (tree / "conftest.py").write_text(
+                "import atexit, json, os\n\ndef _swap():\n    path = os.environ['OPENCWM_FORAGE_RESULTS']\n"
+                f"    os.unlink(path)\n    {action}\n\natexit.register(_swap)\n")
+            run = env.run_tests(tree, timeout=60)
+            assert run.status == "error" and run.outcomes == {}, (name, run.output[-500:])
+            assert "unreadable results" in run.output or "malformed results" in run.output
+    finally:
+        Environment.discard(tree)
+
+
 @pytest.mark.slow  # three killed runs and a full one: ~25 s (make test-slow)
 def test_kill_9_of_mutate_then_a_rerun_gives_every_candidate_once(env, tmp_path):
     import random

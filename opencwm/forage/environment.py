@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -111,6 +112,20 @@ class TestRun:
 
     def passed(self, nodeid: str) -> bool:
         return self.outcomes.get(nodeid) == "passed"
+
+    @classmethod
+    def from_results(cls, status: str, data, output: str, seconds: float) -> TestRun:
+        """A run from what the results plugin reported -- written inside the sandbox, beside code under test, so
+        checked for its shape; anything else is a run with status ``error``."""
+        def mapping(value, check) -> bool:
+            return isinstance(value, dict) and all(isinstance(k, str) and check(v) for k, v in value.items())
+
+        text = lambda v: isinstance(v, str)
+        names = lambda v: isinstance(v, list) and all(map(text, v))
+        if not (isinstance(data, dict) and mapping(data.get("outcomes"), text) and mapping(data.get("failures"), text)
+                and mapping(data.get("coverage"), lambda lines: mapping(lines, names))):
+            return cls("error", {}, output=f"{output}\n[malformed results]", seconds=seconds)
+        return cls(status, data["outcomes"], data["failures"], data["coverage"], output, seconds)
 
 
 @dataclass
@@ -268,17 +283,33 @@ class Environment:
             result: CommandResult = run_command(argv, tree.parent, cwd=tree, timeout=timeout, env=env,
                                                 backend=backend, visible=(str(self.path),),
                                                 protected=(str(tree / ".git"),), max_output=20_000)
-        if not results.exists():
+        try:
+            data = read_untrusted_json(results)
+        except FileNotFoundError:
             status = result.status if result.status != "ok" else "error"
             return TestRun(status, {}, output=result.output, seconds=result.seconds)
-        try:
-            data = json.loads(results.read_text())
-        except ValueError:  # cut short (e.g. the run was killed while writing it)
-            return TestRun("error", {}, output=f"{result.output}\n[unreadable results file]", seconds=result.seconds)
+        except (OSError, ValueError) as exc:  # cut short, or not what the plugin writes
+            return TestRun("error", {}, output=f"{result.output}\n[unreadable results file: {exc}]",
+                           seconds=result.seconds)
         finally:
-            results.unlink()
-        return TestRun(result.status, data["outcomes"], data["failures"], data["coverage"], result.output,
-                       result.seconds)
+            results.unlink(missing_ok=True)
+        return TestRun.from_results(result.status, data, result.output, result.seconds)
+
+
+MAX_RESULTS = 256 * 1024 * 1024
+
+
+def read_untrusted_json(path: Path):
+    """JSON from a file a sandboxed process could write: no link followed, only a regular file (a FIFO would block
+    the host), at most ``MAX_RESULTS`` bytes. Raises FileNotFoundError, OSError or ValueError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = handle.read(MAX_RESULTS + 1)
+    if len(data) > MAX_RESULTS:
+        raise ValueError(f"over {MAX_RESULTS} bytes")
+    return json.loads(data)
 
 
 # -- building ---------------------------------------------------------------------------------------------------------

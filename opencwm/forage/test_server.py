@@ -59,9 +59,9 @@ class TestServer:
         if not outcome.ok:
             status = outcome.status if outcome.status in ("timeout", "killed") else "error"
             return TestRun(status, {}, output=outcome.error or "", seconds=outcome.seconds)
-        result = outcome.result
-        return TestRun("ok", result["outcomes"], result["failures"], result["coverage"], result["output"],
-                       outcome.seconds)
+        result = outcome.result if isinstance(outcome.result, dict) else {}
+        output = result.get("output") if isinstance(result.get("output"), str) else ""
+        return TestRun.from_results("ok", result, output, outcome.seconds)
 
     def close(self) -> None:
         self.box.close()

@@ -49,9 +49,10 @@ def _mount_point(rootfs: Path, target: str, directory: bool) -> None:
         path.touch(exist_ok=True)
 
 
-def bundle(layout, spec: dict, confine: list[str], argv: list[str], env: dict[str, str],
-           tmpfs: list[dict]) -> tuple[list[str], Path]:
-    """(the runsc command, the bundle directory) for ``argv`` in ``layout``, started by ``confine`` with ``spec``."""
+def bundle(layout, spec: dict, confine: list[str], argv: list[str], env: dict[str, str], tmpfs: list[dict],
+           seccomp: bool) -> tuple[list[str], Path]:
+    """(the runsc command, the bundle directory) for ``argv`` in ``layout``, started by ``confine`` with ``spec``
+    (the ``seccomp`` filter loaded from a bound file)."""
     exe = runsc()
     if exe is None:
         raise FileNotFoundError("runsc")  # (isolation checks first and says so in its own words)
@@ -85,9 +86,7 @@ def bundle(layout, spec: dict, confine: list[str], argv: list[str], env: dict[st
         bind(path, path, True)
     for path in layout.protected:
         bind(path, path, False)
-    seccomp_fd = spec.pop("seccomp_fd", None)
-    if seccomp_fd is not None:  # runsc passes the container no descriptor but stdio: a bound file instead
-        os.close(seccomp_fd)
+    if seccomp:  # runsc passes the container no descriptor but stdio: a bound file instead
         (workdir / "seccomp").mkdir()
         (workdir / "seccomp" / "seccomp.bpf").write_bytes(filter_program())
         bind(str(workdir / "seccomp"), SECCOMP_DIR, False)

@@ -113,10 +113,8 @@ class Layout:
 
     @property
     def home(self) -> str:
+        """The job's HOME, TMPDIR and default working directory: its writable area."""
         return self.scratch if self.scratch else WRITABLE_AREA
-
-    def file_size_limit(self) -> int:
-        return self.disk_bytes
 
 
 def _outermost(paths) -> list[str]:
@@ -214,10 +212,25 @@ class Launch:
     @classmethod
     def prepare(cls, backend: str, argv: list[str], layout: Layout, env: dict[str, str]) -> Launch:
         """The command that runs ``argv`` inside the ``backend`` sandbox laid out as ``layout``."""
+        if backend not in BACKENDS:
+            raise SandboxUnavailable(f"unknown sandbox backend {backend!r}")
         layers = set(layout.layers)
-        namespaced = backend in ("bwrap", "unshare", "gvisor")
         spec: dict = {"drop_capabilities": "capabilities" in layers, "no_new_privs": True,
-                      "file_size": layout.file_size_limit(), "cwd": layout.cwd or layout.home}
+                      "file_size": layout.disk_bytes, "cwd": layout.cwd or layout.home}
+        if backend in ("bwrap", "unshare", "gvisor"):  # (never rlimits: confine runs in the host's mounts there)
+            size = layout.disk_bytes if "tmpfs" in layers else 1 << 40
+            inodes = layout.disk_inodes if "tmpfs" in layers else 1 << 24
+            spec["tmpfs"] = [{"path": WRITABLE_AREA, "bytes": size, "inodes": inodes},
+                             {"path": SHM, "bytes": min(size, layout.shm_bytes), "inodes": min(inodes, 1024)}]
+        confine = [sys.executable, "-I", "-S", CONFINE_FILE]
+        if backend == "gvisor":  # the OCI runtime makes the mounts and drops capabilities; confine loads seccomp
+            from opencwm.sandbox.gvisor import bundle, runsc
+
+            if runsc() is None:
+                raise SandboxUnavailable("gVisor (runsc) is not installed (apt-get install runsc)")
+            spec["drop_capabilities"] = False
+            command, workdir = bundle(layout, spec, confine, argv, env, spec.pop("tmpfs"), "seccomp" in layers)
+            return cls(command, env, (), spec, workdir)
         pass_fds: tuple[int, ...] = ()
         if "seccomp" in layers:
             from opencwm.sandbox.seccomp import SeccompUnavailable, program_fd
@@ -228,36 +241,14 @@ class Launch:
                 raise SandboxUnavailable(str(exc)) from None
             os.set_inheritable(fd, True)
             spec["seccomp_fd"], pass_fds = fd, (fd,)
-        rebind = [[p, True] for p in layout.writable] + [[p, False] for p in (*layout.read_only_binds(),
-                                                                             *layout.protected)]
-        if namespaced:  # (never on the rlimits backend: confine runs in the host's own mount namespace there)
-            spec["protect_proc"] = True
-            size = layout.disk_bytes if "tmpfs" in layers else 1 << 40
-            inodes = layout.disk_inodes if "tmpfs" in layers else 1 << 24
-            spec["tmpfs"] = [{"path": WRITABLE_AREA, "bytes": size, "inodes": inodes},
-                             {"path": SHM, "bytes": min(size, layout.shm_bytes), "inodes": min(inodes, 1024)}]
-            spec["rebind"] = rebind
-        env = dict(env)
-        confine = [sys.executable, "-I", "-S", CONFINE_FILE]
-        if backend == "bwrap":
-            command = _bwrap(layout, spec)
-        elif backend == "unshare":
-            command = _unshare(layout, spec)
-        elif backend == "gvisor":  # the OCI runtime makes the mounts, drops capabilities; confine loads seccomp
-            from opencwm.sandbox.gvisor import bundle, runsc
-
-            if runsc() is None:
-                raise SandboxUnavailable("gVisor (runsc) is not installed (apt-get install runsc)")
-
-            tmpfs = spec.pop("tmpfs")
-            spec.update(protect_proc=False, drop_capabilities=False, rebind=[])
-            command, workdir = bundle(layout, spec, confine, argv, env, tmpfs)
-            return cls(command, env, (), spec, workdir)
-        elif backend == "rlimits":
+        if backend == "rlimits":
             command = []
             spec["drop_capabilities"] = spec["drop_capabilities"] and os.geteuid() == 0
         else:
-            raise SandboxUnavailable(f"unknown sandbox backend {backend!r}")
+            spec["protect_proc"] = True
+            spec["rebind"] = [[p, True] for p in layout.writable] + [
+                [p, False] for p in (*layout.read_only_binds(), *layout.protected)]
+            command = _bwrap(layout, spec) if backend == "bwrap" else _unshare(layout, spec)
         return cls([*command, *confine, json.dumps(spec), "--", *argv], env, pass_fds, spec)
 
 

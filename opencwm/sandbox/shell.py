@@ -60,21 +60,23 @@ def truncate_output(text: str, limit: int = DEFAULT_MAX_OUTPUT) -> str:
     return f"{text[:half]}\n... [{len(text) - 2 * half} characters truncated] ...\n{text[-half:]}"
 
 
-def _base_env(root: Path, backend: str, env: dict[str, str] | None) -> dict[str, str]:
-    home = str(root) if backend == "rlimits" else WRITABLE_AREA  # the namespaced backends' private tmpfs
-    merged = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
-              "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "GIT_PAGER": "cat", "PAGER": "cat",
-              "TERM": "dumb"}
+def _layout(backend: str, root: Path, cwd: Path, visible: tuple[str, ...], protected: tuple[str, ...],
+            disk_mb: int) -> Layout:
+    return Layout(visible=tuple(map(str, visible)), writable=(str(root),), protected=tuple(map(str, protected)),
+                  cwd=str(cwd), disk_bytes=disk_mb * 1024 * 1024, layers=LAYERS,
+                  scratch=str(root) if backend == "rlimits" else None)
+
+
+def _base_env(layout: Layout, env: dict[str, str] | None) -> dict[str, str]:
+    merged = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": layout.home, "TMPDIR": layout.home,
+              "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "GIT_PAGER": "cat",
+              "PAGER": "cat", "TERM": "dumb"}
     merged.update(env or {})
     return merged
 
 
-def _prepare(backend: str, argv: list[str], root: Path, cwd: Path, env: dict[str, str], visible: tuple[str, ...],
-             protected: tuple[str, ...], disk_mb: int, max_processes: int,
+def _prepare(backend: str, argv: list[str], layout: Layout, env: dict[str, str], max_processes: int,
              memory_mb: int | None) -> tuple[Launch, Cgroup]:
-    layout = Layout(visible=tuple(map(str, visible)), writable=(str(root),), protected=tuple(map(str, protected)),
-                    cwd=str(cwd), disk_bytes=disk_mb * 1024 * 1024, layers=LAYERS,
-                    scratch=str(root) if backend == "rlimits" else None)
     cgroup = Cgroup(process_cap(backend, max_processes), memory_mb * 1024 * 1024 if memory_mb else None)
     return Launch.prepare(backend, argv, layout, env), cgroup
 
@@ -98,8 +100,8 @@ def run_command(argv: list[str], root: str | Path, *, cwd: str | Path | None = N
     backend = detect_backend(backend)
     root = Path(root).resolve()
     cwd = Path(cwd).resolve() if cwd else root
-    launch, cgroup = _prepare(backend, argv, root, cwd, _base_env(root, backend, env), visible, protected, disk_mb,
-                              max_processes, memory_mb)
+    layout = _layout(backend, root, cwd, visible, protected, disk_mb)
+    launch, cgroup = _prepare(backend, argv, layout, _base_env(layout, env), max_processes, memory_mb)
     start = time.monotonic()
     try:
         process = subprocess.Popen(launch.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -146,7 +148,8 @@ class Shell:
         self.backend = detect_backend(backend)
         self.root = Path(root).resolve()
         self.cwd = Path(cwd).resolve() if cwd else self.root
-        self.env, self.visible, self.protected = _base_env(self.root, self.backend, env), visible, protected
+        self.layout = _layout(self.backend, self.root, self.cwd, visible, protected, disk_mb)
+        self.env = _base_env(self.layout, env)
         self.max_processes, self.memory_mb, self.disk_mb = max_processes, memory_mb, disk_mb
         self.max_output = max_output
         self._process: subprocess.Popen | None = None
@@ -159,9 +162,8 @@ class Shell:
         if self._process is not None and self._process.poll() is None:
             return
         self.close()
-        launch, self._cgroup = _prepare(self.backend, ["bash", "--noprofile", "--norc"], self.root, self.cwd,
-                                        self.env, self.visible, self.protected, self.disk_mb, self.max_processes,
-                                        self.memory_mb)
+        launch, self._cgroup = _prepare(self.backend, ["bash", "--noprofile", "--norc"], self.layout, self.env,
+                                        self.max_processes, self.memory_mb)
         self._launch = launch
         try:
             self._process = subprocess.Popen(launch.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
