@@ -7,7 +7,9 @@ the manifest does not list (a kill between the two renames) are deleted when the
 items are redone.
 
 Every row belongs to a work item (column ``item``); items that produced no rows are listed per shard in the
-manifest (``empty_items``), so a resumed run knows every finished item. Readable with ``pyarrow.dataset`` or
+manifest (``empty_items``), so a resumed run knows every finished item. A dataset remembers the schema and the
+configuration that made it (``config``): reopening it with another is refused (a resumed run would mix two
+datasets under one manifest) unless the writer is told to start over (``force``). Readable with ``pyarrow.dataset`` or
 ``datasets.load_dataset("parquet", data_files=...)`` from the files the manifest lists.
 """
 
@@ -72,7 +74,8 @@ class ShardWriter:
 
     def __init__(self, directory: str | Path, schema: pa.Schema, kind: str, *, rows_per_shard: int = 2000,
                  seconds_per_shard: float = 60.0, metadata: dict | None = None,
-                 on_bad_rows: Callable[[str, list[dict], str], list[dict]] | None = None):
+                 on_bad_rows: Callable[[str, list[dict], str], list[dict]] | None = None,
+                 config: dict | None = None, force: bool = False):
         self.directory = Path(directory)
         self.schema = schema
         self.kind = kind
@@ -84,9 +87,15 @@ class ShardWriter:
             self.manifest = read_manifest(self.directory)
             if self.manifest.get("kind") != kind:
                 raise DatasetError(f"{directory} holds a {self.manifest.get('kind')!r} dataset, not {kind!r}")
-        else:
+            if force:
+                (self.directory / MANIFEST).unlink()
+            else:
+                _check_resumable(self.directory, self.manifest, schema, config)
+        if not (self.directory / MANIFEST).exists():
             self.manifest = {"kind": kind, "format_version": 1, "schema": _describe(schema), "rows": 0,
                              "shards": [], "metadata": metadata or {}}
+            if config is not None:
+                self.manifest["config"] = config
         self._remove_unlisted()
         self._rows: list[tuple[str, list[dict]]] = []
         self._pending = 0
@@ -176,3 +185,16 @@ class ShardWriter:
 
 def _describe(schema: pa.Schema) -> dict[str, str]:
     return {field.name: str(field.type) for field in schema}
+
+
+def _check_resumable(directory: Path, manifest: dict, schema: pa.Schema, config: dict | None) -> None:
+    """Refuse to resume a dataset made with another schema (an older opencwm) or another configuration."""
+    if manifest.get("schema", _describe(schema)) != _describe(schema):
+        raise DatasetError(f"{directory} was written with another schema (an older opencwm?): write to another "
+                           "directory, or start over with --force")
+    made = manifest.get("config")
+    if config is not None and made is not None and made != config:
+        changed = ", ".join(f"{key} {made.get(key)!r} -> {config.get(key)!r}"
+                            for key in sorted({*made, *config}) if made.get(key) != config.get(key))
+        raise DatasetError(f"{directory} was made with another configuration ({changed}): write to another "
+                           "directory, rerun with the same options to resume, or start over with --force")

@@ -24,6 +24,26 @@ def test_code_corpus_is_deduplicated_licensed_and_resumable(tmp_path):
     assert {r["license"] for r in rows if r["package"] == "python-stdlib"} == {"PSF-2.0"}
     again = build_code_corpus(tmp_path / "code", include_site_packages=True, max_files=300)
     assert again["written"] == 0 and len(list(read_rows(tmp_path / "code"))) == len(rows)
+    # every file looked at is counted once: written or dropped for one reason
+    reasons = ("written", "duplicates", "held_out", "too_large", "empty", "unreadable", "resumed")
+    assert summary["files"] == 300 == sum(summary[k] for k in reasons) and summary["empty"] > 0
+    assert again["resumed"] == 300 == again["files"]
+
+
+def test_a_program_corpus_resumes_its_own_configuration_only(tmp_path):
+    import pytest
+
+    from opencwm.shards import DatasetError
+
+    build_program_corpus(tmp_path / "p", 20, difficulty=1, seed=3)
+    build_program_corpus(tmp_path / "p", 20, difficulty=1, seed=3)  # the same: resumed, nothing added
+    assert len(list(read_rows(tmp_path / "p"))) == 20
+    with pytest.raises(DatasetError, match=r"another configuration \(seed 3 -> 4\)"):
+        build_program_corpus(tmp_path / "p", 20, difficulty=1, seed=4)
+    assert len(list(read_rows(tmp_path / "p"))) == 20
+    build_program_corpus(tmp_path / "p", 10, difficulty=1, seed=4, force=True)
+    rows = list(read_rows(tmp_path / "p"))
+    assert len(rows) == 10 and all(r["id"].startswith("program-4-") for r in rows)
 
 
 def test_holdout_finds_and_removes_contaminated_files(tmp_path):

@@ -586,8 +586,104 @@ def test_issue_fix_instances_import_in_swebench_format_and_the_oracle_solves_the
     assert run_episodes([task], OraclePolicy, tmp_path / "traj")["solved"] == 1
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "opencwm.cli", *args], capture_output=True, text=True)
+def _cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "opencwm.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=environment)
+
+
+def test_the_walkthrough_works_from_inside_another_project_with_relative_paths(tmp_path):
+    """As a user runs it: from a project directory whose own pytest configuration would select nothing if the
+    suite saw it (opencwm's checkout did that), with the default cache given relatively ($OPENCWM_CACHE) and then a
+    relative --cache; the environment is named by its source, as the README does."""
+    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\npython_functions = ["nothing_*"]\n'
+                                             'addopts = "-k nothing"\ntimeout = 5\n')
+    shutil.copytree(TOY, tmp_path / "toyrepo")
+    built = _cli("forage", "env", "toyrepo", "--json", "--quiet", cwd=tmp_path, env={"OPENCWM_CACHE": "cache"})
+    assert built.returncode == 0, built.stderr
+    summary = json.loads(built.stdout)
+    assert summary["tests"] == summary["passing"] == 5 and summary["env"].startswith(str(tmp_path / "cache" / "envs"))
+    made = _cli("forage", "mutate", "toyrepo", "--cache", "cache/envs", "--out", "tasks", "--max", "8", "--json",
+                "--quiet", cwd=tmp_path)
+    report = json.loads(made.stdout)
+    assert made.returncode == 0 and report["errors"] == 0 and report["validated"] > 0, made.stderr
+    assert sum(report["verdicts"].values()) == 8 and not made.stderr
+    ran = _cli("forage", "run", "tasks", "--policy", "oracle", "--out", "traj", "--max", "2", "--json", "--quiet",
+               cwd=tmp_path)
+    assert ran.returncode == 0 and json.loads(ran.stdout)["solved"] == 2, ran.stderr
+    shown = _cli("forage", "show", "traj", cwd=tmp_path)
+    assert shown.returncode == 0 and "deciding tests: " in shown.stdout
+    assert not any(line.startswith("  passed ") for line in shown.stdout.splitlines())  # passing tests: a count
+    missing = _cli("forage", "mutate", "no-such==1.0", "--cache", "cache/envs", "--out", "t2", cwd=tmp_path)
+    assert missing.returncode == 2 and "opencwm forage env no-such==1.0" in missing.stderr
+    assert missing.stderr.count("\n") == 1 and not (tmp_path / "t2").exists()
+
+
+def test_a_pytest_configuration_above_the_work_tree_is_never_the_suites(env, tmp_path):
+    """The sandbox shows a suite little of the host, but the rlimits backend (and a cache inside a visible
+    directory) shows it all: pytest would take the nearest configuration above the tree, here one that selects
+    nothing, and test ids relative to its directory."""
+    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\npython_functions = ["nothing_*"]\n')
+    tree = env.checkout(parent=tmp_path / "work")
+    try:
+        run = env.run_tests(tree, backend="rlimits", timeout=60)
+    finally:
+        Environment.discard(tree)
+    assert run.status == "ok" and run.outcomes == env.info["tests"], run.output[-500:]
+
+
+def test_a_cached_build_failure_says_how_to_try_again(tmp_path):
+    repo = tmp_path / "broken"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text("[project]\nname = 'broken'\nversion = '1'\ndependencies = ['-nonsense-']\n")
+    first = _cli("forage", "env", str(repo), "--cache", str(tmp_path / "envs"), "--quiet")
+    again = _cli("forage", "env", str(repo), "--cache", str(tmp_path / "envs"), "--quiet")
+    assert first.returncode == again.returncode == 1 and "--rebuild" not in first.stderr
+    assert "--rebuild" in again.stderr and again.stderr.count("\n") == 1
+    used = _cli("forage", "mutate", str(repo), "--cache", str(tmp_path / "envs"), "--out", str(tmp_path / "t"))
+    assert used.returncode == 2 and "--rebuild" in used.stderr and not (tmp_path / "t").exists()
+
+
+def test_an_unreachable_endpoint_is_an_error_and_its_episodes_are_played_on_a_rerun(env, tasks, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "tasks"
+    mutate(env, out, max_candidates=4, workers=1)
+    args = ("forage", "run", str(out), "--policy", "openai", "--model", "cwm", "--max", "1", "--out",
+            str(tmp_path / "traj"), "--quiet")
+    failed = _cli(*args, "--base-url", f"http://127.0.0.1:{port}/v1")
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1, failed.stderr
+    assert "cannot answer" in failed.stderr and "APIConnectionError after 5 tries" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    _ScriptedServer.replies, _ScriptedServer.requests = [format_tool_call("submit")], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rerun = _cli(*args, "--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--json")
+    finally:
+        server.shutdown()
+    assert rerun.returncode == 0 and json.loads(rerun.stdout)["episodes"] == 1 and len(_ScriptedServer.requests) == 1
+
+
+def test_the_scripted_policy_plays_turns_from_a_file(env, tasks, tmp_path):
+    script = tmp_path / "script.jsonl"
+    script.write_text(json.dumps({"tool": "bash", "args": "echo scripted-$((6 * 7))"}) + "\n"
+                      + json.dumps(format_tool_call("submit")) + "\n")
+    out = tmp_path / "tasks"
+    mutate(env, out, max_candidates=4, workers=1)
+    ran = _cli("forage", "run", str(out), "--policy", "scripted", "--script", str(script), "--max", "1", "--out",
+               str(tmp_path / "traj"), "--json", "--quiet")
+    assert ran.returncode == 0, ran.stderr
+    [row] = read_trajectories(tmp_path / "traj")
+    actions = json.loads(row["actions"])
+    assert [a["tool"] for a in actions] == ["bash", "submit"] and "scripted-42" in actions[0]["observation"]
+    script.write_text('{"tool": 3}\n')
+    bad = _cli("forage", "run", str(out), "--policy", "scripted", "--script", str(script), "--out",
+               str(tmp_path / "t2"))
+    assert bad.returncode == 2 and f"{script}:1" in bad.stderr and not (tmp_path / "t2").exists()
 
 
 def test_cli_json_summaries(env, tmp_path):

@@ -74,31 +74,34 @@ def code_files(include_site_packages: bool = True) -> Iterator[tuple[Path, Path,
 
 def build_code_corpus(out: str | Path, *, include_site_packages: bool = True, max_files: int | None = None,
                       max_file_bytes: int = 200_000, holdout: Holdout | None = None) -> dict:
-    """Files containing a held-out program are left out (``held_out`` counts them)."""
+    """The code corpus. Every file looked at is counted once: ``written``, or dropped as one of ``duplicates``,
+    ``held_out`` (it contains a held-out program), ``too_large``, ``empty``, ``unreadable``, or ``resumed`` (done
+    by an earlier run of this dataset); they add up to ``files``."""
     writer = ShardWriter(out, CODE_SCHEMA, CODE_KIND, metadata={"sources": "stdlib + site-packages"})
     done = writer.finished_items()
     seen: set[str] = set()
-    counts = {"files": 0, "duplicates": 0, "held_out": 0, "written": 0}
+    counts = dict.fromkeys(("files", "written", "duplicates", "held_out", "too_large", "empty", "unreadable",
+                            "resumed"), 0)
     for path, root, package, license_ in code_files(include_site_packages):
         if max_files is not None and counts["files"] >= max_files:
             break
         counts["files"] += 1
         key = f"{package}:{path.relative_to(root)}"
         if key in done:
+            counts["resumed"] += 1
             continue
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
-            writer.add(key, [])
-            continue
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        if digest in seen or len(text) > max_file_bytes or not text.strip():
-            counts["duplicates"] += digest in seen
-            writer.add(key, [])
-            continue
-        seen.add(digest)
-        if holdout is not None and holdout.matches(text):
-            counts["held_out"] += 1
+            text = None
+        digest = hashlib.sha256(text.encode()).hexdigest() if text is not None else ""
+        dropped = ("unreadable" if text is None else "duplicates" if digest in seen
+                   else "too_large" if len(text) > max_file_bytes else "empty" if not text.strip()
+                   else "held_out" if holdout is not None and holdout.matches(text) else None)
+        if text is not None and dropped != "duplicates":
+            seen.add(digest)
+        if dropped:
+            counts[dropped] += 1
             writer.add(key, [])
             continue
         writer.add(key, [{"id": digest[:16], "path": str(path.relative_to(root)), "package": package,
@@ -109,13 +112,14 @@ def build_code_corpus(out: str | Path, *, include_site_packages: bool = True, ma
 
 
 def build_program_corpus(out: str | Path, count: int, *, difficulty: int = 2, seed: int = 0,
-                         hard_share: float = 0.0) -> dict:
+                         hard_share: float = 0.0, force: bool = False) -> dict:
     """``count`` synthetic programs; a ``hard_share`` of them one difficulty level up (a longer tail of long
-    traces at little cost in the median)."""
+    traces at little cost in the median). A rerun with the same settings resumes; with others it is refused
+    (``DatasetError``) unless ``force`` starts the dataset over."""
     if not 0 <= hard_share <= 1:
         raise ValueError("hard_share must be between 0 and 1")
-    writer = ShardWriter(out, PROGRAMS_SCHEMA, PROGRAMS_KIND,
-                         metadata={"count": count, "difficulty": difficulty, "seed": seed, "hard_share": hard_share})
+    config = {"count": count, "difficulty": difficulty, "seed": seed, "hard_share": hard_share}
+    writer = ShardWriter(out, PROGRAMS_SCHEMA, PROGRAMS_KIND, metadata=config, config=config, force=force)
     done = writer.finished_items()
     generators = {difficulty: ProgramGenerator(seed=seed, difficulty=difficulty)}
     if hard_share > 0 and difficulty < 5:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from opencwm.chat import ChatFormatError, parse_create, parse_edit, parse_tool_call, tool_role
 from opencwm.forage.environment import Environment, git_command, git_environment
-from opencwm.forage.policies import Policy
+from opencwm.forage.policies import Policy, PolicyUnavailable
 from opencwm.sandbox.shell import Shell, truncate_output
 
 SYSTEM_PROMPT = """You are an autonomous software engineer working in a Python repository at {tree}.
@@ -190,6 +190,8 @@ def run_episode(env: Environment, task: dict, policy: Policy, budget: Budget | N
                 break
             try:
                 reply = policy(messages)
+            except PolicyUnavailable:  # no answer at all: not an outcome, the episode is played again later
+                raise
             except Exception as exc:  # a server error ends the episode, recorded, not raised
                 status = f"policy_error: {type(exc).__name__}: {str(exc)[:200]}"
                 break

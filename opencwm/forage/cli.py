@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-POLICIES = ("openai", "local", "oracle", "inverse", "empty")
+POLICIES = ("openai", "local", "scripted", "oracle", "inverse", "empty")
 
 
 def _say(message: str) -> None:
@@ -41,17 +41,15 @@ def _bar(total_label: str, quiet: bool):
     return update
 
 
-def _environment(path: str):
+def _environment(args):
+    """The built environment ``args.env`` names (a directory, or a source looked up in ``args.cache``)."""
     from opencwm.cli import CliError
-    from opencwm.forage.environment import Environment
+    from opencwm.forage.environment import ForageError, find_environment
 
-    env_file = Path(path) / "env.json"
-    if not env_file.exists():
-        raise CliError(f"{path}: not an environment directory (make one with 'opencwm forage env SOURCE')")
-    env = Environment(Path(path), json.loads(env_file.read_text()))
-    if not env.ok:
-        raise CliError(f"{path}: the environment did not build: {env.info.get('error')}")
-    return env
+    try:
+        return find_environment(args.env, args.cache or default_cache())
+    except ForageError as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_env(args) -> int:
@@ -59,7 +57,7 @@ def cmd_env(args) -> int:
     from opencwm.forage.environment import ForageError, build_environment
 
     try:
-        env = build_environment(args.source, args.cache, python=args.python, backend=args.sandbox,
+        env = build_environment(args.source, args.cache or default_cache(), python=args.python, backend=args.sandbox,
                                 rebuild=args.rebuild, progress=None if args.quiet else _say)
     except ForageError as exc:
         raise CliError(str(exc)) from None
@@ -68,8 +66,10 @@ def cmd_env(args) -> int:
                "flaky": len(info.get("flaky", []))}
     if not env.ok:
         summary["error"] = info.get("error")
-        print(json.dumps(summary) if args.json else f"opencwm: build failed ({env.path}/env.json): "
-              f"{info.get('error')}", file=sys.stdout if args.json else sys.stderr)
+        again = " (an earlier build's failure, kept in the cache: --rebuild tries again)" if env.reused else ""
+        if args.json:
+            print(json.dumps(summary))
+        print(f"opencwm: build failed ({env.path}/env.json): {info.get('error')}{again}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(summary))
@@ -85,7 +85,7 @@ def cmd_mutate(args) -> int:
     from opencwm.forage.mutate import OPERATORS
     from opencwm.forage.tasks import mutate
 
-    env = _environment(args.env)
+    env = _environment(args)
     operators = tuple(args.operators.split(",")) if args.operators else OPERATORS
     unknown = set(operators) - set(OPERATORS)
     if unknown:
@@ -103,10 +103,15 @@ def cmd_mutate(args) -> int:
     if args.json:
         print(json.dumps(report.as_json()))
     else:
-        print(f"{report.tasks}: {report.validated} validated tasks of {report.candidates} candidates")
+        print(f"{report.tasks}: {report.validated} validated tasks of {report.candidates} candidates "
+              f"({', '.join(f'{v} {k}' for k, v in report.verdicts.items())})")
         for operator, counts in report.per_operator.items():
             print(f"  {operator:18} {counts.get('validated', 0):5} / {counts['candidates']}")
-    return 0
+    if report.errors:
+        reason, count = report.reasons[0]
+        print(f"opencwm: {report.errors} of {report.candidates} candidates got no verdict (their test run failed); "
+              f"most common reason ({count}x): {reason}", file=sys.stderr)
+    return 1 if report.errors and report.errors == report.candidates else 0
 
 
 def cmd_import(args) -> int:
@@ -114,7 +119,7 @@ def cmd_import(args) -> int:
     from opencwm.forage.environment import ForageError
     from opencwm.forage.tasks import import_swebench
 
-    env = _environment(args.env)
+    env = _environment(args)
     try:
         count = import_swebench(args.file, env, args.out)
     except ForageError as exc:
@@ -136,9 +141,22 @@ def _policy_factory(args):
     if args.policy == "local":
         if not args.model:
             raise CliError("--policy local needs --model CHECKPOINT_MODEL_DIR")
-        shared = policies.LocalPolicy(args.model, args.tokenizer, max_tokens=args.max_new_tokens,
-                                      temperature=args.temperature)
+        if not (Path(args.model) / "config.json").is_file():
+            raise CliError(f"--model {args.model}: not a checkpoint model directory (no config.json)")
+        try:
+            shared = policies.LocalPolicy(args.model, args.tokenizer, max_tokens=args.max_new_tokens,
+                                          temperature=args.temperature)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CliError(f"--model {args.model}: cannot load it ({str(exc).splitlines()[0][:200]})") from None
         return lambda task: shared
+    if args.policy == "scripted":
+        if not args.script:
+            raise CliError("--policy scripted needs --script FILE.jsonl (one assistant turn per line)")
+        try:
+            turns = policies.read_script(args.script)
+        except ValueError as exc:
+            raise CliError(f"--script {exc}") from None
+        return lambda task: policies.ScriptedPolicy(turns)
     if args.policy == "inverse":
         return policies.InverseMutationPolicy
     if args.policy == "oracle":
@@ -164,12 +182,13 @@ def cmd_run(args) -> int:
         tasks = read_tasks(args.tasks)[: args.max]
     except (ForageError, DatasetError) as exc:
         raise CliError(str(exc)) from None
+    make_policy = _policy_factory(args)
     if args.policy == "inverse":
         tasks = [t for t in tasks if t["task_kind"] == "mutate-fix"]
     budget = Budget(max_turns=args.max_turns, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
                     command_timeout=args.command_timeout)
     try:
-        summary = run_episodes(tasks, _policy_factory(args), args.out, budget=budget, workers=args.workers,
+        summary = run_episodes(tasks, make_policy, args.out, budget=budget, workers=args.workers,
                                backend=args.sandbox, ray_address=args.ray, progress=_bar("episodes", args.quiet))
     except ForageError as exc:
         raise CliError(str(exc)) from None
@@ -202,6 +221,20 @@ def cmd_show(args) -> int:
     return 0
 
 
+def default_cache() -> Path:
+    from opencwm.forage.environment import default_cache as cache
+
+    return cache()
+
+
+def _add_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", help="environment cache directory (default: $OPENCWM_CACHE/envs, else "
+                                        "$XDG_CACHE_HOME/opencwm/envs, i.e. ~/.cache/opencwm/envs)")
+
+
+ENV_HELP = "an environment directory, or the source it was built from (as for 'forage env'), found in --cache"
+
+
 def add_parser(areas) -> None:
     from opencwm.cli import _cpu_count
     from opencwm.forage.environment import CONFIRM
@@ -212,14 +245,15 @@ def add_parser(areas) -> None:
 
     env = commands.add_parser("env", help="build (or reuse) the executable environment of a repository")
     env.add_argument("source", help="a local repository directory or a PyPI source distribution name==version")
-    env.add_argument("--cache", default="runs/envs", help="environment cache directory (default: %(default)s)")
+    _add_cache(env)
     env.add_argument("--python", default=sys.executable, help="interpreter for the environment's venv")
     env.add_argument("--rebuild", action="store_true", help="build again even if cached")
     _common(env)
     env.set_defaults(func=cmd_env)
 
     mutate = commands.add_parser("mutate", help="generate and validate mutate-fix tasks of an environment")
-    mutate.add_argument("env", help="an environment directory (from 'forage env')")
+    mutate.add_argument("env", help=ENV_HELP)
+    _add_cache(mutate)
     mutate.add_argument("--out", required=True, help="task dataset directory (created or resumed)")
     mutate.add_argument("--max", type=int, help="at most this many candidates")
     mutate.add_argument("--operators", help="comma-separated subset of the mutation operators")
@@ -238,7 +272,8 @@ def add_parser(areas) -> None:
 
     imp = commands.add_parser("import", help="import SWE-bench-format issue-fix instances for an environment")
     imp.add_argument("file", help="JSONL with SWE-bench fields")
-    imp.add_argument("--env", required=True)
+    imp.add_argument("--env", required=True, help=ENV_HELP)
+    _add_cache(imp)
     imp.add_argument("--out", required=True)
     _common(imp)
     imp.set_defaults(func=cmd_import)
@@ -251,6 +286,8 @@ def add_parser(areas) -> None:
     run.add_argument("--model", help="model name at the endpoint, or a checkpoint model directory (local)")
     run.add_argument("--api-key", default="EMPTY")
     run.add_argument("--tokenizer", help="tokenizer directory for --policy local")
+    run.add_argument("--script", help='--policy scripted: JSONL of assistant turns, each a JSON string or '
+                                      '{"tool": "bash", "args": "pytest -q"}; then submit')
     run.add_argument("--temperature", type=float, default=0.0)
     run.add_argument("--max-new-tokens", type=int, default=2048, help="per assistant turn")
     run.add_argument("--max", type=int, help="at most this many tasks")

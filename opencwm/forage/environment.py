@@ -5,11 +5,13 @@ reverse order: tests whose outcomes disagree are flaky or depend on test order a
 tests change with the order (code run for whichever test comes first) are recorded, since a test may depend on
 them without running them.
 
-Environments are cached on disk by content (``CACHE/<key>/``: ``repo/``, ``venv/``, ``env.json``), built once
-and reused by every task. Building installs packages from PyPI outside the sandbox (like a Docker image build);
-everything that runs afterwards (tests, the agent) runs in the sandbox without network, writing only in its own
-work tree. The package itself is uninstalled from the venv after its dependencies are in, so tests always import
-the work tree's code (``PYTHONPATH``).
+Environments are cached on disk by content (``CACHE/<key>/``: ``repo/``, ``venv/``, ``env.json``), built once and
+reused by every task. The cache is outside any source tree unless told otherwise (``default_cache``: the user's
+cache directory, as pip and Hugging Face do), and every path in it is absolute, so an environment works from
+whatever directory it is used. Building installs packages from PyPI outside the sandbox (like a Docker image build);
+everything that runs afterwards (tests, the agent) runs in the sandbox without network, writing only in its own work
+tree. The package itself is uninstalled from the venv after its dependencies are in, so tests always import the work
+tree's code (``PYTHONPATH``).
 
 A build that fails leaves ``env.json`` with ``status: build_failed`` and the reason; it is not retried unless
 asked (``rebuild=True``).
@@ -56,6 +58,18 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "opencwm", "GIT_AUTHOR_EMAIL": "forage@opencw
 
 class ForageError(RuntimeError):
     """An environment could not be built or used; the message says why in one line."""
+
+
+CACHE_VARIABLE = "OPENCWM_CACHE"
+
+
+def default_cache() -> Path:
+    """Where environments are cached unless told: ``$OPENCWM_CACHE/envs``, else the user's cache directory
+    (``$XDG_CACHE_HOME/opencwm/envs``, by default ``~/.cache/opencwm/envs``)."""
+    root = os.environ.get(CACHE_VARIABLE)
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "opencwm"
+    return Path(root) / "envs"
 
 
 # Host-side git never runs what a repository or a tree asks it to: no hooks, no fsmonitor, no external diff or
@@ -132,6 +146,22 @@ class TestRun:
 class Environment:
     path: Path
     info: dict
+    reused: bool = field(default=False, compare=False)  # found in the cache rather than built now
+
+    @classmethod
+    def open(cls, path: str | Path) -> Environment:
+        """The environment in directory ``path`` (as ``build_environment`` left it), whether or not it built."""
+        path = Path(path).resolve()
+        try:
+            info = json.loads((path / "env.json").read_text())
+        except FileNotFoundError:
+            raise ForageError(f"{path}: not an environment directory (make one with 'opencwm forage env SOURCE')"
+                              ) from None
+        except (OSError, ValueError) as exc:
+            raise ForageError(f"{path}/env.json: unreadable ({exc})") from None
+        if not isinstance(info, dict):
+            raise ForageError(f"{path}/env.json: not an environment description")
+        return cls(path, info, reused=True)
 
     @property
     def repo(self) -> Path:
@@ -196,6 +226,10 @@ class Environment:
         sweep(parent, "")  # the trees of runs killed before they removed their own
         root = parent / owned_name("")
         root.mkdir(parents=True)
+        # pytest looks for its configuration in the tests' directories and then in every directory above them: a
+        # file here ends that search at the tree, so a cache kept inside another project (opencwm's checkout) never
+        # lends the suite that project's configuration. The tree's own configuration, when it has one, comes first.
+        (root / "pytest.ini").write_text("# the repository's tests see no configuration from above its tree\n")
         tree = root / "repo"
         git(self.path, "clone", "-q", "--shared", "--no-checkout", str(self.repo), str(tree))
         git(tree, "checkout", "-q", "-f", commit or self.base_commit)
@@ -241,7 +275,7 @@ class Environment:
         suite still runs."""
         targets = sorted({t.split("::")[0] for t in tests}) if tests is not None else self.info.get("test_args", [])
         return ["-p", "no:cacheprovider", "-q", "--tb=native", "--continue-on-collection-errors", "-o", "addopts=",
-                *targets]
+                "--rootdir", ".", *targets]
 
     @staticmethod
     @contextlib.contextmanager
@@ -429,13 +463,13 @@ def build_environment(source: str, cache: str | Path, *, python: str = sys.execu
     """Build (or reuse) the environment of ``source``; see the module docstring. ``progress``: a callable taking
     a one-line message."""
     say = progress or (lambda message: None)
-    cache = Path(cache)
+    cache = Path(cache).resolve()
     key, kind = source_key(source, python)
     path = cache / key
     if (path / "env.json").exists() and not rebuild:
-        info = json.loads((path / "env.json").read_text())
-        if info.get("format") == ENV_FORMAT:  # else built by an older opencwm: built again
-            return Environment(path, info)
+        env = Environment.open(path)
+        if env.info.get("format") == ENV_FORMAT:  # else built by an older opencwm: built again
+            return env
     cache.mkdir(parents=True, exist_ok=True)
     building = cache / f".{key}.{uuid.uuid4().hex[:6]}.tmp"
     building.mkdir()
@@ -454,6 +488,23 @@ def build_environment(source: str, cache: str | Path, *, python: str = sys.execu
     shutil.rmtree(path, ignore_errors=True)
     os.replace(building, path)
     return Environment(path, info)
+
+
+def find_environment(source: str, cache: str | Path, *, python: str = sys.executable) -> Environment:
+    """The built environment named by ``source``: an environment directory, or the source it was built from (a
+    repository directory or ``name==version``) looked up in ``cache``. One-line errors say what to run."""
+    if (Path(source) / "env.json").exists():
+        env = Environment.open(source)
+    else:
+        key, _ = source_key(source, python)
+        env = Environment.open(Path(cache).resolve() / key) if (Path(cache) / key / "env.json").exists() else None
+        if env is None:
+            raise ForageError(f"{source}: no environment of it in {cache} (build one: opencwm forage env {source}"
+                              f" --cache {cache})")
+    if not env.ok:
+        raise ForageError(f"{env.path}: the environment did not build ({env.info.get('error')}); to try again: "
+                          f"opencwm forage env {env.info.get('source', 'SOURCE')} --rebuild")
+    return env
 
 
 def _build(source: str, kind: str, path: Path, python: str, backend: str, info: dict, say) -> None:

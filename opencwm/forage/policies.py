@@ -3,7 +3,7 @@
 - ``OpenAIPolicy``: any OpenAI-compatible chat endpoint (vLLM, llama.cpp's server, opencwm's own) through the
   ``openai`` client; messages go out with CWM's roles as they are (``tool: bash``).
 - ``LocalPolicy``: an opencwm checkpoint, prompted in CWM's chat format and sampled until ``<|eot_id|>``.
-- ``ScriptedPolicy``: replays given assistant turns (tests), then submits.
+- ``ScriptedPolicy``: replays given assistant turns (tests; ``read_script`` reads them from JSONL), then submits.
 - ``InverseMutationPolicy``: undoes a mutate-fix bug with one ``edit`` (the check that validated tasks are
   solvable by an agent using the tools).
 - ``OraclePolicy``: looks around briefly, applies the task's own fix with ``git apply`` and runs the failing
@@ -16,6 +16,11 @@ import json
 from dataclasses import dataclass
 
 from opencwm.chat import format_edit, format_tool_call
+
+
+class PolicyUnavailable(RuntimeError):
+    """The policy cannot answer at all (its endpoint is unreachable, refuses the credentials or has no such
+    model): not an outcome of the episode, which is not recorded and is played again on a rerun."""
 
 
 @dataclass
@@ -43,6 +48,32 @@ class ScriptedPolicy(Policy):
             return Reply(format_tool_call("submit"))
         self.index += 1
         return Reply(self.turns[self.index - 1])
+
+
+def read_script(path) -> list[str]:
+    """Assistant turns from a JSONL file, one per line: a JSON string (the turn's whole text) or an object
+    ``{"tool": NAME, "args": TEXT}`` (one tool call, e.g. ``{"tool": "bash", "args": "pytest -q"}``). Raises
+    ``ValueError`` with a one-line message naming the bad line."""
+    from pathlib import Path
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    turns = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            turn = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if isinstance(turn, dict) and isinstance(turn.get("tool"), str) and isinstance(turn.get("args", ""), str):
+            turn = format_tool_call(turn["tool"], turn.get("args", ""))
+        if not isinstance(turn, str):
+            raise ValueError(f'{path}:{number}: expected a JSON string or {{"tool": NAME, "args": TEXT}}')
+        turns.append(turn)
+    return turns
 
 
 def inverse_edits(bug_patch: str) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -106,18 +137,27 @@ class OpenAIPolicy(Policy):
     name = "openai"
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "EMPTY", temperature: float = 0.0,
-                 max_tokens: int = 2048, timeout: float = 300):
+                 max_tokens: int = 2048, timeout: float = 300, retries: int = 4):
         try:
             from openai import OpenAI
         except ImportError:
             raise RuntimeError("the openai policy needs the openai package: pip install 'opencwm[forage]'") from None
-        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
-        self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
+        # the client retries a failed connection with exponential backoff (0.5 s doubling, 8 s at most)
+        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=retries)
+        self.base_url, self.model, self.temperature, self.max_tokens = base_url, model, temperature, max_tokens
 
     def __call__(self, messages: list[dict]) -> Reply:
-        response = self.client.chat.completions.create(
-            model=self.model, messages=[{"role": m["role"], "content": m["content"]} for m in messages],
-            temperature=self.temperature, max_tokens=self.max_tokens)
+        import openai
+
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model, messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+                temperature=self.temperature, max_tokens=self.max_tokens)
+        except (openai.APIConnectionError, openai.AuthenticationError, openai.PermissionDeniedError,
+                openai.NotFoundError) as exc:
+            tries = self.client.max_retries + 1
+            raise PolicyUnavailable(f"{self.base_url} (model {self.model}): {type(exc).__name__} after {tries} "
+                                    f"tries: {str(exc).splitlines()[0][:200]}") from None
         usage = response.usage
         return Reply(response.choices[0].message.content or "", usage.prompt_tokens if usage else None,
                      usage.completion_tokens if usage else None)

@@ -13,8 +13,9 @@ whenever every covering test passes, ``"never"`` takes the covering tests' word.
 the baseline (``refs/opencwm/tasks/ID`` in the environment's repository), so the task's ``base_commit`` is the
 broken tree and its ``patch`` is the fix, as in SWE-bench.
 
-Every candidate gets a row (``verdict``: validated, no_test_failed, not_executed, timeout, error), so runs resume
-and report how many candidates each operator produced and how many were kept; the tasks are the rows with
+Every candidate gets a row (``verdict``: validated, no_test_failed, not_executed, timeout, error; ``reason``: why
+it was not kept, for an error the end of the test run's output), so runs resume and report how many candidates
+each operator produced, how many were kept and why the others were not; the tasks are the rows with
 ``validated = true``.
 """
 
@@ -30,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -60,6 +61,7 @@ SCHEMA = pa.schema([
     ("bug_patch", pa.string()),  # baseline -> broken (mutate-fix)
     ("validated", pa.bool_()),
     ("verdict", pa.string()),
+    ("reason", pa.string()),  # why a candidate was not kept (an error's last line of output, ...)
     ("selected_tests", pa.int32()),
     ("validation_seconds", pa.float64()),
 ])
@@ -71,9 +73,14 @@ class MutateReport:
     candidates: int
     validated: int
     per_operator: dict[str, dict[str, int]]
+    verdicts: dict[str, int] = field(default_factory=dict)
+    errors: int = 0  # candidates whose test run failed (verdict error or timeout): not a verdict on the mutation
+    reasons: list[tuple[str, int]] = field(default_factory=list)  # the most common reasons of the errors
 
     def as_json(self) -> dict:
         return {"tasks": self.tasks, "candidates": self.candidates, "validated": self.validated,
+                "errors": self.errors, "verdicts": self.verdicts,
+                "reasons": [{"reason": reason, "count": count} for reason, count in self.reasons],
                 "per_operator": self.per_operator}
 
 
@@ -186,10 +193,10 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
            "base_commit": "", "patch": "", "test_patch": "", "problem_statement": "", "FAIL_TO_PASS": "[]",
            "PASS_TO_PASS": "[]", "task_kind": "mutate-fix", "env": str(env.path), "operator": mutation.operator,
            "file": mutation.path, "function": mutation.function, "line": mutation.line, "bug_patch": "",
-           "validated": False, "verdict": "", "selected_tests": 0, "validation_seconds": 0.0}
+           "validated": False, "verdict": "", "reason": "", "selected_tests": 0, "validation_seconds": 0.0}
     lines = statement_lines((env.repo / mutation.path).read_text(encoding="utf-8"), mutation.line)
     if prescreen and env.ever_executed(mutation.path, lines) is False:
-        row["verdict"] = "not_executed"
+        row.update(verdict="not_executed", reason=f"the baseline never ran line {mutation.line}")
         return row
     Environment.reset(tree, env.base_commit)
     (tree / mutation.path).write_text(mutation.mutated_source, encoding="utf-8")
@@ -207,11 +214,11 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
     tests = tests if tests is not None else env.passing_tests()
     row.update(selected_tests=len(tests), validation_seconds=round(time.monotonic() - start, 3))
     if run.status != "ok" or not run.outcomes:
-        row["verdict"] = "timeout" if run.status == "timeout" else "error"
+        row.update(verdict="timeout" if run.status == "timeout" else "error", reason=run_failure(run, timeout))
         return row
     failing = [t for t in tests if not run.passed(t)]
     if not failing:
-        row["verdict"] = "no_test_failed"
+        row.update(verdict="no_test_failed", reason=f"all {len(tests)} tests still pass")
         return row
     git(tree, "add", "-A")
     row["bug_patch"] = git(tree, "diff", "--cached", env.base_commit)
@@ -269,15 +276,29 @@ def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = No
     return summarize(out)
 
 
+def run_failure(run, timeout: float) -> str:
+    """One line saying why a test run gave no verdict: its status and the last line of its output."""
+    if run.status == "timeout":
+        return f"the tests ran past {timeout:g} s"
+    last = next((line.strip() for line in reversed(run.output.splitlines()) if line.strip()), "no output")
+    return f"{run.status}: {last[:300]}"
+
+
 def summarize(out: str | Path) -> MutateReport:
     per: dict[str, Counter] = {}
-    for row in read_rows(out, columns=["operator", "validated"]):
+    verdicts: Counter = Counter()
+    reasons: Counter = Counter()
+    for row in read_rows(out, columns=["operator", "validated", "verdict", "reason"]):
         counter = per.setdefault(row["operator"] or "issue-fix", Counter())
         counter["candidates"] += 1
         counter["validated"] += bool(row["validated"])
+        verdicts[row["verdict"]] += 1
+        if row["verdict"] in ("error", "timeout"):
+            reasons[row["reason"]] += 1
     per_operator = {op: dict(c) for op, c in sorted(per.items())}
     return MutateReport(str(out), sum(c["candidates"] for c in per.values()),
-                        sum(c["validated"] for c in per.values()), per_operator)
+                        sum(c["validated"] for c in per.values()), per_operator, dict(sorted(verdicts.items())),
+                        verdicts["error"] + verdicts["timeout"], reasons.most_common(3))
 
 
 def read_tasks(directory: str | Path) -> list[dict]:
@@ -295,8 +316,12 @@ def import_swebench(path: str | Path, env: Environment, out: str | Path) -> int:
     """Import issue-fix instances (SWE-bench JSONL) whose repository is ``env``'s: each instance's
     ``base_commit`` must exist in the environment's repository. Returns how many were imported."""
     imported = 0
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ForageError(f"{path}: cannot read it ({exc.strerror if isinstance(exc, OSError) else exc})") from None
     with ShardWriter(out, SCHEMA, KIND, metadata={"env": str(env.path)}) as writer:
-        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -313,7 +338,7 @@ def import_swebench(path: str | Path, env: Environment, out: str | Path) -> int:
             writer.add(item["instance_id"], [{
                 "item": item["instance_id"], **{k: item[k] for k in SWE_BENCH_FIELDS}, **lists,
                 "task_kind": "issue-fix", "env": str(env.path), "operator": None, "file": None, "function": None,
-                "line": None, "bug_patch": "", "validated": True, "verdict": "imported",
+                "line": None, "bug_patch": "", "validated": True, "verdict": "imported", "reason": "",
                 "selected_tests": len(json.loads(lists["FAIL_TO_PASS"])) + len(json.loads(lists["PASS_TO_PASS"])),
                 "validation_seconds": 0.0}])
             imported += 1

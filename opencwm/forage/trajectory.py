@@ -18,7 +18,7 @@ import pyarrow as pa
 from opencwm.chat import encode_messages
 from opencwm.forage.agent import Budget, run_episode
 from opencwm.forage.environment import Environment, ForageError
-from opencwm.forage.policies import Policy
+from opencwm.forage.policies import Policy, PolicyUnavailable
 from opencwm.shards import ShardWriter, read_manifest, read_rows
 from opencwm.special_tokens import END_OF_TEXT
 
@@ -43,7 +43,7 @@ def run_episodes(tasks: list[dict], make_policy: Callable[[dict], Policy], out: 
             path = Path(task["env"])
             if not (path / "env.json").exists():
                 raise ForageError(f"{path}: the task's environment is missing (rebuild it with 'opencwm forage env')")
-            environments[task["env"]] = Environment(path, json.loads((path / "env.json").read_text()))
+            environments[task["env"]] = Environment.open(path)
     with ShardWriter(out, SCHEMA, KIND, rows_per_shard=200) as writer:
         done = writer.finished_items()
         todo = [t for t in tasks if f"{t['instance_id']}:{make_policy(t).name}" not in done]
@@ -51,15 +51,24 @@ def run_episodes(tasks: list[dict], make_policy: Callable[[dict], Policy], out: 
         def play(task: dict) -> dict:
             return run_episode(environments[task["env"]], task, make_policy(task), budget, backend=backend)
 
+        pool = None
         if ray_address:
             results = _ray_map(play, todo, ray_address, workers)
         else:
             pool = ThreadPoolExecutor(max(1, workers))
             results = pool.map(play, todo)
-        for count, row in enumerate(results, 1):
-            writer.add(row["item"], [row])
-            if progress:
-                progress(count, len(todo))
+        count = 0
+        try:
+            for count, row in enumerate(results, 1):
+                writer.add(row["item"], [row])
+                if progress:
+                    progress(count, len(todo))
+        except PolicyUnavailable as exc:  # finished episodes are kept; the rest are played on a rerun
+            raise ForageError(f"the policy cannot answer: {exc}; the {count} episodes finished now are kept in "
+                              f"{out}, a rerun plays the other {len(todo) - count}") from None
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
     rows = list(read_rows(out, columns=["solved"]))
     return {"trajectories": str(out), "episodes": len(rows), "solved": sum(bool(r["solved"]) for r in rows)}
 
@@ -87,12 +96,16 @@ def training_text(trajectory: dict) -> str:
 
 
 def replay(trajectory: dict, width: int = 100) -> str:
-    """A readable replay of an episode."""
+    """A readable replay of an episode: every message, the final diff, and the deciding tests (those that did not
+    pass by name, the passing ones by count)."""
     lines = [f"task {trajectory['task_id']} ({trajectory['task_kind']}) - policy {trajectory['policy']} - "
              f"{trajectory['status']} after {trajectory['turns']} turns, reward {trajectory['reward']}, "
              f"{trajectory['seconds']:.1f} s", "=" * width]
     for message in json.loads(trajectory["messages"]):
         lines += [f"[{message['role']}]", message["content"].rstrip(), "-" * width]
-    lines += ["final diff:", trajectory["diff"].rstrip() or "(empty)", "-" * width, "deciding tests:"]
-    lines += [f"  {outcome:8} {test}" for test, outcome in json.loads(trajectory["test_results"]).items()]
+    results = json.loads(trajectory["test_results"])
+    passed = sum(outcome == "passed" for outcome in results.values())
+    lines += ["final diff:", trajectory["diff"].rstrip() or "(empty)", "-" * width,
+              f"deciding tests: {passed} of {len(results)} passed"]
+    lines += [f"  {outcome:8} {test}" for test, outcome in results.items() if outcome != "passed"]
     return "\n".join(lines)
