@@ -27,6 +27,25 @@ class CliError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there is none to say."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS)
+                or action.help == argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """opencwm's parsers (subcommands included): defaults shown in every help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _add_sandbox_choice(parser) -> None:
     parser.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits", "gvisor"],
                         help="isolation backend (default: the best that works here)")
@@ -75,15 +94,19 @@ def _sandbox_config(args, preload=()):
                          preload=tuple(preload))
 
 
+def _trace_json(trace) -> dict:
+    frames = [{"event": f.event, "line": f.line, "lineno": f.lineno, "locals": f.locals, "value": f.value}
+              for f in trace.frames]
+    return {"status": trace.status, "error": trace.error, "frames": frames}
+
+
 def _print_trace(trace, fmt: str) -> None:
     if fmt == "cwm":
         from opencwm.trace.codec import encode
 
         print(encode(trace))
     elif fmt == "json":
-        frames = [{"event": f.event, "line": f.line, "lineno": f.lineno, "locals": f.locals, "value": f.value}
-                  for f in trace.frames]
-        print(json.dumps({"status": trace.status, "error": trace.error, "frames": frames}, indent=1))
+        print(json.dumps(_trace_json(trace), indent=1))
     else:
         from opencwm.trace.pretty import format_trace
 
@@ -125,12 +148,22 @@ def cmd_trace_run(args) -> int:
             trace = Trace.from_dict(outcome.result["trace"])
         else:
             trace = Trace(item.kwargs["source"], 0, status=outcome.status, error=outcome.error)
+    call = item.kwargs["call"]
+    which = (f"{call}, the first of the {len(items)} calls at the end of {path.name} (--call picks another)"
+             if len(items) > 1 else call)
     if trace.status == ERROR or not trace.frames:
         if args.format == "json":  # the outcome as data too (status timeout, memory, error, ...)
-            _print_trace(trace, "json")
-        print(f"opencwm: {trace.error or trace.status}", file=sys.stderr)
+            print(json.dumps({"call": call, **_trace_json(trace)}, indent=1))
+        print(f"opencwm: {call}: {trace.error or trace.status}", file=sys.stderr)
         return 1
-    _print_trace(trace, args.format)
+    if args.format == "json":
+        print(json.dumps({"call": call, **_trace_json(trace)}, indent=1))
+    elif args.format == "cwm":  # the text is exactly CWM's: which call, on stderr
+        print(f"opencwm: trace of {which}", file=sys.stderr)
+        _print_trace(trace, "cwm")
+    else:
+        print(f"trace of {which}")
+        _print_trace(trace, "pretty")
     return 0
 
 
@@ -169,17 +202,22 @@ def cmd_trace_show(args) -> int:
     from opencwm.shards import DatasetError, read_manifest
     from opencwm.trace.collect import read_traces
 
+    if args.limit < 0:
+        raise CliError("--limit must be 0 or more")
     try:
         manifest = read_manifest(args.dir)
     except DatasetError as exc:
         raise CliError(str(exc)) from None
-    statuses, frames = Counter(), []
-    chosen = []
+    statuses, frames, chosen, matched = Counter(), [], [], 0
     for row, trace in read_traces(args.dir):
         statuses[trace.status] += 1
         frames.append(len(trace.frames))
-        if (args.id is None or row["id"] == args.id) and len(chosen) < args.limit and trace.frames:
-            chosen.append((row, trace))
+        if (args.id is None or row["id"] == args.id) and (args.status is None or trace.status == args.status):
+            matched += 1
+            if args.list or len(chosen) < args.limit:
+                chosen.append((row, trace))
+    if args.id is not None and not matched:
+        raise CliError(f"no trace with id {args.id!r} in {args.dir}")
     frames.sort()
     summary = {
         "dataset": str(args.dir), "traces": sum(statuses.values()), "shards": len(manifest["shards"]),
@@ -187,12 +225,31 @@ def cmd_trace_show(args) -> int:
         "frames_median": frames[len(frames) // 2] if frames else 0,
         "frames_p95": frames[int(len(frames) * 0.95)] if frames else 0,
     }
-    print(json.dumps(summary))
-    if args.id is not None and not chosen:
-        raise CliError(f"no trace with id {args.id!r} in {args.dir}")
+    if args.summary:
+        print(json.dumps(summary))
+        return 0
+    if args.format == "json":  # JSON Lines, one trace per line (pipeable to jq)
+        for row, trace in chosen:
+            line = {"id": row["id"], "origin": row["origin"], "status": trace.status, "error": trace.error,
+                    "frames": len(trace.frames)} if args.list else {"id": row["id"], "origin": row["origin"],
+                                                                    **_trace_json(trace)}
+            print(json.dumps(line))
+        return 0
+    if args.list:
+        for row, trace in chosen:
+            error = f"\t{trace.error}" if trace.error else ""
+            print(f"{row['id']}\t{trace.status}\t{len(trace.frames)} frames{error}")
+        return 0
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+    print(f"{args.dir}: {summary['traces']} traces ({counts}) in {summary['shards']} shards; frames per trace: "
+          f"median {summary['frames_median']}, 95th percentile {summary['frames_p95']}; showing {len(chosen)} of "
+          f"{matched}")
     for row, trace in chosen:
-        print(f"\n=== {row['id']} ({row['origin']}) ===")
-        _print_trace(trace, args.format)
+        print(f"\n=== {row['id']} ({row['origin']}): {trace.status} ===")
+        if trace.frames:
+            _print_trace(trace, args.format)
+        else:
+            print(trace.error or "(no frames)")
     return 0
 
 
@@ -252,7 +309,7 @@ def cmd_data_programs(args) -> int:
         raise CliError("--count must be positive and --difficulty between 1 and 5")
     try:
         summary = build_program_corpus(args.out, args.count, difficulty=args.difficulty, seed=args.seed,
-                                       hard_share=args.hard_share)
+                                       hard_share=args.hard_share, force=args.force)
     except (DatasetError, ValueError) as exc:
         raise CliError(str(exc)) from None
     print(json.dumps(summary))
@@ -271,6 +328,33 @@ def _parse_data(specs: list[str]) -> dict[str, tuple[Path, float]]:
             sources[name] = (Path(path), float(weight))
         except ValueError:
             raise CliError(f"--data {spec!r}: weight {weight!r} is not a number") from None
+    return sources
+
+
+def _check_train_args(args) -> dict[str, tuple[Path, float]]:
+    """Every training argument checked before any work starts (no tokenizer trained, no model built, nothing
+    written); returns the data sources."""
+    from opencwm.shards import DatasetError, read_manifest
+
+    for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "vocab", "tokenizer_docs"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.seq_len < 2:
+        raise CliError("--seq-len must be at least 2")
+    if not 0 <= args.warmup <= args.steps:
+        raise CliError(f"--warmup {args.warmup} must be between 0 and --steps ({args.steps})")
+    if args.init and not (Path(args.init) / "config.json").is_file():
+        raise CliError(f"--init {args.init}: not a checkpoint model directory (no config.json)")
+    sources = _parse_data(args.data)
+    for name, (path, weight) in sources.items():
+        if weight <= 0:
+            raise CliError(f"--data {name}: the weight must be positive")
+        try:
+            manifest = read_manifest(path)
+        except DatasetError as exc:
+            raise CliError(f"--data {name}: {exc}") from None
+        if not manifest.get("rows"):
+            raise CliError(f"--data {name}: {path} is an empty dataset (no rows)")
     return sources
 
 
@@ -298,7 +382,7 @@ def cmd_train(args) -> int:
     from opencwm.train import distributed
     from opencwm.train.loop import TrainConfig, Trainer
 
-    sources = _parse_data(args.data)
+    sources = _check_train_args(args)
     out = Path(args.out)
     rank, world, device = (distributed.setup() if distributed.launched_by_torchrun()
                            else (0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")))
@@ -318,6 +402,9 @@ def cmd_train(args) -> int:
         docs = {name: _stage_documents(args.stage, path, tokenizer) for name, (path, _) in sources.items()}
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    for name, found in docs.items():
+        if not found:
+            raise CliError(f"--data {name}: no training documents in {sources[name][0]} for --stage {args.stage}")
     if args.init:
         model = CWM.from_pretrained(args.init, device=device)
     else:
@@ -351,20 +438,33 @@ def cmd_train(args) -> int:
 
 # -- eval -----------------------------------------------------------------------------------------------------------
 def cmd_eval_trace(args) -> int:
-    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_report, evaluate_traces
+    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_report, evaluate_traces, format_report
+    from opencwm.shards import DatasetError, read_manifest
+
+    if not args.traces and not args.cruxeval:
+        raise CliError("nothing to evaluate: give --traces DIR (held-out traces) and/or --cruxeval PATH|hf")
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    if not (Path(args.model) / "config.json").is_file():
+        raise CliError(f"--model {args.model}: not a checkpoint model directory (no config.json)")
+    if args.traces:
+        try:
+            read_manifest(args.traces)
+        except DatasetError as exc:
+            raise CliError(f"--traces {exc}") from None
     from opencwm.model import CWM
     from opencwm.model.hf import CheckpointError
-    from opencwm.shards import DatasetError
     from opencwm.tokenizer import Tokenizer
     from opencwm.trace.collect import read_traces
 
     try:
         model = CWM.from_pretrained(args.model).eval()
-        tokenizer = Tokenizer.load(args.tokenizer or Path(args.model).parent.parent.parent / "tokenizer")
+        tokenizer = Tokenizer.of_checkpoint(args.model, args.tokenizer)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    evaluator = TraceEvaluator(model, tokenizer, max_trace_tokens=args.max_trace_tokens, batch_size=args.batch_size)
-    report: dict = {}
+    evaluator = TraceEvaluator(model, tokenizer, max_trace_tokens=args.max_trace_tokens, batch_size=args.batch_size,
+                               progress=not args.quiet)
+    report: dict = {"model": str(args.model)}
     if args.traces:
         try:
             report.update(evaluate_traces(evaluator, read_traces(args.traces), limit=args.limit,
@@ -373,7 +473,11 @@ def cmd_eval_trace(args) -> int:
             raise CliError(str(exc)) from None
     if args.cruxeval:
         report.update(cruxeval_report(evaluator, args.cruxeval, args.limit))
-    print(json.dumps(report))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report) if args.json else format_report(report))
     return 0
 
 
@@ -402,7 +506,10 @@ def cmd_speedrun(args) -> int:
 
 # -- model info -----------------------------------------------------------------------------------------------------
 def cmd_model_info(args) -> int:
+    from dataclasses import asdict
+
     from opencwm.model.config import PRESETS, CwmConfig, preset
+    from opencwm.model.memory import Runtime, serving_memory
 
     if args.model in PRESETS:
         config = preset(args.model)
@@ -417,27 +524,24 @@ def cmd_model_info(args) -> int:
             raise CliError(f"{config_path}: {exc}") from None
     if args.context < 1 or args.batch < 1:
         raise CliError("--context and --batch must be positive")
-    gib = 1024**3
-    quant = None if args.quant == "bf16" else args.quant
-    linear = config.num_linear_parameters
-    other = config.num_parameters - linear
-    scales = config.num_linear_output_channels * 2 if quant else 0  # one bf16 scale per output channel
-    weights = linear * (1 if quant else 2) + other * 2 + scales
-    kv = config.kv_cache_bytes(args.context, args.batch, bytes_per_value=2)
-    margin = 0.05 * (weights + kv) + 1 * gib  # activations, workspace, allocator slack
-    total = weights + kv + margin
+    if not 0 < args.gpu_utilization <= 1 or args.prefill_chunk < 1 or args.cuda_context_gib < 0:
+        raise CliError("--gpu-utilization must be in (0, 1], --prefill-chunk positive, --cuda-context-gib >= 0")
+    runtime = Runtime(gpu_utilization=args.gpu_utilization, cuda_context_gib=args.cuda_context_gib,
+                      prefill_chunk=args.prefill_chunk)
+    memory = serving_memory(config, quant=None if args.quant == "bf16" else args.quant, context=args.context,
+                            batch=args.batch, runtime=runtime)
     n_global = config.layer_types.count("full_attention")
     report = {
         "model": args.model, "parameters": config.num_parameters,
         "parameters_billions": round(config.num_parameters / 1e9, 3),
-        "quant": args.quant, "weights_gib": round(weights / gib, 2), "context": args.context, "batch": args.batch,
-        "kv_cache_gib": round(kv / gib, 2), "global_layers": n_global,
+        "quant": args.quant, "context": args.context, "batch": args.batch, "global_layers": n_global,
         "local_layers": config.num_hidden_layers - n_global, "sliding_window": config.sliding_window,
-        "total_gib": round(total / gib, 2),
+        **memory.as_dict(), "assumptions": asdict(runtime),
     }
     if args.gpu_gb is not None:
         report["gpu_gib"] = args.gpu_gb
-        report["fits"] = total <= args.gpu_gb * gib
+        report["usable_gib"] = round(args.gpu_gb * runtime.gpu_utilization, 2)
+        report["fits"] = memory.fits(args.gpu_gb, runtime)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -447,10 +551,16 @@ def cmd_model_info(args) -> int:
     print(f"weights      {report['weights_gib']} GiB ({args.quant})")
     print(f"KV cache     {report['kv_cache_gib']} GiB (bf16, context {args.context}, batch {args.batch}; "
           f"local layers capped at {min(args.context, config.sliding_window)} tokens)")
-    print(f"total        {report['total_gib']} GiB with a runtime margin (5% + 1 GiB)")
+    print(f"activations  {report['activations_gib']} GiB (a prefill chunk of "
+          f"{min(runtime.prefill_chunk, args.context * args.batch)} tokens)")
+    print(f"CUDA context {runtime.cuda_context_gib} GiB")
+    print(f"total        {report['total_gib']} GiB")
     if args.gpu_gb is not None:
         verdict = "fits" if report["fits"] else "does NOT fit"
-        print(f"GPU          {verdict} in {args.gpu_gb} GiB")
+        print(f"GPU          {verdict} in {args.gpu_gb} GiB: the engine uses {runtime.gpu_utilization:.0%} of it "
+              f"({report['usable_gib']} GiB)")
+    print("assumptions  a vLLM-like engine: --gpu-utilization (vLLM's gpu_memory_utilization), --cuda-context-gib, "
+          "--prefill-chunk (max_num_batched_tokens) change them")
     return 0
 
 
@@ -465,7 +575,17 @@ _SPEEDRUN_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opencwm", description="opencwm: an open Code World Model system.")
+    from importlib.metadata import PackageNotFoundError, version
+
+    from opencwm.model.config import PRESETS
+    from opencwm.trace.record import STATUSES
+
+    try:
+        release = version("opencwm")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        release = "unknown"
+    parser = _Parser(prog="opencwm", description="opencwm: an open Code World Model system.")
+    parser.add_argument("--version", action="version", version=f"opencwm {release}")
     areas = parser.add_subparsers(dest="area", metavar="AREA", required=True)
 
     trace = areas.add_parser("trace", help="execution traces in CWM's format")
@@ -474,8 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="trace one call of a Python file and print the trace",
                               description="Trace one call of a Python file (in the sandbox) and print it.")
     run.add_argument("file", help="Python file defining the function")
-    run.add_argument("--call", help='call expression, e.g. "f(1, 2)" (default: the call at the end of the file)')
-    run.add_argument("--format", choices=["pretty", "cwm", "json"], default="pretty")
+    run.add_argument("--call", help='call expression, e.g. "f(1, 2)" (default: the first call at the end of the '
+                                    'file: f(1), print(f(1)), x = f(1), or in an if __name__ == "__main__": block)')
+    run.add_argument("--format", choices=["pretty", "cwm", "json"], default="pretty",
+                     help="pretty: a table for people; cwm: the exact CWM trace text; json: one object")
     run.add_argument("--no-sandbox", action="store_true", help="run in this process (trusted code only)")
     _add_sandbox_args(run, timeout=30.0)
     _add_tracer_args(run)
@@ -495,36 +617,49 @@ def build_parser() -> argparse.ArgumentParser:
     coll.add_argument("--max-items", type=int, help="stop after this many new items")
     coll.add_argument("--first-items", type=int,
                       help="only the source's first N items (e.g. test files of a repository); a rerun completes them")
-    coll.add_argument("--rows-per-shard", type=int, default=2000)
+    coll.add_argument("--rows-per-shard", type=int, default=2000, help="rows per Parquet shard")
     coll.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_sandbox_args(coll, timeout=10.0)
     _add_tracer_args(coll)
     coll.set_defaults(func=cmd_trace_collect)
 
-    show = commands.add_parser("show", help="summarise a collected dataset and print traces from it")
+    show = commands.add_parser(
+        "show", help="summarise a collected dataset, list its traces or print some",
+        description="Print a dataset's summary and its first traces. --format json prints JSON Lines only (one "
+                    "trace per line, for jq); --list lists every trace's id, status and length; --summary prints "
+                    "the summary as one JSON object.")
     show.add_argument("dir")
-    show.add_argument("--limit", type=int, default=1, help="traces to print (default: %(default)s)")
-    show.add_argument("--id", help="print the trace with this id")
-    show.add_argument("--format", choices=["pretty", "cwm", "json"], default="pretty")
+    show.add_argument("--limit", type=int, default=1, help="traces to print")
+    show.add_argument("--id", help="only the trace with this id")
+    show.add_argument("--status", choices=STATUSES, help="only traces with this status")
+    show.add_argument("--list", action="store_true", help="every matching trace's id, status and length")
+    show.add_argument("--summary", action="store_true", help="the summary as one JSON object, nothing else")
+    show.add_argument("--format", choices=["pretty", "cwm", "json"], default="pretty",
+                      help="pretty or cwm: a summary, then the traces; json: JSON Lines only")
     show.set_defaults(func=cmd_trace_show)
 
     data = areas.add_parser("data", help="training corpora")
     data_commands = data.add_subparsers(dest="command", metavar="COMMAND", required=True)
     code = data_commands.add_parser("code", help="Python source of the stdlib and installed packages, deduplicated, "
                                                  "with licenses, as Parquet shards")
-    code.add_argument("--out", required=True)
-    code.add_argument("--stdlib-only", action="store_true")
-    code.add_argument("--max-files", type=int)
-    code.add_argument("--holdout", help="JSONL of {code, id} programs to keep out (e.g. CruxEval)")
+    code.add_argument("--out", required=True, help="dataset directory (created or resumed)")
+    code.add_argument("--stdlib-only", action="store_true", help="the standard library only, no site-packages")
+    code.add_argument("--max-files", type=int, help="look at the first N files only (default: all)")
+    code.add_argument("--holdout", help="JSONL of {code, id} programs to keep out: files containing one are "
+                                        "dropped (e.g. CruxEval; default: none)")
     code.set_defaults(func=cmd_data_code)
     programs = data_commands.add_parser("programs", help="synthetic programs with inputs (then: opencwm trace "
                                                          "collect DIR --out TRACES)")
-    programs.add_argument("--out", required=True)
-    programs.add_argument("--count", type=int, default=1000)
-    programs.add_argument("--difficulty", type=int, default=2, help="1 (easiest) to 5")
-    programs.add_argument("--seed", type=int, default=0)
+    programs.add_argument("--out", required=True,
+                          help="dataset directory (created, or resumed when made with the same options)")
+    programs.add_argument("--count", type=int, default=1000, help="programs to generate")
+    programs.add_argument("--difficulty", type=int, default=2, choices=range(1, 6), metavar="{1..5}",
+                          help="1 (easiest) to 5")
+    programs.add_argument("--seed", type=int, default=0, help="random seed")
     programs.add_argument("--hard-share", type=float, default=0.0,
                           help="share of programs one difficulty level up (default: %(default)s)")
+    programs.add_argument("--force", action="store_true",
+                          help="start --out over when it was made with other options (default: refuse)")
     programs.set_defaults(func=cmd_data_programs)
 
     train = areas.add_parser(
@@ -534,33 +669,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stage", choices=["pretrain", "midtrain", "sft"], default="pretrain",
                        help="sft: trace datasets become chat examples ('what does this call return?', with and "
                             "without a <think> walk through the execution), learned on the assistant's tokens")
-    train.add_argument("--preset", default="tiny")
+    train.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model size (ignored with --init)")
     train.add_argument("--init", help="start from this checkpoint (e.g. the previous stage's model directory)")
-    train.add_argument("--out", required=True)
+    train.add_argument("--out", required=True, help="run directory: tokenizer, checkpoints, metrics.jsonl (resumed)")
     train.add_argument("--data", action="append", required=True, metavar="NAME=DIR[:WEIGHT]",
                        help="a code, traces or trajectories dataset and its mixture weight (repeatable)")
     train.add_argument("--tokenizer", help="tokenizer directory (default: train one on the first --data source)")
     train.add_argument("--vocab", type=int, default=4096, help="BPE size when training a tokenizer")
-    train.add_argument("--tokenizer-docs", type=int, default=5000)
-    train.add_argument("--steps", type=int, default=500)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--grad-accum", type=int, default=1)
-    train.add_argument("--seq-len", type=int, default=1024)
+    train.add_argument("--tokenizer-docs", type=int, default=5000, help="documents a new tokenizer is trained on")
+    train.add_argument("--steps", type=int, default=500, help="optimizer steps")
+    train.add_argument("--batch-size", type=int, default=8, help="sequences per step and process")
+    train.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per step")
+    train.add_argument("--seq-len", type=int, default=1024, help="tokens per packed sequence")
     train.add_argument("--lr", type=float, default=3e-3, help="AdamW's learning rate (default: %(default)s)")
     train.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
                        help="muon: Muon for the blocks' matrices, AdamW at --lr for embeddings, head and norms; "
                             "single process only (default: %(default)s)")
     train.add_argument("--muon-lr", type=float, default=0.02, help="Muon's learning rate (default: %(default)s)")
-    train.add_argument("--warmup", type=int, default=50)
-    train.add_argument("--schedule", choices=["wsd", "cosine"], default="wsd")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--checkpoint-every", type=int, default=200)
-    train.add_argument("--log-every", type=int, default=10)
+    train.add_argument("--warmup", type=int, default=50, help="warm-up steps (at most --steps)")
+    train.add_argument("--schedule", choices=["wsd", "cosine"], default="wsd",
+                       help="learning-rate schedule after warm-up: warmup-stable-decay or cosine")
+    train.add_argument("--seed", type=int, default=0, help="seed of the weights and the data mixture")
+    train.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    train.add_argument("--log-every", type=int, default=10, help="steps between metrics lines")
     train.add_argument("--compile", action="store_true", help="torch.compile each block")
-    train.add_argument("--activation-checkpointing", action="store_true")
+    train.add_argument("--activation-checkpointing", action="store_true",
+                       help="recompute each block's activations in the backward (less memory)")
     train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                        help="auto: bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere (default: %(default)s)")
-    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--quiet", action="store_true", help="no progress display")
     train.set_defaults(func=cmd_train)
 
     evaluation = areas.add_parser("eval", help="evaluate a checkpoint")
@@ -572,9 +709,12 @@ def build_parser() -> argparse.ArgumentParser:
     trace_eval.add_argument("--traces", help="held-out trace dataset (opencwm trace collect output)")
     trace_eval.add_argument("--cruxeval", help='CruxEval JSONL path, or "hf" for the public dataset')
     trace_eval.add_argument("--limit", type=int, help="at most this many traces / CruxEval items")
-    trace_eval.add_argument("--max-frames-per-trace", type=int)
-    trace_eval.add_argument("--max-trace-tokens", type=int, default=1024)
-    trace_eval.add_argument("--batch-size", type=int, default=8)
+    trace_eval.add_argument("--max-frames-per-trace", type=int, help="score at most this many frames per trace")
+    trace_eval.add_argument("--max-trace-tokens", type=int, default=1024, help="longest rollout, in tokens")
+    trace_eval.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    trace_eval.add_argument("--out", help="also write the report as JSON to this file")
+    trace_eval.add_argument("--json", action="store_true", help="print the report as one JSON object, not a table")
+    trace_eval.add_argument("--quiet", action="store_true", help="no progress display")
     trace_eval.set_defaults(func=cmd_eval_trace)
 
     run = areas.add_parser("speedrun", help="corpora -> tokenizer -> pretrain -> midtrain -> SFT -> eval, with the "
@@ -598,11 +738,16 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands = model.add_subparsers(dest="command", metavar="COMMAND", required=True)
     info = model_commands.add_parser(
         "info", help="parameters, weight and KV-cache memory, and whether a model fits a GPU (no weights loaded)")
-    info.add_argument("model", help="a preset (cwm-32b, 1b, small, tiny, nano) or a checkpoint directory")
+    info.add_argument("model", help=f"a preset ({', '.join(PRESETS)}) or a checkpoint directory")
     info.add_argument("--quant", choices=["bf16", "int8", "fp8"], default="bf16", help="weight format")
     info.add_argument("--context", type=int, default=131072, help="tokens held in the KV cache (default: %(default)s)")
-    info.add_argument("--batch", type=int, default=1)
+    info.add_argument("--batch", type=int, default=1, help="sequences held in the KV cache")
     info.add_argument("--gpu-gb", type=float, help="GPU memory in GiB, to check the fit")
+    info.add_argument("--gpu-utilization", type=float, default=0.9,
+                      help="share of the GPU the serving engine takes (vLLM's gpu_memory_utilization)")
+    info.add_argument("--cuda-context-gib", type=float, default=1.0, help="CUDA context and library workspaces")
+    info.add_argument("--prefill-chunk", type=int, default=8192,
+                      help="tokens prefilled at once (vLLM's max_num_batched_tokens)")
     info.add_argument("--json", action="store_true", help="one JSON object on stdout")
     info.set_defaults(func=cmd_model_info)
 
@@ -638,6 +783,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("opencwm: interrupted (finished results are kept)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (| head): not an error; nothing more to write
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # python -m opencwm.cli: run the imported module, so its exception classes are shared

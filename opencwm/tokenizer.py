@@ -154,6 +154,17 @@ class Tokenizer:
             return cls.from_tiktoken(directory / "tokenizer.model")
         raise FileNotFoundError(f"{directory}: no tokenizer.json or tokenizer.model")
 
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path, tokenizer: str | Path | None = None) -> Tokenizer:
+        """The tokenizer of a checkpoint model directory: ``tokenizer`` when given, else the one saved with the
+        weights, else (runs of older opencwm) the run's own (``RUN/checkpoints/step-N/model`` -> ``RUN/tokenizer``)."""
+        checkpoint = Path(checkpoint)
+        if tokenizer:
+            return cls.load(tokenizer)
+        if (checkpoint / "tokenizer.json").exists() or (checkpoint / "tokenizer.model").exists():
+            return cls.load(checkpoint)
+        return cls.load(checkpoint.parent.parent.parent / "tokenizer")
+
     def save(self, directory: str | Path) -> None:
         """Write ``tokenizer.json`` and the config files ``transformers.AutoTokenizer`` reads, with CWM's chat
         template (``opencwm.chat.CHAT_TEMPLATE``); a tokenizer read from CWM's ``tokenizer.model`` writes that file."""

@@ -94,9 +94,46 @@ def test_collect_then_show(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["traces"] == summary["items"]
     shown = opencwm("trace", "show", str(out), "--id", "fib", "--format", "json")
-    head, _, body = shown.stdout.partition("\n=== fib")
-    assert json.loads(head)["traces"] == summary["traces"]
-    assert '"value": "55"' in body  # fib(10), as Python computes it
+    [line] = shown.stdout.splitlines()  # JSON Lines only: pipeable to jq
+    fib = json.loads(line)
+    assert fib["id"] == "fib" and fib["frames"][-1]["value"] == "55"  # fib(10), as Python computes it
+    assert json.loads(opencwm("trace", "show", str(out), "--summary").stdout)["traces"] == summary["traces"]
+    listed = opencwm("trace", "show", str(out), "--list", "--format", "json").stdout.splitlines()
+    assert len(listed) == summary["traces"] and {json.loads(x)["id"] for x in listed} >= {"fib"}
+
+
+def test_show_lists_filters_and_shows_error_rows(tmp_path):
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": "a", "code": "def f(x):\\n    return x", "input": "1"}\n'
+                     '{"id": "b", "code": "def f(:", "input": "1"}\n')
+    assert opencwm("trace", "collect", str(items), "--out", str(tmp_path / "o"), "--quiet").returncode == 0
+    listed = opencwm("trace", "show", str(tmp_path / "o"), "--list").stdout.splitlines()
+    assert [line.split("\t")[:2] for line in listed] == [["a", "ok"], ["b", "error"]]
+    errors = opencwm("trace", "show", str(tmp_path / "o"), "--status", "error", "--format", "json")
+    [row] = [json.loads(line) for line in errors.stdout.splitlines()]
+    assert row["id"] == "b" and row["status"] == "error" and "syntax" in row["error"] and row["frames"] == []
+    one = opencwm("trace", "show", str(tmp_path / "o"), "--id", "b")
+    assert one.returncode == 0 and "=== b (" in one.stdout and "syntax" in one.stdout
+
+
+@pytest.mark.parametrize("ending", [
+    "print(f(3))", "result = f(3)", 'if __name__ == "__main__":\n    print(f(3))', "f(3)\nf(4)"])
+def test_run_finds_the_call_at_the_end_of_a_file_and_says_which(tmp_path, ending):
+    path = tmp_path / "p.py"
+    path.write_text(f"def f(n):\n    return n * 2\n\n{ending}\n")
+    result = opencwm("trace", "run", str(path), "--format", "json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 0 and data["call"] == "f(3)" and data["frames"][-1]["value"] == "6"
+    pretty = opencwm("trace", "run", str(path)).stdout.splitlines()[0]
+    assert pretty.startswith("trace of f(3)") and ("first of the 2 calls" in pretty) == ending.endswith("f(4)")
+
+
+def test_output_piped_into_a_closed_reader_is_not_an_error(tmp_path):
+    path = tmp_path / "loop.py"  # a trace far longer than a pipe's buffer
+    path.write_text("def f(n):\n    t = 0\n    for i in range(n):\n        t += i\n    return t\n\nf(3000)\n")
+    result = subprocess.run(f"{sys.executable} -m opencwm.cli trace run {path} --no-sandbox | head -c 1",
+                            shell=True, capture_output=True, text=True, cwd=REPO)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 
 def test_tracing_commands_never_import_torch(program):

@@ -316,6 +316,13 @@ def test_model_info_arithmetic_matches_real_tensors():
     report = json.loads(out.stdout)
     assert report["parameters_billions"] == 32.581 and report["fits"] is True
     assert report["weights_gib"] < 34 and report["kv_cache_gib"] < 10
+    parts = ("weights_gib", "kv_cache_gib", "activations_gib", "cuda_context_gib")
+    assert abs(report["total_gib"] - sum(report[p] for p in parts)) < 0.02
+    # CWM's release: bf16 is served on more than one 80 GB GPU; one 80 GB GPU needs quantization
+    out = subprocess.run([sys.executable, "-m", "opencwm.cli", "model", "info", "cwm-32b", "--context", "131072",
+                          "--gpu-gb", "80", "--json"], capture_output=True, text=True, check=True)
+    bf16 = json.loads(out.stdout)
+    assert bf16["fits"] is False and bf16["usable_gib"] == 72.0 and bf16["assumptions"]["gpu_utilization"] == 0.9
 
 
 def test_activation_checkpointing_gives_the_same_gradients():

@@ -124,12 +124,16 @@ def test_eval_cli_on_a_checkpoint(memorised, tmp_path):
     collect(items, tmp_path / "traces", CollectConfig(workers=1, progress=False))
     result = subprocess.run([sys.executable, "-m", "opencwm.cli", "eval", "trace", "--model", str(tmp_path / "model"),
                              "--tokenizer", str(tmp_path / "tokenizer"), "--traces", str(tmp_path / "traces"),
-                             "--cruxeval", str(tmp_path / "missing.jsonl"), "--max-trace-tokens", "300"],
+                             "--cruxeval", str(tmp_path / "missing.jsonl"), "--max-trace-tokens", "300",
+                             "--out", str(tmp_path / "report.json")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout)
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["traces"] == 3 and report["frame_exact_match"] >= 0.9
     assert report["cruxeval_o_direct"] is None and "no such file" in report["cruxeval_missing"]
+    table = result.stdout.splitlines()  # a table on stdout: a row per figure, rates as percentages
+    assert table[0].startswith("| figure") and any(line.replace(" ", "") == "|traces|3|" for line in table)
+    assert any(line.startswith("| frame_exact_match ") and line.rstrip().endswith("% |") for line in table)
 
 
 def test_cruxeval_sources_say_what_is_missing(tmp_path):

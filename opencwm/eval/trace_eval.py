@@ -129,22 +129,33 @@ def new_token_limit(true_tokens: int, cap: int) -> int:
 
 class TraceEvaluator:
     def __init__(self, model, tokenizer: Tokenizer, *, max_frame_tokens: int = 256, max_trace_tokens: int = 2048,
-                 batch_size: int = 8):
-        self.model, self.tokenizer = model, tokenizer
+                 batch_size: int = 8, progress: bool = False):
+        self.model, self.tokenizer, self.progress = model, tokenizer, progress
         self.max_frame_tokens, self.max_trace_tokens, self.batch_size = max_frame_tokens, max_trace_tokens, batch_size
         self.frame_sep, self.end = tokenizer.token_id(FRAME_SEP), tokenizer.token_id(END_OF_TEXT)
+
+    def _steps(self, items, desc: str, total: int | None = None):
+        """``items``, counted on a progress bar on stderr when the evaluator shows progress."""
+        if not self.progress:
+            return items
+        import sys
+
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, total=total, unit="item", file=sys.stderr, leave=False, dynamic_ncols=True)
 
     def _budget(self, truths: list[str], cap: int) -> list[int]:
         return [new_token_limit(len(self.tokenizer.encode(t, allow_special=True)), cap) for t in truths]
 
-    def _generate(self, prompts: list[str], max_new: int | list[int], stops: tuple[int, ...]) -> list[str]:
+    def _generate(self, prompts: list[str], max_new: int | list[int], stops: tuple[int, ...],
+                  desc: str = "generating") -> list[str]:
         """Greedy completions; ``max_new`` is one limit or one per prompt (prompts with similar limits are
         batched together)."""
         limits = max_new if isinstance(max_new, list) else [max_new] * len(prompts)
         outputs: list[str] = [""] * len(prompts)
         context = self.model.config.max_position_embeddings
         order = sorted(range(len(prompts)), key=lambda i: limits[i])
-        for start in range(0, len(order), self.batch_size):
+        for start in self._steps(range(0, len(order), self.batch_size), f"{desc} ({len(prompts)} prompts)"):
             indices = order[start : start + self.batch_size]
             most = max(limits[i] for i in indices)
             chunk = [self.tokenizer.encode(prompts[i], allow_special=True)[-(context - most) :] for i in indices]
@@ -176,7 +187,7 @@ class TraceEvaluator:
 
         score, tokens = Score(), Score()
         limit = self.model.config.max_position_embeddings
-        for trace in traces:
+        for trace in self._steps(traces, "next-frame scores (traces)"):
             ids = self.tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
             spans = []
             for index, frame in enumerate(trace.frames[:max_frames_per_trace]):
@@ -234,7 +245,7 @@ class TraceEvaluator:
         prompts = [rollout_prompt(t) for t in contexts]
         limits = self._budget(truths, self.max_trace_tokens) if truths else self.max_trace_tokens
         out = []
-        for prompt, text in zip(prompts, self._generate(prompts, limits, (self.end,))):
+        for prompt, text in zip(prompts, self._generate(prompts, limits, (self.end,), "rollouts")):
             try:
                 out.append((text, decode(prompt + text)))
             except TraceDecodeError:
@@ -263,7 +274,7 @@ class TraceEvaluator:
         stops = (self.end, self.tokenizer.token_id(END_OF_TURN))
         limits = self._budget([answer_text(expected) for _, _, expected in programs], self.max_frame_tokens)
         score = Score()
-        for (_, _, expected), got in zip(programs, self._generate(prompts, limits, stops)):
+        for (_, _, expected), got in zip(programs, self._generate(prompts, limits, stops, "chat answers")):
             score.add(same_value(parse_answer(got), expected))
         return score
 
@@ -274,7 +285,7 @@ class TraceEvaluator:
         stops = (self.end, *newline) if len(newline) == 1 else (self.end,)
         score = Score()
         limits = self._budget([expected for _, _, expected in programs], self.max_frame_tokens)
-        for (_, _, expected), got in zip(programs, self._generate(prompts, limits, stops)):
+        for (_, _, expected), got in zip(programs, self._generate(prompts, limits, stops, "direct answers")):
             score.add(same_value(got.split("\n")[0], expected))
         return score
 
@@ -363,3 +374,30 @@ def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | 
                                               for k in sorted(by_position)},
             "output_exact_match_rollout": output.rate, "output_exact_match_direct": direct.rate,
             "traces": len(traces)}
+
+
+def format_report(report: dict) -> str:
+    """The report as a readable table (as lm-evaluation-harness prints one): a row per figure, nested figures
+    (by token kind, by position) as indented rows, rates as percentages, what is missing and why."""
+    rows: list[tuple[str, str]] = []
+
+    def value(x) -> str:
+        if x is None:
+            return "n/a"
+        if isinstance(x, float):
+            return f"{x:.2%}" if 0 <= x <= 1 else f"{x:.4g}"
+        if isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) for v in x):  # [correct, total]
+            return f"{x[0]}/{x[1]}" + (f" ({x[0] / x[1]:.1%})" if x[1] else "")
+        return str(x)
+
+    for key, figure in report.items():
+        if isinstance(figure, dict):
+            rows.append((key, ""))
+            rows += [(f"  {name}", value(inner)) for name, inner in figure.items()]
+        else:
+            rows.append((key, value(figure)))
+    width = max(len(name) for name, _ in rows)
+    right = max(len(shown) for _, shown in rows)
+    lines = [f"| {'figure':<{width}} | {'value':>{right}} |", f"|{'-' * (width + 2)}|{'-' * (right + 2)}|"]
+    lines += [f"| {name:<{width}} | {shown:>{right}} |" for name, shown in rows]
+    return "\n".join(lines)

@@ -257,7 +257,7 @@ def add_parser(areas) -> None:
     mutate.add_argument("--out", required=True, help="task dataset directory (created or resumed)")
     mutate.add_argument("--max", type=int, help="at most this many candidates")
     mutate.add_argument("--operators", help="comma-separated subset of the mutation operators")
-    mutate.add_argument("--workers", type=int, default=_cpu_count())
+    mutate.add_argument("--workers", type=int, default=_cpu_count(), help="validations in parallel")
     mutate.add_argument("--timeout", type=float, default=120, help="seconds per validation run")
     mutate.add_argument("--confirm", choices=CONFIRM, default=CONFIRM[0],
                         help="when a candidate's covering tests all pass, whether the whole suite decides: only "
@@ -266,7 +266,7 @@ def add_parser(areas) -> None:
     mutate.add_argument("--issue-base-url", help="write issue texts with the model at this OpenAI-compatible "
                                                  "endpoint (default: a plain description from the failing tests)")
     mutate.add_argument("--issue-model", help="model name for --issue-base-url")
-    mutate.add_argument("--api-key", default="EMPTY")
+    mutate.add_argument("--api-key", default="EMPTY", help="API key for --issue-base-url")
     _common(mutate)
     mutate.set_defaults(func=cmd_mutate)
 
@@ -274,35 +274,36 @@ def add_parser(areas) -> None:
     imp.add_argument("file", help="JSONL with SWE-bench fields")
     imp.add_argument("--env", required=True, help=ENV_HELP)
     _add_cache(imp)
-    imp.add_argument("--out", required=True)
+    imp.add_argument("--out", required=True, help="task dataset directory (created or resumed)")
     _common(imp)
     imp.set_defaults(func=cmd_import)
 
     run = commands.add_parser("run", help="play episodes of a policy on tasks and store the trajectories")
     run.add_argument("tasks", help="task dataset directory")
     run.add_argument("--out", required=True, help="trajectory dataset directory (created or resumed)")
-    run.add_argument("--policy", choices=POLICIES, default="openai")
+    run.add_argument("--policy", choices=POLICIES, default="openai",
+                     help="who acts: a served model (openai), a checkpoint (local), a script, or a check")
     run.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     run.add_argument("--model", help="model name at the endpoint, or a checkpoint model directory (local)")
-    run.add_argument("--api-key", default="EMPTY")
+    run.add_argument("--api-key", default="EMPTY", help="API key of the endpoint")
     run.add_argument("--tokenizer", help="tokenizer directory for --policy local")
     run.add_argument("--script", help='--policy scripted: JSONL of assistant turns, each a JSON string or '
                                       '{"tool": "bash", "args": "pytest -q"}; then submit')
-    run.add_argument("--temperature", type=float, default=0.0)
+    run.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
     run.add_argument("--max-new-tokens", type=int, default=2048, help="per assistant turn")
     run.add_argument("--max", type=int, help="at most this many tasks")
-    run.add_argument("--max-turns", type=int, default=30)
+    run.add_argument("--max-turns", type=int, default=30, help="assistant turns per episode")
     run.add_argument("--max-tokens", type=int, default=65_536, help="per episode")
-    run.add_argument("--max-seconds", type=float, default=900)
-    run.add_argument("--command-timeout", type=float, default=120)
-    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--max-seconds", type=float, default=900, help="wall time per episode")
+    run.add_argument("--command-timeout", type=float, default=120, help="seconds per bash command")
+    run.add_argument("--workers", type=int, default=1, help="episodes in parallel")
     run.add_argument("--ray", metavar="ADDRESS", help='spread episodes over a Ray cluster ("local" starts one)')
     _common(run)
     run.set_defaults(func=cmd_run)
 
     show = commands.add_parser("show", help="replay trajectories readably")
     show.add_argument("trajectories")
-    show.add_argument("--limit", type=int, default=1)
+    show.add_argument("--limit", type=int, default=1, help="episodes to replay")
     show.add_argument("--id", help="the trajectory of this task")
     show.set_defaults(func=cmd_show)
 

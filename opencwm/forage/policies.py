@@ -168,19 +168,11 @@ class LocalPolicy(Policy):
 
     def __init__(self, checkpoint: str, tokenizer: str | None = None, *, max_tokens: int = 1024,
                  temperature: float = 0.0):
-        from pathlib import Path
-
         from opencwm.model import CWM
         from opencwm.tokenizer import Tokenizer
 
         self.model = CWM.from_pretrained(checkpoint).eval()
-        if tokenizer:
-            directory = Path(tokenizer)
-        elif (Path(checkpoint) / "tokenizer.json").exists():  # checkpoints hold their tokenizer
-            directory = Path(checkpoint)
-        else:  # older runs: the run's own tokenizer folder (RUN/checkpoints/step-N/model -> RUN/tokenizer)
-            directory = Path(checkpoint).parent.parent.parent / "tokenizer"
-        self.tokenizer = Tokenizer.load(directory)
+        self.tokenizer = Tokenizer.of_checkpoint(checkpoint, tokenizer)
         self.max_tokens, self.temperature = max_tokens, temperature
 
     def __call__(self, messages: list[dict]) -> Reply:

@@ -29,6 +29,8 @@ OK = "ok"  # the entry function returned
 RAISED = "exception"  # the entry function raised; the trace ends with its exception frame
 TRUNCATED = "truncated"  # a per-trace limit was hit; frames so far are kept, the text has no end-of-text token
 ERROR = "error"  # the item could not be set up: syntax error, missing function, bad call expression
+# Every status a dataset row can have: the tracer's and the sandbox's (opencwm.sandbox.server.STATUSES).
+STATUSES = (OK, RAISED, TRUNCATED, "timeout", "memory", "disk", "crash", "killed", ERROR)
 
 
 @dataclass(slots=True)

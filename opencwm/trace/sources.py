@@ -38,8 +38,16 @@ class WorkItem:
 
 
 def load_items(source: str | Path, calls: list[str] | None = None) -> tuple[str, list[WorkItem]]:
-    """(kind of source, work items). Raises SourceError with a one-line reason."""
-    path = Path(source)
+    """(kind of source, work items). Raises SourceError with a one-line reason, also for a source with no
+    items at all (an empty file is a mistake, not an empty dataset)."""
+    kind, items = _load_items(Path(source), calls)
+    if not items:
+        raise SourceError(f"{source}: no items to trace (an empty {kind} source)")
+    return kind, items
+
+
+def _load_items(path: Path, calls: list[str] | None) -> tuple[str, list[WorkItem]]:
+    source = path
     if not path.exists():
         raise SourceError(f"{source}: no such file or directory")
     if path.is_dir():
@@ -115,7 +123,46 @@ def program_dataset_items(path: Path) -> list[WorkItem]:
                      {"call": row["call"]}) for row in read_rows(path, columns=["id", "source", "call"])]
 
 
+def _call_of(statement: ast.stmt) -> ast.Call | None:
+    """The call a trailing statement makes: ``f(...)``, ``print(f(...))``, ``result = f(...)``."""
+    value = statement.value if isinstance(statement, (ast.Expr, ast.Assign, ast.AnnAssign)) else None
+    if not isinstance(value, ast.Call):
+        return None
+    is_print = isinstance(value.func, ast.Name) and value.func.id == "print"
+    if is_print and len(value.args) == 1 and isinstance(value.args[0], ast.Call) and not value.keywords:
+        return value.args[0]
+    return value
+
+
+def _is_main_guard(statement: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` with no ``else``."""
+    test = statement.test if isinstance(statement, ast.If) and not statement.orelse else None
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__")
+
+
+def trailing_calls(tree: ast.Module) -> tuple[list[ast.Call], int | None]:
+    """The calls to trace when none is given, and the line where the program ends (None: no such calls): the
+    file's trailing top-level call statements (``f(1)``, ``print(f(1))``, ``result = f(1)``), or those of a
+    trailing ``if __name__ == "__main__":`` block made only of such statements."""
+    body = tree.body
+    if body and _is_main_guard(body[-1]):
+        calls = [_call_of(statement) for statement in body[-1].body]
+        if all(calls):
+            return calls, body[-1].lineno
+    trailing: list[ast.stmt] = []
+    for statement in reversed(body):
+        if _call_of(statement) is None:
+            break
+        trailing.append(statement)
+    trailing.reverse()
+    return [_call_of(statement) for statement in trailing], trailing[0].lineno if trailing else None
+
+
 def python_file_items(path: Path, calls: list[str] | None = None) -> list[WorkItem]:
+    """One item per call of the file's program: the given ``calls``, else the calls at its end
+    (``trailing_calls``; the program is what precedes them)."""
     text = _read_text(path)
     try:
         tree = ast.parse(text, str(path))
@@ -123,18 +170,11 @@ def python_file_items(path: Path, calls: list[str] | None = None) -> list[WorkIt
         raise SourceError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
     source = text
     if not calls:
-        # Trailing top-level call statements are the calls to trace; the program is what precedes them.
-        trailing = []
-        for statement in reversed(tree.body):
-            if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
-                trailing.append(statement)
-            else:
-                break
-        if not trailing:
+        found, end = trailing_calls(tree)
+        if not found:
             raise SourceError(f"{path}: no call to trace: pass --call 'f(...)' or end the file with a call")
-        trailing.reverse()
-        calls = [ast.get_source_segment(text, s.value) or ast.unparse(s.value) for s in trailing]
-        source = "\n".join(text.splitlines()[: trailing[0].lineno - 1]).rstrip() + "\n"
+        calls = [ast.get_source_segment(text, call) or ast.unparse(call) for call in found]
+        source = "\n".join(text.splitlines()[: end - 1]).rstrip() + "\n"
     items = []
     for index, call in enumerate(calls):
         parse_call(call)  # fail early on a malformed expression

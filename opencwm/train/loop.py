@@ -214,6 +214,13 @@ class Trainer:
         # The reported loss, tokens/s and MFU are the window's since the last report (one step's loss swings with
         # the sources that happen to fill its batch; the first window's speed includes compilation).
         window_loss, window_steps, window_tokens, window_start = torch.zeros((), device=self.device), 0, 0, start
+        bar = None
+        if progress and self.rank == 0 and self.step < config.steps:  # from the first step on, not at --log-every
+            from tqdm import tqdm
+
+            tokens = config.batch_size * config.grad_accum * self.stream.seq_len * self.world
+            bar = tqdm(total=config.steps, initial=self.step, unit="step", file=sys.stderr, dynamic_ncols=True,
+                       desc=f"training ({tokens} tokens/step)")
         while self.step < config.steps:
             self.optimizer.set_lr_scale(lr_scale(self.step, config))
             total_loss, total_tokens = torch.zeros((), device=self.device), 0
@@ -245,15 +252,19 @@ class Trainer:
                 loss_value = float(window_loss / window_steps)  # waits for the device, so the clock below is true
                 now = time.monotonic()
                 last = self._report(loss_value, norm, window_tokens / (now - window_start), now - start,
-                                    start_step, progress, metrics)
+                                    start_step, progress, metrics, bar)
                 window_loss, window_steps, window_tokens, window_start = torch.zeros((), device=self.device), 0, 0, now
+            if bar is not None:
+                bar.update(1)
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                 self.save()
+        if bar is not None:
+            bar.close()
         if metrics is not None:
             metrics.close()
         return last
 
-    def _report(self, loss, norm, tokens_per_s, elapsed, start_step, progress, metrics) -> dict:
+    def _report(self, loss, norm, tokens_per_s, elapsed, start_step, progress, metrics, bar=None) -> dict:
         """Metrics of this step: JSONL from rank 0, and a progress line with loss, tokens/s and MFU on GPU (both over
         the steps since the last report), seconds since this ``train`` call began, and the ETA (at its pace)."""
         config = self.config
@@ -270,6 +281,11 @@ class Trainer:
             if progress:
                 eta = elapsed / (self.step - start_step) * (config.steps - self.step)
                 mfu = f"  MFU {last['mfu']:.1%}" if "mfu" in last else ""
-                print(f"step {self.step}/{config.steps}  loss {loss:.4f}  lr {last['lr']:.2e}  "
-                      f"{last['tokens_per_s']:.0f} tok/s{mfu}  eta {eta:.0f}s", file=sys.stderr)
+                line = (f"step {self.step}/{config.steps}  loss {loss:.4f}  lr {last['lr']:.2e}  "
+                        f"{last['tokens_per_s']:.0f} tok/s{mfu}  eta {eta:.0f}s")
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {loss:.4f}, {last['tokens_per_s']:.0f} tok/s", refresh=False)
+                    bar.write(line, file=sys.stderr)
+                else:
+                    print(line, file=sys.stderr)
         return last
