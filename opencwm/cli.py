@@ -45,6 +45,10 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str):
+        """A usage error as one line (argparse prints the whole usage first), exit status 2."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
 
 def _add_sandbox_choice(parser) -> None:
     parser.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits", "gvisor"],

@@ -23,8 +23,10 @@ here, estimates the evaluation, and scales every stage's steps down (never up) s
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -76,7 +78,7 @@ class SpeedrunConfig:
 
 
 def _log(message: str) -> None:
-    print(f"[speedrun {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    print(f"[speedrun {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 DATASETS = ("code", "programs", "heldout-programs", "traces", "heldout-traces")  # under shared/data/, by name
@@ -294,10 +296,30 @@ def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer
     return (rollout + answers) * speed.decode_seconds + forward + 10
 
 
+MIN_SCALE = 0.1  # the plan's floor: below a tenth of the recipe's steps a run learns nothing worth reporting
+EVAL_SHARE = 0.3  # at most this share of a run's time goes to evaluation; beyond it the evaluation is scaled down
+MIN_EVAL = {"eval_traces": 20, "cruxeval_limit": 10}  # fewer items say nothing (figures move by 5+ points)
+
+
+def _machine() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} CPUs"
+
+
 def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dict[str, list], *,
                seconds_left: float, runs: int) -> dict:
-    """Every stage's steps for this machine: the recipe's, scaled down (never up) so that ``runs`` runs and their
-    evaluations fit ``seconds_left``. Kept in ``plan.json``; a rerun with the same recipe resumes with it."""
+    """Every stage's steps for this machine, and the evaluation's size: the recipe's, scaled down (never up) so
+    that ``runs`` runs and their evaluations fit ``seconds_left``. The evaluation is part of the budget: when its
+    estimate takes more than ``EVAL_SHARE`` of a run, its held-out traces and CruxEval items are cut (to
+    ``MIN_EVAL`` at least). The steps never go below ``MIN_SCALE`` of the recipe: a plan that would is announced
+    loudly before training (the run will overrun its budget) and marked ``below_floor``. Kept in ``plan.json``; a
+    rerun with the same recipe resumes with it, and says when it was made on another machine."""
     from opencwm.data.packing import PackedStream
     from opencwm.train.budget import MEASURED_STEPS, fit_scale, measure_speed
 
@@ -307,6 +329,12 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
     if plan_file.exists():
         plan = json.loads(plan_file.read_text())
         if {k: plan.get(k) for k in key} == key:
+            if plan.get("speed"):
+                other = plan.get("machine") not in (None, _machine())
+                _log(("WARNING: " if other else "") + f"resuming the plan in {plan_file}, made "
+                     + (f"on another machine ({plan.get('machine')})" if other else "on this machine")
+                     + f" at {plan['speed']['tokens_per_second']:.0f} training tokens/s (steps scaled by "
+                     f"{plan['scale']}); delete that file to plan again for the speed measured now")
             return plan
     if not config.time_budget or not docs:  # no budget, or every run already finished
         return {**key, "steps": recipe, "scale": 1.0}
@@ -315,19 +343,39 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
     stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed + 1)
     speed = measure_speed(lambda: new_model(config, tokenizer), stage_train_config(config, 1), stream,
                           decode_batch=EVAL_BATCH)
-    eval_seconds = evaluation_seconds(config, paths, tokenizer, speed)
     seconds_left = seconds_left - speed.startup_seconds - speed.step_seconds * (1 + MEASURED_STEPS)  # measuring
+    evaluation = {"eval_traces": config.eval_traces, "cruxeval_limit": config.cruxeval_limit}
+    eval_seconds = evaluation_seconds(config, paths, tokenizer, speed)
+    allowed = EVAL_SHARE * seconds_left / runs
+    if eval_seconds > allowed:
+        cut = allowed / eval_seconds
+        evaluation = {name: min(value, max(MIN_EVAL[name], round(value * cut))) for name, value in evaluation.items()}
+        eval_seconds = evaluation_seconds(replace(config, **evaluation), paths, tokenizer, speed)
     scale = fit_scale(sum(recipe.values()), seconds_left=seconds_left, runs=runs, speed=speed,
                       eval_seconds=eval_seconds)
-    steps = {name: max(1, round(value * scale)) if value > 0 else 0 for name, value in recipe.items()}
-    plan = {**key, "steps": steps, "scale": round(scale, 4), "speed": speed.as_dict(),
-            "eval_seconds_estimate": round(eval_seconds, 1), "seconds_left": round(seconds_left, 1)}
-    plan_file.write_text(json.dumps(plan, indent=1))
+    below_floor = scale < MIN_SCALE
+    steps = {name: max(1, round(value * max(scale, MIN_SCALE))) if value > 0 else 0 for name, value in recipe.items()}
     fitted = sum(steps.values())
+    expected = runs * (speed.startup_seconds + fitted * speed.step_seconds + eval_seconds)
+    plan = {**key, "steps": steps, "scale": round(max(scale, MIN_SCALE), 4), "fitted_scale": round(scale, 4),
+            "below_floor": below_floor, "evaluation": evaluation, "speed": speed.as_dict(), "machine": _machine(),
+            "eval_seconds_estimate": round(eval_seconds, 1), "seconds_left": round(seconds_left, 1),
+            "expected_seconds": round(expected, 1)}
+    plan_file.write_text(json.dumps(plan, indent=1))
     _log(f"{speed.tokens_per_second:.0f} training tokens/s here ({speed.step_seconds:.2f} s per step, start-up "
-         f"{speed.startup_seconds:.0f} s), evaluation about {eval_seconds:.0f} s per run: "
+         f"{speed.startup_seconds:.0f} s), evaluation about {eval_seconds:.0f} s per run on "
+         f"{evaluation['eval_traces']} held-out traces and {evaluation['cruxeval_limit']} CruxEval items: "
          + ("the whole recipe fits" if scale >= 1 else
             f"{fitted} of the recipe's {sum(recipe.values())} steps per run fit the {config.time_budget:.0f} s budget"))
+    if below_floor:
+        print("\n".join([
+            "", "!" * 100,
+            f"WARNING: at the speed measured now ({speed.tokens_per_second:.0f} training tokens/s; is other work "
+            "running here?) the", f"{config.time_budget:.0f} s budget fits only {scale:.1%} of the recipe's steps, "
+            f"below the floor of {MIN_SCALE:.0%}: a model trained that little learns nothing", "worth reporting. "
+            f"Training {fitted} steps per run instead (the floor): the speedrun will take about "
+            f"{expected / 60:.0f} min, past its budget.", "Run it on an idle machine, or give more time "
+            "(--time-budget SECONDS, 0 for the whole recipe).", "!" * 100, ""]), file=sys.stderr, flush=True)
     return plan
 
 
@@ -408,7 +456,14 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
                   "run. " + ("The whole recipe fits." if plan["scale"] >= 1 else
                              f"Steps scaled by {plan['scale']:.3f} to fit: {sum(plan['steps'].values())} of the "
                              f"recipe's {recipe} per run (a faster machine trains more of the recipe and scores "
-                             "higher)."), ""]
+                             "higher).")
+                  + (f" **Below the floor**: only {plan['fitted_scale']:.1%} of the recipe fitted the budget, so "
+                     f"the floor of {MIN_SCALE:.0%} was trained and the run overran its budget."
+                     if plan.get("below_floor") else "")
+                  + (f" Evaluation cut to fit: {plan['evaluation']['eval_traces']} held-out traces, "
+                     f"{plan['evaluation']['cruxeval_limit']} CruxEval items."
+                     if plan.get("evaluation", {}).get("eval_traces", config["eval_traces"]) < 100 else "")
+                  + f" Machine: {plan.get('machine', 'not recorded')}.", ""]
     if main.get("sources"):
         lines += ["Training sources (with traces), documents / tokens: " + ", ".join(
             f"{name} {size['documents']} / {size['tokens'] / 1e6:.2f}M" for name, size in main["sources"].items())
@@ -497,7 +552,8 @@ def speedrun(config: SpeedrunConfig, *, ablation: bool = True) -> dict:
     first = unfinished[0] if unfinished else config  # measured on the documents of a run still to train
     plan = plan_steps(first, paths, tokenizer, docs.get(first.traces, {}),
                       seconds_left=config.time_budget - (time.monotonic() - start), runs=len(configs))
-    results = [run_one(replace(c, **plan["steps"]), paths, tokenizer, docs.get(c.traces)) for c in configs]
+    sized = {**plan["steps"], **plan.get("evaluation", {})}
+    results = [run_one(replace(c, **sized), paths, tokenizer, docs.get(c.traces)) for c in configs]
     main, other = results[0], (results[1] if len(results) > 1 else None)
     report = write_report(out, main, other, time.monotonic() - start, plan)
     _log(f"report: {out / 'report.md'}")

@@ -21,14 +21,22 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
          "--time-budget", "1"], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    # a budget already spent on building the data: speed measured, every stage cut to one step, said in the report
+    # a budget already spent on building the data: speed measured, nothing fits, so the floor is trained (a tenth
+    # of the recipe, here one step per stage), said loudly before training and in the report
     plan = report["plan"]
-    assert plan["speed"]["step_seconds"] > 0 and plan["scale"] == 0
-    assert plan["steps"] == {"pretrain_steps": 1, "midtrain_steps": 1, "sft_steps": 1}
+    assert plan["speed"]["step_seconds"] > 0 and plan["fitted_scale"] == 0 and plan["below_floor"] is True
+    assert plan["scale"] == 0.1 and plan["steps"] == {"pretrain_steps": 1, "midtrain_steps": 1, "sft_steps": 1}
+    assert "WARNING" in result.stderr and "below the floor" in result.stderr
+    assert plan["evaluation"] == {"eval_traces": 3, "cruxeval_limit": 10}  # the evaluation is cut to fit, too
     assert json.loads((tmp_path / "plan.json").read_text()) == plan
     metrics = (tmp_path / "no_traces" / "sft" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [1]  # the ablation trains the same plan
-    assert "Steps scaled by 0.000 to fit: 3 of the recipe's 12 per run" in (tmp_path / "report.md").read_text()
+    assert "Steps scaled by 0.100 to fit: 3 of the recipe's 12 per run" in (tmp_path / "report.md").read_text()
+    assert "**Below the floor**" in (tmp_path / "report.md").read_text()
+    again = subprocess.run([*TOY_SPEEDRUN, "--out", str(tmp_path), "--cruxeval", str(tmp_path / "absent.jsonl"),
+                            "--repo-test-files", "2", "--time-budget", "1"], capture_output=True, text=True,
+                           timeout=1200)
+    assert again.returncode == 0 and "resuming the plan" in again.stderr  # a resumed plan is announced
     for key in ("frame_exact_match", "output_exact_match_rollout", "output_exact_match_direct",
                 "output_exact_match_chat", "cruxeval_o_direct",
                 "cruxeval_o_rollout", "copying_accuracy", "wall_seconds"):
