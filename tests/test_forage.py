@@ -10,11 +10,11 @@ import shutil
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
+from chat_endpoint import ScriptedChat
 
 from opencwm.chat import decode_messages, format_edit, format_tool_call
 from opencwm.forage.agent import Budget, run_episode
@@ -507,36 +507,13 @@ def test_kill_9_of_mutate_then_a_rerun_gives_every_candidate_once(env, tmp_path)
     assert not [p for p in (env.path / "work").iterdir() if p not in live]  # the killed runs' trees are gone
 
 
-class _ScriptedServer(BaseHTTPRequestHandler):
-    replies: ClassVar[list[str]] = []
-    requests: ClassVar[list[dict]] = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append({"path": self.path, "body": body})
-        text = type(self).replies[len(type(self).requests) - 1]
-        payload = json.dumps({
-            "id": f"chatcmpl-{len(type(self).requests)}", "object": "chat.completion", "created": 0,
-            "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop",
-                                                 "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_full_episode_through_the_openai_client(env, tasks, tmp_path):
     task = next(t for t in tasks if t["operator"] == "compare") if any(
         t["operator"] == "compare" for t in tasks) else tasks[0]
     edits = InverseMutationPolicy(task).script.turns
-    _ScriptedServer.replies = [*edits, "Done.\n" + format_tool_call("submit")]
-    _ScriptedServer.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedServer)
+    ScriptedChat.replies = [*edits, "Done.\n" + format_tool_call("submit")]
+    ScriptedChat.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedChat)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         policy = OpenAIPolicy(f"http://127.0.0.1:{server.server_port}/v1", "cwm-test")
@@ -546,12 +523,12 @@ def test_a_full_episode_through_the_openai_client(env, tasks, tmp_path):
     assert summary["episodes"] == 1 and summary["solved"] == 1
     row = read_trajectories(tmp_path / "traj")[0]
     messages, actions = json.loads(row["messages"]), json.loads(row["actions"])
-    requests = _ScriptedServer.requests
+    requests = ScriptedChat.requests
     assert len(requests) == len(edits) + 1 and all(r["path"] == "/v1/chat/completions" for r in requests)
     assert requests[0]["body"]["model"] == "cwm-test" and requests[0]["body"]["messages"] == messages[:2]
     assert requests[-1]["body"]["messages"] == messages[:-1]  # the server saw the whole conversation
     assert messages[0]["role"] == "system" and messages[1] == {"role": "user", "content": task["problem_statement"]}
-    assert [m["content"] for m in messages if m["role"] == "assistant"] == _ScriptedServer.replies
+    assert [m["content"] for m in messages if m["role"] == "assistant"] == ScriptedChat.replies
     assert [m["role"] for m in messages[3::2]] == ["tool: bash"] + ["tool: edit"] * (len(edits) - 1)
     assert [a["tool"] for a in actions] == ["bash"] + ["edit"] * (len(edits) - 1) + ["submit"]
     assert all(a["status"] == "ok" for a in actions)
@@ -658,14 +635,14 @@ def test_an_unreachable_endpoint_is_an_error_and_its_episodes_are_played_on_a_re
     assert failed.returncode == 2 and failed.stderr.count("\n") == 1, failed.stderr
     assert "cannot answer" in failed.stderr and "APIConnectionError after 5 tries" in failed.stderr
     assert "Traceback" not in failed.stderr
-    _ScriptedServer.replies, _ScriptedServer.requests = [format_tool_call("submit")], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedServer)
+    ScriptedChat.replies, ScriptedChat.requests = [format_tool_call("submit")], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedChat)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         rerun = _cli(*args, "--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--json")
     finally:
         server.shutdown()
-    assert rerun.returncode == 0 and json.loads(rerun.stdout)["episodes"] == 1 and len(_ScriptedServer.requests) == 1
+    assert rerun.returncode == 0 and json.loads(rerun.stdout)["episodes"] == 1 and len(ScriptedChat.requests) == 1
 
 
 def test_the_scripted_policy_plays_turns_from_a_file(env, tasks, tmp_path):

@@ -14,10 +14,11 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from chat_endpoint import ScriptedChat
 
 REPO = Path(__file__).resolve().parent.parent
 FAST, SLOW = "fast", "slow"
@@ -85,7 +86,7 @@ COMMANDS: dict[str, Step] = {
     "opencwm trace show runs/traces --list --status ok --format json":
         Step(FAST, lambda r, d: [json.loads(x)["status"] for x in r.stdout.splitlines()] == ["ok"] * 5),
     "opencwm sandbox check": Step(FAST, lambda r, d: "probes held" in r.stdout and "FAILED" not in r.stdout),
-    "opencwm data code --out runs/code --holdout path/to/cruxeval.jsonl":
+    "opencwm data code --out runs/code --holdout path/to/cruxeval.jsonl --max-files 3000":
         Step(SLOW, lambda r, d: _json(r.stdout)["written"] > 1000),
     "opencwm data programs --out runs/programs --count 2000 --difficulty 2":
         Step(FAST, lambda r, d: _json(r.stdout)["programs"] == 2000),
@@ -144,25 +145,6 @@ def test_every_readme_command_is_known_and_every_entry_is_in_the_readme():
     assert all(step.tier or step.why.startswith("not run: ") for step in COMMANDS.values())
 
 
-class _Submitter(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat endpoint whose model submits at once (for the README's openai policy line)."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        payload = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                              "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": "<tool: submit>\n\n</tool>"}}],
-                              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 def _checkout_like(directory: Path) -> None:
     """A directory laid out like the checkout, holding the user's files the README names."""
     (directory / "examples").symlink_to(REPO / "examples")
@@ -199,7 +181,7 @@ def _walkthrough(directory: Path, tiers: set[str]) -> None:
         if "swe-bench.jsonl" in command:
             _swe_bench_file(directory)
         if "localhost:8000" in command:
-            server = ThreadingHTTPServer(("127.0.0.1", 8000), _Submitter)
+            server = ThreadingHTTPServer(("127.0.0.1", 8000), ScriptedChat)
             threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             result = subprocess.run(command, shell=True, cwd=directory, env=environment, capture_output=True,
