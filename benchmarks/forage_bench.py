@@ -9,7 +9,7 @@ passes); the reference runs the whole suite on every mutation.
 
 Environments are built (or reused) from PyPI under --cache; building is not timed. For each package the same
 candidates are validated four times in the same run (each mode, whole suite), with --workers parallel work trees
-each. All use the production path: one warm test server per work tree (``opencwm.forage.test_server``), so the
+each. All use the production path: one warm test server per work tree (``opencwm.forage.warm_runner``), so the
 ratio measures test selection, not start-up.
 """
 
@@ -26,9 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_row
 
-from opencwm.forage.environment import CONFIRM, Environment, build_environment
+from opencwm.forage.build import build_environment
+from opencwm.forage.environment import CONFIRM, Environment
 from opencwm.forage.tasks import candidates, validate
-from opencwm.forage.test_server import TestServer
+from opencwm.forage.warm_runner import WarmRunner
 
 DEFAULT_PACKAGES = ("six==1.16.0", "toolz==1.0.0", "inflection==0.5.1")
 
@@ -43,7 +44,7 @@ MODES = {  # name -> (run the whole suite, validate's options)
 def _validate_all(env: Environment, chosen, workers: int, mode: str) -> tuple[float, list[dict]]:
     full_suite, options = MODES[mode]
     trees = [env.checkout(parent=env.path / "work") for _ in range(workers)]
-    servers = [TestServer(env, tree) for tree in trees]
+    servers = [WarmRunner(env, tree) for tree in trees]
     try:
         def work(index):
             mutation, tests = chosen[index]

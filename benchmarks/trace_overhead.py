@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import append_row  # noqa: E402
 
-from opencwm.trace.source import SourceMap  # noqa: E402
+from opencwm.trace.source_map import SourceMap  # noqa: E402
 from opencwm.trace.tracer import Limits, native_available, trace_call  # noqa: E402
 
 DEFAULT_CRUXEVAL = REPO.parent / "shared" / "data" / "cruxeval.jsonl"

@@ -1,7 +1,11 @@
 """opencwm: an open, hackable reimplementation of Meta FAIR's Code World Model (CWM).
 
-Areas, one subpackage each: ``trace`` (execution tracer, CWM trace codec, collection), ``sandbox`` (isolation of
-untrusted code). Importing ``opencwm`` imports nothing heavy.
+Areas, lowest floor first (a module imports only its own floor or below; ``tests/test_layering.py``): the ground
+(``errors``, ``shards``: datasets as Parquet shards, ``special_tokens``, ``sandbox``: isolation of untrusted code,
+``ray_cluster``); ``trace`` (execution tracer, CWM trace codec, collection) and ``chat`` (CWM's chat format);
+``tokenizer``; ``data`` (corpora, prompts, packing, SFT examples); ``model`` (the CWM transformer, checkpoints,
+generation); ``train`` and ``eval``; ``forage`` (repository environments, tasks, the agent, trajectories); then the
+command line (``cli``) and the ``speedrun`` recipe. Importing ``opencwm`` imports nothing heavy.
 """
 
 __version__ = "0.1.0"

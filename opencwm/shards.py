@@ -26,6 +26,13 @@ import pyarrow.parquet as pq
 
 MANIFEST = "manifest.json"
 
+# Dataset kinds (the manifest's "kind"): every corpus opencwm writes, named in one place.
+CODE_KIND = "opencwm.code"  # source files (opencwm data code)
+PROGRAMS_KIND = "opencwm.programs"  # synthetic programs with a call (opencwm data programs)
+TRACES_KIND = "opencwm.traces"  # execution traces (opencwm trace collect)
+TASKS_KIND = "opencwm.forage.tasks"  # mutate-fix and issue-fix tasks (opencwm forage mutate / import)
+TRAJECTORIES_KIND = "opencwm.forage.trajectories"  # agent episodes (opencwm forage run)
+
 
 class DatasetError(ValueError):
     """A dataset directory is missing, malformed, or of another kind."""

@@ -4,6 +4,10 @@ Every codec (traces, chat) builds its text from these strings; the tokenizer map
 keeps the names and relocates the ids after its own vocabulary.
 """
 
+# The label of a position the loss skips (PyTorch's and transformers' convention): data writes it, the model's
+# loss reads it.
+IGNORE = -100
+
 BEGIN_OF_TEXT = "<|begin_of_text|>"
 END_OF_TEXT = "<|end_of_text|>"
 PAD = "<|pad|>"

@@ -28,23 +28,32 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from opencwm.speedrun_report import write_report
 from opencwm.trace.tracer import Limits
+
+
+def option(default, help: str):
+    """A field of the speedrun's configuration with its ``--help`` text (``opencwm speedrun`` makes an option of
+    every field)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class SpeedrunConfig:
-    out: str = "runs/speedrun"
-    preset: str = "tiny"
-    train_programs: int = 4000
-    heldout_programs: int = 100
-    difficulty: int = 1
-    hard_share: float = 0.5  # share of programs one difficulty level up (held-out traces longer than CruxEval's)
-    code_files: int = 600
-    repo_package: str | None = "networkx"  # an installed package whose tests ship with it (None: no repository traces)
-    repo_test_files: int = 20  # its first N test files are run under the tracer
+    out: str = option("runs/speedrun", "output directory (resumed when rerun)")
+    preset: str = option("tiny", "model size")
+    train_programs: int = option(4000, "synthetic training programs")
+    heldout_programs: int = option(100, "held-out programs (another seed of the same generator)")
+    difficulty: int = option(1, "programs' difficulty, 1 to 5")
+    hard_share: float = option(0.5, "share of programs one difficulty level up (held-out traces longer than "
+                                    "CruxEval's)")
+    code_files: int = option(600, "standard-library files of the code corpus")
+    repo_package: str | None = option("networkx", "an installed package whose own test suite is traced for "
+                                                   "repository-level traces, or none")
+    repo_test_files: int = option(20, "how many of its test files are run (the first N)")
     vocab: int = 2048
     seq_len: int = 512
     # 4 sequences per step: at the token budgets of slow CPUs more, smaller steps predict frames better (2-core AMD
@@ -54,21 +63,23 @@ class SpeedrunConfig:
     pretrain_steps: int = 400
     midtrain_steps: int = 1200
     sft_steps: int = 200
-    lr: float = 3e-3  # AdamW: embeddings, output head, norms (and everything with optimizer="adamw")
-    optimizer: str = "muon"  # Muon for the blocks' matrices (starting from zero residual projections), or adamw
-    muon_lr: float = 0.02
-    schedule: str = "cosine"  # per stage: warmup, then cosine decay (lower final loss than WSD at this size)
+    lr: float = option(3e-3, "AdamW's learning rate: embeddings, output head, norms (everything with adamw)")
+    optimizer: str = option("muon", "muon (for the blocks' matrices, from zero residual projections) or adamw")
+    muon_lr: float = option(0.02, "Muon's learning rate")
+    schedule: str = option("cosine", "per stage: warmup, then cosine decay (lower final loss than WSD here) or wsd")
     compile: bool = True  # torch.compile the blocks and the loss: ~1.3x the tokens/s here, after a short compile
-    eval_traces: int = 100  # every held-out program (fewer make the trace-length p95 noisy)
+    eval_traces: int = option(100, "held-out traces evaluated (fewer make the trace-length p95 noisy; the time "
+                                   "budget may cut them)")
     max_trace_tokens: int = 768
-    cruxeval: str | None = "hf"  # a JSONL path, "hf", or None
+    cruxeval: str | None = option("hf", "a CruxEval JSONL, hf (the public dataset) or none")
     cruxeval_limit: int = 50
     traces: bool = True  # False: the ablation (code instead of traces, same token budget)
     seed: int = 0
-    device: str = "cpu"  # where the model trains and is evaluated: cpu, cuda, cuda:1, ... (the data is built on CPUs)
-    # seconds for the whole speedrun (data, both runs, their evaluations): the stages' steps are scaled down to fit
-    # what this machine measures at the start (0: train every step however long it takes)
-    time_budget: float = 1800.0
+    device: str = option("cpu", "where the model trains and is evaluated: cpu, cuda, cuda:N (the data is built on "
+                                "the CPUs)")
+    time_budget: float = option(1800.0, "seconds for everything (data, both runs, their evaluations): the stages' "
+                                        "steps are scaled down to fit the speed measured here (0: every step of the "
+                                        "recipe, however long)")
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
@@ -144,7 +155,7 @@ _MIXTURES = {  # by whether traces are trained on (False: the ablation)
            "midtrain": {"code": 0.1, "traces": 0.65, "repo_traces": 0.05, "direct": 0.2},
            "sft": {"sft": 0.5, "traces": 0.4, "direct": 0.1}},
     False: {"pretrain": {"code": 0.8, "direct": 0.2}, "midtrain": {"code": 0.8, "direct": 0.2},
-            "sft": {"sft": 0.5, "code": 0.4, "direct": 0.1}},
+            "sft": {"sft_nothink": 0.5, "code": 0.4, "direct": 0.1}},
 }
 
 
@@ -159,15 +170,10 @@ def _stage_sources(config: SpeedrunConfig, stage: str, paths: dict[str, Path]) -
 def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
     """The untrained model of a run (seeded), on the run's device; ``preset_overrides`` change the preset's
     config (e.g. ``hidden_size``, ``num_hidden_layers``)."""
-    import torch
+    from opencwm.model.factory import fresh_model
 
-    from opencwm.model import CWM, preset
-
-    torch.manual_seed(config.seed)
-    with torch.device(config.device):
-        return CWM(preset(config.preset, **tokenizer.config_fields(),
-                          max_position_embeddings=max(4096, config.seq_len), **preset_overrides)).init_weights(
-                          seed=config.seed, zero_residual=config.optimizer == "muon")
+    return fresh_model(config.preset, tokenizer, seq_len=config.seq_len, seed=config.seed, device=config.device,
+                       zero_residual=config.optimizer == "muon", **preset_overrides)
 
 
 def stage_train_config(config: SpeedrunConfig, steps: int):
@@ -183,17 +189,18 @@ def training_documents(config: SpeedrunConfig, paths: dict[str, Path], tokenizer
                        reuse: dict[str, list] | None = None) -> dict[str, list]:
     """The tokenized documents of every source a run trains on; sources already in ``reuse`` (another run's,
     the same text tokenized the same way) are taken from it."""
-    from opencwm.data.documents import documents
-    from opencwm.data.sft import sft_documents
+    from opencwm.data.documents import source_documents
 
-    makers = {"code": lambda: documents(paths["code"], tokenizer),
-              "repo_traces": lambda: documents(paths["repo_traces"], tokenizer),
-              "traces": lambda: documents(paths["traces"], tokenizer),
-              "direct": lambda: documents(paths["traces"], tokenizer, direct=True),
-              "sft": lambda: sft_documents(paths["traces"], tokenizer, think="both" if config.traces else "no")}
     needed = {name for stage in STAGES for name in _stage_sources(config, stage, paths)}
     reuse = reuse or {}
-    return {name: reuse[name] if name in reuse and name != "sft" else makers[name]() for name in sorted(needed)}
+    return {name: reuse[name] if name in reuse else source_documents(name, source_path(name, paths), tokenizer)
+            for name in sorted(needed)}
+
+
+def source_path(name: str, paths: dict[str, Path]) -> Path:
+    """The dataset a source of the mixtures reads: its own (code, repo_traces), else the training traces (traces,
+    and their views: direct, sft, sft_nothink)."""
+    return paths[name] if name in ("code", "repo_traces") else paths["traces"]
 
 
 def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], tokenizer,
@@ -267,12 +274,10 @@ def prepare(config: SpeedrunConfig) -> tuple[dict[str, Path], object]:
 
     shared = Path(config.out) / "shared"
     paths = build_data(config, shared)
-    tokenizer_dir = shared / "tokenizer"
-    if not (tokenizer_dir / "tokenizer.json").exists():
-        _log("tokenizer")
-        corpus = texts(paths["code"], limit=400) + texts(paths["traces"], limit=1500)
-        Tokenizer.train(corpus, vocab_size=config.vocab).save(tokenizer_dir)
-    return paths, Tokenizer.load(tokenizer_dir)
+    _log("tokenizer")
+    return paths, Tokenizer.train_or_load(
+        shared / "tokenizer", lambda: texts(paths["code"], limit=400) + texts(paths["traces"], limit=1500),
+        vocab_size=config.vocab)
 
 
 def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, speed) -> float:
@@ -381,6 +386,7 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
 
 def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dict[str, list] | None = None) -> dict:
     from opencwm.model import CWM
+    from opencwm.train.loop import latest_checkpoint
 
     start = time.monotonic()
     root = Path(config.out) / ("traces" if config.traces else "no_traces")
@@ -388,7 +394,7 @@ def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dic
     if results_file.exists():
         return json.loads(results_file.read_text())
     last_stage, history, sources = train_model(config, root, paths, tokenizer, docs)
-    checkpoint = last_stage / "checkpoints" / (last_stage / "checkpoints" / "latest").read_text().strip()
+    checkpoint = latest_checkpoint(last_stage)
     model = CWM.from_pretrained(checkpoint / "model", device=config.device)
     _log("evaluating")
     evaluation_start = time.monotonic()
@@ -400,141 +406,6 @@ def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dic
     return results
 
 
-KEYS = ("frame_exact_match", "frame_token_accuracy", "trace_exact_match", "output_exact_match_rollout",
-        "output_exact_match_direct", "output_exact_match_chat", "cruxeval_o_direct", "cruxeval_o_rollout",
-        "copying_accuracy", "wall_seconds")
-
-
-def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float, plan: dict | None = None) -> dict:
-    report = {key: main.get(key) for key in KEYS}
-    report["wall_seconds"] = round(total_seconds, 1)
-    report["plan"] = plan
-    report["difficulty"] = main.get("difficulty")
-    report["frame_token_accuracy_by_kind"] = main.get("frame_token_accuracy_by_kind")
-    report["frame_exact_match_if_right"] = main.get("frame_exact_match_if_right")
-    report["frame_exact_match_by_position"] = main.get("frame_exact_match_by_position")
-    report["sources"] = main.get("sources")
-    if main.get("cruxeval_missing"):
-        report["cruxeval_missing"] = main["cruxeval_missing"]
-    if ablation is not None:
-        report["no_traces"] = {key: ablation.get(key) for key in KEYS}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    _plots(out, main, ablation)
-
-    def fmt(value):
-        return "missing" if value is None else (f"{100 * value:.1f}%" if isinstance(value, float) and value <= 1
-                                                 else str(value))
-
-    goals = {"frame_exact_match": ">= 90%", "output_exact_match_rollout": ">= 60%", "wall_seconds": "< 1800"}
-    rows = ["| figure | with traces | no traces (ablation) | goal |", "|---|---|---|---|"]
-    for key in KEYS:
-        rows.append(f"| {key} | {fmt(main.get(key))} | {fmt((ablation or {}).get(key))} | {goals.get(key, '')} |")
-    difficulty = main.get("difficulty") or {}
-    config = main["config"]
-    steps = config["pretrain_steps"] + config["midtrain_steps"] + config.get("sft_steps", 0)
-    million_tokens = steps * config["batch_size"] * config["seq_len"] / 1e6
-    lines = [
-        "# opencwm CPU speedrun",
-        "",
-        f"Total wall time: {total_seconds / 60:.1f} min for both runs. Model: `{config['preset']}` preset. "
-        f"Steps: pretrain {config['pretrain_steps']}, midtrain {config['midtrain_steps']}, SFT "
-        f"{config.get('sft_steps', 0)}, each {config['batch_size']} x {config['seq_len']} tokens "
-        f"({million_tokens:.1f}M tokens per run). Training programs: {config['train_programs']} "
-        f"(difficulty {config['difficulty']}, {100 * config.get('hard_share', 0):.0f}% one level up); held-out: "
-        f"{main.get('traces')} programs from another seed of the same generator, {main.get('frames')} frames "
-        f"scored; CruxEval-O on {main.get('cruxeval_items', 0)} items.",
-        "",
-        *rows,
-        "",
-    ]
-    if plan and plan.get("speed"):
-        speed, recipe = plan["speed"], sum(plan["recipe"].values())
-        lines += [f"Time budget {plan['time_budget'] / 60:.0f} min. Measured here before training: "
-                  f"{speed['tokens_per_second']:.0f} training tokens/s ({speed['step_seconds']:.2f} s per step, "
-                  f"{speed['startup_seconds']:.0f} s to compile and start), {1000 * speed['decode_seconds']:.0f} ms "
-                  f"per decoding step of a batch; evaluation estimated at {plan['eval_seconds_estimate']:.0f} s per "
-                  "run. " + ("The whole recipe fits." if plan["scale"] >= 1 else
-                             f"Steps scaled by {plan['scale']:.3f} to fit: {sum(plan['steps'].values())} of the "
-                             f"recipe's {recipe} per run (a faster machine trains more of the recipe and scores "
-                             "higher).")
-                  + (f" **Below the floor**: only {plan['fitted_scale']:.1%} of the recipe fitted the budget, so "
-                     f"the floor of {MIN_SCALE:.0%} was trained and the run overran its budget."
-                     if plan.get("below_floor") else "")
-                  + (f" Evaluation cut to fit: {plan['evaluation']['eval_traces']} held-out traces, "
-                     f"{plan['evaluation']['cruxeval_limit']} CruxEval items."
-                     if plan.get("evaluation", {}).get("eval_traces", config["eval_traces"]) < 100 else "")
-                  + f" Machine: {plan.get('machine', 'not recorded')}.", ""]
-    if main.get("sources"):
-        lines += ["Training sources (with traces), documents / tokens: " + ", ".join(
-            f"{name} {size['documents']} / {size['tokens'] / 1e6:.2f}M" for name, size in main["sources"].items())
-            + (f" (repo_traces: calls that {config['repo_package']}'s own tests make into it)"
-               if "repo_traces" in main["sources"] else ""), ""]
-    if ablation is not None:
-        best = max(main.get("output_exact_match_rollout") or 0, main.get("output_exact_match_direct") or 0)
-        gain = 100 * (best - (ablation.get("output_exact_match_direct") or 0))
-        lines += [f"What traces buy: output prediction of the trace-trained model by its better method minus the "
-                  f"no-traces model's direct answer = {gain:+.1f} points (goal: >= +15).", ""]
-        if main.get("output_exact_match_chat") is not None and ablation.get("output_exact_match_chat") is not None:
-            # both models answer the SFT question in chat, so this is the like-for-like figure
-            chat = 100 * (main["output_exact_match_chat"] - ablation["output_exact_match_chat"])
-            lines += [f"In chat, where both models were fine-tuned to answer: {fmt(main['output_exact_match_chat'])} "
-                      f"with traces vs {fmt(ablation['output_exact_match_chat'])} without = {chat:+.1f} points.", ""]
-    kinds = main.get("frame_token_accuracy_by_kind")
-    if kinds:
-        lines += ["Frame tokens right by kind (with traces): " + ", ".join(
-            f"{kind} {100 * rate:.1f}%" for kind, rate in kinds.items() if rate is not None)
-            + " (name and line are mostly copying from the previous frame and the source; value is execution)", ""]
-    if_right = main.get("frame_exact_match_if_right")
-    if if_right:
-        lines += ["Frame exact match if one kind of token were always right (what limits whole frames): " + ", ".join(
-            f"{kind} {100 * rate:.1f}%" for kind, rate in if_right.items() if rate is not None), ""]
-    by_position = main.get("frame_exact_match_by_position")
-    if by_position:
-        def first_token(edge: str) -> int:  # buckets double from the training sequence length
-            return 1 if int(edge) <= config["seq_len"] else int(edge) // 2 + 1
-
-        lines += [f"Frame exact match by where the frame ends in its trace (training sequences are "
-                  f"{config['seq_len']} tokens: later positions were never trained): " + ", ".join(
-                      f"tokens {first_token(edge)}-{edge}: {fmt(right / total)} of {total}"
-                      for edge, (right, total) in by_position.items()), ""]
-    lines += ["Held-out difficulty (goal: as long as CruxEval's traces, median >= 7 and p95 >= 39 frames): "
-              + ", ".join(f"{k} {v}" for k, v in difficulty.items()), ""]
-    if main.get("cruxeval_missing"):
-        lines += [f"CruxEval-O missing: {main['cruxeval_missing']}", ""]
-    lines += ["![loss](loss.png)", "", "![accuracy](accuracy.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    return report
-
-
-def _plots(out: Path, main: dict, ablation: dict | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, result in (("with traces", main), ("no traces", ablation)):
-        if result:
-            history = result["history"]
-            ax.plot(range(len(history)), [h["loss"] for h in history], label=label)
-    ax.set_xlabel("logged step (pretrain, midtrain, SFT)")
-    ax.set_ylabel("training loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    keys = [k for k in KEYS if k != "wall_seconds"]
-    x = range(len(keys))
-    ax.bar([i - 0.2 for i in x], [main.get(k) or 0 for k in keys], width=0.4, label="with traces")
-    if ablation:
-        ax.bar([i + 0.2 for i in x], [ablation.get(k) or 0 for k in keys], width=0.4, label="no traces")
-    ax.set_xticks(list(x), [k.replace("_", " ") for k in keys], rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=100)
-    plt.close(fig)
 
 
 def speedrun(config: SpeedrunConfig, *, ablation: bool = True) -> dict:

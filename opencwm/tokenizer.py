@@ -154,6 +154,19 @@ class Tokenizer:
             return cls.from_tiktoken(directory / "tokenizer.model")
         raise FileNotFoundError(f"{directory}: no tokenizer.json or tokenizer.model")
 
+    @staticmethod
+    def exists(directory: str | Path) -> bool:
+        """Whether ``directory`` holds a tokenizer ``load`` reads."""
+        return (Path(directory) / "tokenizer.json").exists() or (Path(directory) / "tokenizer.model").exists()
+
+    @classmethod
+    def train_or_load(cls, directory: str | Path, texts, *, vocab_size: int) -> Tokenizer:
+        """The tokenizer saved in ``directory``, or one trained on ``texts()`` (a callable, so the corpus is read
+        only when needed) and saved there first."""
+        if not cls.exists(directory):
+            cls.train(texts(), vocab_size=vocab_size).save(directory)
+        return cls.load(directory)
+
     @classmethod
     def of_checkpoint(cls, checkpoint: str | Path, tokenizer: str | Path | None = None) -> Tokenizer:
         """The tokenizer of a checkpoint model directory: ``tokenizer`` when given, else the one saved with the

@@ -17,12 +17,14 @@ import pytest
 from chat_endpoint import ScriptedChat
 
 from opencwm.chat import decode_messages, format_edit, format_tool_call
-from opencwm.forage.agent import Budget, run_episode
-from opencwm.forage.environment import Environment, build_environment, git
+from opencwm.data.prompts import trajectory_text as training_text
+from opencwm.forage.agent import EpisodeBudget, run_episode
+from opencwm.forage.build import build_environment
+from opencwm.forage.environment import Environment, git
 from opencwm.forage.policies import InverseMutationPolicy, OpenAIPolicy, OraclePolicy, ScriptedPolicy
 from opencwm.forage.tasks import import_swebench, mutate, read_tasks
-from opencwm.forage.test_server import TestServer, stamp_mutation
-from opencwm.forage.trajectory import read_trajectories, replay, run_episodes, training_text
+from opencwm.forage.trajectory import read_trajectories, replay, run_episodes
+from opencwm.forage.warm_runner import WarmRunner, stamp_mutation
 
 TOY = Path(__file__).parent / "data" / "toyrepo"
 
@@ -302,7 +304,7 @@ def test_warm_test_server_agrees_with_the_real_pytest_across_same_size_rewrites(
                 original.replace("return high", "return low ")]
     assert all(len(text) == len(original) and text != original for text in rewrites)
     try:
-        with TestServer(env, tree) as server:
+        with WarmRunner(env, tree) as server:
             for text in [*rewrites, original]:
                 Environment.reset(tree, env.base_commit)
                 if text != original:
@@ -338,7 +340,7 @@ def test_chosen_tests_run_in_the_suites_order_warm_and_cold(env):
     expected = {name: "passed" for name in named}
     try:
         assert env.run_tests(tree, named).outcomes == expected
-        with TestServer(env, tree) as server:
+        with WarmRunner(env, tree) as server:
             assert server.run(named, timeout=60).outcomes == expected
             whole_file = server.run(["tests/test_order.py"], timeout=60).outcomes
             assert set(whole_file) == {*named, "tests/test_order.py::test_c"}
@@ -358,7 +360,7 @@ def test_the_warm_server_never_preloads_the_package_under_test(tmp_path):
     tree = built.checkout()
     source = tree / "toycalc" / "__init__.py"
     try:
-        with TestServer(built, tree) as server:
+        with WarmRunner(built, tree) as server:
             assert server.run(["tests/test_toycalc.py::test_mean"], timeout=60).outcomes == {
                 "tests/test_toycalc.py::test_mean": "passed"}
             source.write_text(source.read_text().replace("return total / len(values)", "return total"))
@@ -380,7 +382,7 @@ def test_agent_commands_are_sandboxed_and_the_next_task_starts_clean(env, tasks)
         format_tool_call("edit", format_edit("../escape.py", [("a", "b")])),
         format_tool_call("create", "toycalc/__init__.py\nclobber"),
     ])
-    row = run_episode(env, task, policy, Budget(command_timeout=2))
+    row = run_episode(env, task, policy, EpisodeBudget(command_timeout=2))
     actions = json.loads(row["actions"])
     assert "Errno" in actions[0]["observation"] and "[exit code 1]" in actions[0]["observation"]
     assert "Read-only file system" in actions[1]["observation"] and not (env.path / "outside.txt").exists()
@@ -427,7 +429,8 @@ def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path, 
 
     if not working_backend(backend):
         pytest.skip(f"the {backend} backend does not work here")
-    row = run_episode(env, tasks[0], policy, Budget(command_timeout=5, memory_mb=256, disk_mb=64), backend=backend)
+    budget = EpisodeBudget(command_timeout=5, memory_mb=256, disk_mb=64)
+    row = run_episode(env, tasks[0], policy, budget, backend=backend)
     actions = json.loads(row["actions"])
     assert "exit code 0" not in actions[0]["observation"] and not marker.exists()
     assert "Read-only file system" in actions[1]["observation"] or "could not lock" in actions[1]["observation"]
@@ -757,7 +760,7 @@ def test_a_local_checkpoint_plays_an_episode(env, tasks, tmp_path):
     (folder / "tokenizer.json").rename(tmp_path / "elsewhere.json")  # older runs kept it only in RUN/tokenizer
     tokenizer.save(tmp_path / "run" / "tokenizer")
     assert LocalPolicy(str(folder)).tokenizer.vocab_size == tokenizer.vocab_size
-    row = run_episode(env, tasks[0], policy, Budget(max_turns=2))
+    row = run_episode(env, tasks[0], policy, EpisodeBudget(max_turns=2))
     messages, actions = json.loads(row["messages"]), json.loads(row["actions"])
     assert row["policy"] == "local" and row["turns"] == 2 and row["status"] == "turn_budget"
     assert [m["role"] for m in messages[2:]] == ["assistant", "tool: error", "assistant", "tool: error"]

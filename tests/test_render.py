@@ -2,7 +2,7 @@
 
 import pytest
 
-from opencwm.trace.render import Renderer, truncation_marker
+from opencwm.trace.values import Renderer, truncation_marker
 
 
 def test_ordinary_values_render_as_exact_repr():

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from opencwm.chat import format_edit, format_tool_call
-from opencwm.forage.environment import Environment, build_environment
+from opencwm.forage.build import build_environment
+from opencwm.forage.environment import Environment
 from opencwm.forage.policies import InverseMutationPolicy, ScriptedPolicy
 from opencwm.forage.tasks import mutate, read_tasks
 from opencwm.forage.trajectory import run_episodes

@@ -103,3 +103,36 @@ def test_speedrun_trains_and_evaluates_on_cuda(tmp_path):
          "--no-ablation"], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 0 <= json.loads((tmp_path / "report.json").read_text())["frame_exact_match"] <= 1
+
+
+def test_each_speedrun_stage_is_an_opencwm_train_command(tmp_path):
+    """README writes each stage of the speedrun as ``opencwm train --data NAME=DIR:WEIGHT ...``: the command's
+    sources, parsed as the command parses them, pack into the same batches as the recipe's mixture."""
+    import torch
+
+    from opencwm.data.corpora import build_code_corpus, build_program_corpus
+    from opencwm.data.documents import source_documents, texts
+    from opencwm.data.packing import PackedStream
+    from opencwm.speedrun import STAGES, SpeedrunConfig, _stage_sources, source_path, training_documents
+    from opencwm.tokenizer import Tokenizer
+    from opencwm.trace.collect import CollectConfig, collect
+    from opencwm.train.cli import _parse_data
+
+    build_code_corpus(tmp_path / "code", include_site_packages=False, max_files=30)
+    build_program_corpus(tmp_path / "programs", 30, difficulty=1)
+    collect(tmp_path / "programs", tmp_path / "traces", CollectConfig(workers=2, progress=False))
+    paths = {"code": tmp_path / "code", "traces": tmp_path / "traces"}
+    tokenizer = Tokenizer.train(texts(paths["code"]) + texts(paths["traces"]), vocab_size=400)
+    for traces in (True, False):  # the run and its ablation
+        config = SpeedrunConfig(seq_len=128, traces=traces)
+        docs = training_documents(config, paths, tokenizer)
+        for stage in STAGES:
+            weights = _stage_sources(config, stage, paths)
+            recipe = PackedStream({name: docs[name] for name in weights}, weights, seq_len=128, seed=0)
+            sources = _parse_data([f"{name}={source_path(name, paths)}:{weight}" for name, weight in weights.items()])
+            command = PackedStream({name: source_documents(name, path, tokenizer) for name, (path, _) in
+                                    sources.items()}, {name: weight for name, (_, weight) in sources.items()},
+                                   seq_len=128, seed=0)
+            for _ in range(3):
+                mine, theirs = recipe.next_batch(4), command.next_batch(4)
+                assert all(torch.equal(mine[key], theirs[key]) for key in mine), (traces, stage)

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from opencwm.data.packing import Document, PackedStream
+from opencwm.data.prompts import direct_prompt, direct_target
 from opencwm.data.sft import sft_example
 from opencwm.eval.trace_eval import (
     TraceEvaluator,
-    direct_prompt,
-    direct_target,
     frame_char_kinds,
     real_traces,
     same_value,

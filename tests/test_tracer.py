@@ -408,7 +408,7 @@ def test_setup_errors_are_reported_not_raised(source, call, message):
 @pytest.mark.parametrize("backend", AVAILABLE)
 def test_a_failure_of_the_tracer_itself_is_reported_not_hidden(monkeypatch, backend):
     """Fault injection: were the tracer to raise, the trace says so instead of passing as an ok trace."""
-    from opencwm.trace.render import Renderer
+    from opencwm.trace.values import Renderer
 
     def broken(self, value):
         raise RuntimeError("injected")

@@ -2,7 +2,7 @@
 
 Every CruxEval item must trace with status ok and return what the real interpreter returns (computed untraced
 in a separate process of the same version), and every trace must be identical whatever the version and backend:
-the tracer's rules (see opencwm/trace/source.py) remove the interpreters' differences, and the C backend
+the tracer's rules (see opencwm/trace/source_map.py) remove the interpreters' differences, and the C backend
 ("native", built by the Makefile for every interpreter it finds) must give the pure-Python backends' bytes.
 """
 

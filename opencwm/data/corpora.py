@@ -22,9 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from opencwm.data.synthetic import ProgramGenerator
-from opencwm.shards import ShardWriter
+from opencwm.shards import CODE_KIND, PROGRAMS_KIND, ShardWriter
 
-CODE_KIND, PROGRAMS_KIND = "opencwm.code", "opencwm.programs"
 CODE_SCHEMA = pa.schema([("id", pa.string()), ("item", pa.string()), ("path", pa.string()),
                          ("package", pa.string()), ("license", pa.string()), ("text", pa.string())])
 PROGRAMS_SCHEMA = pa.schema([("id", pa.string()), ("item", pa.string()), ("source", pa.string()),

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from opencwm.data.packing import Document
-from opencwm.shards import DatasetError, read_manifest, read_rows
+from opencwm.data.prompts import direct_prompt, direct_target, trajectory_text
+from opencwm.shards import CODE_KIND, TRACES_KIND, TRAJECTORIES_KIND, DatasetError, read_manifest, read_rows
 from opencwm.special_tokens import END_OF_TEXT
 from opencwm.tokenizer import Tokenizer
 from opencwm.trace.codec import encode
@@ -23,12 +24,12 @@ def texts(directory: str | Path, limit: int | None = None) -> list[str]:
     """The training texts of a dataset directory (code, traces or agent trajectories)."""
     kind = read_manifest(directory).get("kind")
     out: list[str] = []
-    if kind == "opencwm.code":
+    if kind == CODE_KIND:
         for row in read_rows(directory, columns=["text"]):
             out.append(row["text"] + END_OF_TEXT)
             if limit and len(out) >= limit:
                 break
-    elif kind == "opencwm.traces":
+    elif kind == TRACES_KIND:
         from opencwm.trace.collect import read_traces
 
         for _, trace in read_traces(directory):
@@ -36,10 +37,8 @@ def texts(directory: str | Path, limit: int | None = None) -> list[str]:
                 out.append(encode(trace))
                 if limit and len(out) >= limit:
                     break
-    elif kind == "opencwm.forage.trajectories":
-        from opencwm.forage.trajectory import read_trajectories, training_text
-
-        out = [training_text(row) for row in read_trajectories(directory)[: limit or None]]
+    elif kind == TRAJECTORIES_KIND:
+        out = [trajectory_text(row) for row in list(read_rows(directory, columns=["messages"]))[: limit or None]]
     else:
         raise DatasetError(f"{directory}: cannot train on a {kind!r} dataset (code, traces or trajectories)")
     return out
@@ -48,7 +47,6 @@ def texts(directory: str | Path, limit: int | None = None) -> list[str]:
 def direct_texts(directory: str | Path, limit: int | None = None) -> list[str]:
     """Output-prediction examples from a trace dataset: the source, ``assert CALL == `` and the real value (the
     CruxEval-O style answer that ``opencwm.eval`` scores), one document per program that returned."""
-    from opencwm.eval.trace_eval import direct_prompt, direct_target
     from opencwm.trace.collect import read_traces
 
     out = []
@@ -65,3 +63,25 @@ def documents(directory: str | Path, tokenizer: Tokenizer, limit: int | None = N
     """Tokenized training documents of a dataset; ``direct=True`` gives a trace dataset's direct-answer view."""
     source = direct_texts(directory, limit) if direct else texts(directory, limit)
     return [Document(tokenizer.encode(text, allow_special=True)) for text in source]
+
+
+# A training source's name says how its dataset is read (the speedrun's mixtures use the same names), so one
+# ``opencwm train --data NAME=DIR:WEIGHT`` per source reproduces any stage of the speedrun.
+VIEWS = {
+    "direct": "a trace dataset's direct answers (the source, assert CALL == and the value)",
+    "sft": "a trace dataset's chat examples, with and without a <think> walk through the execution (alternating)",
+    "sft_nothink": "a trace dataset's chat examples without the <think> walk",
+}
+
+
+def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer) -> list[Document]:
+    """The training documents of the source ``name`` reading ``directory``: a view of it when the name is one of
+    ``VIEWS``, else its text (code, traces or trajectories as written)."""
+    if name == "direct":
+        return documents(directory, tokenizer, direct=True)
+    if name in ("sft", "sft_nothink"):
+        from opencwm.data.sft import sft_documents
+
+        return sft_documents(directory, tokenizer, think="both" if name == "sft" else "no")
+    return documents(directory, tokenizer)
+

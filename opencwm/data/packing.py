@@ -22,7 +22,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-IGNORE = -100
+from opencwm.special_tokens import IGNORE
 
 
 def next_token_labels(input_ids):

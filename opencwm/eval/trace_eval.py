@@ -23,8 +23,9 @@ import warnings
 from dataclasses import dataclass
 
 from opencwm.chat import encode_messages
+from opencwm.data.prompts import direct_prompt, rollout_prompt
 from opencwm.model.generate import Sampling, generate
-from opencwm.special_tokens import ACTION_SEP, ARG_SEP, BEGIN_OF_TEXT, END_OF_TEXT, FRAME_SEP
+from opencwm.special_tokens import ACTION_SEP, ARG_SEP, END_OF_TEXT, FRAME_SEP
 from opencwm.tokenizer import Tokenizer
 from opencwm.trace.codec import TraceDecodeError, decode, encode, encode_context, encode_frame
 from opencwm.trace.record import CALL, LINE, RETURN, UNCHANGED, Frame, Trace
@@ -101,24 +102,11 @@ def position_bucket(end: int, first: int = 512) -> int:
     return edge
 
 
-def rollout_prompt(trace: Trace) -> str:
-    """The source context and the entry call frame (the input)."""
-    return encode_context(trace.source, trace.entry_lineno) + encode_frame(trace.frames[0]) + FRAME_SEP
-
-
 def returned(trace: Trace | None) -> str | None:
     """The entry function's return value in a (predicted) trace, if it ends with a return frame."""
     if trace is None or not trace.frames or trace.frames[-1].event != RETURN:
         return None
     return trace.frames[-1].value
-
-
-def direct_prompt(source: str, call: str) -> str:
-    return f"{BEGIN_OF_TEXT}{source.rstrip()}\n\nassert {call} == "
-
-
-def direct_target(value_repr: str) -> str:
-    return f"{value_repr}\n"
 
 
 def new_token_limit(true_tokens: int, cap: int) -> int:
@@ -330,9 +318,10 @@ def cruxeval_scores(evaluator: TraceEvaluator, items: list[dict]) -> dict:
 def real_traces(programs: list[tuple[str, str]]) -> list[Trace | None]:
     """The real trace of each (source, call), made in the sandbox; None where the call cannot even start."""
     from opencwm.sandbox import Sandbox, SandboxConfig
+    from opencwm.trace.jobs import PRELOAD
 
     out: list[Trace | None] = []
-    with Sandbox(SandboxConfig(timeout=10, preload=("opencwm.trace.jobs",))) as box:
+    with Sandbox(SandboxConfig(timeout=10, preload=PRELOAD)) as box:
         for source, call in programs:
             outcome = box.run("opencwm.trace.jobs:trace_program_job", source=source, call=call,
                               limits={"max_frames": 2000, "max_bytes": 200_000})

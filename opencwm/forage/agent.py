@@ -47,7 +47,7 @@ their replacement
 
 
 @dataclass
-class Budget:
+class EpisodeBudget:
     max_turns: int = 30
     max_tokens: int = 65_536  # prompt + completion tokens the policy reports over the episode
     max_seconds: float = 900.0
@@ -60,7 +60,7 @@ class Budget:
 class Tools:
     """CWM's agentic tools acting on one work tree."""
 
-    def __init__(self, tree: Path, shell: Shell, budget: Budget):
+    def __init__(self, tree: Path, shell: Shell, budget: EpisodeBudget):
         self.tree, self.shell, self.budget = tree.resolve(), shell, budget
 
     def _path(self, name: str) -> Path:
@@ -167,10 +167,10 @@ def evaluate_patch(env: Environment, task: dict, patch: str, *, backend: str = "
         Environment.discard(tree)
 
 
-def run_episode(env: Environment, task: dict, policy: Policy, budget: Budget | None = None, *,
+def run_episode(env: Environment, task: dict, policy: Policy, budget: EpisodeBudget | None = None, *,
                 backend: str = "auto") -> dict:
     """Play one episode; returns its trajectory record (see ``opencwm.forage.trajectory``)."""
-    budget = budget or Budget()
+    budget = budget or EpisodeBudget()
     start = time.monotonic()
     tree = env.checkout(task["base_commit"])
     shell_backend = "auto" if backend == "docker" else backend  # the bash session runs in the local sandbox

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+from opencwm.errors import UsageError as CliError
 
 POLICIES = ("openai", "local", "scripted", "oracle", "inverse", "empty")
 
@@ -43,8 +46,8 @@ def _bar(total_label: str, quiet: bool):
 
 def _environment(args):
     """The built environment ``args.env`` names (a directory, or a source looked up in ``args.cache``)."""
-    from opencwm.cli import CliError
-    from opencwm.forage.environment import ForageError, find_environment
+    from opencwm.forage.build import default_cache, find_environment
+    from opencwm.forage.environment import ForageError
 
     try:
         return find_environment(args.env, args.cache or default_cache())
@@ -53,8 +56,8 @@ def _environment(args):
 
 
 def cmd_env(args) -> int:
-    from opencwm.cli import CliError
-    from opencwm.forage.environment import ForageError, build_environment
+    from opencwm.forage.build import build_environment, default_cache
+    from opencwm.forage.environment import ForageError
 
     try:
         env = build_environment(args.source, args.cache or default_cache(), python=args.python, backend=args.sandbox,
@@ -81,7 +84,6 @@ def cmd_env(args) -> int:
 
 
 def cmd_mutate(args) -> int:
-    from opencwm.cli import CliError
     from opencwm.forage.mutate import OPERATORS
     from opencwm.forage.tasks import mutate
 
@@ -115,7 +117,6 @@ def cmd_mutate(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from opencwm.cli import CliError
     from opencwm.forage.environment import ForageError
     from opencwm.forage.tasks import import_swebench
 
@@ -129,7 +130,6 @@ def cmd_import(args) -> int:
 
 
 def _policy_factory(args):
-    from opencwm.cli import CliError
     from opencwm.forage import policies
 
     if args.policy == "openai":
@@ -171,8 +171,7 @@ def _policy_factory(args):
 
 
 def cmd_run(args) -> int:
-    from opencwm.cli import CliError
-    from opencwm.forage.agent import Budget
+    from opencwm.forage.agent import EpisodeBudget
     from opencwm.forage.environment import ForageError
     from opencwm.forage.tasks import read_tasks
     from opencwm.forage.trajectory import run_episodes
@@ -185,7 +184,7 @@ def cmd_run(args) -> int:
     make_policy = _policy_factory(args)
     if args.policy == "inverse":
         tasks = [t for t in tasks if t["task_kind"] == "mutate-fix"]
-    budget = Budget(max_turns=args.max_turns, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
+    budget = EpisodeBudget(max_turns=args.max_turns, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
                     command_timeout=args.command_timeout)
     try:
         summary = run_episodes(tasks, make_policy, args.out, budget=budget, workers=args.workers,
@@ -200,7 +199,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from opencwm.cli import CliError
     from opencwm.forage.environment import ForageError
     from opencwm.forage.trajectory import read_trajectories, replay
     from opencwm.shards import DatasetError
@@ -221,12 +219,6 @@ def cmd_show(args) -> int:
     return 0
 
 
-def default_cache() -> Path:
-    from opencwm.forage.environment import default_cache as cache
-
-    return cache()
-
-
 def _add_cache(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="environment cache directory (default: $OPENCWM_CACHE/envs, else "
                                         "$XDG_CACHE_HOME/opencwm/envs, i.e. ~/.cache/opencwm/envs)")
@@ -236,7 +228,6 @@ ENV_HELP = "an environment directory, or the source it was built from (as for 'f
 
 
 def add_parser(areas) -> None:
-    from opencwm.cli import _cpu_count
     from opencwm.forage.environment import CONFIRM
 
     forage = areas.add_parser("forage", help="ForagerAgent: repository environments, mutate-fix tasks, agent "
@@ -257,7 +248,7 @@ def add_parser(areas) -> None:
     mutate.add_argument("--out", required=True, help="task dataset directory (created or resumed)")
     mutate.add_argument("--max", type=int, help="at most this many candidates")
     mutate.add_argument("--operators", help="comma-separated subset of the mutation operators")
-    mutate.add_argument("--workers", type=int, default=_cpu_count(), help="validations in parallel")
+    mutate.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="validations in parallel")
     mutate.add_argument("--timeout", type=float, default=120, help="seconds per validation run")
     mutate.add_argument("--confirm", choices=CONFIRM, default=CONFIRM[0],
                         help="when a candidate's covering tests all pass, whether the whole suite decides: only "

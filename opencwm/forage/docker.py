@@ -10,13 +10,12 @@ so in one line; the local sandbox needs neither.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import uuid
 from pathlib import Path
 
-from opencwm.forage.environment import PLUGIN, TEST_EXTRAS, Environment, ForageError, TestRun
+from opencwm.forage.testrun import PLUGIN, TEST_EXTRAS, ForageError, TestRun, read_results
 
 WORK = "/work"
 
@@ -35,7 +34,7 @@ def engine():
         return None, f"no Docker engine reachable ({type(exc).__name__})"
 
 
-def dockerfile(env: Environment) -> str:
+def dockerfile(env) -> str:
     """The image of an environment: its Python, the baseline repository at /work/repo, the dependencies (the
     package itself uninstalled so tests import the work tree), pytest, coverage and the results plugin."""
     version = env.info.get("python_version") or "3.11"
@@ -54,7 +53,7 @@ def dockerfile(env: Environment) -> str:
     ])
 
 
-def build_image(env: Environment, client) -> str:
+def build_image(env, client) -> str:
     """Build (or reuse) the environment's image; returns its tag."""
     tag = f"opencwm-env:{env.info['key'].lower()}"
     try:
@@ -75,7 +74,7 @@ def build_image(env: Environment, client) -> str:
     return tag
 
 
-def run_tests(env: Environment, tree: Path, tests: list[str] | None, client, image: str, *,
+def run_tests(env, tree: Path, tests: list[str] | None, client, image: str, *,
               timeout: float = 900) -> TestRun:
     """Run the tests of ``tree`` (mounted over the image's repository) in a container without network."""
     results = tree.parent / f"results-{uuid.uuid4().hex[:8]}.json"
@@ -98,9 +97,4 @@ def run_tests(env: Environment, tree: Path, tests: list[str] | None, client, ima
         finally:
             output = container.logs().decode("utf-8", "replace")
             container.remove(force=True)
-    seconds = round(time.monotonic() - start, 3)
-    if not results.exists():
-        return TestRun(status if status != "ok" else "error", {}, output=output, seconds=seconds)
-    data = json.loads(results.read_text())
-    results.unlink()
-    return TestRun(status, data["outcomes"], data["failures"], data["coverage"], output, seconds)
+    return read_results(results, status, output, round(time.monotonic() - start, 3))

@@ -10,7 +10,7 @@ directory whose Python files to measure; coverage is off when unset), ``OPENCWM_
 keep), ``OPENCWM_FORAGE_REVERSE`` (run the tests in the reverse of the suite's order: the baseline's second run,
 which finds the tests and the code whose behaviour depends on test order).
 
-``run_pytest`` is the job that the sandbox's fork server runs for warm test runs (``opencwm.forage.test_server``):
+``run_pytest`` is the job that the sandbox's fork server runs for warm test runs (``opencwm.forage.warm_runner``):
 pytest and this module are imported once in the server, and each run is a forked child calling ``pytest.main``.
 """
 

@@ -38,10 +38,10 @@ import pyarrow as pa
 
 from opencwm.forage.environment import CONFIRM, Environment, ForageError, git, has_commit
 from opencwm.forage.mutate import OPERATORS, Mutation, mutations
-from opencwm.forage.test_server import TestServer, stamp_mutation
-from opencwm.shards import ShardWriter, read_manifest, read_rows
+from opencwm.forage.warm_runner import WarmRunner, stamp_mutation
+from opencwm.shards import TASKS_KIND, ShardWriter, read_manifest, read_rows
 
-KIND = "opencwm.forage.tasks"
+KIND = TASKS_KIND
 SCHEMA = pa.schema([
     ("item", pa.string()),
     ("instance_id", pa.string()),
@@ -177,11 +177,11 @@ def statement_lines(source: str, line: int) -> range:
 
 
 def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] | None, *, timeout: float = 120,
-             backend: str = "auto", issue_writer=None, server: TestServer | None = None,
+             backend: str = "auto", issue_writer=None, server: WarmRunner | None = None,
              prescreen: bool = True, confirm: str = "order-dependent") -> dict:
     """Run ``tests`` (the covering tests; None: the whole suite, judged on every passing test) on the mutated
     tree; returns the candidate's row (committing the bug when it is kept). With a ``server`` (a warm
-    ``TestServer`` of this tree) the tests run there, otherwise in a fresh sandboxed pytest. The verdict is the
+    ``WarmRunner`` of this tree) the tests run there, otherwise in a fresh sandboxed pytest. The verdict is the
     whole suite's (see the module docstring); ``prescreen=False`` runs the tests even for a statement the
     baseline never executed (the benchmark's reference does); ``confirm`` (one of ``CONFIRM``) says when the
     whole suite decides for a mutation that every covering test passes."""
@@ -251,7 +251,7 @@ def mutate(env: Environment, out: str | Path, *, max_candidates: int | None = No
         trees: queue.Queue = queue.Queue()  # (work tree, its warm test server or None), one per worker
         for _ in range(max(1, workers)):
             tree = env.checkout(parent=env.path / "work")
-            trees.put((tree, None if backend == "docker" else TestServer(env, tree, backend=backend)))
+            trees.put((tree, None if backend == "docker" else WarmRunner(env, tree, backend=backend)))
 
         def work(item):
             tree, server = trees.get()

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from opencwm.chat import encode_messages
-from opencwm.forage.agent import Budget, run_episode
+from opencwm.forage.agent import EpisodeBudget, run_episode
 from opencwm.forage.environment import Environment, ForageError
 from opencwm.forage.policies import Policy, PolicyUnavailable
-from opencwm.shards import ShardWriter, read_manifest, read_rows
-from opencwm.special_tokens import END_OF_TEXT
+from opencwm.shards import TRAJECTORIES_KIND, ShardWriter, read_manifest, read_rows
 
-KIND = "opencwm.forage.trajectories"
+KIND = TRAJECTORIES_KIND
 SCHEMA = pa.schema([
     ("item", pa.string()), ("task_id", pa.string()), ("task_kind", pa.string()), ("env", pa.string()),
     ("policy", pa.string()), ("messages", pa.string()), ("actions", pa.string()), ("test_results", pa.string()),
@@ -33,7 +31,7 @@ SCHEMA = pa.schema([
 
 
 def run_episodes(tasks: list[dict], make_policy: Callable[[dict], Policy], out: str | Path, *,
-                 budget: Budget | None = None, workers: int = 1, backend: str = "auto",
+                 budget: EpisodeBudget | None = None, workers: int = 1, backend: str = "auto",
                  ray_address: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Play every task once with the policy ``make_policy(task)`` and store the trajectories (resumable: tasks
     already in ``out`` for this policy are skipped). Returns ``{"trajectories", "episodes", "solved"}``."""
@@ -88,11 +86,6 @@ def read_trajectories(directory: str | Path) -> list[dict]:
     if read_manifest(directory).get("kind") != KIND:
         raise ForageError(f"{directory}: not a trajectory dataset (made by 'opencwm forage run')")
     return list(read_rows(directory))
-
-
-def training_text(trajectory: dict) -> str:
-    """The trajectory as CWM-format training text: the conversation in the chat format, then end-of-text."""
-    return encode_messages(json.loads(trajectory["messages"])) + END_OF_TEXT
 
 
 def replay(trajectory: dict, width: int = 100) -> str:

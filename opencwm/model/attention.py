@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from opencwm.model.masks import allowed
+
 BACKENDS = ("dense", "sdpa", "flex")
 
 
@@ -29,17 +31,6 @@ def default_backend(device: torch.device, *, training: bool = True) -> str:
     inference, whose lengths change from call to call: compiled FlexAttention is specialised to one length, and
     past the recompile limit it would run uncompiled, materialising the whole score matrix."""
     return "flex" if device.type == "cuda" and training else "sdpa"
-
-
-def allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, q_doc: torch.Tensor | None = None,
-            k_doc: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean (batch, Tq, Tk) mask from positions (batch, Tq) / (batch, Tk) and optional document ids."""
-    ok = k_pos[:, None, :] <= q_pos[:, :, None]
-    if window is not None:
-        ok &= (q_pos[:, :, None] - k_pos[:, None, :]) < window
-    if q_doc is not None:  # (not in place: positions may be shared by the batch, one row for all)
-        ok = ok & (q_doc[:, :, None] == k_doc[:, None, :])
-    return ok
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -87,7 +78,7 @@ def sdpa_attention(q, k, v, *, window=None, document_ids=None, mask=None, chunk:
         pos = torch.arange(t, device=q.device).expand(batch, t)
         return _sdpa(q, k, v, allowed(pos, pos, window, document_ids, document_ids))
     if blocked:
-        from opencwm.model.chunked_attention import chunked_attention  # (it imports this module's mask rule)
+        from opencwm.model.chunked_attention import chunked_attention
 
         return chunked_attention(q, k, v, window=window, document_ids=document_ids, chunk=chunk or BLOCKED_CHUNK)
     # Banded: each chunk of queries attends to the keys its window reaches (at most chunk + window - 1 of them).

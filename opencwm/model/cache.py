@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from opencwm.model.attention import allowed
 from opencwm.model.config import FULL, CwmConfig
+from opencwm.model.masks import allowed
 
 
 class KVCache:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opencwm.model.attention import allowed
+from opencwm.model.masks import allowed
 
 
 def _chunks(time: int, chunk: int, window: int | None):

@@ -16,7 +16,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from opencwm.model.config import CwmConfig
-from opencwm.model.transformer import CWM
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -35,13 +34,15 @@ def _shard_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path}: no {SINGLE} or {INDEX}")
 
 
-def load_pretrained(path, *, device="cpu", dtype: torch.dtype | None = None) -> CWM:
+def load_pretrained(path, build, *, device="cpu", dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The model ``build(config)`` makes (``CWM``: this module sits below the model class, which calls it), with
+    the checkpoint's weights."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
     config = CwmConfig.load(path / "config.json")
     with torch.device("meta"):
-        model = CWM(config)
+        model = build(config)
     expected = set(model.state_dict())
     state: dict[str, torch.Tensor] = {}
     for shard in _shard_files(path):
@@ -57,7 +58,7 @@ def load_pretrained(path, *, device="cpu", dtype: torch.dtype | None = None) -> 
     return model.eval()
 
 
-def save_pretrained(model: CWM, path, *, max_shard_bytes: int = 5 * 1024**3) -> None:
+def save_pretrained(model: torch.nn.Module, path, *, max_shard_bytes: int = 5 * 1024**3) -> None:
     save_state_dict(model.state_dict(), model.config, path, max_shard_bytes=max_shard_bytes)
 
 

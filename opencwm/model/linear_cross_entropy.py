@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from opencwm.data.packing import IGNORE
+from opencwm.special_tokens import IGNORE
 
 CHUNK = 256  # rows per chunk: 256 x a 4k vocabulary is 4 MB of logits
 

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opencwm.data.packing import IGNORE as IGNORE_INDEX  # a label that asks for no prediction
 from opencwm.model.attention import attention, default_backend, flex_block_mask
 from opencwm.model.cache import KVCache
 from opencwm.model.config import FULL, CwmConfig
 from opencwm.model.linear_cross_entropy import linear_cross_entropy
 from opencwm.model.rope import RotaryEmbedding, apply_rotary
+from opencwm.special_tokens import IGNORE as IGNORE_INDEX  # a label that asks for no prediction
 
 
 class RMSNorm(nn.Module):
@@ -228,7 +228,7 @@ class CWM(nn.Module):
     def from_pretrained(cls, path, *, device="cpu", dtype=None) -> CWM:
         from opencwm.model.hf import load_pretrained
 
-        return load_pretrained(path, device=device, dtype=dtype)
+        return load_pretrained(path, cls, device=device, dtype=dtype)
 
     def save_pretrained(self, path, *, max_shard_bytes: int = 5 * 1024**3) -> None:
         from opencwm.model.hf import save_pretrained

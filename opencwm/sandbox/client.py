@@ -1,7 +1,7 @@
 """Host side of the sandbox: start a fork server inside the isolation backend, send it jobs, survive its death.
 
     with Sandbox(SandboxConfig(timeout=5, memory_mb=1024)) as box:
-        outcome = box.run("opencwm.trace.jobs:trace_item", item={...})
+        outcome = box.run("opencwm.trace.jobs:trace_program_job", source="def f(x): return x", call="f(1)")
         outcome.status   # ok | exception | timeout | memory | disk | crash | killed
 
 A job that kills the server (or the whole sandbox) gets status ``killed``; the next job starts a new server.

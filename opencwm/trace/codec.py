@@ -32,7 +32,7 @@ from opencwm.special_tokens import (
     TRACE_CONTEXT_START,
 )
 from opencwm.trace.record import CALL, EXCEPTION, LINE, OK, RAISED, RETURN, TRUNCATED, UNCHANGED, Frame, Trace
-from opencwm.trace.source import mark_entry, unmark_entry
+from opencwm.trace.source_map import mark_entry, unmark_entry
 
 EVENT_SEP = {CALL: CALL_SEP, LINE: LINE_SEP, RETURN: RETURN_SEP, EXCEPTION: EXCEPTION_SEP}
 SEP_EVENT = {sep: event for event, sep in EVENT_SEP.items()}

@@ -26,12 +26,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from opencwm.sandbox import OK, Outcome, Sandbox, SandboxConfig
-from opencwm.shards import ShardWriter, read_rows
+from opencwm.shards import TRACES_KIND, ShardWriter, read_rows
+from opencwm.trace.inputs import WorkItem, failed_trace, load_items
+from opencwm.trace.jobs import PRELOAD
 from opencwm.trace.record import ERROR, Frame, Trace
-from opencwm.trace.sources import WorkItem, load_items
 from opencwm.trace.tracer import Limits
 
-KIND = "opencwm.traces"
+KIND = TRACES_KIND
 FRAME_TYPE = pa.struct([
     ("event", pa.string()), ("lineno", pa.int32()), ("line", pa.string()), ("locals", pa.string()),
     ("value", pa.string()),
@@ -42,7 +43,6 @@ SCHEMA = pa.schema([
     ("status", pa.string()), ("error", pa.string()), ("n_frames", pa.int32()), ("python", pa.string()),
     ("backend", pa.string()), ("seconds", pa.float64()), ("frames", pa.list_(FRAME_TYPE)),
 ])
-PRELOAD = ("opencwm.trace.jobs",)
 
 
 @dataclass
@@ -114,10 +114,7 @@ def _outcome_rows(item: WorkItem, outcome: Outcome, origin: str) -> list[dict]:
     meta = {"origin": origin, "call": item.meta.get("call"), "entry": None, "module": None, "python": None,
             "backend": None, "seconds": outcome.seconds}
     if outcome.status != OK:
-        source = item.kwargs.get("source", "")
-        trace = Trace(source=source if isinstance(source, str) else "", entry_lineno=0, status=outcome.status,
-                      error=outcome.error).to_dict()
-        return [trace_row(item.key, trace, meta=meta)]
+        return [trace_row(item.key, failed_trace(item, outcome).to_dict(), meta=meta)]
     result = outcome.result
     meta.update(python=result["python"], backend=result["backend"])
     if "trace" in result:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opencwm.trace.record import TRUNCATED, Trace
-from opencwm.trace.source import SourceMap, is_traced_scope
+from opencwm.trace.source_map import SourceMap, is_traced_scope
 from opencwm.trace.tracer import Limits, TraceBuilder, settrace_local
 
 

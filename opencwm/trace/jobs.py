@@ -13,6 +13,8 @@ import sys
 from opencwm.trace.program import trace_program
 from opencwm.trace.tracer import Limits, default_backend
 
+PRELOAD = ("opencwm.trace.jobs",)  # what a sandbox that traces imports once, before its first job
+
 
 def _limits(limits: dict | None) -> Limits:
     return Limits(**(limits or {}))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 
 from opencwm.trace.record import ERROR, Trace
-from opencwm.trace.source import SourceMap
+from opencwm.trace.source_map import SourceMap
 from opencwm.trace.tracer import Limits, trace_call
 
 PROGRAM_FILENAME = "<opencwm-program>"

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from opencwm.trace.record import CALL, ERROR, EXCEPTION, LINE, OK, RAISED, RETURN, TRUNCATED, UNCHANGED, Frame, Trace
-from opencwm.trace.render import DEFAULT_MAX_CHARS, IMMUTABLE_ATOMS, Renderer
-from opencwm.trace.source import SourceMap, is_traced_scope
+from opencwm.trace.source_map import SourceMap, is_traced_scope
+from opencwm.trace.values import DEFAULT_MAX_CHARS, IMMUTABLE_ATOMS, Renderer
 
 _RETURN_OPS = frozenset(dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap)
 # After a yield, 3.11/3.12 report the YIELD_VALUE itself, 3.13 the RESUME that follows it.

@@ -99,6 +99,13 @@ def loss_fn(model: CWM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(batch["input_ids"], document_ids=batch["document_ids"], labels=labels) / count
 
 
+def latest_checkpoint(run: str | Path) -> Path | None:
+    """The newest finished checkpoint of a training run's directory (``RUN/checkpoints/step-N``; its weights and
+    tokenizer in ``model/``), as the run's ``checkpoints/latest`` names it; None before the first."""
+    latest = Path(run) / "checkpoints" / "latest"
+    return latest.parent / latest.read_text().strip() if latest.exists() else None
+
+
 class Trainer:
     """With ``distributed=True`` (under torchrun) the model is sharded with FSDP2; give each rank its own stream
     (e.g. seeded with seed + rank). Rank 0 writes the model and metrics; every rank keeps its optimizer shard and
@@ -177,10 +184,9 @@ class Trainer:
         return final
 
     def resume(self) -> bool:
-        latest = self.checkpoints / "latest"
-        if not latest.exists():
+        directory = latest_checkpoint(self.out_dir)
+        if directory is None:
             return False
-        directory = self.checkpoints / latest.read_text().strip()
         state = json.loads((directory / "state.json").read_text())
         if state.get("world_size", 1) != self.world:
             raise ValueError(f"{directory} was written by {state.get('world_size', 1)} processes, this run has "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opencwm.trace.program import cruxeval_call, parse_call
+from opencwm.trace.record import Trace
 
 _SKIP_DIRS = {".git", ".hg", ".tox", ".nox", ".venv", "venv", "env", "build", "dist", "node_modules", "__pycache__",
               "site-packages", ".eggs"}
@@ -114,10 +115,10 @@ def _invalid(key: str, reason: str) -> WorkItem:
 
 def program_dataset_items(path: Path) -> list[WorkItem]:
     """A dataset of synthetic programs (``opencwm data programs``): one trace per program."""
-    from opencwm.shards import DatasetError, read_manifest, read_rows
+    from opencwm.shards import PROGRAMS_KIND, DatasetError, read_manifest, read_rows
 
     manifest = read_manifest(path)
-    if manifest.get("kind") != "opencwm.programs":
+    if manifest.get("kind") != PROGRAMS_KIND:
         raise DatasetError(f"{path} holds a {manifest.get('kind')!r} dataset, not programs to trace")
     return [WorkItem(row["id"], "opencwm.trace.jobs:trace_program_job", {"source": row["source"], "call": row["call"]},
                      {"call": row["call"]}) for row in read_rows(path, columns=["id", "source", "call"])]
@@ -223,3 +224,11 @@ def repository_items(root: Path) -> list[WorkItem]:
                  {"root": str(root), "test_file": str(p.relative_to(root)), "packages": packages})
         for p in tests
     ]
+
+
+def failed_trace(item: WorkItem, outcome) -> Trace:
+    """The trace of an item whose job gave none (a sandbox ``Outcome``: timeout, memory, crash, ...): no frames,
+    the outcome's status and error."""
+    source = item.kwargs.get("source", "")
+    return Trace(source=source if isinstance(source, str) else "", entry_lineno=0, status=outcome.status,
+                 error=outcome.error)

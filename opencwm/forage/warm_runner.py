@@ -11,7 +11,7 @@ Bytecode caching is safe because cached code is checked against its source's mod
 ``stamp_mutation`` gives every file that validation rewrites a modification time of its own, so a mutant's
 bytecode is never taken for another mutant's or the original's.
 
-    with TestServer(env, tree) as server:
+    with WarmRunner(env, tree) as server:
         run = server.run(["tests/test_x.py::test_y"], timeout=120)   # a TestRun, like Environment.run_tests
 """
 
@@ -36,9 +36,7 @@ def stamp_mutation(path: str | Path) -> None:
     os.utime(path, (stamp, stamp))
 
 
-class TestServer:
-    __test__ = False  # not a pytest test class
-
+class WarmRunner:
     def __init__(self, env: Environment, tree: str | Path, *, backend: str = "auto", memory_mb: int = 16384):
         self.env = env
         self.tree = Path(tree).resolve()
@@ -66,7 +64,7 @@ class TestServer:
     def close(self) -> None:
         self.box.close()
 
-    def __enter__(self) -> TestServer:
+    def __enter__(self) -> WarmRunner:
         return self
 
     def __exit__(self, *exc) -> None:

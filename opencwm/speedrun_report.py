@@ -1,0 +1,143 @@
+"""The speedrun's report: ``report.json`` (stable keys, the plan, every figure of both runs) and ``report.md``
+(tables, the plan's scale and what it measured, loss and accuracy plots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+KEYS = ("frame_exact_match", "frame_token_accuracy", "trace_exact_match", "output_exact_match_rollout",
+        "output_exact_match_direct", "output_exact_match_chat", "cruxeval_o_direct", "cruxeval_o_rollout",
+        "copying_accuracy", "wall_seconds")
+
+
+def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float, plan: dict | None = None) -> dict:
+    report = {key: main.get(key) for key in KEYS}
+    report["wall_seconds"] = round(total_seconds, 1)
+    report["plan"] = plan
+    report["difficulty"] = main.get("difficulty")
+    report["frame_token_accuracy_by_kind"] = main.get("frame_token_accuracy_by_kind")
+    report["frame_exact_match_if_right"] = main.get("frame_exact_match_if_right")
+    report["frame_exact_match_by_position"] = main.get("frame_exact_match_by_position")
+    report["sources"] = main.get("sources")
+    if main.get("cruxeval_missing"):
+        report["cruxeval_missing"] = main["cruxeval_missing"]
+    if ablation is not None:
+        report["no_traces"] = {key: ablation.get(key) for key in KEYS}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    _plots(out, main, ablation)
+
+    def fmt(value):
+        return "missing" if value is None else (f"{100 * value:.1f}%" if isinstance(value, float) and value <= 1
+                                                 else str(value))
+
+    goals = {"frame_exact_match": ">= 90%", "output_exact_match_rollout": ">= 60%", "wall_seconds": "< 1800"}
+    rows = ["| figure | with traces | no traces (ablation) | goal |", "|---|---|---|---|"]
+    for key in KEYS:
+        rows.append(f"| {key} | {fmt(main.get(key))} | {fmt((ablation or {}).get(key))} | {goals.get(key, '')} |")
+    difficulty = main.get("difficulty") or {}
+    config = main["config"]
+    steps = config["pretrain_steps"] + config["midtrain_steps"] + config.get("sft_steps", 0)
+    million_tokens = steps * config["batch_size"] * config["seq_len"] / 1e6
+    lines = [
+        "# opencwm CPU speedrun",
+        "",
+        f"Total wall time: {total_seconds / 60:.1f} min for both runs. Model: `{config['preset']}` preset. "
+        f"Steps: pretrain {config['pretrain_steps']}, midtrain {config['midtrain_steps']}, SFT "
+        f"{config.get('sft_steps', 0)}, each {config['batch_size']} x {config['seq_len']} tokens "
+        f"({million_tokens:.1f}M tokens per run). Training programs: {config['train_programs']} "
+        f"(difficulty {config['difficulty']}, {100 * config.get('hard_share', 0):.0f}% one level up); held-out: "
+        f"{main.get('traces')} programs from another seed of the same generator, {main.get('frames')} frames "
+        f"scored; CruxEval-O on {main.get('cruxeval_items', 0)} items.",
+        "",
+        *rows,
+        "",
+    ]
+    if plan and plan.get("speed"):
+        speed, recipe = plan["speed"], sum(plan["recipe"].values())
+        lines += [f"Time budget {plan['time_budget'] / 60:.0f} min. Measured here before training: "
+                  f"{speed['tokens_per_second']:.0f} training tokens/s ({speed['step_seconds']:.2f} s per step, "
+                  f"{speed['startup_seconds']:.0f} s to compile and start), {1000 * speed['decode_seconds']:.0f} ms "
+                  f"per decoding step of a batch; evaluation estimated at {plan['eval_seconds_estimate']:.0f} s per "
+                  "run. " + ("The whole recipe fits." if plan["scale"] >= 1 else
+                             f"Steps scaled by {plan['scale']:.3f} to fit: {sum(plan['steps'].values())} of the "
+                             f"recipe's {recipe} per run (a faster machine trains more of the recipe and scores "
+                             "higher).")
+                  + (f" **Below the floor**: only {plan['fitted_scale']:.1%} of the recipe fitted the budget, so "
+                     f"the floor of {plan['scale']:.0%} was trained and the run overran its budget."
+                     if plan.get("below_floor") else "")
+                  + (f" Evaluation cut to fit: {plan['evaluation']['eval_traces']} held-out traces, "
+                     f"{plan['evaluation']['cruxeval_limit']} CruxEval items."
+                     if plan.get("evaluation", {}).get("eval_traces", config["eval_traces"]) < 100 else "")
+                  + f" Machine: {plan.get('machine', 'not recorded')}.", ""]
+    if main.get("sources"):
+        lines += ["Training sources (with traces), documents / tokens: " + ", ".join(
+            f"{name} {size['documents']} / {size['tokens'] / 1e6:.2f}M" for name, size in main["sources"].items())
+            + (f" (repo_traces: calls that {config['repo_package']}'s own tests make into it)"
+               if "repo_traces" in main["sources"] else ""), ""]
+    if ablation is not None:
+        best = max(main.get("output_exact_match_rollout") or 0, main.get("output_exact_match_direct") or 0)
+        gain = 100 * (best - (ablation.get("output_exact_match_direct") or 0))
+        lines += [f"What traces buy: output prediction of the trace-trained model by its better method minus the "
+                  f"no-traces model's direct answer = {gain:+.1f} points (goal: >= +15).", ""]
+        if main.get("output_exact_match_chat") is not None and ablation.get("output_exact_match_chat") is not None:
+            # both models answer the SFT question in chat, so this is the like-for-like figure
+            chat = 100 * (main["output_exact_match_chat"] - ablation["output_exact_match_chat"])
+            lines += [f"In chat, where both models were fine-tuned to answer: {fmt(main['output_exact_match_chat'])} "
+                      f"with traces vs {fmt(ablation['output_exact_match_chat'])} without = {chat:+.1f} points.", ""]
+    kinds = main.get("frame_token_accuracy_by_kind")
+    if kinds:
+        lines += ["Frame tokens right by kind (with traces): " + ", ".join(
+            f"{kind} {100 * rate:.1f}%" for kind, rate in kinds.items() if rate is not None)
+            + " (name and line are mostly copying from the previous frame and the source; value is execution)", ""]
+    if_right = main.get("frame_exact_match_if_right")
+    if if_right:
+        lines += ["Frame exact match if one kind of token were always right (what limits whole frames): " + ", ".join(
+            f"{kind} {100 * rate:.1f}%" for kind, rate in if_right.items() if rate is not None), ""]
+    by_position = main.get("frame_exact_match_by_position")
+    if by_position:
+        def first_token(edge: str) -> int:  # buckets double from the training sequence length
+            return 1 if int(edge) <= config["seq_len"] else int(edge) // 2 + 1
+
+        lines += [f"Frame exact match by where the frame ends in its trace (training sequences are "
+                  f"{config['seq_len']} tokens: later positions were never trained): " + ", ".join(
+                      f"tokens {first_token(edge)}-{edge}: {fmt(right / total)} of {total}"
+                      for edge, (right, total) in by_position.items()), ""]
+    lines += ["Held-out difficulty (goal: as long as CruxEval's traces, median >= 7 and p95 >= 39 frames): "
+              + ", ".join(f"{k} {v}" for k, v in difficulty.items()), ""]
+    if main.get("cruxeval_missing"):
+        lines += [f"CruxEval-O missing: {main['cruxeval_missing']}", ""]
+    lines += ["![loss](loss.png)", "", "![accuracy](accuracy.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return report
+
+
+def _plots(out: Path, main: dict, ablation: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, result in (("with traces", main), ("no traces", ablation)):
+        if result:
+            history = result["history"]
+            ax.plot(range(len(history)), [h["loss"] for h in history], label=label)
+    ax.set_xlabel("logged step (pretrain, midtrain, SFT)")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    keys = [k for k in KEYS if k != "wall_seconds"]
+    x = range(len(keys))
+    ax.bar([i - 0.2 for i in x], [main.get(k) or 0 for k in keys], width=0.4, label="with traces")
+    if ablation:
+        ax.bar([i + 0.2 for i in x], [ablation.get(k) or 0 for k in keys], width=0.4, label="no traces")
+    ax.set_xticks(list(x), [k.replace("_", " ") for k in keys], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=100)
+    plt.close(fig)
