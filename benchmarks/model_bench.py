@@ -102,20 +102,27 @@ def bench_decode(ours, theirs, prompt_length: int, new_tokens: int, repeats: int
     def run_ours(compile_step: bool = False):
         return generate(ours, prompt.tolist(), Sampling(max_new_tokens=new_tokens, compile=compile_step))[0]
 
-    def run_theirs():
+    def run_theirs(model=theirs, **options):
         with torch.no_grad():
-            out = theirs.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                  pad_token_id=0)
+            out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=0, **options)
         return out[0, prompt_length:].tolist()
 
+    # transformers compiled: its forward under torch.compile with a static cache (generate's own compilation runs
+    # on CUDA only); the first call compiles, untimed
+    compiled = copy.copy(theirs)
+    compiled.forward = torch.compile(theirs.forward, dynamic=False)
     reference = run_theirs()
     same = run_ours() == reference and run_ours(True) == reference  # (the second call compiles, untimed)
-    runners = {"ours": run_ours, "ours_compiled": lambda: run_ours(True), "transformers": run_theirs}
+    same_compiled = run_theirs(compiled, cache_implementation="static") == reference
+    runners = {"ours": run_ours, "ours_compiled": lambda: run_ours(True), "transformers": run_theirs,
+               "transformers_compiled": lambda: run_theirs(compiled, cache_implementation="static")}
     results = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
             results[name].append(median_time(run, 1))
-    return {**{k: new_tokens / statistics.median(v) for k, v in results.items()}, "same_tokens": same}
+    return {**{k: new_tokens / statistics.median(v) for k, v in results.items()}, "same_tokens": same,
+            "same_tokens_compiled": same_compiled}
 
 
 MEMORY_PROBE = """
@@ -171,10 +178,23 @@ def main() -> None:
                         help="also time the fp32 training step on one sequence this long (0: skip)")
     parser.add_argument("--lengths", default="4096,8192,16384,32768")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--decode-only", action="store_true", help="only the decoding comparison (its own row)")
     args = parser.parse_args()
     torch.manual_seed(0)
 
     ours, theirs = load_pair(args.preset, args.vocab)
+    if args.decode_only:
+        decode = bench_decode(ours, theirs, 32, 128, args.repeats)
+        line = (f"`{args.preset}` preset (vocab {args.vocab}), greedy decode batch 1, 128 new tokens: ours "
+                f"{decode['ours']:.1f} (eager) / {decode['ours_compiled']:.1f} (compiled step) vs transformers "
+                f"generate {decode['transformers']:.1f} (eager) / {decode['transformers_compiled']:.1f} tok/s (forward "
+                f"compiled, static cache) = {decode['ours_compiled'] / decode['transformers']:.2f}x eager, "
+                f"{decode['ours_compiled'] / decode['transformers_compiled']:.2f}x compiled; same tokens: "
+                f"{decode['same_tokens']} / {decode['same_tokens_compiled']}; median of {args.repeats}")
+        print(line)
+        if not args.no_write:
+            append_row("model_bench", "python benchmarks/model_bench.py --decode-only", line)
+        return
     trains = {precision: bench_training(ours, theirs, args.batch, args.length, args.repeats, precision == "bf16")
               for precision in ("fp32", "bf16")}
     for precision, t in trains.items():
