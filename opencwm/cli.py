@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from opencwm.errors import UsageError
+from opencwm.errors import UsageError, one_line
 
 CliError = UsageError  # the CLI's name for the ground's user-error type
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CliError as exc:
-        print(f"opencwm: {exc}", file=sys.stderr)
+        print(f"opencwm: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("opencwm: interrupted (finished results are kept)", file=sys.stderr)

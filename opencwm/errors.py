@@ -1,6 +1,14 @@
 """The user-error type at the ground of opencwm: a problem with what the user asked for (a missing file, a bad
-argument, a dataset of the wrong kind), which every command prints as one line and exits with status 2."""
+argument, a dataset of the wrong kind), which every command prints as one line and exits with status 2; and
+``one_line``, which makes any text (an error that quotes a program's output, a server's reply) fit for that line."""
 
 
 class UsageError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """``text`` as one line of a terminal: line breaks become spaces and other control characters (escape
+    sequences a hostile program or server could send) ``?``; at most ``limit`` characters."""
+    flat = "".join(c if c.isprintable() else " " if c in "\r\n\t" else "?" for c in text)
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 3] + "..."

@@ -8,6 +8,7 @@ text has no end-of-text, so the model never learns a fake ending).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from opencwm.data.packing import Document
@@ -38,7 +39,8 @@ def texts(directory: str | Path, limit: int | None = None) -> list[str]:
                 if limit and len(out) >= limit:
                     break
     elif kind == TRAJECTORIES_KIND:
-        out = [trajectory_text(row) for row in list(read_rows(directory, columns=["messages"]))[: limit or None]]
+        rows = itertools.islice(read_rows(directory, columns=["messages"]), limit or None)
+        out = [trajectory_text(row) for row in rows]
     else:
         raise DatasetError(f"{directory}: cannot train on a {kind!r} dataset (code, traces or trajectories)")
     return out
@@ -65,18 +67,12 @@ def documents(directory: str | Path, tokenizer: Tokenizer, limit: int | None = N
     return [Document(tokenizer.encode(text, allow_special=True)) for text in source]
 
 
-# A training source's name says how its dataset is read (the speedrun's mixtures use the same names), so one
-# ``opencwm train --data NAME=DIR:WEIGHT`` per source reproduces any stage of the speedrun.
-VIEWS = {
-    "direct": "a trace dataset's direct answers (the source, assert CALL == and the value)",
-    "sft": "a trace dataset's chat examples, with and without a <think> walk through the execution (alternating)",
-    "sft_nothink": "a trace dataset's chat examples without the <think> walk",
-}
-
-
 def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer) -> list[Document]:
-    """The training documents of the source ``name`` reading ``directory``: a view of it when the name is one of
-    ``VIEWS``, else its text (code, traces or trajectories as written)."""
+    """The training documents of the source ``name`` reading ``directory``. The name picks a view of a trace
+    dataset: ``direct`` (its direct answers: the source, ``assert CALL ==`` and the value), ``sft`` (chat examples,
+    with and without a ``<think>`` walk through the execution, alternating), ``sft_nothink`` (without the walk); any
+    other name trains on the text as written (code, traces or trajectories). The speedrun's mixtures use the same
+    names, so one ``opencwm train --data NAME=DIR:WEIGHT`` per source reproduces any of its stages."""
     if name == "direct":
         return documents(directory, tokenizer, direct=True)
     if name in ("sft", "sft_nothink"):

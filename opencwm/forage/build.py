@@ -12,6 +12,7 @@ A build that fails leaves ``env.json`` with ``status: build_failed`` and the rea
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -83,11 +84,16 @@ def _fetch_sdist(spec: str, into: Path) -> Path:
     return tops[0]
 
 
+@functools.lru_cache(maxsize=8)
+def python_version(python: str) -> str:
+    """The version of the interpreter ``python`` (asked once per process)."""
+    return subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def source_key(source: str, python: str) -> tuple[str, str]:
     """(cache key, kind) of an environment source: a local directory's content or a PyPI ``name==version``."""
-    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
-                             text=True).stdout.strip()
-    digest = hashlib.sha256(f"{version}\0".encode())
+    digest = hashlib.sha256(f"{python_version(python)}\0".encode())
     path = Path(source)
     if path.is_dir():
         files = subprocess.run(git_command(path, "ls-files", "-co", "--exclude-standard"), capture_output=True,
@@ -171,10 +177,8 @@ def build_environment(source: str, cache: str | Path, *, python: str = sys.execu
     building = cache / f".{key}.{uuid.uuid4().hex[:6]}.tmp"
     building.mkdir()
     start = time.monotonic()
-    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
-                             text=True).stdout.strip()
-    info: dict = {"source": source, "kind": kind, "key": key, "python": python, "python_version": version,
-                  "format": ENV_FORMAT}
+    info: dict = {"source": source, "kind": kind, "key": key, "python": python,
+                  "python_version": python_version(python), "format": ENV_FORMAT}
     try:
         _build(source, kind, building, python, backend, info, say)
         info["status"] = "ok"
@@ -190,14 +194,11 @@ def build_environment(source: str, cache: str | Path, *, python: str = sys.execu
 def find_environment(source: str, cache: str | Path, *, python: str = sys.executable) -> Environment:
     """The built environment named by ``source``: an environment directory, or the source it was built from (a
     repository directory or ``name==version``) looked up in ``cache``. One-line errors say what to run."""
-    if (Path(source) / "env.json").exists():
-        env = Environment.open(source)
-    else:
-        key, _ = source_key(source, python)
-        env = Environment.open(Path(cache).resolve() / key) if (Path(cache) / key / "env.json").exists() else None
-        if env is None:
-            raise ForageError(f"{source}: no environment of it in {cache} (build one: opencwm forage env {source}"
-                              f" --cache {cache})")
+    path = Path(source) if (Path(source) / "env.json").exists() else Path(cache) / source_key(source, python)[0]
+    if not (path / "env.json").exists():
+        raise ForageError(f"{source}: no environment of it in {cache} (build one: opencwm forage env {source}"
+                          f" --cache {cache})")
+    env = Environment.open(path)
     if not env.ok:
         raise ForageError(f"{env.path}: the environment did not build ({env.info.get('error')}); to try again: "
                           f"opencwm forage env {env.info.get('source', 'SOURCE')} --rebuild")

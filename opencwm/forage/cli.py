@@ -185,7 +185,7 @@ def cmd_run(args) -> int:
     if args.policy == "inverse":
         tasks = [t for t in tasks if t["task_kind"] == "mutate-fix"]
     budget = EpisodeBudget(max_turns=args.max_turns, max_tokens=args.max_tokens, max_seconds=args.max_seconds,
-                    command_timeout=args.command_timeout)
+                           command_timeout=args.command_timeout)
     try:
         summary = run_episodes(tasks, make_policy, args.out, budget=budget, workers=args.workers,
                                backend=args.sandbox, ray_address=args.ray, progress=_bar("episodes", args.quiet))

@@ -39,8 +39,6 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "opencwm", "GIT_AUTHOR_EMAIL": "forage@opencw
                 "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
 
 
-
-
 # Host-side git never runs what a repository or a tree asks it to: no hooks, no fsmonitor, no external diff or
 # text conversion programs, no system or global configuration, no network protocols. (Work trees keep their
 # .git read-only inside the sandbox, so the repository configuration is opencwm's own.)
@@ -262,7 +260,6 @@ class Environment:
         return read_results(results, result.status, result.output, result.seconds)
 
 
-# -- building ---------------------------------------------------------------------------------------------------------
 def install_plugin(path: Path) -> None:
     """Put the current results plugin beside the environment (``<path>/plugin``), atomically, if it differs."""
     source = Path(__file__).with_name("pytest_plugin.py").read_bytes()

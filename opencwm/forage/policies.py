@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 
 from opencwm.chat import format_edit, format_tool_call
+from opencwm.errors import one_line
 
 
 class PolicyUnavailable(RuntimeError):
@@ -157,7 +158,7 @@ class OpenAIPolicy(Policy):
                 openai.NotFoundError) as exc:
             tries = self.client.max_retries + 1
             raise PolicyUnavailable(f"{self.base_url} (model {self.model}): {type(exc).__name__} after {tries} "
-                                    f"tries: {str(exc).splitlines()[0][:200]}") from None
+                                    f"tries: {one_line(str(exc), 200)}") from None
         usage = response.usage
         return Reply(response.choices[0].message.content or "", usage.prompt_tokens if usage else None,
                      usage.completion_tokens if usage else None)

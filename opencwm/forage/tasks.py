@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from opencwm.errors import one_line
 from opencwm.forage.environment import CONFIRM, Environment, ForageError, git, has_commit
 from opencwm.forage.mutate import OPERATORS, Mutation, mutations
 from opencwm.forage.warm_runner import WarmRunner, stamp_mutation
@@ -281,7 +282,7 @@ def run_failure(run, timeout: float) -> str:
     if run.status == "timeout":
         return f"the tests ran past {timeout:g} s"
     last = next((line.strip() for line in reversed(run.output.splitlines()) if line.strip()), "no output")
-    return f"{run.status}: {last[:300]}"
+    return f"{run.status}: {one_line(last, 300)}"
 
 
 def summarize(out: str | Path) -> MutateReport:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from opencwm.errors import UsageError as CliError
+from opencwm.errors import one_line
 from opencwm.sandbox.cli import add_sandbox_args, sandbox_config
 
 
@@ -93,17 +94,15 @@ def cmd_trace_run(args) -> int:
     call = item.kwargs["call"]
     which = (f"{call}, the first of the {len(items)} calls at the end of {path.name} (--call picks another)"
              if len(items) > 1 else call)
-    if trace.status == ERROR or not trace.frames:
-        if args.format == "json":  # the outcome as data too (status timeout, memory, error, ...)
-            print(json.dumps({"call": call, **_trace_json(trace)}, indent=1))
-        print(f"opencwm: {call}: {trace.error or trace.status}", file=sys.stderr)
-        return 1
-    if args.format == "json":
+    if args.format == "json":  # the outcome as data, failed or not (status timeout, memory, error, ...)
         print(json.dumps({"call": call, **_trace_json(trace)}, indent=1))
-    elif args.format == "cwm":  # the text is exactly CWM's: which call, on stderr
+    if trace.status == ERROR or not trace.frames:
+        print(f"opencwm: {call}: {one_line(trace.error or trace.status)}", file=sys.stderr)
+        return 1
+    if args.format == "cwm":  # the text is exactly CWM's: which call, on stderr
         print(f"opencwm: trace of {which}", file=sys.stderr)
         _print_trace(trace, "cwm")
-    else:
+    elif args.format == "pretty":
         print(f"trace of {which}")
         _print_trace(trace, "pretty")
     return 0
@@ -179,7 +178,7 @@ def cmd_trace_show(args) -> int:
         return 0
     if args.list:
         for row, trace in chosen:
-            error = f"\t{trace.error}" if trace.error else ""
+            error = f"\t{one_line(trace.error)}" if trace.error else ""  # a program's text: kept to its column
             print(f"{row['id']}\t{trace.status}\t{len(trace.frames)} frames{error}")
         return 0
     counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
