@@ -1,10 +1,17 @@
 """The user-error type at the ground of opencwm: a problem with what the user asked for (a missing file, a bad
 argument, a dataset of the wrong kind), which every command prints as one line and exits with status 2; and
-``one_line``, which makes any text (an error that quotes a program's output, a server's reply) fit for that line."""
+``one_line``, which makes any text (an error that quotes a program's output, a server's reply) fit for that line;
+``terminal_text``, the same for text shown whole (a replayed episode)."""
 
 
 class UsageError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def terminal_text(text: str) -> str:
+    """``text`` fit for a terminal: line breaks and tabs kept, other control characters (escape sequences a hostile
+    program or model could write) shown as ``?``."""
+    return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)
 
 
 def one_line(text: str, limit: int | None = None) -> str:

@@ -154,10 +154,11 @@ def test_help_lists_every_command():
 
 def test_text_from_programs_and_servers_is_kept_to_one_terminal_line():
     """Error lines quote what a program or a server wrote: no line break or escape sequence reaches the terminal."""
-    from opencwm.errors import one_line
+    from opencwm.errors import one_line, terminal_text
 
     hostile = "boom\x1b[2J\x1b]0;title\x07\r\nsecond line\ttab"
     shown = one_line(hostile, 30)
     assert "\x1b" not in shown and "\n" not in shown and "\r" not in shown and "\x07" not in shown
     assert shown.startswith("boom?[2J?]0;title?") and len(shown) == 30 and shown.endswith("...")
     assert one_line("plain text") == "plain text"
+    assert terminal_text(hostile) == "boom?[2J?]0;title??\nsecond line\ttab"

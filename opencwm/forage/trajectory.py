@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from opencwm.errors import terminal_text
 from opencwm.forage.agent import EpisodeBudget, run_episode
 from opencwm.forage.environment import Environment, ForageError
 from opencwm.forage.policies import Policy, PolicyUnavailable
@@ -90,7 +91,7 @@ def read_trajectories(directory: str | Path) -> list[dict]:
 
 def replay(trajectory: dict, width: int = 100) -> str:
     """A readable replay of an episode: every message, the final diff, and the deciding tests (those that did not
-    pass by name, the passing ones by count)."""
+    pass by name, the passing ones by count); no escape sequence of theirs reaches the terminal."""
     lines = [f"task {trajectory['task_id']} ({trajectory['task_kind']}) - policy {trajectory['policy']} - "
              f"{trajectory['status']} after {trajectory['turns']} turns, reward {trajectory['reward']}, "
              f"{trajectory['seconds']:.1f} s", "=" * width]
@@ -101,4 +102,4 @@ def replay(trajectory: dict, width: int = 100) -> str:
     lines += ["final diff:", trajectory["diff"].rstrip() or "(empty)", "-" * width,
               f"deciding tests: {passed} of {len(results)} passed"]
     lines += [f"  {outcome:8} {test}" for test, outcome in results.items() if outcome != "passed"]
-    return "\n".join(lines)
+    return terminal_text("\n".join(lines))  # messages and diffs hold what programs and a model wrote
