@@ -19,9 +19,10 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
+from opencwm.trace.builder import Limits, TraceBuilder
 from opencwm.trace.record import TRUNCATED, Trace
 from opencwm.trace.source_map import SourceMap, is_traced_scope
-from opencwm.trace.tracer import Limits, TraceBuilder, settrace_local
+from opencwm.trace.tracer import settrace_local
 
 
 @dataclass
