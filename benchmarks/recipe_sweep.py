@@ -57,15 +57,23 @@ def stage_steps(config: SpeedrunConfig, tokens: int) -> dict[str, int]:
     return {f"{stage}_steps": max(1, round(steps * total / sum(recipe.values()))) for stage, steps in recipe.items()}
 
 
-def frame_scores(model, tokenizer, traces, first_bucket: int) -> dict:
+def frame_scores(model, tokenizer, traces, first_bucket: int, window: int | None = None) -> dict:
+    """Teacher-forced next-frame scores on ``traces``: frames exact, tokens right, tokens right by kind (``line``:
+    the source line, copied from the context), frames exact by end position, and random-token copying; with
+    ``window``, traces are shown cut into the training windows (see ``TraceEvaluator``)."""
+    from opencwm.eval.copying import copying_accuracy
     from opencwm.eval.trace_eval import TraceEvaluator
 
     by_position: dict = {}
-    frames, tokens = TraceEvaluator(model.eval(), tokenizer).next_frame_scores(
-        traces, by_position=by_position, first_position_bucket=first_bucket)
+    by_kind: dict = {}
+    frames, tokens = TraceEvaluator(model.eval(), tokenizer, window=window).next_frame_scores(
+        traces, by_kind=by_kind, by_position=by_position, first_position_bucket=first_bucket)
     return {"frame_exact_match": round(frames.rate, 4), "frame_token_accuracy": round(tokens.rate, 4),
             "frames": frames.total,
-            "by_position": {str(edge): round(score.rate, 3) for edge, score in sorted(by_position.items())}}
+            "by_kind": {kind: round(score.rate, 3) for kind, score in sorted(by_kind.items())},
+            "by_position": {str(edge): round(score.rate, 3) for edge, score in sorted(by_position.items())},
+            "by_position_frames": {str(edge): score.total for edge, score in sorted(by_position.items())},
+            "copying_accuracy": round(copying_accuracy(model, low=0, high=min(tokenizer.special_ids.values())), 3)}
 
 
 def main() -> int:
@@ -83,8 +91,10 @@ def main() -> int:
 
     import torch
 
+    from opencwm.model import CWM
     from opencwm.tokenizer import Tokenizer
     from opencwm.trace.collect import read_traces
+    from opencwm.train.loop import latest_checkpoint
 
     # every variant's shapes and windows compile FlexAttention (CUDA) anew in this one process: past dynamo's
     # default of 8 recompilations it would fall back to eager FlexAttention, which materialises the scores
@@ -101,7 +111,7 @@ def main() -> int:
     start = time.monotonic()
     tokenizer = Tokenizer.load(args.data / "tokenizer")
     base = SpeedrunConfig(device=args.device, compile=args.compile, cruxeval=None, time_budget=0)
-    docs = training_documents(base, paths, tokenizer)
+    tokenized: dict[int, dict[str, list]] = {}  # by sequence length (windowed views depend on it)
     held = [t for _, t in read_traces(paths["heldout-traces"]) if t.status == "ok" and t.frames][:base.eval_traces]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for variant in variants:
@@ -113,14 +123,21 @@ def main() -> int:
         settings = {k: v for k, v in variant.items() if k in CONFIG_FIELDS}
         config = replace(base, **settings)
         config = replace(config, **stage_steps(config, variant["tokens"]))
+        cache = tokenized.setdefault(config.seq_len, {})
+        docs = training_documents(config, paths, tokenizer, reuse=cache)
+        cache.update(docs)
         began = time.monotonic()
         model = new_model(config, tokenizer, **variant.get("model", {}))
-        train_model(config, args.work / variant["name"], paths, tokenizer, docs, model=model)
+        last_stage, _, _ = train_model(config, args.work / variant["name"], paths, tokenizer, docs, model=model)
         trained = time.monotonic() - began
+        # scored on an uncompiled copy of the weights: every new shape would recompile the compiled blocks
+        model = CWM.from_pretrained(latest_checkpoint(last_stage) / "model", device=config.device)
         result = {"name": variant["name"], "tokens": variant["tokens"],
                   "steps": {stage: getattr(config, f"{stage}_steps") for stage in STAGES},
                   "parameters": sum(p.numel() for p in model.parameters()),
                   **frame_scores(model, tokenizer, held, args.first_bucket), "train_seconds": round(trained, 1)}
+        if any(name.endswith("windows") for stage in (config.mixtures or {}).values() for name in stage):
+            result["windowed"] = frame_scores(model, tokenizer, held, args.first_bucket, window=config.seq_len)
         print(json.dumps(result), flush=True)
         with args.out.open("a") as handle:
             handle.write(json.dumps(result) + "\n")

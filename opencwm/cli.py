@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = SpeedrunConfig()
     for option in fields(SpeedrunConfig):  # an option per field; the booleans are the --no-... flags below
-        if option.name in ("traces", "compile"):
+        if option.name in ("traces", "compile") or not option.metadata.get("cli", True):
             continue
         default = getattr(defaults, option.name)
         help_text = option.metadata.get("help", option.name.replace("_", " "))

@@ -74,6 +74,8 @@ class SpeedrunConfig:
     cruxeval: str | None = option("hf", "a CruxEval JSONL, hf (the public dataset) or none")
     cruxeval_limit: int = 50
     traces: bool = True  # False: the ablation (code instead of traces, same token budget)
+    # per stage, source name -> share of tokens (None: the recipe's, ``MIXTURES``); for sweeps, not an option
+    mixtures: dict | None = field(default=None, metadata={"cli": False})
     seed: int = 0
     device: str = option("cpu", "where the model trains and is evaluated: cpu, cuda, cuda:N (the data is built on "
                                 "the CPUs)")
@@ -149,8 +151,10 @@ def _package_dir(name: str) -> Path | None:
 
 
 STAGES = ("pretrain", "midtrain", "sft")
+CURVE_TRACES = 20  # held-out traces of the learning curve's points (the first ones: the same at every point)
+CURVE_POINTS = 6  # at most: the end of pretraining and midtraining's checkpoints (every max(50, steps / 4) steps)
 EVAL_BATCH = 8  # prompts decoded together in evaluation (and in measuring the decoding speed for the budget)
-_MIXTURES = {  # by whether traces are trained on (False: the ablation)
+MIXTURES = {  # by whether traces are trained on (False: the ablation)
     True: {"pretrain": {"code": 0.5, "traces": 0.25, "repo_traces": 0.05, "direct": 0.2},
            "midtrain": {"code": 0.1, "traces": 0.65, "repo_traces": 0.05, "direct": 0.2},
            "sft": {"sft": 0.5, "traces": 0.4, "direct": 0.1}},
@@ -163,8 +167,17 @@ def _stage_sources(config: SpeedrunConfig, stage: str, paths: dict[str, Path]) -
     """Mixture weights per stage (shares of tokens), without the repository traces when there are none. The
     ablation has the same budget with every trace replaced by code: no trace documents, and SFT answers without
     the reasoning section."""
-    weights = _MIXTURES[config.traces][stage]
-    return {name: weight for name, weight in weights.items() if name != "repo_traces" or name in paths}
+    weights = (config.mixtures or MIXTURES[config.traces])[stage]
+    return {name: weight for name, weight in weights.items()
+            if not name.startswith("repo_trace") or "repo_traces" in paths}
+
+
+def reading_window(config: SpeedrunConfig) -> int | None:
+    """The window a run's model reads traces in (its training length, when it trains on ``trace_windows``), or
+    None (whole traces)."""
+    mixtures = config.mixtures or MIXTURES[config.traces]
+    windowed = any(name.endswith("windows") for stage in mixtures.values() for name in stage)
+    return config.seq_len if windowed else None
 
 
 def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
@@ -193,40 +206,55 @@ def training_documents(config: SpeedrunConfig, paths: dict[str, Path], tokenizer
 
     needed = {name for stage in STAGES for name in _stage_sources(config, stage, paths)}
     reuse = reuse or {}
-    return {name: reuse[name] if name in reuse else source_documents(name, source_path(name, paths), tokenizer)
+    return {name: reuse[name] if name in reuse
+            else source_documents(name, source_path(name, paths), tokenizer, window=config.seq_len)
             for name in sorted(needed)}
 
 
 def source_path(name: str, paths: dict[str, Path]) -> Path:
-    """The dataset a source of the mixtures reads: its own (code, repo_traces), else the training traces (traces,
-    and their views: direct, sft, sft_nothink)."""
-    return paths[name] if name in ("code", "repo_traces") else paths["traces"]
+    """The dataset a source of the mixtures reads: its own (code), the repository traces (repo_traces and its view
+    repo_trace_windows), else the training traces (traces, and their views: trace_windows, direct, sft,
+    sft_nothink)."""
+    if name.startswith("repo_trace"):
+        return paths["repo_traces"]
+    return paths[name] if name == "code" else paths["traces"]
 
 
 def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], tokenizer,
-                docs: dict[str, list] | None = None, model=None) -> tuple[Path, list[dict], dict[str, dict]]:
+                docs: dict[str, list] | None = None, model=None,
+                curve=None) -> tuple[Path, list[dict], dict[str, dict]]:
     """Train every stage of ``model`` (default: ``new_model``, the preset's); returns the last stage's directory,
-    the logged metrics and the size of each source."""
+    the logged metrics and the size of each source. With a ``curve`` (``eval.curve.LearningCurve``) a point is
+    recorded at the end of pretraining and at every midtraining checkpoint."""
     from opencwm.data.packing import PackedStream
-    from opencwm.train.loop import Trainer
+    from opencwm.model import CWM
+    from opencwm.train.loop import Trainer, latest_checkpoint
 
     docs = docs if docs is not None else training_documents(config, paths, tokenizer)
     sizes = {name: {"documents": len(d), "tokens": sum(len(doc.tokens) for doc in d)} for name, d in docs.items()}
     model = model if model is not None else new_model(config, tokenizer)
     history: list[dict] = []
     steps_of = {"pretrain": config.pretrain_steps, "midtrain": config.midtrain_steps, "sft": config.sft_steps}
-    last = None
+    last, tokens_before, step_tokens = None, 0, config.batch_size * config.seq_len
     for stage in STAGES:
         steps = steps_of[stage]
         if steps <= 0:
             continue
         last = stage
+
+        def point(step: int, stage=stage, steps=steps, before=tokens_before) -> None:
+            if curve is None or stage == "sft" or (stage == "pretrain" and step < steps):
+                return
+            weights = CWM.from_pretrained(latest_checkpoint(root / stage) / "model", device=config.device)
+            curve.record(weights, stage=stage, step=step, tokens=before + step * step_tokens)
+
         weights = _stage_sources(config, stage, paths)
         stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed)
         trainer = Trainer(model, stream, stage_train_config(config, steps), root / stage, tokenizer=tokenizer)
         trainer.resume()
         _log(f"{stage}: {steps} steps on {weights}")
-        trainer.train(progress=True)
+        trainer.train(progress=True, on_checkpoint=point)
+        tokens_before += steps * step_tokens
         for line in (root / stage / "metrics.jsonl").read_text().splitlines():
             history.append({"stage": stage, **json.loads(line)})
     if last is None:
@@ -240,7 +268,7 @@ def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -
     from opencwm.trace.collect import read_traces
 
     evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens,
-                               batch_size=EVAL_BATCH)
+                               batch_size=EVAL_BATCH, window=reading_window(config))
     results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces,
                               chat=config.sft_steps > 0, first_position_bucket=config.seq_len)
     results.update(cruxeval_report(evaluator, config.cruxeval, config.cruxeval_limit))
@@ -290,15 +318,21 @@ def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer
     from opencwm.trace.codec import encode
     from opencwm.trace.collect import read_traces
 
-    lengths = sorted(len(tokenizer.encode(encode(trace), allow_special=True))
-                     for _, trace in list(read_traces(paths["heldout-traces"]))[:config.eval_traces])
+    held = [len(tokenizer.encode(encode(trace), allow_special=True))
+            for _, trace in read_traces(paths["heldout-traces"]) if trace.status == "ok" and trace.frames]
+    lengths = sorted(held[:config.eval_traces])
     budgets = [new_token_limit(n, config.max_trace_tokens) for n in lengths]
     rollout = sum(max(budgets[i:i + EVAL_BATCH]) for i in range(0, len(budgets), EVAL_BATCH))
     cruxeval = config.cruxeval_limit if config.cruxeval else 0
     rollout *= 1 + cruxeval / max(1, len(budgets))
     answers = 3 * -(-(len(budgets) + cruxeval) // EVAL_BATCH) * 48  # direct, chat and CruxEval's direct answers
     forward = sum(min(n, config.max_trace_tokens) for n in lengths) / speed.tokens_per_second
-    return (rollout + answers) * speed.decode_seconds + forward + 10
+    # the learning curve: at most CURVE_POINTS points, each a teacher-forced pass over its traces and their direct
+    # answers (the trace lengths are the whole traces': next-frame scoring does not cut them)
+    curve_lengths = held[:CURVE_TRACES]
+    curve = CURVE_POINTS * (sum(curve_lengths) / speed.tokens_per_second
+                            + -(-len(curve_lengths) // EVAL_BATCH) * 48 * speed.decode_seconds + 2)
+    return (rollout + answers) * speed.decode_seconds + forward + curve + 10
 
 
 MIN_SCALE = 0.1  # the plan's floor: below a tenth of the recipe's steps a run learns nothing worth reporting
@@ -393,7 +427,12 @@ def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dic
     results_file = root / "results.json"
     if results_file.exists():
         return json.loads(results_file.read_text())
-    last_stage, history, sources = train_model(config, root, paths, tokenizer, docs)
+    from opencwm.eval.curve import LearningCurve, read_curve
+    from opencwm.trace.collect import read_traces
+
+    curve = LearningCurve(root / "curve.jsonl", tokenizer, read_traces(paths["heldout-traces"]), size=CURVE_TRACES,
+                          batch_size=EVAL_BATCH, window=reading_window(config))
+    last_stage, history, sources = train_model(config, root, paths, tokenizer, docs, curve=curve)
     checkpoint = latest_checkpoint(last_stage)
     model = CWM.from_pretrained(checkpoint / "model", device=config.device)
     _log("evaluating")
@@ -401,7 +440,8 @@ def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dic
     results = evaluate(config, model, tokenizer, paths)
     results.update(wall_seconds=round(time.monotonic() - start, 1),
                    eval_seconds=round(time.monotonic() - evaluation_start, 1), history=history, sources=sources,
-                   difficulty=difficulty_profile(paths, config.eval_traces), config=asdict(config))
+                   difficulty=difficulty_profile(paths, config.eval_traces), config=asdict(config),
+                   curve=read_curve(root / "curve.jsonl"), window=reading_window(config))
     results_file.write_text(json.dumps(results))
     return results
 

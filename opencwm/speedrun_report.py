@@ -20,6 +20,8 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
     report["frame_exact_match_if_right"] = main.get("frame_exact_match_if_right")
     report["frame_exact_match_by_position"] = main.get("frame_exact_match_by_position")
     report["sources"] = main.get("sources")
+    report["learning_curve"] = {"with_traces": main.get("curve") or [],
+                                **({"no_traces": ablation.get("curve") or []} if ablation is not None else {})}
     if main.get("cruxeval_missing"):
         report["cruxeval_missing"] = main["cruxeval_missing"]
     if ablation is not None:
@@ -99,15 +101,29 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         def first_token(edge: str) -> int:  # buckets double from the training sequence length
             return 1 if int(edge) <= config["seq_len"] else int(edge) // 2 + 1
 
+        windowed = main.get("window")
         lines += [f"Frame exact match by where the frame ends in its trace (training sequences are "
-                  f"{config['seq_len']} tokens: later positions were never trained): " + ", ".join(
+                  f"{config['seq_len']} tokens" + (f"; traces trained and scored in windows of {windowed} tokens, each "
+                                                   "starting with the source" if windowed else
+                                                   ": later positions were never trained") + "): " + ", ".join(
                       f"tokens {first_token(edge)}-{edge}: {fmt(right / total)} of {total}"
                       for edge, (right, total) in by_position.items()), ""]
     lines += ["Held-out difficulty (goal: as long as CruxEval's traces, median >= 7 and p95 >= 39 frames): "
               + ", ".join(f"{k} {v}" for k, v in difficulty.items()), ""]
     if main.get("cruxeval_missing"):
         lines += [f"CruxEval-O missing: {main['cruxeval_missing']}", ""]
+    curve = main.get("curve") or []
+    if curve:
+        last, other = curve[-1], ((ablation or {}).get("curve") or [{}])[-1]
+        lines += [f"Learning curve ({last['traces']} held-out traces, at the end of pretraining and at every "
+                  "midtraining checkpoint; `learning_curve.png`, points in report.json): at "
+                  f"{last['tokens'] / 1e6:.2f}M tokens, frames exact {fmt(last['frame_exact_match'])}, copying "
+                  f"{fmt(last['copying_accuracy'])}, output by direct answer {fmt(last['output_exact_match_direct'])}"
+                  + (f" (no traces: {fmt(other.get('frame_exact_match'))}, {fmt(other.get('copying_accuracy'))}, "
+                     f"{fmt(other.get('output_exact_match_direct'))})" if other else "") + ".", ""]
     lines += ["![loss](loss.png)", "", "![accuracy](accuracy.png)", ""]
+    if curve:
+        lines += ["![learning curve](learning_curve.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     return report
 
@@ -140,4 +156,22 @@ def _plots(out: Path, main: dict, ablation: dict | None) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=100)
+    plt.close(fig)
+    if not main.get("curve"):
+        return
+    figures = (("frame_exact_match", "frames exact"), ("copying_accuracy", "copying (random tokens)"),
+               ("output_exact_match_direct", "output exact (direct answer)"))
+    fig, axes = plt.subplots(1, len(figures), figsize=(12, 3.6), sharey=True)
+    for ax, (key, title) in zip(axes, figures):
+        for label, result in (("with traces", main), ("no traces", ablation)):
+            points = (result or {}).get("curve") or []
+            if points:
+                ax.plot([p["tokens"] / 1e6 for p in points], [p[key] for p in points], marker="o", label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training tokens (M)")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("held-out subset")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=100)
     plt.close(fig)

@@ -71,6 +71,7 @@ CASES = {
     "train: zero steps": ["train", "--out", "run", "--data", "t=programs", "--steps", "0"],
     "eval: nothing to evaluate": ["eval", "trace", "--model", "notdata"],
     "eval: not a checkpoint": ["eval", "trace", "--model", "notdata", "--traces", "emptyset"],
+    "eval: zero window": ["eval", "trace", "--model", "notdata", "--traces", "emptyset", "--window", "0"],
     "speedrun: negative budget": ["speedrun", "--out", "sr", "--time-budget", "-1"],
     "model info: unknown model": ["model", "info", "cwm-99b"],
     "model info: zero context": ["model", "info", "nano", "--context", "0"],

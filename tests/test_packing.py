@@ -113,3 +113,33 @@ def test_next_token_labels_equal_the_packers_labels_for_one_document_per_row():
     batch = PackedStream({"d": docs}, {"d": 1.0}, seq_len=16, seed=0).next_batch(3)
     assert (batch["document_ids"] == batch["document_ids"][:, :1]).all()  # one document per row
     assert torch.equal(next_token_labels(batch["input_ids"]), batch["labels"])
+
+
+LOOP = "def f(n):\n    total = 0\n    for i in range(n):\n        total += i * i\n    return total\n"
+
+
+@pytest.mark.parametrize("call", ["f(0)", "f(30)"])
+def test_trace_windows_learn_every_frame_once_with_the_source_in_view(call):
+    """Each window fits the training length (or holds one new frame), starts with the trace's context and the
+    frame before its first learned one, and the learned tokens of all windows are exactly the trace as the codec
+    writes it."""
+    from opencwm.data.documents import trace_windows
+    from opencwm.tokenizer import Tokenizer
+    from opencwm.trace.codec import encode, encode_context
+    from opencwm.trace.program import trace_program
+
+    trace = trace_program(LOOP, call)
+    tokenizer = Tokenizer.train([LOOP, encode(trace)] * 5, vocab_size=300)
+    whole = tokenizer.encode(encode(trace), allow_special=True)
+    context = tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
+    windows = trace_windows(trace, tokenizer, 128)
+    assert (len(windows) == 1) == (len(whole) <= 128)
+    learned = [t for window in windows for t, m in zip(window.tokens, window.loss_mask) if m]
+    assert learned == whole
+    for window in windows:
+        new_frames = tokenizer.decode([t for t, m in zip(window.tokens, window.loss_mask) if m]).count("<|frame_sep|>")
+        assert window.tokens[: len(context)] == context and (len(window.tokens) <= 128 or new_frames == 1)
+        assert tokenizer.decode(window.tokens).count("<|trace_context_start|>") == 1
+    for window in windows[1:]:
+        unlearned = tokenizer.decode([t for t, m in zip(window.tokens, window.loss_mask) if not m])
+        assert unlearned.count("<|frame_sep|>") == 2  # the context's and the repeated frame's

@@ -60,6 +60,14 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     assert report["sources"]["repo_traces"]["documents"] > 0
     assert "calls that networkx's own tests make" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "accuracy.png").stat().st_size > 1000
+    # the learning curve: a point at the end of pretraining and at midtraining's checkpoint, for both runs
+    for points in report["learning_curve"].values():
+        assert [(p["stage"], p["step"], p["tokens"]) for p in points] == [("pretrain", 1, 512), ("midtrain", 1, 1024)]
+        assert all(0 <= p[key] <= 1 for p in points for key in ("frame_exact_match", "copying_accuracy",
+                                                                  "output_exact_match_direct"))
+    assert set(report["learning_curve"]) == {"with_traces", "no_traces"}
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    assert "Learning curve (" in (tmp_path / "report.md").read_text()
 
 
 def test_repository_traces_are_used_when_the_package_is_installed_and_never_in_the_ablation():
@@ -130,7 +138,7 @@ def test_each_speedrun_stage_is_an_opencwm_train_command(tmp_path):
             weights = _stage_sources(config, stage, paths)
             recipe = PackedStream({name: docs[name] for name in weights}, weights, seq_len=128, seed=0)
             sources = _parse_data([f"{name}={source_path(name, paths)}:{weight}" for name, weight in weights.items()])
-            command = PackedStream({name: source_documents(name, path, tokenizer) for name, (path, _) in
+            command = PackedStream({name: source_documents(name, path, tokenizer, window=128) for name, (path, _) in
                                     sources.items()}, {name: weight for name, (_, weight) in sources.items()},
                                    seq_len=128, seed=0)
             for _ in range(3):

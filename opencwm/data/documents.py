@@ -4,6 +4,12 @@ conversations; each followed by end-of-text).
 
 Traces the tracer could not finish (``error``, sandbox outcomes) are skipped; truncated traces are kept (their
 text has no end-of-text, so the model never learns a fake ending).
+
+A trace longer than the training sequence is split by the packer, and the rows after its first hold frames without
+the source they execute: there the model cannot copy a line, it can only guess one typical of the corpus. The
+``trace_windows`` view cuts each trace into windows of the training length instead, every window starting with the
+trace's context (the source) and the frame before its first, both unlearned, so every frame is learned with its
+source in view.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from pathlib import Path
 from opencwm.data.packing import Document
 from opencwm.data.prompts import direct_prompt, direct_target, trajectory_text
 from opencwm.shards import CODE_KIND, TRACES_KIND, TRAJECTORIES_KIND, DatasetError, read_manifest, read_rows
-from opencwm.special_tokens import END_OF_TEXT
+from opencwm.special_tokens import END_OF_TEXT, FRAME_SEP
 from opencwm.tokenizer import Tokenizer
-from opencwm.trace.codec import encode
+from opencwm.trace.codec import encode, encode_context, encode_frame
 
 TRAINABLE_TRACE_STATUSES = ("ok", "exception", "truncated")
 
@@ -60,6 +66,52 @@ def direct_texts(directory: str | Path, limit: int | None = None) -> list[str]:
     return out
 
 
+def frame_windows(context: int, frames: list[int], window: int) -> list[tuple[int, int]]:
+    """How a trace of ``context`` tokens then frames of the given token lengths is cut into windows of at most
+    ``window`` tokens: ``(first, end)`` per window, the frames it learns (``first`` to ``end - 1``); every window
+    but the first holds the context and frame ``first - 1`` before them. A window learns at least one frame (one
+    longer than the window makes a longer window). Training (``trace_windows``) and the evaluation of a model trained
+    on windows (``eval.trace_eval``) cut traces by this one rule. A context of more than half the window (a module
+    of a repository) is not repeated: such a trace stays whole."""
+    if 2 * context > window:
+        return [(0, len(frames))]
+    out, first, size = [], 0, context
+    for index, length in enumerate(frames):
+        if index > first and size + length > window:
+            out.append((first, index))
+            first, size = index, context + frames[index - 1]
+        size += length
+    out.append((first, len(frames)))
+    return out
+
+
+def trace_windows(trace, tokenizer: Tokenizer, window: int) -> list[Document]:
+    """``trace``'s tokens (as ``encode`` writes them) in documents of at most ``window`` tokens where frames allow
+    (``frame_windows``): the first is the trace's beginning; each later one repeats the context and the previous
+    window's last frame, unlearned, then learns the frames that follow."""
+    context = tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
+    frames = [tokenizer.encode(encode_frame(frame) + FRAME_SEP, allow_special=True) for frame in trace.frames]
+    if not trace.truncated:
+        frames[-1] = frames[-1] + tokenizer.encode(END_OF_TEXT, allow_special=True)
+    out = []
+    for first, end in frame_windows(len(context), [len(frame) for frame in frames], window):
+        shown = context + (frames[first - 1] if first else [])
+        learned = [token for frame in frames[first:end] for token in frame]
+        out.append(Document(shown + learned, [not first] * len(shown) + [True] * len(learned)))
+    return out
+
+
+def windowed_documents(directory: str | Path, tokenizer: Tokenizer, window: int) -> list[Document]:
+    """The ``trace_windows`` view of a trace dataset (see the module's docstring)."""
+    from opencwm.trace.collect import read_traces
+
+    if read_manifest(directory).get("kind") != TRACES_KIND:
+        raise DatasetError(f"{directory}: trace_windows reads a traces dataset")
+    return [document for _, trace in read_traces(directory)
+            if trace.status in TRAINABLE_TRACE_STATUSES and trace.frames
+            for document in trace_windows(trace, tokenizer, window)]
+
+
 def documents(directory: str | Path, tokenizer: Tokenizer, limit: int | None = None, *,
               direct: bool = False) -> list[Document]:
     """Tokenized training documents of a dataset; ``direct=True`` gives a trace dataset's direct-answer view."""
@@ -67,11 +119,13 @@ def documents(directory: str | Path, tokenizer: Tokenizer, limit: int | None = N
     return [Document(tokenizer.encode(text, allow_special=True)) for text in source]
 
 
-def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer) -> list[Document]:
+def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer, *, window: int = 512) -> list[Document]:
     """The training documents of the source ``name`` reading ``directory``. The name picks a view of a trace
     dataset: ``direct`` (its direct answers: the source, ``assert CALL ==`` and the value), ``sft`` (chat examples,
-    with and without a ``<think>`` walk through the execution, alternating), ``sft_nothink`` (without the walk); any
-    other name trains on the text as written (code, traces or trajectories). The speedrun's mixtures use the same
+    with and without a ``<think>`` walk through the execution, alternating), ``sft_nothink`` (without the walk),
+    a name ending in ``windows`` (``trace_windows``, ``repo_trace_windows``: its traces in windows of ``window``
+    tokens, the training length, each starting with the source); any other name trains on the text as written
+    (code, traces or trajectories). The speedrun's mixtures use the same
     names, so one ``opencwm train --data NAME=DIR:WEIGHT`` per source reproduces any of its stages."""
     if name == "direct":
         return documents(directory, tokenizer, direct=True)
@@ -79,5 +133,7 @@ def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer) -> 
         from opencwm.data.sft import sft_documents
 
         return sft_documents(directory, tokenizer, think="both" if name == "sft" else "no")
+    if name.endswith("windows"):
+        return windowed_documents(directory, tokenizer, window)
     return documents(directory, tokenizer)
 

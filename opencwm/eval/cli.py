@@ -19,6 +19,8 @@ def cmd_eval_trace(args) -> int:
         raise CliError("nothing to evaluate: give --traces DIR (held-out traces) and/or --cruxeval PATH|hf")
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1")
+    if args.window is not None and args.window < 2:
+        raise CliError("--window must be at least 2 tokens")
     if not (Path(args.model) / "config.json").is_file():
         raise CliError(f"--model {args.model}: not a checkpoint model directory (no config.json)")
     if args.traces:
@@ -37,7 +39,7 @@ def cmd_eval_trace(args) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
     evaluator = TraceEvaluator(model, tokenizer, max_trace_tokens=args.max_trace_tokens, batch_size=args.batch_size,
-                               progress=not args.quiet)
+                               progress=not args.quiet, window=args.window)
     report: dict = {"model": str(args.model)}
     if args.traces:
         try:
@@ -68,6 +70,9 @@ def add_parser(areas) -> None:
     trace_eval.add_argument("--max-frames-per-trace", type=int, help="score at most this many frames per trace")
     trace_eval.add_argument("--max-trace-tokens", type=int, default=1024, help="longest rollout, in tokens")
     trace_eval.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    trace_eval.add_argument("--window", type=int, help="score next frames in windows of this many tokens, each "
+                                                       "starting with the source, as a model trained on "
+                                                       "trace_windows of that length saw them (default: whole traces)")
     trace_eval.add_argument("--out", help="also write the report as JSON to this file")
     trace_eval.add_argument("--json", action="store_true", help="print the report as one JSON object, not a table")
     trace_eval.add_argument("--quiet", action="store_true", help="no progress display")

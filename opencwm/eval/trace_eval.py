@@ -18,6 +18,7 @@ Every figure comes with its count, so callers can tell 0/0 from 0/100.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import warnings
 from dataclasses import dataclass
@@ -117,8 +118,10 @@ def new_token_limit(true_tokens: int, cap: int) -> int:
 
 class TraceEvaluator:
     def __init__(self, model, tokenizer: Tokenizer, *, max_frame_tokens: int = 256, max_trace_tokens: int = 2048,
-                 batch_size: int = 8, progress: bool = False):
-        self.model, self.tokenizer, self.progress = model, tokenizer, progress
+                 batch_size: int = 8, progress: bool = False, window: int | None = None):
+        """``window``: a model trained on traces cut into windows of this many tokens (``trace_windows``) is shown
+        traces cut the same way when scoring next frames (None: each whole trace in one pass)."""
+        self.model, self.tokenizer, self.progress, self.window = model, tokenizer, progress, window
         self.max_frame_tokens, self.max_trace_tokens, self.batch_size = max_frame_tokens, max_trace_tokens, batch_size
         self.frame_sep, self.end = tokenizer.token_id(FRAME_SEP), tokenizer.token_id(END_OF_TEXT)
 
@@ -170,44 +173,66 @@ class TraceEvaluator:
         model would get if that kind were always right (exact, since every prediction sees the true prefix).
         ``by_position`` (a dict) receives the frame exact match by where in its trace a frame ends, keyed by
         ``position_bucket`` (``first_position_bucket``, e.g. the training sequence length, then doubling): a
-        model trained on shorter sequences than its traces meets positions and distances it never learned."""
+        model trained on shorter sequences than its traces meets positions and distances it never learned, unless
+        the evaluator cuts traces into its training windows (``window``)."""
         import torch
 
         score, tokens = Score(), Score()
-        limit = self.model.config.max_position_embeddings
         for trace in self._steps(traces, "next-frame scores (traces)"):
-            ids = self.tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
-            spans = []
-            for index, frame in enumerate(trace.frames[:max_frames_per_trace]):
-                piece = [*self.tokenizer.encode(encode_frame(frame), allow_special=True), self.frame_sep]
-                if index > 0:  # the call frame is the input
-                    spans.append((len(ids), len(ids) + len(piece), frame))
-                ids += piece
-            spans = [(a, b, frame) for a, b, frame in spans if b <= limit]
-            if not spans:
-                continue
-            with torch.no_grad():
-                logits = self.model(torch.tensor([ids[: spans[-1][1]]], device=self.model.device))[0]
-            predicted = logits.argmax(-1).tolist()
-            for start, end, frame in spans:
-                right = [p == t for p, t in zip(predicted[start - 1 : end - 1], ids[start:end])]
-                score.add(all(right))
-                if by_position is not None:
-                    by_position.setdefault(position_bucket(end, first_position_bucket), Score()).add(all(right))
-                tokens.correct += sum(right)
-                tokens.total += len(right)
-                if by_kind is None and all_but is None:
-                    continue
-                # the closing <|frame_sep|> is format
-                kinds = [*token_kinds(self.tokenizer, frame, ids[start : end - 1]), "format"]
-                if by_kind is not None:
-                    for kind, ok in zip(kinds, right):
-                        by_kind.setdefault(kind, Score()).add(ok)
-                if all_but is not None:
-                    wrong = {kind for kind, ok in zip(kinds, right) if not ok}
-                    for kind in FRAME_TOKEN_KINDS:
-                        all_but.setdefault(kind, Score()).add(wrong <= {kind})
+            for ids, spans in self._scored_passes(trace, max_frames_per_trace, self.window):
+                with torch.no_grad():
+                    logits = self.model(torch.tensor([ids[: spans[-1][1]]], device=self.model.device))[0]
+                predicted = logits.argmax(-1).tolist()
+                for start, end, frame, at in spans:
+                    right = [p == t for p, t in zip(predicted[start - 1 : end - 1], ids[start:end])]
+                    self._count(self.tokenizer, right, frame, ids[start : end - 1], at, score, tokens, by_kind,
+                                all_but, by_position, first_position_bucket)
         return score, tokens
+
+    def _scored_passes(self, trace: Trace, max_frames: int | None, window: int | None):
+        """The forward passes that score ``trace``'s frames (the call frame is the input): ``(ids, spans)`` with a
+        span ``(start, end, frame, end in the whole trace)`` per scored frame. One pass over the whole trace (up to
+        the model's positions), or with ``window`` (a model trained on ``trace_windows``) one per window of the
+        training cut, each starting with the source."""
+        from opencwm.data.documents import frame_windows
+
+        context = self.tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
+        frames = [[*self.tokenizer.encode(encode_frame(frame), allow_special=True), self.frame_sep]
+                  for frame in trace.frames[:max_frames]]
+        ends = list(itertools.accumulate([len(context), *map(len, frames)]))[1:]  # each frame's end in the trace
+        limit = window or self.model.config.max_position_embeddings
+        cuts = frame_windows(len(context), [len(f) for f in frames], window) if window else [(0, len(frames))]
+        for first, end in cuts:
+            ids = context + (frames[first - 1] if first else [])
+            spans = []
+            for index in range(first, end):
+                if index > 0:
+                    spans.append((len(ids), len(ids) + len(frames[index]), trace.frames[index], ends[index]))
+                ids = ids + frames[index]
+            spans = [span for span in spans if span[1] <= limit]
+            if spans:
+                yield ids, spans
+
+    @staticmethod
+    def _count(tokenizer, right: list[bool], frame: Frame, ids: list[int], at: int, score: Score, tokens: Score,
+               by_kind, all_but, by_position, first_position_bucket: int) -> None:
+        """Adds one scored frame to the figures: ``right`` per token of the frame and its closing separator,
+        ``ids`` the frame's tokens, ``at`` where it ends in its trace."""
+        score.add(all(right))
+        if by_position is not None:
+            by_position.setdefault(position_bucket(at, first_position_bucket), Score()).add(all(right))
+        tokens.correct += sum(right)
+        tokens.total += len(right)
+        if by_kind is None and all_but is None:
+            return
+        kinds = [*token_kinds(tokenizer, frame, ids), "format"]  # the closing <|frame_sep|> is format
+        if by_kind is not None:
+            for kind, ok in zip(kinds, right):
+                by_kind.setdefault(kind, Score()).add(ok)
+        if all_but is not None:
+            wrong = {kind for kind, ok in zip(kinds, right) if not ok}
+            for kind in FRAME_TOKEN_KINDS:
+                all_but.setdefault(kind, Score()).add(wrong <= {kind})
 
     def next_frame_by_generation(self, traces: list[Trace], max_frames_per_trace: int | None = None) -> Score:
         """The same figure by generating each frame (slow: one generation per frame); kept as the reference

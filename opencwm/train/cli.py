@@ -85,7 +85,8 @@ def cmd_train(args) -> int:
         if world > 1:
             torch.distributed.barrier()
         tokenizer = Tokenizer.load(tokenizer_dir)
-        docs = {name: source_documents(name, path, tokenizer) for name, (path, _) in sources.items()}
+        docs = {name: source_documents(name, path, tokenizer, window=args.seq_len)
+                for name, (path, _) in sources.items()}
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
     for name, found in docs.items():

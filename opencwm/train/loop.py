@@ -210,7 +210,10 @@ class Trainer:
         return True
 
     # -- the loop ---------------------------------------------------------------------------------------------------
-    def train(self, *, progress: bool = True) -> dict:
+    def train(self, *, progress: bool = True, on_checkpoint=None) -> dict:
+        """Train to ``config.steps`` from where the trainer stands; ``on_checkpoint(step)``, if given, is called on
+        rank 0 after every checkpoint is saved (e.g. to evaluate it: its time is left out of tokens/s, and the
+        model is back in training mode afterwards)."""
         config = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         metrics = (self.out_dir / "metrics.jsonl").open("a") if self.rank == 0 else None
@@ -264,6 +267,11 @@ class Trainer:
                 bar.update(1)
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                 self.save()
+                if on_checkpoint is not None and self.rank == 0:
+                    began = time.monotonic()
+                    on_checkpoint(self.step)
+                    self.model.train()
+                    window_start += time.monotonic() - began
         if bar is not None:
             bar.close()
         if metrics is not None:
