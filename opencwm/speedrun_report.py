@@ -117,10 +117,12 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         last, other = curve[-1], ((ablation or {}).get("curve") or [{}])[-1]
         lines += [f"Learning curve ({last['traces']} held-out traces, at the end of pretraining and at every "
                   "midtraining checkpoint; `learning_curve.png`, points in report.json): at "
-                  f"{last['tokens'] / 1e6:.2f}M tokens, frames exact {fmt(last['frame_exact_match'])}, copying "
+                  f"{last['tokens'] / 1e6:.2f}M tokens, frame tokens right {fmt(last['frame_token_accuracy'])}, "
+                  f"frames exact {fmt(last['frame_exact_match'])}, copying "
                   f"{fmt(last['copying_accuracy'])}, output by direct answer {fmt(last['output_exact_match_direct'])}"
-                  + (f" (no traces: {fmt(other.get('frame_exact_match'))}, {fmt(other.get('copying_accuracy'))}, "
-                     f"{fmt(other.get('output_exact_match_direct'))})" if other else "") + ".", ""]
+                  + (f" (no traces: {fmt(other.get('frame_token_accuracy'))}, {fmt(other.get('frame_exact_match'))}, "
+                     f"{fmt(other.get('copying_accuracy'))}, {fmt(other.get('output_exact_match_direct'))})"
+                     if other else "") + ".", ""]
     lines += ["![loss](loss.png)", "", "![accuracy](accuracy.png)", ""]
     if curve:
         lines += ["![learning curve](learning_curve.png)", ""]
@@ -159,9 +161,9 @@ def _plots(out: Path, main: dict, ablation: dict | None) -> None:
     plt.close(fig)
     if not main.get("curve"):
         return
-    figures = (("frame_exact_match", "frames exact"), ("copying_accuracy", "copying (random tokens)"),
-               ("output_exact_match_direct", "output exact (direct answer)"))
-    fig, axes = plt.subplots(1, len(figures), figsize=(12, 3.6), sharey=True)
+    figures = (("frame_token_accuracy", "frame tokens right"), ("frame_exact_match", "frames exact"),
+               ("copying_accuracy", "copying (random tokens)"), ("output_exact_match_direct", "output exact (direct)"))
+    fig, axes = plt.subplots(1, len(figures), figsize=(14, 3.6), sharey=True)
     for ax, (key, title) in zip(axes, figures):
         for label, result in (("with traces", main), ("no traces", ablation)):
             points = (result or {}).get("curve") or []

@@ -132,14 +132,16 @@ def test_trace_windows_learn_every_frame_once_with_the_source_in_view(call):
     tokenizer = Tokenizer.train([LOOP, encode(trace)] * 5, vocab_size=300)
     whole = tokenizer.encode(encode(trace), allow_special=True)
     context = tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
-    windows = trace_windows(trace, tokenizer, 128)
-    assert (len(windows) == 1) == (len(whole) <= 128)
+    windows = trace_windows(trace, tokenizer, 256)
+    assert (len(windows) == 1) == (len(whole) <= 256)
     learned = [t for window in windows for t, m in zip(window.tokens, window.loss_mask) if m]
     assert learned == whole
     for window in windows:
         new_frames = tokenizer.decode([t for t, m in zip(window.tokens, window.loss_mask) if m]).count("<|frame_sep|>")
-        assert window.tokens[: len(context)] == context and (len(window.tokens) <= 128 or new_frames == 1)
+        assert window.tokens[: len(context)] == context and (len(window.tokens) <= 256 or new_frames == 1)
         assert tokenizer.decode(window.tokens).count("<|trace_context_start|>") == 1
     for window in windows[1:]:
         unlearned = tokenizer.decode([t for t, m in zip(window.tokens, window.loss_mask) if not m])
         assert unlearned.count("<|frame_sep|>") == 2  # the context's and the repeated frame's
+    # a source longer than half the window (a repository's module) is not repeated: the trace stays whole
+    assert 2 * len(context) > 128 and [w.tokens for w in trace_windows(trace, tokenizer, 128)] == [whole]
