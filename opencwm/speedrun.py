@@ -25,12 +25,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from opencwm.speedrun_eval import CURVE_TRACES, EVAL_BATCH, difficulty_profile, evaluate, evaluation_seconds
 from opencwm.speedrun_report import write_report
 from opencwm.trace.tracer import Limits
 
@@ -151,9 +151,6 @@ def _package_dir(name: str) -> Path | None:
 
 
 STAGES = ("pretrain", "midtrain", "sft")
-CURVE_TRACES = 20  # held-out traces of the learning curve's points (the first ones: the same at every point)
-CURVE_POINTS = 6  # at most: the end of pretraining and midtraining's checkpoints (every max(50, steps / 4) steps)
-EVAL_BATCH = 8  # prompts decoded together in evaluation (and in measuring the decoding speed for the budget)
 MIXTURES = {  # by whether traces are trained on (False: the ablation)
     True: {"pretrain": {"code": 0.5, "traces": 0.25, "repo_traces": 0.05, "direct": 0.2},
            "midtrain": {"code": 0.1, "traces": 0.65, "repo_traces": 0.05, "direct": 0.2},
@@ -262,38 +259,6 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
     return root / last, history, sizes
 
 
-def evaluate(config: SpeedrunConfig, model, tokenizer, paths: dict[str, Path]) -> dict:
-    from opencwm.eval.copying import copying_accuracy
-    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_report, evaluate_traces
-    from opencwm.trace.collect import read_traces
-
-    evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens,
-                               batch_size=EVAL_BATCH, window=reading_window(config))
-    results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces,
-                              chat=config.sft_steps > 0, first_position_bucket=config.seq_len)
-    results.update(cruxeval_report(evaluator, config.cruxeval, config.cruxeval_limit))
-    results["copying_accuracy"] = copying_accuracy(model, low=0, high=min(tokenizer.special_ids.values()))
-    return results
-
-
-def difficulty_profile(paths: dict[str, Path], limit: int) -> dict:
-    """How hard the held-out programs are: trace lengths and the share with loops, helpers, exceptions."""
-    from opencwm.shards import read_rows
-    from opencwm.trace.collect import read_traces
-
-    features = {r["id"]: json.loads(r["features"]) for r in read_rows(paths["heldout-programs"])}
-    lengths, flags = [], {"loops": 0, "helper_calls": 0, "exceptions": 0, "branches": 0}
-    for row, trace in list(read_traces(paths["heldout-traces"]))[:limit]:
-        lengths.append(len(trace.frames))
-        for key in flags:
-            flags[key] += bool(features.get(row["id"], {}).get(key))
-    lengths.sort()
-    n = max(1, len(lengths))
-    return {"programs": len(lengths), "frames_median": statistics.median(lengths) if lengths else 0,
-            "frames_p95": lengths[int(0.95 * (len(lengths) - 1))] if lengths else 0,
-            **{f"share_{k}": round(v / n, 3) for k, v in flags.items()}}
-
-
 def prepare(config: SpeedrunConfig) -> tuple[dict[str, Path], object]:
     """The data both runs share (corpora, traces) and the tokenizer, built once; returns their paths and the
     tokenizer."""
@@ -306,33 +271,6 @@ def prepare(config: SpeedrunConfig) -> tuple[dict[str, Path], object]:
     return paths, Tokenizer.train_or_load(
         shared / "tokenizer", lambda: texts(paths["code"], limit=400) + texts(paths["traces"], limit=1500),
         vocab_size=config.vocab)
-
-
-def evaluation_seconds(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, speed) -> float:
-    """An upper bound on one run's evaluation time: its greedy decoding steps (rollouts of the held-out traces,
-    CruxEval's taken as long, short direct and chat answers; each batch runs to its longest budget) at the
-    measured decoding speed (averaged over 256 steps of a growing context, as rollouts grow theirs), plus the
-    teacher-forced passes over the held-out traces at training speed. On an AVX2-only 2-core machine: about 340 s
-    estimated, 284 s taken (the model stops some rollouts early)."""
-    from opencwm.eval.trace_eval import new_token_limit
-    from opencwm.trace.codec import encode
-    from opencwm.trace.collect import read_traces
-
-    held = [len(tokenizer.encode(encode(trace), allow_special=True))
-            for _, trace in read_traces(paths["heldout-traces"]) if trace.status == "ok" and trace.frames]
-    lengths = sorted(held[:config.eval_traces])
-    budgets = [new_token_limit(n, config.max_trace_tokens) for n in lengths]
-    rollout = sum(max(budgets[i:i + EVAL_BATCH]) for i in range(0, len(budgets), EVAL_BATCH))
-    cruxeval = config.cruxeval_limit if config.cruxeval else 0
-    rollout *= 1 + cruxeval / max(1, len(budgets))
-    answers = 3 * -(-(len(budgets) + cruxeval) // EVAL_BATCH) * 48  # direct, chat and CruxEval's direct answers
-    forward = sum(min(n, config.max_trace_tokens) for n in lengths) / speed.tokens_per_second
-    # the learning curve: at most CURVE_POINTS points, each a teacher-forced pass over its traces and their direct
-    # answers (the trace lengths are the whole traces': next-frame scoring does not cut them)
-    curve_lengths = held[:CURVE_TRACES]
-    curve = CURVE_POINTS * (sum(curve_lengths) / speed.tokens_per_second
-                            + -(-len(curve_lengths) // EVAL_BATCH) * 48 * speed.decode_seconds + 2)
-    return (rollout + answers) * speed.decode_seconds + forward + curve + 10
 
 
 MIN_SCALE = 0.1  # the plan's floor: below a tenth of the recipe's steps a run learns nothing worth reporting
@@ -437,7 +375,7 @@ def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dic
     model = CWM.from_pretrained(checkpoint / "model", device=config.device)
     _log("evaluating")
     evaluation_start = time.monotonic()
-    results = evaluate(config, model, tokenizer, paths)
+    results = evaluate(config, model, tokenizer, paths, reading_window(config))
     results.update(wall_seconds=round(time.monotonic() - start, 1),
                    eval_seconds=round(time.monotonic() - evaluation_start, 1), history=history, sources=sources,
                    difficulty=difficulty_profile(paths, config.eval_traces), config=asdict(config),

@@ -20,7 +20,7 @@ FLOORS = (
     ("train", "eval"),
     ("forage",),
     ("infer", "rl"),
-    ("cli", "speedrun", "speedrun_report"),  # the command line and the recipes
+    ("cli", "speedrun", "speedrun_eval", "speedrun_report"),  # the command line and the recipes
 )
 FLOOR = {area: number for number, areas in enumerate(FLOORS) for area in areas}
 
