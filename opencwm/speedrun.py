@@ -107,7 +107,7 @@ def data_paths(shared: Path) -> dict[str, Path]:
 
 def build_data(config: SpeedrunConfig, root: Path) -> dict[str, Path]:
     from opencwm.data.corpora import Holdout, build_code_corpus, build_program_corpus
-    from opencwm.eval.trace_eval import load_cruxeval
+    from opencwm.eval.cruxeval import load_cruxeval
     from opencwm.trace.collect import CollectConfig, collect
 
     data = root / "data"

@@ -16,7 +16,8 @@ def evaluate(config, model, tokenizer, paths: dict[str, Path], window: int | Non
     """Every figure of a finished run on the held-out traces and CruxEval (``window``: the model reads traces
     in windows of that many tokens)."""
     from opencwm.eval.copying import copying_accuracy
-    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_report, evaluate_traces
+    from opencwm.eval.cruxeval import cruxeval_report
+    from opencwm.eval.trace_eval import TraceEvaluator, evaluate_traces
     from opencwm.trace.collect import read_traces
 
     evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens,

@@ -9,10 +9,10 @@ import torch
 from opencwm.data.packing import Document, PackedStream
 from opencwm.data.prompts import direct_prompt, direct_target
 from opencwm.data.sft import sft_example
+from opencwm.eval.cruxeval import real_traces
 from opencwm.eval.trace_eval import (
     TraceEvaluator,
     frame_char_kinds,
-    real_traces,
     same_value,
     token_kinds,
 )
@@ -136,7 +136,7 @@ def test_eval_cli_on_a_checkpoint(memorised, tmp_path):
 
 
 def test_cruxeval_sources_say_what_is_missing(tmp_path):
-    from opencwm.eval.trace_eval import load_cruxeval
+    from opencwm.eval.cruxeval import load_cruxeval
 
     items, why = load_cruxeval(str(tmp_path / "absent.jsonl"))
     assert items is None and "no such file" in why

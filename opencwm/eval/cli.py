@@ -12,7 +12,8 @@ from opencwm.errors import UsageError as CliError
 
 
 def cmd_eval_trace(args) -> int:
-    from opencwm.eval.trace_eval import TraceEvaluator, cruxeval_report, evaluate_traces, format_report
+    from opencwm.eval.cruxeval import cruxeval_report
+    from opencwm.eval.trace_eval import TraceEvaluator, evaluate_traces, format_report
     from opencwm.shards import DatasetError, read_manifest
 
     if not args.traces and not args.cruxeval:
