@@ -256,3 +256,22 @@ def test_frame_exact_match_by_position_against_a_model_wrong_from_one_position_o
         expected[edge][1] += 1
     assert len(expected) >= 3 and frames.total == len(ends) and frames.correct == expected[cut][0] > 0
     assert {edge: [score.correct, score.total] for edge, score in by_position.items()} == expected
+
+
+def test_windowed_reading_scores_every_frame_once_and_equals_whole_traces_when_they_fit():
+    """Reading traces in training windows (``window``) changes what a frame's prediction sees, never which frames
+    are scored or where they end; a window as long as the traces is the whole trace."""
+    source = "def f(n):\n    total = 0\n    for i in range(n):\n        total += i\n    return total\n"
+    traces = [trace_program(source, "f(12)"), trace_program(source, "f(2)")]
+    tokenizer = Tokenizer.train([encode(t) for t in traces], vocab_size=400)
+    model = CWM(preset("nano", vocab_size=tokenizer.vocab_size, max_position_embeddings=1024)).init_weights(seed=1)
+    longest = max(len(tokenizer.encode(encode(t), allow_special=True)) for t in traces)
+    scores = {}
+    for window in (None, longest, 128):
+        by_position = {}
+        scores[window] = (TraceEvaluator(model.eval(), tokenizer, window=window).next_frame_scores(
+            traces, by_position=by_position, first_position_bucket=64), by_position)
+    assert scores[longest] == scores[None]
+    (frames, tokens), by_position = scores[128]
+    assert longest > 2 * 128 and frames.total == scores[None][0][0].total and tokens.total == scores[None][0][1].total
+    assert {k: s.total for k, s in by_position.items()} == {k: s.total for k, s in scores[None][1].items()}

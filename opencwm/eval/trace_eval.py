@@ -208,7 +208,7 @@ class TraceEvaluator:
             for index in range(first, end):
                 if index > 0:
                     spans.append((len(ids), len(ids) + len(frames[index]), trace.frames[index], ends[index]))
-                ids = ids + frames[index]
+                ids.extend(frames[index])
             spans = [span for span in spans if span[1] <= limit]
             if spans:
                 yield ids, spans
