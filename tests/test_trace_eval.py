@@ -19,7 +19,7 @@ from opencwm.eval.trace_eval import (
 from opencwm.model import CWM, preset
 from opencwm.special_tokens import FRAME_SEP
 from opencwm.tokenizer import Tokenizer
-from opencwm.trace.codec import encode, encode_frame
+from opencwm.trace.codec import encode, encode_context, encode_frame
 from opencwm.trace.program import trace_program
 from opencwm.train.loop import TrainConfig, Trainer
 
@@ -266,8 +266,10 @@ def test_windowed_reading_scores_every_frame_once_and_equals_whole_traces_when_t
     tokenizer = Tokenizer.train([encode(t) for t in traces], vocab_size=400)
     model = CWM(preset("nano", vocab_size=tokenizer.vocab_size, max_position_embeddings=1024)).init_weights(seed=1)
     longest = max(len(tokenizer.encode(encode(t), allow_special=True)) for t in traces)
+    context = len(tokenizer.encode(encode_context(source, traces[0].entry_lineno), allow_special=True))
+    tight = 2 * context  # the context and the frame before fill most of it: windows pass it by their one frame
     scores = {}
-    for window in (None, longest, 128):
+    for window in (None, longest, 128, tight):
         by_position = {}
         scores[window] = (TraceEvaluator(model.eval(), tokenizer, window=window).next_frame_scores(
             traces, by_position=by_position, first_position_bucket=64), by_position)
@@ -275,3 +277,5 @@ def test_windowed_reading_scores_every_frame_once_and_equals_whole_traces_when_t
     (frames, tokens), by_position = scores[128]
     assert longest > 2 * 128 and frames.total == scores[None][0][0].total and tokens.total == scores[None][0][1].total
     assert {k: s.total for k, s in by_position.items()} == {k: s.total for k, s in scores[None][1].items()}
+    (frames, tokens), _ = scores[tight]
+    assert frames.total == scores[None][0][0].total and tokens.total == scores[None][0][1].total

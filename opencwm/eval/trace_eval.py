@@ -191,16 +191,16 @@ class TraceEvaluator:
 
     def _scored_passes(self, trace: Trace, max_frames: int | None, window: int | None):
         """The forward passes that score ``trace``'s frames (the call frame is the input): ``(ids, spans)`` with a
-        span ``(start, end, frame, end in the whole trace)`` per scored frame. One pass over the whole trace (up to
-        the model's positions), or with ``window`` (a model trained on ``trace_windows``) one per window of the
-        training cut, each starting with the source."""
+        span ``(start, end, frame, end in the whole trace)`` per scored frame. One pass over the whole trace (frames
+        past the model's positions are not scored), or with ``window`` (a model trained on ``trace_windows``) one
+        per window of the training cut, each starting with the source (so every frame is scored)."""
         from opencwm.data.documents import frame_windows
 
         context = self.tokenizer.encode(encode_context(trace.source, trace.entry_lineno), allow_special=True)
         frames = [[*self.tokenizer.encode(encode_frame(frame), allow_special=True), self.frame_sep]
                   for frame in trace.frames[:max_frames]]
         ends = list(itertools.accumulate([len(context), *map(len, frames)]))[1:]  # each frame's end in the trace
-        limit = window or self.model.config.max_position_embeddings
+        limit = self.model.config.max_position_embeddings  # a window may pass its length by one long frame
         cuts = frame_windows(len(context), [len(f) for f in frames], window) if window else [(0, len(frames))]
         for first, end in cuts:
             ids = context + (frames[first - 1] if first else [])
