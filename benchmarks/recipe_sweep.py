@@ -30,7 +30,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_row
 
-from opencwm.speedrun import STAGES, SpeedrunConfig, data_paths, new_model, train_model, training_documents
+from opencwm.speedrun import (
+    STAGES,
+    SpeedrunConfig,
+    data_paths,
+    new_model,
+    reading_window,
+    train_model,
+    training_documents,
+)
 
 CONFIG_FIELDS = {f.name for f in fields(SpeedrunConfig)}
 
@@ -136,8 +144,8 @@ def main() -> int:
                   "steps": {stage: getattr(config, f"{stage}_steps") for stage in STAGES},
                   "parameters": sum(p.numel() for p in model.parameters()),
                   **frame_scores(model, tokenizer, held, args.first_bucket), "train_seconds": round(trained, 1)}
-        if any(name.endswith("windows") for stage in (config.mixtures or {}).values() for name in stage):
-            result["windowed"] = frame_scores(model, tokenizer, held, args.first_bucket, window=config.seq_len)
+        if reading_window(config):
+            result["windowed"] = frame_scores(model, tokenizer, held, args.first_bucket, window=reading_window(config))
         print(json.dumps(result), flush=True)
         with args.out.open("a") as handle:
             handle.write(json.dumps(result) + "\n")

@@ -17,5 +17,5 @@ def terminal_text(text: str) -> str:
 def one_line(text: str, limit: int | None = None) -> str:
     """``text`` as one line of a terminal: line breaks become spaces and other control characters (escape
     sequences a hostile program or server could send) ``?``; at most ``limit`` characters."""
-    flat = "".join(c if c.isprintable() else " " if c in "\r\n\t" else "?" for c in text)
+    flat = terminal_text(text.replace("\r", "\n")).replace("\n", " ").replace("\t", " ")
     return flat if limit is None or len(flat) <= limit else flat[: limit - 3] + "..."

@@ -165,16 +165,16 @@ def _stage_sources(config: SpeedrunConfig, stage: str, paths: dict[str, Path]) -
     ablation has the same budget with every trace replaced by code: no trace documents, and SFT answers without
     the reasoning section."""
     weights = (config.mixtures or MIXTURES[config.traces])[stage]
-    return {name: weight for name, weight in weights.items()
-            if not name.startswith("repo_trace") or "repo_traces" in paths}
+    return {name: weight for name, weight in weights.items() if not _reads_repo_traces(name) or "repo_traces" in paths}
 
 
 def reading_window(config: SpeedrunConfig) -> int | None:
     """The window a run's model reads traces in (its training length, when it trains on ``trace_windows``), or
     None (whole traces)."""
+    from opencwm.data.documents import is_windowed
+
     mixtures = config.mixtures or MIXTURES[config.traces]
-    windowed = any(name.endswith("windows") for stage in mixtures.values() for name in stage)
-    return config.seq_len if windowed else None
+    return config.seq_len if any(map(is_windowed, (name for stage in mixtures.values() for name in stage))) else None
 
 
 def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
@@ -208,11 +208,15 @@ def training_documents(config: SpeedrunConfig, paths: dict[str, Path], tokenizer
             for name in sorted(needed)}
 
 
+def _reads_repo_traces(name: str) -> bool:
+    return name.startswith("repo_trace")  # repo_traces and its view repo_trace_windows
+
+
 def source_path(name: str, paths: dict[str, Path]) -> Path:
     """The dataset a source of the mixtures reads: its own (code), the repository traces (repo_traces and its view
     repo_trace_windows), else the training traces (traces, and their views: trace_windows, direct, sft,
     sft_nothink)."""
-    if name.startswith("repo_trace"):
+    if _reads_repo_traces(name):
         return paths["repo_traces"]
     return paths[name] if name == "code" else paths["traces"]
 
@@ -368,18 +372,19 @@ def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dic
     from opencwm.eval.curve import LearningCurve, read_curve
     from opencwm.trace.collect import read_traces
 
+    window = reading_window(config)
     curve = LearningCurve(root / "curve.jsonl", tokenizer, read_traces(paths["heldout-traces"]), size=CURVE_TRACES,
-                          batch_size=EVAL_BATCH, window=reading_window(config))
+                          batch_size=EVAL_BATCH, window=window)
     last_stage, history, sources = train_model(config, root, paths, tokenizer, docs, curve=curve)
     checkpoint = latest_checkpoint(last_stage)
     model = CWM.from_pretrained(checkpoint / "model", device=config.device)
     _log("evaluating")
     evaluation_start = time.monotonic()
-    results = evaluate(config, model, tokenizer, paths, reading_window(config))
+    results = evaluate(config, model, tokenizer, paths, window)
     results.update(wall_seconds=round(time.monotonic() - start, 1),
                    eval_seconds=round(time.monotonic() - evaluation_start, 1), history=history, sources=sources,
                    difficulty=difficulty_profile(paths, config.eval_traces), config=asdict(config),
-                   curve=read_curve(root / "curve.jsonl"), window=reading_window(config))
+                   curve=read_curve(root / "curve.jsonl"), window=window)
     results_file.write_text(json.dumps(results))
     return results
 

@@ -3,6 +3,7 @@ of the learning curve, and an upper bound on the evaluation's time, which the pl
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -57,8 +58,9 @@ def evaluation_seconds(config, paths: dict[str, Path], tokenizer, speed) -> floa
     from opencwm.trace.codec import encode
     from opencwm.trace.collect import read_traces
 
+    scored = (trace for _, trace in read_traces(paths["heldout-traces"]) if trace.status == "ok" and trace.frames)
     held = [len(tokenizer.encode(encode(trace), allow_special=True))
-            for _, trace in read_traces(paths["heldout-traces"]) if trace.status == "ok" and trace.frames]
+            for trace in itertools.islice(scored, max(config.eval_traces, CURVE_TRACES))]
     lengths = sorted(held[:config.eval_traces])
     budgets = [new_token_limit(n, config.max_trace_tokens) for n in lengths]
     rollout = sum(max(budgets[i:i + EVAL_BATCH]) for i in range(0, len(budgets), EVAL_BATCH))

@@ -119,6 +119,13 @@ def documents(directory: str | Path, tokenizer: Tokenizer, limit: int | None = N
     return [Document(tokenizer.encode(text, allow_special=True)) for text in source]
 
 
+def is_windowed(name: str) -> bool:
+    """Whether the source ``name`` reads traces in training-length windows (``trace_windows``,
+    ``repo_trace_windows``: a name ending in ``windows``); a model trained on such a source reads traces the same
+    way in evaluation."""
+    return name.endswith("windows")
+
+
 def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer, *, window: int = 512) -> list[Document]:
     """The training documents of the source ``name`` reading ``directory``. The name picks a view of a trace
     dataset: ``direct`` (its direct answers: the source, ``assert CALL ==`` and the value), ``sft`` (chat examples,
@@ -133,7 +140,7 @@ def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer, *, 
         from opencwm.data.sft import sft_documents
 
         return sft_documents(directory, tokenizer, think="both" if name == "sft" else "no")
-    if name.endswith("windows"):
+    if is_windowed(name):
         return windowed_documents(directory, tokenizer, window)
     return documents(directory, tokenizer)
 
