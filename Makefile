@@ -57,6 +57,7 @@ native: $(BIN)/.installed system-deps
 # libseccomp2 compiles the sandbox's seccomp filter (required: the sandbox refuses to start without it).
 # gVisor's runsc is the optional user-space-kernel backend (--sandbox gvisor).
 # A C compiler builds the tracer's accelerator (optional: the tracer falls back to pure Python).
+# Chromium and its driver: the test that drives the web debugger in a real headless browser.
 system-deps:
 	@if ! command -v runsc >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc) >/dev/null \
@@ -82,6 +83,10 @@ system-deps:
 			echo "note: bubblewrap is not installed and this user is not root, so it cannot be installed here;" \
 			     "the sandbox falls back to unshare or rlimits (apt-get install bubblewrap to fix)"; \
 		fi; \
+	fi
+	@if ! command -v chromedriver >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+			>/dev/null || echo "note: could not install chromium; the web debugger's browser test will skip"; \
 	fi
 
 run: install

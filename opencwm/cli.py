@@ -1,12 +1,13 @@
 """The ``opencwm`` command: one entry point, a subcommand per area, each area's commands in its own ``cli`` module
 beside its code (``opencwm.trace.cli``, ``opencwm.data.cli``, ``opencwm.train.cli``, ``opencwm.eval.cli``,
-``opencwm.model.cli``, ``opencwm.sandbox.cli``, ``opencwm.forage.cli``); here: the parser every command shares
-(defaults in every help, usage errors as one line), the speedrun recipe's command, and ``main``, which prints a
-``UsageError`` (``opencwm.errors``) as one line with exit status 2.
+``opencwm.model.cli``, ``opencwm.sandbox.cli``, ``opencwm.forage.cli``, ``opencwm.infer.cli``); here: the parser
+every command shares (defaults in every help, usage errors as one line), the speedrun recipe's command, and
+``main``, which prints a ``UsageError`` (``opencwm.errors``) as one line with exit status 2.
 
     opencwm trace run|collect|show ...     opencwm data code|programs ...      opencwm train ...
     opencwm eval trace ...                 opencwm speedrun --out runs/speedrun  opencwm model info ...
     opencwm sandbox check                  opencwm forage env|mutate|import|run|show ...
+    opencwm generate|chat ...              opencwm debug FILE --call 'f(1)' --model CKPT
 
 Imports stay inside the commands, so ``opencwm --help`` and ``trace run`` start fast (nothing imports torch).
 """
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     from opencwm.data.cli import add_parser as data_parser
     from opencwm.eval.cli import add_parser as eval_parser
     from opencwm.forage.cli import add_parser as forage_parser
+    from opencwm.infer.cli import add_parser as infer_parser
     from opencwm.model.cli import add_parser as model_parser
     from opencwm.sandbox.cli import add_parser as sandbox_parser
     from opencwm.trace.cli import add_parser as trace_parser
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_parser(areas)
     sandbox_parser(areas)
     forage_parser(areas)
+    infer_parser(areas)
     return parser
 
 

@@ -70,3 +70,72 @@ def run_python(exe: str, code: str, stdin: str = "", timeout: float = 300) -> st
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 collect_ignore = ["data"]  # repositories made for the tests, with test suites of their own
+
+
+DEBUG_DEMO = REPO / "examples" / "debug_demo.py"
+DEBUG_DEMO_CALLS = ("f(1)", "f(2)", "f(3)", "f(4)")
+
+
+def _reproduces_every_trace(model: Path) -> bool:
+    """Whether greedy prediction gives exactly the real trace of each of the demo's calls, stepping into calls
+    and over them (``next``)."""
+    from opencwm.infer.compare import align
+    from opencwm.infer.debugger import NeuralDebugger
+    from opencwm.infer.local import LocalCompleter
+    from opencwm.trace.inputs import python_file_items
+    from opencwm.trace.program import trace_program
+
+    completer = LocalCompleter.from_checkpoint(model)
+    source = python_file_items(DEBUG_DEMO)[0].kwargs["source"]
+    for call in DEBUG_DEMO_CALLS:
+        real = trace_program(source, call)
+        for move in ("step", "next"):
+            debugger = NeuralDebugger(completer, source, real.entry_lineno, first_frame=real.frames[0])
+            for _ in range(len(real.frames) + 2):
+                if debugger.finished or debugger.current.error:
+                    break
+                getattr(debugger, move)()
+            rows = align(debugger.steps, real.frames, finished=debugger.finished)
+            if not debugger.finished or not all(row.same for row in rows):
+                return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def debug_demo_model(tmp_path_factory) -> Path:
+    """A ``nano`` model trained here, with the README's commands, until it reproduces the real traces of
+    ``examples/debug_demo.py``'s calls (the full traces and those with the helper's body skipped): the ground on
+    which the neural debugger's moves are checked against the real tracer. Trained once per test session with the
+    README's recipe (600 steps, about four minutes on 2 cores: the tests that use it are ``make test-slow``'s)."""
+    from opencwm.cli import main
+
+    root = tmp_path_factory.mktemp("debug-demo")
+    assert main(["trace", "collect", str(DEBUG_DEMO), "--out", str(root / "traces")]) == 0
+    for steps in (600, 800):  # the run resumes: more steps until every trace is reproduced
+        assert main(["train", "--preset", "nano", "--sliding-window", "512", "--lr", "0.006", "--out",
+                     str(root / "run"), "--data", f"traces={root / 'traces'}", "--data",
+                     f"skipped_calls={root / 'traces'}", "--steps", str(steps), "--vocab", "300", "--seq-len", "512",
+                     "--batch-size", "4", "--checkpoint-every", "200", "--quiet"]) == 0
+        model = root / "run" / "checkpoints" / f"step-{steps:06d}" / "model"
+        if _reproduces_every_trace(model):
+            return model
+    pytest.fail(f"the demo model does not reproduce the real traces after {steps} steps")
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """A random ``nano`` model with a tokenizer fitted to the demo program's traces, saved as training saves
+    checkpoints: what a model that writes malformed frames looks like to the debugger (seconds to make)."""
+    from opencwm.model import CWM, preset
+    from opencwm.tokenizer import Tokenizer
+    from opencwm.trace.codec import encode
+    from opencwm.trace.inputs import python_file_items
+    from opencwm.trace.program import trace_program
+
+    source = python_file_items(DEBUG_DEMO)[0].kwargs["source"]
+    texts = [encode(trace_program(source, call)) for call in DEBUG_DEMO_CALLS]
+    tokenizer = Tokenizer.train(texts * 4, vocab_size=300)
+    folder = tmp_path_factory.mktemp("untrained") / "model"
+    CWM(preset("nano", **tokenizer.config_fields())).init_weights(seed=3).save_pretrained(folder)
+    tokenizer.save(folder)
+    return folder

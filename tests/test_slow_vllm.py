@@ -147,3 +147,57 @@ def test_vllm_chat_endpoint_prompts_as_opencwm_and_the_forager_policy_talks_to_i
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_the_debugger_on_vllm_predicts_the_frames_it_predicts_locally(tmp_path, debug_demo_model):
+    """The remote completer against vLLM's OpenAI-compatible server serving the demo model: at temperature 0,
+    every debugger step (into calls and over them) gives the tokens the local completer gives."""
+    from conftest import DEBUG_DEMO, DEBUG_DEMO_CALLS
+
+    from opencwm.infer.debugger import NeuralDebugger
+    from opencwm.infer.local import LocalCompleter
+    from opencwm.infer.remote import RemoteCompleter
+    from opencwm.trace.inputs import python_file_items
+    from opencwm.trace.program import trace_program
+
+    _require_vllm()
+    port = _free_port()
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(debug_demo_model),
+             "--served-model-name", "demo", "--dtype", "float32", "--max-model-len", "1024", "--host", "127.0.0.1",
+             "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": "", "VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "vLLM's server did not start in 10 minutes"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        local = LocalCompleter.from_checkpoint(debug_demo_model)
+        remote = RemoteCompleter(f"http://127.0.0.1:{port}/v1", "demo", local.tokenizer)
+        source = python_file_items(DEBUG_DEMO)[0].kwargs["source"]
+        for call in DEBUG_DEMO_CALLS:
+            real = trace_program(source, call)
+            for move in ("step", "next"):
+                sessions = [NeuralDebugger(c, source, real.entry_lineno, first_frame=real.frames[0])
+                            for c in (local, remote)]
+                for session in sessions:
+                    for _ in range(len(real.frames) + 2):
+                        if session.finished or session.current.error:
+                            break
+                        getattr(session, move)()
+                ours, theirs = ([s.tokens for s in session.steps] for session in sessions)
+                assert theirs == ours and sessions[1].finished == sessions[0].finished, (call, move)
+        streamed = []
+        remote.complete(local.tokenizer.encode("def f(x):\n"), max_tokens=8, on_token=streamed.append)
+        assert streamed == local.complete(local.tokenizer.encode("def f(x):\n"), max_tokens=8)[0]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)

@@ -23,6 +23,7 @@ from opencwm.shards import CODE_KIND, TRACES_KIND, TRAJECTORIES_KIND, DatasetErr
 from opencwm.special_tokens import END_OF_TEXT, FRAME_SEP
 from opencwm.tokenizer import Tokenizer
 from opencwm.trace.codec import encode, encode_context, encode_frame
+from opencwm.trace.record import Trace
 
 TRAINABLE_TRACE_STATUSES = ("ok", "exception", "truncated")
 
@@ -112,6 +113,26 @@ def windowed_documents(directory: str | Path, tokenizer: Tokenizer, window: int)
             for document in trace_windows(trace, tokenizer, window)]
 
 
+def skipped_call_documents(directory: str | Path, tokenizer: Tokenizer) -> list[Document]:
+    """The ``skipped_calls`` view of a trace dataset: each trace that makes nested calls, with their bodies left out
+    (``trace.calls.without_call_bodies``): a call frame, then at once its return, as the neural debugger's ``next``
+    asks the model to predict."""
+    from opencwm.trace.calls import without_call_bodies
+    from opencwm.trace.collect import read_traces
+
+    if read_manifest(directory).get("kind") != TRACES_KIND:
+        raise DatasetError(f"{directory}: skipped_calls reads a traces dataset")
+    out = []
+    for _, trace in read_traces(directory):
+        if trace.status not in TRAINABLE_TRACE_STATUSES or not trace.frames:
+            continue
+        frames = without_call_bodies(trace.frames)
+        if len(frames) < len(trace.frames):
+            text = encode(Trace(trace.source, trace.entry_lineno, frames, trace.status))
+            out.append(Document(tokenizer.encode(text, allow_special=True)))
+    return out
+
+
 def documents(directory: str | Path, tokenizer: Tokenizer, limit: int | None = None, *,
               direct: bool = False) -> list[Document]:
     """Tokenized training documents of a dataset; ``direct=True`` gives a trace dataset's direct-answer view."""
@@ -130,6 +151,7 @@ def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer, *, 
     """The training documents of the source ``name`` reading ``directory``. The name picks a view of a trace
     dataset: ``direct`` (its direct answers: the source, ``assert CALL ==`` and the value), ``sft`` (chat examples,
     with and without a ``<think>`` walk through the execution, alternating), ``sft_nothink`` (without the walk),
+    ``skipped_calls`` (traces with nested calls' bodies left out, as the neural debugger's ``next`` reads them),
     a name ending in ``windows`` (``trace_windows``, ``repo_trace_windows``: its traces in windows of ``window``
     tokens, the training length, each starting with the source); any other name trains on the text as written
     (code, traces or trajectories). The speedrun's mixtures use the same
@@ -140,6 +162,8 @@ def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer, *, 
         from opencwm.data.sft import sft_documents
 
         return sft_documents(directory, tokenizer, think="both" if name == "sft" else "no")
+    if name == "skipped_calls":
+        return skipped_call_documents(directory, tokenizer)
     if is_windowed(name):
         return windowed_documents(directory, tokenizer, window)
     return documents(directory, tokenizer)

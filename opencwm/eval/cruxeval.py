@@ -48,17 +48,9 @@ def cruxeval_scores(evaluator: TraceEvaluator, items: list[dict]) -> dict:
 
 def real_traces(programs: list[tuple[str, str]]) -> list[Trace | None]:
     """The real trace of each (source, call), made in the sandbox; None where the call cannot even start."""
-    from opencwm.sandbox import Sandbox, SandboxConfig
-    from opencwm.trace.jobs import PRELOAD
+    from opencwm.trace.sandboxed import sandboxed_traces
 
-    out: list[Trace | None] = []
-    with Sandbox(SandboxConfig(timeout=10, preload=PRELOAD)) as box:
-        for source, call in programs:
-            outcome = box.run("opencwm.trace.jobs:trace_program_job", source=source, call=call,
-                              limits={"max_frames": 2000, "max_bytes": 200_000})
-            trace = Trace.from_dict(outcome.result["trace"]) if outcome.ok else None
-            out.append(trace if trace is not None and trace.frames else None)
-    return out
+    return [trace if trace.frames else None for trace in sandboxed_traces(programs)]
 
 
 def cruxeval_report(evaluator: TraceEvaluator, source: str | None, limit: int | None = None) -> dict:

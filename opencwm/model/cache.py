@@ -6,6 +6,10 @@ order: a query at position p may see a slot holding position s when ``0 <= s <= 
 positions and masks are computed once per step and kind, not per layer. Sequences in a batch have their own
 lengths (right-padded prompts), and a local layer's memory stays capped at the window however long the context.
 
+A cache can be cut back to a shorter prefix (``truncate``: the neural debugger steps back, or a new prompt shares
+only part of the last one) unless a ring has already overwritten positions the prefix needs, and copied into a
+batch of identical sequences (``expand``: several samples of one prompt, prefilled once).
+
 Two ways through a step: decoding one token writes it into its slot first and attends over the static buffers
 in place (no copies); a multi-token step (prefill) attends over the cache as it was plus its own keys, then
 writes (a ring buffer cannot take several new tokens before they are attended to).
@@ -36,6 +40,34 @@ class KVCache:
                                for w, size in self.sizes.items()}
         self.lengths = torch.zeros(batch, device=device, dtype=torch.long)
         self._step: dict = {}
+
+    def truncate(self, length: int) -> bool:
+        """Forget every position from ``length`` on, in every sequence; False (and nothing changed) when a ring
+        buffer has already overwritten a position below ``length`` that the shorter prefix would need."""
+        current = int(self.lengths.max())
+        if length > current or length < 0:
+            raise ValueError(f"cannot truncate a cache of {current} positions to {length}")
+        if length == current:
+            return True
+        if length and any(current > size for size in self.sizes.values()):  # a wrapped ring lost its oldest
+            return False
+        for slot_positions in self.slot_positions.values():
+            slot_positions.masked_fill_(slot_positions >= length, -1)
+        self.lengths.clamp_(max=length)
+        return True
+
+    def expand(self, batch: int) -> KVCache:
+        """A new cache of ``batch`` copies of this cache's single sequence."""
+        if self.lengths.shape[0] != 1:
+            raise ValueError("only a cache of one sequence can be expanded")
+        copy = KVCache.__new__(KVCache)
+        copy.__dict__.update(self.__dict__)
+        copy.keys = [k.expand(batch, -1, -1, -1).clone() for k in self.keys]
+        copy.values = [v.expand(batch, -1, -1, -1).clone() for v in self.values]
+        copy.slot_positions = {w: p.expand(batch, -1).clone() for w, p in self.slot_positions.items()}
+        copy.lengths = self.lengths.expand(batch).clone()
+        copy._step = {}
+        return copy
 
     def bytes(self) -> int:
         return sum(k.numel() * k.element_size() * 2 for k in self.keys)

@@ -52,22 +52,36 @@ def generate(model: CWM, prompts: list[list[int]], sampling: Sampling | None = N
     for b, prompt in enumerate(prompts):
         ids[b, : len(prompt)] = torch.tensor(prompt, device=device)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    generator = None
-    if sampling.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
     logits = model(ids, cache=cache, lengths=lengths)
     last = logits[torch.arange(batch, device=device), lengths - 1]
+    return continue_sampling(model, cache, last, sampling, first_position=longest)
+
+
+def continue_sampling(model: CWM, cache, last: torch.Tensor, sampling: Sampling, *, first_position: int,
+                      on_token=None) -> list[list[int]]:
+    """Sample from ``last`` (batch, vocab), the logits after each sequence in ``cache``, feeding every sampled
+    token back through the cache, until each sequence produced a stop token or ``max_new_tokens``. The last
+    sampled token is never fed, so the cache ends holding the prompt and every new token but the last (what a
+    caller that extends the same text again reuses). ``first_position``: where the first new token goes in the
+    longest sequence (generation ends at the cache's end). ``on_token(id)``: called with each new token of the
+    first sequence as it is sampled (streaming)."""
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=last.device).manual_seed(sampling.seed)
+    batch = last.shape[0]
     outputs: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     stops = set(sampling.stop_tokens)
     step = compiled_decode(model) if sampling.compile else model.decode
-    for position in range(longest, longest + sampling.max_new_tokens):
+    for count in range(1, sampling.max_new_tokens + 1):
         token = sample_next(last, sampling, generator)
         for b, value in enumerate(token.tolist()):
             if not done[b]:
                 outputs[b].append(value)
                 done[b] = value in stops
-        if all(done) or position >= cache.max_length:
+                if b == 0 and on_token is not None:
+                    on_token(value)
+        if all(done) or count == sampling.max_new_tokens or first_position + count > cache.max_length:
             break
         last = step(token, cache)
     return outputs

@@ -109,7 +109,7 @@ def decode(text: str) -> Trace:
         raise TraceDecodeError("trace text does not end with a frame separator")
     pieces.pop()
     frames = [decode_frame(piece) for piece in pieces]
-    _assign_line_numbers(source, frames)
+    assign_line_numbers(source, frames)
     status = TRUNCATED
     if finished:
         status = RAISED if frames and frames[-1].event == EXCEPTION else OK
@@ -120,7 +120,9 @@ def _strip_newline(line: str) -> str:
     return line[:-1] if line.endswith("\n") else line
 
 
-def _assign_line_numbers(source: str, frames: list[Frame]) -> None:
+def assign_line_numbers(source: str, frames: list[Frame]) -> None:
+    """Set each frame's ``lineno`` from its source line: the nearest match at or after the previous step of the
+    same scope (None when the line is not in the source)."""
     positions: dict[str, list[int]] = {}
     for number, line in enumerate(source.split("\n"), start=1):
         positions.setdefault(line, []).append(number)
@@ -171,6 +173,7 @@ def resolve_locals(frames: list[Frame]) -> list[dict[str, str] | None]:
 
 __all__ = [
     "TraceDecodeError",
+    "assign_line_numbers",
     "decode",
     "decode_frame",
     "encode",

@@ -39,6 +39,8 @@ def _check_train_args(args) -> dict[str, tuple[Path, float]]:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1")
     if args.seq_len < 2:
         raise CliError("--seq-len must be at least 2")
+    if args.sliding_window is not None and args.sliding_window < 1:
+        raise CliError("--sliding-window must be at least 1")
     if args.warmup is None:
         args.warmup = min(DEFAULT_WARMUP, args.steps)
     elif not 0 <= args.warmup <= args.steps:
@@ -95,8 +97,9 @@ def cmd_train(args) -> int:
     if args.init:
         model = CWM.from_pretrained(args.init, device=device)
     else:
+        overrides = {"sliding_window": args.sliding_window} if args.sliding_window else {}
         model = fresh_model(args.preset, tokenizer, seq_len=args.seq_len, seed=args.seed, device=device,
-                            zero_residual=args.optimizer == "muon")
+                            zero_residual=args.optimizer == "muon", **overrides)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise CliError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's")
     stream = PackedStream(docs, {name: weight for name, (_, weight) in sources.items()}, seq_len=args.seq_len,
@@ -131,6 +134,8 @@ def add_parser(areas) -> None:
     train.add_argument("--stage", choices=["pretrain", "midtrain", "sft"], default="pretrain",
                        help="the stage's name in the output; what it trains on is its --data sources")
     train.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model size (ignored with --init)")
+    train.add_argument("--sliding-window", type=int, help="tokens the local-attention layers see (default: the "
+                       "preset's; ignored with --init)")
     train.add_argument("--init", help="start from this checkpoint (e.g. the previous stage's model directory)")
     train.add_argument("--out", required=True, help="run directory: tokenizer, checkpoints, metrics.jsonl (resumed)")
     train.add_argument("--data", action="append", required=True, metavar="NAME=DIR[:WEIGHT]",
