@@ -131,6 +131,15 @@ COMMANDS: dict[str, Step] = {
     ".venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --model runs/mid/checkpoints/step-000030/model "
     "--served-model-name cwm --dtype float32 --port 8000":
         Step(None, why="not run: a server that runs until stopped; tests/test_slow_vllm.py serves a checkpoint so"),
+    "opencwm trace collect examples/debug_demo.py --out runs/demo-traces":
+        Step(FAST, lambda r, d: _json(r.stdout)["traces"] == 4),
+    "opencwm train --preset nano --sliding-window 512 --lr 0.006 --out runs/debug-demo --data traces=runs/demo-traces "
+    "--data skipped_calls=runs/demo-traces --steps 600 --vocab 300 --seq-len 512 --batch-size 4":
+        Step(SLOW, lambda r, d: (d / "runs/debug-demo/checkpoints/step-000600/model/config.json").exists()),
+    'opencwm debug examples/debug_demo.py --call "f(3)" --model runs/debug-demo/checkpoints/step-000600/model '
+    "--predict": Step(SLOW, lambda r, d: _json(r.stdout)["trace_exact"] and _json(r.stdout)["return_right"]),
+    'opencwm generate --model runs/debug-demo/checkpoints/step-000600/model --prompt "def square(v):" --max-tokens 16':
+        Step(SLOW, lambda r, d: len(r.stdout.strip()) > 0),
     "opencwm model info cwm-32b --quant int8 --context 131072 --gpu-gb 80":
         Step(FAST, lambda r, d: "fits in 80.0 GiB" in r.stdout and "NOT" not in r.stdout),
     "opencwm model info runs/sft/checkpoints/step-000020/model --json":

@@ -174,7 +174,9 @@ PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>opencwm neural debugger</title>
 <style>
 body { font-family: sans-serif; margin: 1em; }
-#source { font-family: monospace; white-space: pre; border: 1px solid #ccc; padding: .5em; }
+#source { font-family: monospace; white-space: pre; border: 1px solid #ccc; padding: .5em; max-width: 64ch;
+  overflow-x: auto; }
+#side { min-width: 420px; }
 .line { cursor: pointer; } .current { background: #ffe58a; } .bp { color: #b00; font-weight: bold; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 2px 6px; font-family: monospace; }
 .diff { background: #f8c4c4; } #steps { font-family: monospace; white-space: pre; font-size: 90%; }
@@ -188,7 +190,7 @@ table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 2
 </div>
 <div class="cols">
 <div><p>source (click a line number for a breakpoint)</p><div id="source"></div></div>
-<div><p>locals: predicted (edit a value and press set) and real</p>
+<div id="side"><p>locals: predicted (edit a value and press set) and real</p>
 <table id="locals"><thead><tr><th>name</th><th>predicted</th><th></th><th>real</th></tr></thead><tbody></tbody></table>
 <p id="real"></p><p id="truth"></p></div>
 </div>
@@ -225,7 +227,7 @@ function render(s) {
     body.append(tr);
   });
   document.getElementById('status').textContent = s.finished ? 'the model ended the trace' :
-      (s.event || 'malformed frame') + (s.line ? ' at line ' + s.line : '');
+      (s.event ? s.event + ' frame' : 'malformed frame') + (s.line ? ' at line ' + s.line : '');
   document.getElementById('message').textContent = s.message || s.error || '';
   document.getElementById('real').textContent = s.real_frame ? 'real frame: ' + s.real_frame : '';
   document.getElementById('truth').textContent = (s.truth_call ? 'real trace of ' + s.truth_call + '. ' : '') +
