@@ -109,6 +109,9 @@ def debug_demo_model(tmp_path_factory) -> Path:
     README's recipe (600 steps, about four minutes on 2 cores: the tests that use it are ``make test-slow``'s)."""
     from opencwm.cli import main
 
+    trained = os.environ.get("OPENCWM_DEBUG_DEMO_MODEL")  # a model trained so before (the README's commands)
+    if trained and _reproduces_every_trace(Path(trained)):
+        return Path(trained)
     root = tmp_path_factory.mktemp("debug-demo")
     assert main(["trace", "collect", str(DEBUG_DEMO), "--out", str(root / "traces")]) == 0
     for steps in (600, 800):  # the run resumes: more steps until every trace is reproduced

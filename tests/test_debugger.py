@@ -147,7 +147,8 @@ def test_every_command_in_a_terminal_gives_the_real_frames(debug_demo_model):
         assert term.send("print y") == real_locals("f(3)", 5)["y"]
         assert shows(term.send("back"), frames[4], 4)  # the return of square
         term.send("back")
-        assert term.send("where").split("\n") == ["def f(x):  (line 12)", "  def square(v):  (line 8)"]
+        assert term.send("where").split("\n") == [f"def f(x):  (line {lineno('y = square(x)')})",
+                                                   f"  def square(v):  (line {lineno('return v * v')})"]
         term.send("back")
         term.send("back")
         out = term.send("next")  # over square: its call, its return predicted at once, the next line
@@ -183,6 +184,9 @@ def test_set_continues_from_the_edited_state_as_the_real_program_would(debug_dem
         assert "ended the trace" in term.send("step")
         truth = term.send("truth")
         assert "real trace of f(x=2)" in truth and "no divergence so far" in truth, truth
+        assert shows(term.send("back"), frames[-1], len(frames) - 1)  # back from the end: the last frame again
+        assert "only the locals of a call or line frame" in term.send("set y = 1")  # a return frame
+        term.send("back")
         assert "no local 'nope'" in term.send("set nope = 1")
         assert "not a Python expression" in term.send("set x = (")
         assert "unknown command" in term.send("frobnicate")
