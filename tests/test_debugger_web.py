@@ -20,29 +20,26 @@ from opencwm.infer.web import DebuggerApp, make_server
 from opencwm.trace.codec import resolve_locals
 
 
-def serve_page(model):
+def served_page(model):
+    """The page of a debugger session on f(3) with ``model``: its URL while the generator is open."""
     frames = real("f(3)").frames
     debugger = NeuralDebugger(LocalCompleter.from_checkpoint(model), SOURCE, real("f(3)").entry_lineno,
                               first_frame=frames[0])
     server = make_server(DebuggerApp(debugger, TruthSource(SOURCE, "f"), "f(3)"), port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture
 def page(debug_demo_model):
-    server, url = serve_page(debug_demo_model)
-    yield url
-    server.shutdown()
-    server.server_close()
+    yield from served_page(debug_demo_model)
 
 
 @pytest.fixture
 def untrained_page(untrained_checkpoint):
-    server, url = serve_page(untrained_checkpoint)
-    yield url
-    server.shutdown()
-    server.server_close()
+    yield from served_page(untrained_checkpoint)
 
 
 def test_a_foreign_host_name_is_refused(untrained_page):

@@ -9,6 +9,7 @@ its sliding window is shorter than the prompts, so the comparison covers local a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -103,6 +104,34 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def vllm_server(folder: Path, name: str, log: Path, max_model_len: int):
+    """vLLM's OpenAI-compatible server on ``folder`` (served as ``name``) on a free loopback port, once it answers:
+    its base URL. Stopped on leaving."""
+    port = _free_port()
+    with open(log, "w") as handle:  # (the server keeps its own copy of the descriptor)
+        server = subprocess.Popen(
+            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+             "--served-model-name", name, "--dtype", "float32", "--max-model-len", str(max_model_len), "--host",
+             "127.0.0.1", "--port", str(port)],
+            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": "", "VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "vLLM's server did not start in 10 minutes"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+
+
 @pytest.mark.slow
 def test_vllm_chat_endpoint_prompts_as_opencwm_and_the_forager_policy_talks_to_it(tmp_path, checkpoint):
     """vLLM's OpenAI-compatible server on the checkpoint folder: its chat endpoint renders CWM's format with the
@@ -110,28 +139,11 @@ def test_vllm_chat_endpoint_prompts_as_opencwm_and_the_forager_policy_talks_to_i
     opencwm's greedy decoding answers, and the forager's ``OpenAIPolicy`` gets its replies over HTTP."""
     _require_vllm()
     folder, model, tokenizer = checkpoint
-    port = _free_port()
-    with open(tmp_path / "server.log", "w") as log:  # (the server keeps its own copy of the descriptor)
-        server = subprocess.Popen(
-            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-             "--served-model-name", "cwm", "--dtype", "float32", "--max-model-len", "512", "--host", "127.0.0.1",
-             "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": "", "VLLM_CPU_KVCACHE_SPACE": "1"})
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
-            assert time.monotonic() < deadline, "vLLM's server did not start in 10 minutes"
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
-                break
-            except OSError:
-                time.sleep(2)
+    with vllm_server(folder, "cwm", tmp_path / "server.log", 512) as base_url:
         messages = [{"role": "user", "content": "The test fails; fix it."},
                     {"role": "assistant", "content": format_tool_call("bash", "pytest -x -q")},
                     {"role": tool_role("bash"), "content": "1 failed, 3 passed"}]
-        policy = OpenAIPolicy(f"http://127.0.0.1:{port}/v1", "cwm", max_tokens=24)
+        policy = OpenAIPolicy(base_url, "cwm", max_tokens=24)
         for think in (False, True):
             prompt = tokenizer.encode(encode_messages(messages, add_generation_prompt=True, think=think),
                                       allow_special=True)
@@ -144,9 +156,6 @@ def test_vllm_chat_endpoint_prompts_as_opencwm_and_the_forager_policy_talks_to_i
         assert reply.prompt_tokens == len(tokenizer.encode(encode_messages(messages, add_generation_prompt=True),
                                                            allow_special=True))
         assert reply.completion_tokens == 24 and reply.text
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
 
 
 @pytest.mark.slow
@@ -162,26 +171,9 @@ def test_the_debugger_on_vllm_predicts_the_frames_it_predicts_locally(tmp_path, 
     from opencwm.trace.program import trace_program
 
     _require_vllm()
-    port = _free_port()
-    with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen(
-            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(debug_demo_model),
-             "--served-model-name", "demo", "--dtype", "float32", "--max-model-len", "1024", "--host", "127.0.0.1",
-             "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": "", "VLLM_CPU_KVCACHE_SPACE": "1"})
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
-            assert time.monotonic() < deadline, "vLLM's server did not start in 10 minutes"
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
-                break
-            except OSError:
-                time.sleep(2)
+    with vllm_server(debug_demo_model, "demo", tmp_path / "server.log", 1024) as base_url:
         local = LocalCompleter.from_checkpoint(debug_demo_model)
-        remote = RemoteCompleter(f"http://127.0.0.1:{port}/v1", "demo", local.tokenizer)
+        remote = RemoteCompleter(base_url, "demo", local.tokenizer)
         source = python_file_items(DEBUG_DEMO)[0].kwargs["source"]
         for call in DEBUG_DEMO_CALLS:
             real = trace_program(source, call)
@@ -198,6 +190,3 @@ def test_the_debugger_on_vllm_predicts_the_frames_it_predicts_locally(tmp_path, 
         streamed = []
         remote.complete(local.tokenizer.encode("def f(x):\n"), max_tokens=8, on_token=streamed.append)
         assert streamed == local.complete(local.tokenizer.encode("def f(x):\n"), max_tokens=8)[0]
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
