@@ -25,7 +25,7 @@ def served_page(model):
     frames = real("f(3)").frames
     debugger = NeuralDebugger(LocalCompleter.from_checkpoint(model), SOURCE, real("f(3)").entry_lineno,
                               first_frame=frames[0])
-    server = make_server(DebuggerApp(debugger, TruthSource(SOURCE, "f"), "f(3)"), port=0)
+    server = make_server(DebuggerApp(debugger, TruthSource(SOURCE, "f", "f(3)")), port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()

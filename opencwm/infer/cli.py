@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from opencwm.errors import UsageError as CliError
+from opencwm.errors import terminal_text
 
 
 def add_model_args(parser) -> None:
@@ -62,7 +63,8 @@ def open_from_args(args):
 
 
 class TextStream:
-    """Writes a continuation's text as its tokens arrive (a character split across tokens waits for the rest)."""
+    """Writes a continuation's text as its tokens arrive (a character split across tokens waits for the rest), its
+    control characters other than line breaks and tabs shown as ``?``."""
 
     def __init__(self, tokenizer, out=None):
         self.tokenizer, self.out = tokenizer, out or sys.stdout
@@ -74,7 +76,7 @@ class TextStream:
         text = self.tokenizer.decode(self.tokens)
         if text.endswith("\ufffd"):
             return
-        self.out.write(text[self.written :])
+        self.out.write(terminal_text(text[self.written :]))  # a model's text: no escape sequences to the terminal
         self.out.flush()
         self.written = len(text)
 
@@ -203,6 +205,10 @@ def cmd_debug(args) -> int:
     from opencwm.trace.inputs import SourceError, python_file_items
 
     check_sampling(args)
+    if args.max_frames < 1:
+        raise CliError("--max-frames must be at least 1")
+    if not 0 <= args.port < 65536:
+        raise CliError("--port must be between 0 and 65535")
     path = Path(args.file)
     try:
         source = path.read_text(encoding="utf-8")
@@ -222,10 +228,10 @@ def cmd_debug(args) -> int:
         function, entry_lineno = entry_function(source, call)
     except DebuggerError as exc:
         raise CliError(str(exc)) from None
-    truth = TruthSource(source, function)
+    truth = TruthSource(source, function, call if has_arguments(call) else None)
     first_frame = None
     try:
-        if has_arguments(call):
+        if truth.given_call:  # the entry call frame is the real one
             real = truth.trace(call)
             if not real.frames:
                 raise CliError(f"{call}: {real.error or real.status}")
@@ -235,15 +241,18 @@ def cmd_debug(args) -> int:
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                   max_frame_tokens=args.max_tokens, max_moves=args.max_frames)
         if args.predict:
-            return _predict(debugger, truth, call if first_frame is not None else None, args)
+            return _predict(debugger, truth, args)
         if args.web:
             from opencwm.infer.web import serve
 
-            return serve(debugger, truth, call if first_frame is not None else None, port=args.port)
+            try:
+                return serve(debugger, truth, port=args.port)
+            except OSError as exc:
+                raise CliError(f"--port {args.port}: cannot serve there ({exc.strerror or exc})") from None
         from opencwm.infer.repl import DebuggerShell
 
         _readline()
-        shell = DebuggerShell(debugger, truth, call if first_frame is not None else None)
+        shell = DebuggerShell(debugger, truth)
         print(f"neural debugger: {path.name}, {call} ({'given' if first_frame else 'arguments sampled'}); "
               "help lists the commands")
         shell.show_current()
@@ -255,19 +264,19 @@ def cmd_debug(args) -> int:
     return 0
 
 
-def _predict(debugger, truth, given_call, args) -> int:
+def _predict(debugger, truth, args) -> int:
     from opencwm.infer.compare import align, summary
     from opencwm.infer.repl import format_rows
 
     debugger.run_to_end()
-    real = truth.for_session(debugger, given_call)
+    real = truth.for_session(debugger)
     if real.trace is None:
         raise CliError(f"no real trace to compare with: {real.reason}")
     rows = align(debugger.steps, real.trace.frames, finished=debugger.finished)
     report = {"call": real.call, **summary(rows, debugger.steps, real.trace, finished=debugger.finished)}
     if not args.json:
         for line in format_rows(rows):
-            print(line)
+            print(terminal_text(line))  # frames the model wrote: control characters shown as ?
     print(json.dumps(report))
     return 0
 

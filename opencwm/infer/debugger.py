@@ -228,18 +228,23 @@ class NeuralDebugger:
             step.error = f"line {step.frame.line.strip()!r} is not in the source"
 
     # -- moves -------------------------------------------------------------------------------------------------------
-    def reset(self) -> Step | None:
+    def _written_step(self, frame: Frame, origin: str) -> Step:
+        """A step whose frame the debugger wrote (the given entry call, an edited frame), tokenized as training
+        tokenizes frames, numbered after the steps so far."""
+        text = encode_frame(frame)
+        step = Step(tokens=self.tokenizer.encode(text, allow_special=True), text=text, frame=replace(frame),
+                    origin=origin)
+        self._number(step)
+        return step
+
+    def reset(self) -> Step:
         """Start again: the given entry call, or one the model writes (its arguments sampled)."""
         self.session = Session(breakpoints=self.session.breakpoints)
         if self.first_frame is not None:
-            tokens = self.tokenizer.encode(encode_frame(self.first_frame), allow_special=True)
-            step = Step(tokens=tokens, text=encode_frame(self.first_frame), frame=replace(self.first_frame),
-                        origin="given")
-            self._number(step)
-            self.steps.append(step)
+            self.steps.append(self._written_step(self.first_frame, "given"))
         else:
-            self._predict(CALL)
-        return self.current if self.steps else None
+            self._predict(CALL)  # a forced event: the model cannot end the trace here
+        return self.current
 
     def step(self) -> Step:
         self._predict(LINE if self.current.event == CALL else None)
@@ -311,12 +316,10 @@ class NeuralDebugger:
                                 "or [1, 2])") from None
         if name not in (step.frame.locals or {}):
             raise DebuggerError(f"no local {name!r} here (locals: {', '.join(step.frame.locals or {}) or 'none'})")
-        frame = replace(step.frame, locals={**step.frame.locals, name: value.strip()})
-        text = encode_frame(frame)
-        edited = Step(tokens=self.tokenizer.encode(text, allow_special=True), text=text, frame=frame, origin="set")
-        self.steps[-1] = edited
-        self._number(edited)
-        return edited
+        self.steps.pop()
+        self.steps.append(self._written_step(replace(step.frame, locals={**step.frame.locals, name: value.strip()}),
+                                             "set"))
+        return self.current
 
     def set_breakpoint(self, lineno: int) -> None:
         lines = self.source.split("\n")

@@ -11,6 +11,7 @@ import cmd
 import json
 import sys
 
+from opencwm.errors import terminal_text
 from opencwm.infer.compare import Row, align, first_divergence
 from opencwm.infer.completer import CompleterUnavailable
 from opencwm.infer.debugger import DebuggerError, NeuralDebugger, Step
@@ -81,12 +82,13 @@ def format_source(source: str, current: int | None, breakpoints: set[int]) -> st
 class DebuggerShell(cmd.Cmd):
     prompt = "(cwmdbg) "
 
-    def __init__(self, debugger: NeuralDebugger, truth: TruthSource, given_call: str | None, *, stdout=None):
+    def __init__(self, debugger: NeuralDebugger, truth: TruthSource, *, stdout=None):
         super().__init__(stdout=stdout or sys.stdout)
-        self.debugger, self.truth, self.given_call = debugger, truth, given_call
+        self.debugger, self.truth = debugger, truth
 
     def say(self, text: str) -> None:
-        self.stdout.write(text + "\n")
+        """Write a line; what the model wrote is in it, so control characters are shown as ``?``."""
+        self.stdout.write(terminal_text(text) + "\n")
         self.stdout.flush()
 
     def show_current(self) -> None:
@@ -177,7 +179,7 @@ class DebuggerShell(cmd.Cmd):
             self.say(f"{'  ' * depth}{name}  (line {lineno})")
 
     def do_truth(self, arg: str) -> None:
-        truth = self.truth.for_session(self.debugger, self.given_call)
+        truth = self.truth.for_session(self.debugger)
         if truth.trace is None:
             self.say(f"*** no real trace: {truth.reason}")
             return

@@ -23,10 +23,12 @@ class Truth:
 
 
 class TruthSource:
-    """Real traces of one program, one sandbox run per distinct call (cached for the session)."""
+    """Real traces of one program, one sandbox run per distinct call (cached for the session). ``given_call``:
+    the session's entry call when the user gave it (``--call 'f(3)'``), None when the model samples it."""
 
-    def __init__(self, source: str, function: str, sandbox_config=None):
-        self.source, self.function, self.sandbox_config = source, function, sandbox_config
+    def __init__(self, source: str, function: str, given_call: str | None = None, sandbox_config=None):
+        self.source, self.function, self.given_call = source, function, given_call
+        self.sandbox_config = sandbox_config
         self._traces: dict[str, Trace] = {}
 
     def trace(self, call: str) -> Trace:
@@ -36,14 +38,14 @@ class TruthSource:
             (self._traces[call],) = sandboxed_traces([(self.source, call)], config=self.sandbox_config)
         return self._traces[call]
 
-    def for_session(self, debugger: NeuralDebugger, given_call: str | None) -> Truth:
+    def for_session(self, debugger: NeuralDebugger) -> Truth:
         steps = debugger.steps
         upto = next((i for i, step in enumerate(steps) if i > 0 and step.origin == "set"), len(steps))
         note = (f"frame {upto} was edited: the real program cannot resume from an edited state, so the truth "
                 "covers the frames before it") if upto < len(steps) else None
         first = steps[0]
-        if first.origin == "given" and given_call:
-            call = given_call
+        if first.origin == "given" and self.given_call:
+            call = self.given_call
         elif first.frame is None or first.frame.locals is None:
             return Truth(None, None, 0, "the entry call frame is malformed")
         else:

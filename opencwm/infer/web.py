@@ -27,8 +27,8 @@ MOVES = {"step": "step", "next": "next", "out": "out", "back": "back", "continue
 class DebuggerApp:
     """The session behind the page: commands in, the state as JSON out (one command at a time)."""
 
-    def __init__(self, debugger: NeuralDebugger, truth: TruthSource, given_call: str | None):
-        self.debugger, self.truth, self.given_call = debugger, truth, given_call
+    def __init__(self, debugger: NeuralDebugger, truth: TruthSource):
+        self.debugger, self.truth = debugger, truth
         self.lock = threading.Lock()
         self.message = ""
 
@@ -69,7 +69,7 @@ class DebuggerApp:
         current = d.current
         predicted = {} if finished else d.visible_locals()
         real_locals, real_frame, divergence, truth_note = None, None, None, None
-        truth = self.truth.for_session(d, self.given_call)
+        truth = self.truth.for_session(d)
         if truth.trace is not None:
             rows = align(d.steps[: truth.upto], truth.trace.frames, finished=finished)
             first = first_divergence(rows)
@@ -158,8 +158,9 @@ def make_server(app: DebuggerApp, port: int = 0) -> ThreadingHTTPServer:
     return ThreadingHTTPServer(("127.0.0.1", port), Handler)
 
 
-def serve(debugger: NeuralDebugger, truth: TruthSource, given_call: str | None, *, port: int = 8765) -> int:
-    server = make_server(DebuggerApp(debugger, truth, given_call), port)
+def serve(debugger: NeuralDebugger, truth: TruthSource, *, port: int = 8765) -> int:
+    """Serve the page until Ctrl-C; ``OSError`` when the port cannot be bound."""
+    server = make_server(DebuggerApp(debugger, truth), port)
     print(f"neural debugger at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C ends it)", flush=True)
     try:
         server.serve_forever()

@@ -12,7 +12,8 @@ batch of identical sequences (``expand``: several samples of one prompt, prefill
 
 Two ways through a step: decoding one token writes it into its slot first and attends over the static buffers
 in place (no copies); a multi-token step (prefill) attends over the cache as it was plus its own keys, then
-writes (a ring buffer cannot take several new tokens before they are attended to).
+writes (a ring buffer cannot take several new tokens before they are attended to); it attends only to the slots
+written so far, so a short prefill after a long context costs what the context holds, not what the cache could.
 """
 
 from __future__ import annotations
@@ -89,9 +90,10 @@ class KVCache:
                 mask = allowed(positions, updated, window) & (updated >= 0)[:, None, :]
                 self._step[window] = (slots, mask)
                 self.slot_positions[window] = updated
-            else:
+            else:  # the cache's slots written so far (the buffers fill from slot 0), then the new keys
+                seen = min(size, int(self.lengths.max()))
                 new_positions = positions.masked_fill(~valid, -1)
-                keys_positions = torch.cat([slot_positions, new_positions], dim=1)
+                keys_positions = torch.cat([slot_positions[:, :seen], new_positions], dim=1)
                 mask = allowed(positions, keys_positions, window) & (keys_positions >= 0)[:, None, :]
                 mask[:, :, -steps:] |= torch.eye(steps, dtype=torch.bool, device=positions.device) & ~valid[:, :, None]
                 self._step[window] = (None, mask)
@@ -128,8 +130,9 @@ class KVCache:
             seen = mask.shape[-1]  # the slots this step attends to (fewer than the buffer's when eager)
             return (self.keys[layer][:, :, :seen].to(k_new.dtype), self.values[layer][:, :, :seen].to(v_new.dtype),
                     mask)
-        keys = torch.cat([self.keys[layer], k_new.to(self.keys[layer].dtype)], dim=2)
-        values = torch.cat([self.values[layer], v_new.to(self.values[layer].dtype)], dim=2)
+        seen = mask.shape[-1] - k_new.shape[2]  # the cache's slots this step attends to
+        keys = torch.cat([self.keys[layer][:, :, :seen], k_new.to(self.keys[layer].dtype)], dim=2)
+        values = torch.cat([self.values[layer][:, :, :seen], v_new.to(self.values[layer].dtype)], dim=2)
         self._write(layer, k_new, v_new)
         return keys.to(k_new.dtype), values.to(v_new.dtype), mask
 
