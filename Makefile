@@ -111,6 +111,7 @@ bench: install
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/optimizer_bench.py
 	$(BIN)/python benchmarks/forage_bench.py
+	$(BIN)/python benchmarks/infer_bench.py
 
 lint: install
 	$(BIN)/ruff check .

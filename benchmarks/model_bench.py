@@ -41,10 +41,10 @@ from opencwm.model.generate import Sampling, generate  # noqa: E402
 from opencwm.model.quant import quantize  # noqa: E402
 
 
-def load_pair(name: str, vocab: int):
+def load_pair(name: str, vocab: int, **overrides):
     import transformers
 
-    config = preset(name, vocab_size=vocab)
+    config = preset(name, vocab_size=vocab, **overrides)
     ours = CWM(config).init_weights(seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         ours.save_pretrained(tmp)
