@@ -92,3 +92,20 @@ def test_generate_command_samples_from_a_checkpoint(untrained_checkpoint):
                               capture_output=True, text=True, timeout=120)
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == report["completions"][0]["text"] + "\n"
+
+
+def test_a_served_model_reads_cwm_s_own_tokenizer_file(tmp_path):
+    """``--tokenizer path/to/tokenizer.model`` (CWM's tiktoken file, as released): special tokens at CWM's ids."""
+    pytest.importorskip("tiktoken")
+    from test_tokenizer import _write_tiktoken_file
+
+    from opencwm.infer.load import open_completer
+    from opencwm.special_tokens import CWM_IDS, FRAME_SEP
+
+    _write_tiktoken_file(tmp_path / "tokenizer.model", 128000)
+    completer = open_completer("facebook/cwm", base_url="http://127.0.0.1:9/v1",
+                               tokenizer=str(tmp_path / "tokenizer.model"))
+    assert completer.tokenizer.token_id(FRAME_SEP) == CWM_IDS[FRAME_SEP]
+    assert completer.tokenizer.encode(f"x{FRAME_SEP}", allow_special=True)[-1] == CWM_IDS[FRAME_SEP]
+    with pytest.raises(CompleterUnavailable, match="--tokenizer is needed"):
+        open_completer("facebook/cwm", base_url="http://127.0.0.1:9/v1")
