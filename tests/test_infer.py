@@ -109,3 +109,29 @@ def test_a_served_model_reads_cwm_s_own_tokenizer_file(tmp_path):
     assert completer.tokenizer.encode(f"x{FRAME_SEP}", allow_special=True)[-1] == CWM_IDS[FRAME_SEP]
     with pytest.raises(CompleterUnavailable, match="--tokenizer is needed"):
         open_completer("facebook/cwm", base_url="http://127.0.0.1:9/v1")
+
+
+def test_chat_command_prompts_in_cwm_s_format(untrained_checkpoint):
+    """Two user turns from a pipe: each reply is what greedy generation gives for the conversation so far in CWM's
+    chat format (the second prompt holds the first reply)."""
+    from opencwm.chat import encode_messages
+    from opencwm.errors import terminal_text
+    from opencwm.special_tokens import STOP_TOKENS
+    from opencwm.tokenizer import Tokenizer
+
+    result = subprocess.run([sys.executable, "-m", "opencwm.cli", "chat", "--model", str(untrained_checkpoint),
+                             "--max-tokens", "6"], input="hello\nand again\n", capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    tokenizer = Tokenizer.load(untrained_checkpoint)
+    model = CWM.from_pretrained(untrained_checkpoint)
+    stops = tuple(tokenizer.token_id(t) for t in STOP_TOKENS)
+    messages, expected = [], []
+    for line in ("hello", "and again"):
+        messages.append({"role": "user", "content": line})
+        prompt = tokenizer.encode(encode_messages(messages, add_generation_prompt=True), allow_special=True)
+        tokens = generate(model, [prompt], Sampling(max_new_tokens=6, stop_tokens=stops))[0]
+        reply = tokenizer.decode([t for t in tokens if t not in stops])
+        messages.append({"role": "assistant", "content": reply})
+        expected.append(f"model> {terminal_text(reply)}\n")
+    assert result.stdout == "".join(expected)
