@@ -142,8 +142,10 @@ def add_parser(areas) -> None:
                        help="a code, traces or trajectories dataset and its share of the tokens (repeatable); "
                             "the name picks how a trace dataset is read: direct (its direct answers), sft (chat "
                             "examples, 'what does this call return?', with and without a <think> walk, learned "
-                            "on the replies), sft_nothink (without the walk), a name ending in windows (traces in "
-                            "--seq-len windows that each start with the source); any other name: the text")
+                            "on the replies), sft_nothink (without the walk), skipped_calls (traces with nested "
+                            "calls' bodies left out, as the neural debugger's next reads them), a name ending in "
+                            "windows (traces in --seq-len windows that each start with the source); any other "
+                            "name: the text")
     train.add_argument("--tokenizer", help="tokenizer directory (default: train one on the first --data source)")
     train.add_argument("--vocab", type=int, default=4096, help="BPE size when training a tokenizer")
     train.add_argument("--tokenizer-docs", type=int, default=5000, help="documents a new tokenizer is trained on")
