@@ -194,3 +194,23 @@ def test_set_continues_from_the_edited_state_as_the_real_program_would(debug_dem
         assert json.loads(term.send("print")) == real_locals("f(3)", 0)
     finally:
         term.close()
+
+
+def test_the_skipped_calls_view_is_the_real_trace_without_the_helper_s_body(tmp_path, untrained_checkpoint):
+    """What ``next`` is trained on: each real trace with ``square``'s body left out (its call, then its return)."""
+    from opencwm.cli import main
+    from opencwm.data.documents import source_documents
+    from opencwm.tokenizer import Tokenizer
+    from opencwm.trace.codec import decode
+
+    assert main(["trace", "collect", str(DEBUG_DEMO), "--out", str(tmp_path / "traces")]) == 0
+    tokenizer = Tokenizer.load(untrained_checkpoint)
+    views = sorted((decode(tokenizer.decode(d.tokens)) for d in source_documents("skipped_calls", tmp_path / "traces",
+                                                                                    tokenizer)),
+                   key=lambda t: len(t.frames))
+    body = lineno("return v * v")
+    for call, view in zip(DEBUG_DEMO_CALLS, views):
+        expected = [f for f in real(call).frames if not (f.event == "line" and f.lineno == body)]
+        assert [(f.event, f.lineno, f.locals, f.value) for f in view.frames] == \
+            [(f.event, f.lineno, f.locals, f.value) for f in expected]
+        assert view.status == "ok"
