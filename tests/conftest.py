@@ -101,17 +101,49 @@ def _reproduces_every_trace(model: Path) -> bool:
     return True
 
 
+LONG_FIXTURES = ("readme_walkthrough", "debug_demo_model")
+LONG_FIXTURE_TIMEOUT = 2400  # the whole README walkthrough, demo training included (about 15 minutes on 2 cores)
+
+
+def pytest_collection_modifyitems(items):
+    """A test that may be the first to ask for a session fixture that runs for many minutes gets their time too."""
+    for item in items:
+        if any(fixture in item.fixturenames for fixture in LONG_FIXTURES):
+            item.add_marker(pytest.mark.timeout(LONG_FIXTURE_TIMEOUT))
+
+
 @pytest.fixture(scope="session")
-def debug_demo_model(tmp_path_factory) -> Path:
+def readme_walkthrough(tmp_path_factory) -> tuple[Path, AssertionError | None]:
+    """Every README command run as written, once per test session (``make test-slow``): its directory and the
+    first failure, if any (``test_readme`` reports it; other tests take what the walkthrough made)."""
+    from readme_contract import FAST, SLOW, walkthrough
+
+    directory = tmp_path_factory.mktemp("readme")
+    try:
+        walkthrough(directory, {FAST, SLOW})
+    except AssertionError as failure:
+        return directory, failure
+    return directory, None
+
+
+README_DEMO_MODEL = Path("runs/debug-demo/checkpoints/step-000600/model")
+
+
+@pytest.fixture(scope="session")
+def debug_demo_model(tmp_path_factory, request) -> Path:
     """A ``nano`` model trained here, with the README's commands, until it reproduces the real traces of
     ``examples/debug_demo.py``'s calls (the full traces and those with the helper's body skipped): the ground on
     which the neural debugger's moves are checked against the real tracer. Trained once per test session with the
-    README's recipe (600 steps, about four minutes on 2 cores: the tests that use it are ``make test-slow``'s)."""
+    README's recipe (600 steps, about four minutes on 2 cores: the tests that use it are ``make test-slow``'s), which
+    is the model the README walkthrough trains, when that one reproduces them."""
     from opencwm.cli import main
 
     trained = os.environ.get("OPENCWM_DEBUG_DEMO_MODEL")  # a model trained so before (the README's commands)
     if trained and _reproduces_every_trace(Path(trained)):
         return Path(trained)
+    readme, _ = request.getfixturevalue("readme_walkthrough")  # the README trains it with these commands
+    if (readme / README_DEMO_MODEL / "config.json").exists() and _reproduces_every_trace(readme / README_DEMO_MODEL):
+        return readme / README_DEMO_MODEL
     root = tmp_path_factory.mktemp("debug-demo")
     assert main(["trace", "collect", str(DEBUG_DEMO), "--out", str(root / "traces")]) == 0
     for steps in (600, 800):  # the run resumes: more steps until every trace is reproduced
