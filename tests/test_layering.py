@@ -17,9 +17,11 @@ FLOORS = (
     ("tokenizer",),
     ("data",),
     ("model",),
-    ("train", "eval"),
+    ("train",),
     ("forage",),
-    ("infer", "rl"),
+    ("infer",),
+    ("eval",),  # benchmarks over any completer (infer), SWE episodes in forage's environments
+    ("rl",),  # rewards from eval's graders
     ("cli", "speedrun", "speedrun_eval", "speedrun_report"),  # the command line and the recipes
 )
 FLOOR = {area: number for number, areas in enumerate(FLOORS) for area in areas}

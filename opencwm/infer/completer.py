@@ -25,6 +25,10 @@ class CompleterUnavailable(RuntimeError):
     """The backend cannot answer at all: no server at the address, a checkpoint that does not load."""
 
 
+class RequestRefused(CompleterUnavailable):
+    """The backend answers but refuses this request (a prompt longer than its context, an option it rejects)."""
+
+
 class Completer(Protocol):
     tokenizer: Tokenizer
     context_length: int  # the longest prompt plus continuation the backend accepts
@@ -34,4 +38,11 @@ class Completer(Protocol):
                  seed: int | None = None, on_token: Callable[[int], None] | None = None) -> list[list[int]]:
         """``n`` continuations of ``prompt``, each a list of token ids (ending with its stop token, if any);
         ``on_token`` is called with each token of the first as it arrives."""
+        ...
+
+    def complete_batch(self, prompts: Sequence[Sequence[int]], *, stop: Sequence[int] = (), max_tokens: int = 256,
+                       temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
+                       seed: int | None = None) -> list[list[list[int]]]:
+        """``complete`` for many prompts at once (batched rows locally, concurrent requests to a server): for each
+        prompt, its ``n`` continuations."""
         ...

@@ -21,9 +21,10 @@ def read_tokenizer(path: str | Path) -> Tokenizer:
 
 def open_completer(model: str, *, base_url: str | None = None, tokenizer: str | None = None, device: str = "cpu",
                    dtype: str | None = None, api_key: str = "EMPTY", timeout: float = 120.0,
-                   retries: int = 2) -> Completer:
+                   retries: int = 2, batch_size: int = 8, concurrency: int = 8) -> Completer:
     """A local completer for the checkpoint directory ``model`` or, with ``base_url``, a remote one for the model
-    the server calls ``model`` (its tokenizer: ``tokenizer``, else ``model`` when that is a local directory)."""
+    the server calls ``model`` (its tokenizer: ``tokenizer``, else ``model`` when that is a local directory).
+    ``complete_batch`` generates ``batch_size`` rows together locally, or keeps ``concurrency`` requests in flight."""
     if base_url:
         from opencwm.infer.remote import RemoteCompleter
 
@@ -32,7 +33,7 @@ def open_completer(model: str, *, base_url: str | None = None, tokenizer: str | 
             raise CompleterUnavailable(f"--tokenizer is needed: {model!r} is a served model's name, not a local "
                                        "checkpoint directory to read its tokenizer from")
         return RemoteCompleter(base_url, model, read_tokenizer(source), api_key=api_key, timeout=timeout,
-                               retries=retries)
+                               retries=retries, concurrency=concurrency)
     from opencwm.infer.local import LocalCompleter
 
-    return LocalCompleter.from_checkpoint(model, tokenizer=tokenizer, device=device, dtype=dtype)
+    return LocalCompleter.from_checkpoint(model, tokenizer=tokenizer, device=device, dtype=dtype, batch_size=batch_size)

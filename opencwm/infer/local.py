@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from opencwm.infer.completer import CompleterUnavailable
-from opencwm.model.generate import Sampling, continue_sampling
+from opencwm.model.generate import Sampling, continue_sampling, generate
 from opencwm.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the attention scores' memory on long prompts
@@ -24,7 +24,7 @@ MIN_CACHE = 1024  # positions of the first cache; it doubles when a request need
 
 class LocalCompleter:
     def __init__(self, model, tokenizer: Tokenizer, *, context_length: int | None = None, compile: bool = False,
-                 reuse_prefix: bool = True):
+                 reuse_prefix: bool = True, batch_size: int = 8):
         self.model = model.eval()
         self.tokenizer = tokenizer
         limit = model.config.max_position_embeddings
@@ -34,6 +34,7 @@ class LocalCompleter:
         self._cache = None
         self._tokens: list[int] = []  # what the cache holds
         self.prefilled = 0  # tokens prefilled so far (what prefix reuse saves shows here)
+        self.batch_size = max(1, batch_size)  # rows generated together in ``complete_batch``
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, tokenizer: str | Path | None = None, device: str = "cpu",
@@ -96,3 +97,23 @@ class LocalCompleter:
         cache = self._cache.expand(n)
         return continue_sampling(self.model, cache, last.expand(n, -1), sampling, first_position=len(prompt),
                                  on_token=on_token)
+
+    @torch.no_grad()
+    def complete_batch(self, prompts: Sequence[Sequence[int]], *, stop: Sequence[int] = (), max_tokens: int = 256,
+                       temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
+                       seed: int | None = None) -> list[list[list[int]]]:
+        """``n`` continuations of each prompt, ``batch_size`` rows generated together (rows of similar length in
+        the same batch); a batch's seed is ``seed`` plus its first row's place."""
+        rows = [list(prompt) for prompt in prompts for _ in range(n)]
+        if any(not row or len(row) >= self.context_length for row in rows):
+            raise ValueError(f"every prompt needs at least one token and fewer than {self.context_length}")
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
+        new: list[list[int]] = [[] for _ in rows]
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            room = min(max_tokens, self.context_length - max(len(rows[r]) for r in chunk))
+            sampling = Sampling(max_new_tokens=room, temperature=temperature, top_p=top_p, stop_tokens=tuple(stop),
+                                seed=None if seed is None else seed + start)
+            for r, tokens in zip(chunk, generate(self.model, [rows[r] for r in chunk], sampling)):
+                new[r] = tokens
+        return [new[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -10,15 +10,16 @@ in one line.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from opencwm.errors import one_line
-from opencwm.infer.completer import CompleterUnavailable
+from opencwm.infer.completer import CompleterUnavailable, RequestRefused
 from opencwm.tokenizer import Tokenizer
 
 
 class RemoteCompleter:
     def __init__(self, base_url: str, model: str, tokenizer: Tokenizer, *, api_key: str = "EMPTY",
-                 timeout: float = 120.0, retries: int = 2, context_length: int | None = None):
+                 timeout: float = 120.0, retries: int = 2, context_length: int | None = None, concurrency: int = 8):
         try:
             from openai import OpenAI
         except ImportError:
@@ -27,6 +28,7 @@ class RemoteCompleter:
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=retries)
         self.base_url, self.model, self.tokenizer = base_url, model, tokenizer
         self.context_length = context_length or 131072  # the server refuses longer requests itself
+        self.concurrency = max(1, concurrency)  # requests in flight at once in ``complete_batch``
 
     def complete(self, prompt: Sequence[int], *, stop: Sequence[int] = (), max_tokens: int = 256,
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
@@ -47,8 +49,13 @@ class RemoteCompleter:
             raise CompleterUnavailable(f"{self.base_url} (model {self.model}): {type(exc).__name__} after {tries} "
                                        f"tries: {one_line(str(exc), 200)}") from None
         except openai.APIStatusError as exc:  # the server answered, refusing the request (too long, bad option)
-            raise CompleterUnavailable(f"{self.base_url} refused the request: {one_line(str(exc), 300)}") from None
+            raise RequestRefused(f"{self.base_url} refused the request: {one_line(str(exc), 300)}") from None
         return [self._tokens(choice, stop) for choice in sorted(response.choices, key=lambda c: c.index)]
+
+    def complete_batch(self, prompts: Sequence[Sequence[int]], *, n: int = 1, **sampling) -> list[list[list[int]]]:
+        """``complete`` for each prompt, ``concurrency`` requests in flight at once (the server batches them)."""
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="request") as pool:
+            return list(pool.map(lambda prompt: self.complete(prompt, n=n, **sampling), prompts))
 
     def _tokens(self, choice, stop: Sequence[int], tokens: list[int] | None = None) -> list[int]:
         extra = choice.model_extra or {}

@@ -12,9 +12,11 @@ exceptions, each visible in the text:
 
 from __future__ import annotations
 
+import ast
 import itertools
 import marshal
 import re
+import warnings
 
 DEFAULT_MAX_CHARS = 1000
 
@@ -148,3 +150,15 @@ class Renderer:
             parts.append(text)
         inner = f"{', '.join(parts)}, " if parts else ""
         return f"{opening}{inner}...<+{count - len(parts)} items>{closing}"
+
+
+def same_value(predicted: str | None, expected: str | None) -> bool:
+    """Compare two reprs by value when both are literals, else as text."""
+    if predicted is None or expected is None:
+        return False
+    try:
+        with warnings.catch_warnings():  # model output may hold odd literals; only the comparison matters
+            warnings.simplefilter("ignore")
+            return ast.literal_eval(predicted) == ast.literal_eval(expected)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return predicted.strip() == expected.strip()
