@@ -242,8 +242,10 @@ def _write_checkpoint_data(folder: Path) -> dict[str, str]:
 
     pq.write_table(pa.Table.from_pylist([{"id": 60, "problem": "Find 2+2.", "solution": "4", "answer": "4",
                                           "url": "x", "year": "2024"}]), aime)
+    lcb = folder / "lcb.jsonl"
+    lcb.write_text("".join(json.dumps(row) + "\n" for row in LCB_ROWS))
     return {"cruxeval-o": str(crux), "cruxeval-i": str(crux), "humaneval": str(humaneval),
-            "math500": str(math500), "aime24": str(aime), "aime25": str(math500)}
+            "livecodebench": str(lcb), "math500": str(math500), "aime24": str(aime), "aime25": str(math500)}
 
 
 def eval_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -254,7 +256,8 @@ def eval_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 def test_every_benchmark_runs_through_the_cli_and_the_report_puts_runs_side_by_side(tmp_path, untrained_checkpoint):
     data = _write_checkpoint_data(tmp_path)
     styles = {"cruxeval-o": ["direct", "assert", "think", "rollout"], "cruxeval-i": ["direct", "think"],
-              "humaneval": ["complete", "think"], "math500": ["think"], "aime24": ["think"], "aime25": ["think"]}
+              "humaneval": ["complete", "think"], "livecodebench": ["think"], "math500": ["think"],
+              "aime24": ["think"], "aime25": ["think"]}
     for benchmark, names in styles.items():
         for style in names:
             out = tmp_path / "runs" / f"{benchmark}-{style}"
@@ -262,7 +265,7 @@ def test_every_benchmark_runs_through_the_cli_and_the_report_puts_runs_side_by_s
                               style, "--out", str(out), "--samples", "2", "--max-tokens", "8", "--json", "--quiet")
             assert result.returncode == 0, result.stderr
             summary = json.loads(result.stdout)
-            assert summary["items"] == (3 if benchmark.startswith("cruxeval") else 1)
+            assert summary["items"] == {"cruxeval-o": 3, "cruxeval-i": 3, "livecodebench": 2}.get(benchmark, 1)
             assert summary["samples"] == 2 and 0 <= summary["pass@1"] <= 1
             settings = json.loads((out / "settings.json").read_text())
             assert settings["style"] == style and settings["samples"] == 2 and settings["max_tokens"] == 8
@@ -350,3 +353,90 @@ def test_batched_completion_is_each_prompt_completed_alone(untrained_checkpoint)
     for prompt, pair in zip(prompts, batched):
         [alone] = completer.complete(prompt, max_tokens=12)
         assert pair == [alone, alone]
+
+
+def _lcb_compressed(tests: list[dict]) -> str:
+    """LiveCodeBench's form of a hidden test list: base64 of zlib of a pickled JSON string."""
+    import base64
+    import pickle
+    import zlib
+
+    return base64.b64encode(zlib.compress(pickle.dumps(json.dumps(tests)))).decode()
+
+
+LCB_ROWS = [
+    {"question_title": "sum", "question_content": "Print a + b.", "platform": "atcoder", "question_id": "abc1_a",
+     "contest_id": "abc1", "contest_date": "2024-09-01T00:00:00", "starter_code": "", "difficulty": "easy",
+     "public_test_cases": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]),
+     "private_test_cases": _lcb_compressed([{"input": "10 -4\n", "output": "6\n", "testtype": "stdin"},
+                                            {"input": "0 0\n", "output": "0\n", "testtype": "stdin"}]),
+     "metadata": "{}"},
+    {"question_title": "double", "question_content": "Return twice each number.", "platform": "leetcode",
+     "question_id": "3001", "contest_id": "weekly-1", "contest_date": "2025-03-01T00:00:00",
+     "starter_code": "class Solution:\n    def double(self, nums: List[int]) -> List[int]:\n        ",
+     "difficulty": "easy",
+     "public_test_cases": json.dumps([{"input": "[1, 2]", "output": "[2, 4]", "testtype": "functional"}]),
+     "private_test_cases": _lcb_compressed([{"input": "[]", "output": "[]", "testtype": "functional"},
+                                            {"input": "[-3]", "output": "[-6]", "testtype": "functional"}]),
+     "metadata": json.dumps({"func_name": "double"})},
+]
+LCB_CANDIDATES = {  # per problem: (program, passes every test), by hand
+    "abc1_a": [("a, b = map(int, input().split())\nprint(a + b)\n", True),
+               ("import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.write(f'{a + b}.0\\n')\n",
+                True),
+               ("a, b = map(int, input().split())\nprint(a + b if a else 1)\n", False),
+               ("a, b = map(int, input().split())\nwhile a < 5:\n    pass\nprint(a + b)\n", False)],
+    "3001": [("from typing import List\nclass Solution:\n    def double(self, nums: List[int]) -> List[int]:\n"
+              "        return [2 * n for n in nums]\n", True),
+             ("class Solution:\n    def double(self, nums):\n        return nums[:1] * 2\n", False),
+             ("class Solution:\n    def twice(self, nums):\n        return nums\n", False),
+             ("class Solution:\n    def double(self, nums):\n        return tuple(2 * n for n in nums)\n", True)],
+}
+
+
+def test_livecodebench_runs_public_and_hidden_tests_with_time_limits(tmp_path, tokenizer):
+    from opencwm.eval.livecodebench import LiveCodeBench
+
+    data = tmp_path / "lcb.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in LCB_ROWS))
+    for program, passes in LCB_CANDIDATES["abc1_a"]:  # the hand labels hold for the real interpreter
+        if "while" not in program:
+            outputs = [subprocess.run([sys.executable, "-c", program], input=i, capture_output=True, text=True,
+                                      timeout=30).stdout.strip() for i in ("1 2\n", "10 -4\n", "0 0\n")]
+            assert (outputs in (["3", "6", "0"], ["3.0", "6.0", "0.0"])) == passes
+    benchmark = LiveCodeBench(str(data), test_timeout=1.0)
+    ids = {p.prompt: p.id for p in benchmark.problems()}
+    reply = lambda prompt, i: f"ok</think>\n```python\n{LCB_CANDIDATES[ids[prompt]][i][0]}```"
+    _, rows = evaluate(benchmark, ScriptedCompleter(tokenizer, reply), tmp_path / "run", samples=4)
+    for row in rows:
+        assert row["passed"] == [passes for _, passes in LCB_CANDIDATES[row["id"]]], row["reasons"]
+    [stdin_row] = [row for row in rows if row["id"] == "abc1_a"]
+    assert stdin_row["reasons"][2] == "test 3: wrong output" and "over 1.0 s" in stdin_row["reasons"][3]
+    recent = LiveCodeBench(str(data), since="2025-01-01").problems()
+    assert [p.id for p in recent] == ["3001"] and len(recent[0].reference["tests"]) == 3
+    assert [p.id for p in LiveCodeBench(str(data), until="2024-12-31", public_only=True).problems()] == ["abc1_a"]
+
+
+def test_a_livecodebench_file_cannot_run_code_on_the_host(tmp_path):
+    import base64
+    import pickle
+    import zlib
+
+    from opencwm.eval.livecodebench import LiveCodeBench
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    row = dict(LCB_ROWS[0], private_test_cases=base64.b64encode(zlib.compress(pickle.dumps(Exploit()))).decode())
+    data = tmp_path / "lcb.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    result = eval_cli("livecodebench", "--model", "unused", "--base-url", "http://127.0.0.1:9/v1", "--tokenizer",
+                      str(tmp_path), "--data", str(data), "--out", str(tmp_path / "run"))
+    with pytest.raises(Exception, match="refused: the pickle refers to"):
+        LiveCodeBench(str(data)).problems()
+    assert not marker.exists()
+    assert result.returncode == 2 and "refused: the pickle refers to posix.system" in result.stderr
+    assert "Traceback" not in result.stderr

