@@ -440,3 +440,90 @@ def test_a_livecodebench_file_cannot_run_code_on_the_host(tmp_path):
     assert not marker.exists()
     assert result.returncode == 2 and "refused: the pickle refers to posix.system" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class AgentScript:
+    """A completer that plays the agent on forager tasks: by its seed, it submits at once (seed 0) or repairs the
+    task with the inverse of its mutation, then submits."""
+
+    def __init__(self, tokenizer: Tokenizer, tasks: list[dict]):
+        from opencwm.chat import format_edit, format_tool_call
+        from opencwm.forage.policies import inverse_edits
+
+        self.tokenizer, self.context_length = tokenizer, 1 << 20
+        self.fixes = {task["problem_statement"]: [format_tool_call("edit", format_edit(path, blocks))
+                                                  for path, blocks in inverse_edits(task["bug_patch"])]
+                      for task in tasks}
+        self.submit = format_tool_call("submit")
+
+    def complete(self, prompt, *, stop=(), max_tokens=256, temperature=0.0, top_p=1.0, n=1, seed=None,
+                 on_token=None):
+        text = self.tokenizer.decode(list(prompt))
+        [fix] = [turns for statement, turns in self.fixes.items() if statement in text]
+        turn = text.count("<|start_header_id|>assistant<|end_header_id|>") - 1
+        call = self.submit if seed == 0 or turn >= len(fix) else fix[turn]
+        return [self.tokenizer.encode(f"my plan</think>\n{call}", allow_special=True) + list(stop[:1])]
+
+
+@pytest.fixture(scope="module")
+def forage_task_dir(tmp_path_factory) -> Path:
+    """Mutate-fix tasks of the toy repository's environment (opencwm forage mutate's output)."""
+    from opencwm.forage.build import build_environment
+    from opencwm.forage.tasks import mutate
+
+    env = build_environment(str(REPO / "tests" / "data" / "toyrepo"), tmp_path_factory.mktemp("envs"))
+    assert env.ok, env.info.get("error")
+    out = tmp_path_factory.mktemp("tasks") / "tasks"
+    assert mutate(env, out, workers=2, max_candidates=6).validated >= 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def forage_tasks(forage_task_dir) -> list[dict]:
+    from opencwm.forage.tasks import read_tasks
+
+    return [t for t in read_tasks(forage_task_dir) if t["task_kind"] == "mutate-fix"][:2]
+
+
+def test_swe_with_test_time_scaling_submits_the_patch_the_repository_tests_prefer(tmp_path, tokenizer, forage_tasks):
+    from opencwm.eval.swe import run_swe
+    from opencwm.forage.agent import EpisodeBudget, evaluate_patch
+    from opencwm.forage.environment import Environment
+    from opencwm.forage.trajectory import read_trajectories
+
+    budget = EpisodeBudget(max_turns=6, command_timeout=30)
+    sampling = Sampling(samples=3, temperature=1.0, max_tokens=256, seed=0)
+    summary = run_swe(forage_tasks, AgentScript(tokenizer, forage_tasks), tmp_path / "run", model="scripted",
+                      sampling=sampling, budget=budget, tts=3)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == [t["instance_id"] for t in forage_tasks]
+    for task, row in zip(forage_tasks, rows):
+        env = Environment.open(Path(task["env"]))
+        graded = [evaluate_patch(env, task, diff)[0] == 1.0 for diff in row["answers"]]
+        assert row["passed"] == graded == [False, True, True], row["reasons"]
+        assert row["answers"][0] == "" and row["answers"][1] == row["answers"][2] != ""
+        assert row["chosen"] == 1 and row["tts_passed"]
+    assert summary["pass@1"] == pytest.approx(2 / 3) and summary["pass@3"] == 1.0 and summary["tts@3"] == 1.0
+    episodes = len(read_trajectories(tmp_path / "run" / "episodes"))
+    again = run_swe(forage_tasks, AgentScript(tokenizer, forage_tasks), tmp_path / "run", model="scripted",
+                    sampling=sampling, budget=budget, tts=3)
+    assert episodes == 6 and len(read_trajectories(tmp_path / "run" / "episodes")) == 6
+    assert again["tts@3"] == summary["tts@3"] and again["items"] == 2
+
+
+def test_swe_runs_through_the_cli_on_a_checkpoint(tmp_path, untrained_checkpoint, forage_task_dir):
+    """A model that writes no tool call (and whose context the conversation soon fills): every episode ends
+    unsolved at its turn budget or its context, and is recorded so."""
+    out = tmp_path / "swe"
+    args = ["swe", str(forage_task_dir), "--model", str(untrained_checkpoint), "--out", str(out), "--limit", "2",
+            "--tts", "2", "--max-turns", "2", "--max-tokens", "8", "--json", "--quiet"]
+    result = eval_cli(*args)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["items"] == 2 and summary["samples"] == 2 and summary["pass@1"] == 0.0 and summary["tts@2"] == 0.0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    reasons = [reason for row in rows for reason in row["reasons"]]
+    assert len(reasons) == 4 and all(reason == "turn_budget" or reason.startswith(
+        "policy_error: ValueError: the conversation") for reason in reasons), reasons
+    report = eval_cli("report", str(out))
+    assert report.returncode == 0 and "## swe" in report.stdout and "tts@2" in report.stdout

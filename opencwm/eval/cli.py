@@ -82,6 +82,7 @@ def add_parser(areas) -> None:
     trace_eval.add_argument("--quiet", action="store_true", help="no progress display")
     trace_eval.set_defaults(func=cmd_eval_trace)
     add_benchmark_parsers(eval_commands)
+    add_swe_parser(eval_commands)
 
 
 # Each benchmark's published protocol: its styles (the first is the default) and, per style, the sampling defaults.
@@ -152,10 +153,13 @@ def cmd_eval_benchmark(args) -> int:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{summary['benchmark']} ({summary['settings'].get('style', '')}) of {summary['model']}: "
+    from opencwm.eval.report import is_metric
+
+    style = summary["settings"].get("style") or ("tts" if summary["settings"].get("tts", 1) > 1 else "")
+    lines = [f"{summary['benchmark']} ({style}) of {summary['model']}: "
              f"{summary['items']} items, {summary.get('samples', 0)} samples each"]
     for key, value in summary.items():
-        if key.startswith("pass@") and not key.endswith("_interval") and value is not None:
+        if is_metric(key) and value is not None:
             low_high = summary.get(f"{key}_interval")
             spread = f" (95% CI {100 * low_high[0]:.1f}-{100 * low_high[1]:.1f})" if low_high else ""
             reported = summary["reported"].get(key)
@@ -223,3 +227,73 @@ def add_benchmark_parsers(eval_commands) -> None:
     report.add_argument("runs", nargs="+", help="run directories (each with a summary.json), or folders of them")
     report.add_argument("--out", help="write report.md, report.json and report.png into this directory")
     report.set_defaults(func=cmd_eval_report)
+
+
+def cmd_eval_swe(args) -> int:
+    from opencwm.eval.harness import Sampling
+    from opencwm.eval.swe import run_swe
+    from opencwm.forage.agent import EpisodeBudget
+    from opencwm.forage.cli import _bar
+    from opencwm.forage.environment import ForageError
+    from opencwm.forage.policies import PolicyUnavailable
+    from opencwm.forage.tasks import read_tasks
+    from opencwm.infer.cli import check_sampling, open_from_args
+    from opencwm.shards import DatasetError
+
+    check_sampling(args)
+    for key in ("tts", "max_turns", "episode_tokens", "workers"):
+        if getattr(args, key) < 1:
+            raise CliError(f"--{key.replace('_', '-')} must be at least 1")
+    try:
+        tasks = read_tasks(args.tasks)[: args.limit]
+    except (ForageError, DatasetError) as exc:
+        raise CliError(str(exc)) from None
+    completer = open_from_args(args)
+    budget = EpisodeBudget(max_turns=args.max_turns, max_tokens=args.episode_tokens, max_seconds=args.max_seconds,
+                           command_timeout=args.command_timeout)
+    sampling = Sampling(samples=args.tts, temperature=args.temperature, top_p=args.top_p,
+                        max_tokens=args.max_tokens, seed=args.seed)
+    try:
+        summary = run_swe(tasks, completer, Path(args.out), model=args.model, sampling=sampling, budget=budget,
+                          tts=args.tts, think=not args.no_think, workers=args.workers, backend=args.sandbox,
+                          progress=_bar("episodes", args.quiet))
+    except (ForageError, PolicyUnavailable) as exc:
+        raise CliError(f"{exc} (finished episodes are in {args.out}; run the same command again to go on)") \
+            from None
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    return 0
+
+
+def add_swe_parser(eval_commands) -> None:
+    from opencwm.infer.cli import add_model_args
+
+    swe = eval_commands.add_parser(
+        "swe", help="agentic episodes on forager tasks (mutate-fix, imported SWE-bench), graded by their tests",
+        description="The model fixes each task with CWM's tools (bash, edit, create, submit) in the task's "
+                    "environment; FAIL_TO_PASS and PASS_TO_PASS decide. --tts K: K candidate patches per task, the "
+                    "one passing most of the repository's tests submitted.")
+    swe.add_argument("tasks", help="task dataset directory (opencwm forage mutate / forage import output)")
+    add_model_args(swe)
+    swe.add_argument("--out", required=True, help="run directory (episodes/, results.jsonl, summary.json)")
+    swe.add_argument("--tts", type=int, default=1, help="candidate patches per task (default 1: no test-time "
+                                                        "scaling; CWM's 65.8%% used several)")
+    swe.add_argument("--no-think", action="store_true", help="without CWM's reasoning mode")
+    group = swe.add_argument_group("sampling")
+    group.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
+    group.add_argument("--top-p", type=float, default=0.95, help="default 0.95")
+    group.add_argument("--max-tokens", type=int, default=16384, help="new tokens per turn (default 16384)")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed of the first candidate (default 0)")
+    limits = swe.add_argument_group("limits (defaults: CWM's agentic RL)")
+    limits.add_argument("--max-turns", type=int, default=128, help="assistant turns per episode (default 128)")
+    limits.add_argument("--episode-tokens", type=int, default=131_072, help="prompt + completion tokens per "
+                                                                           "episode (default 131072)")
+    limits.add_argument("--max-seconds", type=float, default=3600, help="wall time per episode (default 3600)")
+    limits.add_argument("--command-timeout", type=float, default=120, help="seconds per bash command (default 120)")
+    run = swe.add_argument_group("run")
+    run.add_argument("--limit", type=int, help="the first N tasks only")
+    run.add_argument("--workers", type=int, default=1, help="episodes in parallel (default 1)")
+    run.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits", "gvisor", "docker"],
+                     help="where tests run (default: the best local sandbox)")
+    run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    swe.set_defaults(func=cmd_eval_swe)

@@ -126,7 +126,8 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _check_settings(out: Path, settings: dict) -> None:
+def check_settings(out: Path, settings: dict) -> None:
+    """Records a run's settings in ``out``; a run already there with other settings is refused (one line)."""
     path = out / SETTINGS
     if path.exists():
         try:
@@ -266,7 +267,7 @@ def run_benchmark(benchmark: Benchmark, completer: Completer, out: Path, *, mode
     ``out``, going on from the rows already there; the summary."""
     settings = {"benchmark": benchmark.name, "model": model, **vars(sampling), **benchmark.settings(),
                 "limit": limit, "workers": workers}
-    _check_settings(out, settings)
+    check_settings(out, settings)
     problems = (benchmark.problems() if problems is None else problems)[:limit]
     if len({p.id for p in problems}) != len(problems):
         raise UsageError(f"{benchmark.name}: the items' ids are not unique")

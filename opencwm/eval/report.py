@@ -11,6 +11,11 @@ from pathlib import Path
 from opencwm.eval.harness import SUMMARY
 
 
+def is_metric(key: str) -> bool:
+    """A summary's figures: pass@k, and tts@K for SWE with test-time scaling."""
+    return key.startswith(("pass@", "tts@")) and not key.endswith("_interval")
+
+
 class ReportError(Exception):
     """Nothing to report on: no run directory among the paths given."""
 
@@ -37,7 +42,7 @@ def _entry(run: Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ReportError(f"{run / SUMMARY}: not an eval summary ({type(exc).__name__})") from None
     metrics = {key: {"value": value, "interval": summary.get(f"{key}_interval")}
-               for key, value in summary.items() if key.startswith("pass@") and not key.endswith("_interval")}
+               for key, value in summary.items() if is_metric(key)}
     return {"run": str(run), "benchmark": summary["benchmark"], "model": summary["model"],
             "style": settings.get("style", ""), "items": summary["items"], "samples": summary.get("samples"),
             "temperature": settings.get("temperature"), "metrics": metrics, "reported": summary.get("reported", {})}

@@ -7,7 +7,8 @@ the next frame, up to ``<|frame_sep|>``. Moves, as in CWM's ``demos/cwmdbg.py``:
 - ``step``: the next frame; from a call frame, into the function (the event is forced to ``line``);
 - ``next``: the next frame; when it is a call, the model is made to predict the call's return right away (the event
   is forced to ``return``: the body is never predicted), then the line after it;
-- ``out``: on until the current function returns (nested calls predicted as ``next`` does), then one more frame;
+- ``out``: on until the current function returns (its body entered when at its call frame, nested calls predicted
+  as ``next`` does), then one more frame;
 - ``back``: forget the last frame; ``continue``: ``step`` until a line with a breakpoint (or the end);
 - ``set NAME = VALUE``: edit a local of the current frame; the edited frame replaces the predicted one and
   prediction continues from it;
@@ -272,8 +273,8 @@ class NeuralDebugger:
                 break
             if self.current.event == CALL and self.depths()[-1] > depth:
                 self._skip_call()
-            else:
-                self._predict()
+            else:  # from the call frame of the function being left, into its body (as ``step``)
+                self._predict(LINE if self.current.event == CALL else None)
             if self.current.event in CLOSES and self.depths()[-1] == depth:
                 if not self.finished:
                     self._predict()

@@ -1,0 +1,149 @@
+"""SWE-bench-style evaluation: agentic episodes on forager tasks (mutate-fix tasks and imported SWE-bench
+instances, each in its executable environment), with CWM's tools and limits, graded by the task's
+``FAIL_TO_PASS`` and ``PASS_TO_PASS`` tests through the forager's grader.
+
+The model acts through the one completion interface (``CompleterPolicy``: the conversation in CWM's chat format,
+reasoning mode by default, one completion per turn up to the end of the turn), so a local checkpoint and a served
+model are evaluated alike. Defaults are CWM's agentic limits: 128 turns, a 131,072-token context, 120 s per command.
+
+Test-time scaling (``tts`` = K, as CWM does for its 65.8%): K episodes per task at the sampling temperature give K
+candidate patches; each distinct patch is applied to a fresh work tree and run against the repository's own tests
+(those that passed before the task's change, none of the hidden ``FAIL_TO_PASS`` tests of an imported instance);
+the patch passing most of them is chosen, ties going to the patch most candidates share (majority over identical
+diffs), and only the chosen patch is graded. The summary reports pass@1 over all K episodes, pass@K, and
+``tts@K``, the chosen patches' rate. (CWM also runs tests the model writes for itself; that part is not built.)
+
+A run directory has the harness's layout (``settings.json``, ``results.jsonl``, ``summary.json``, so ``eval
+report`` reads it), and ``episodes/``, the trajectories, which a rerun goes on from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+from opencwm.chat import THINK_START, encode_messages
+from opencwm.eval.harness import RESULTS, SUMMARY, Sampling, check_settings, read_rows, summarize
+from opencwm.eval.passk import interval, mean
+from opencwm.forage.agent import EpisodeBudget
+from opencwm.forage.environment import Environment, git_command, git_environment
+from opencwm.forage.policies import Policy, PolicyUnavailable, Reply
+from opencwm.infer.completer import Completer, CompleterUnavailable
+from opencwm.special_tokens import STOP_TOKENS
+
+CWM_BUDGET = EpisodeBudget(max_turns=128, max_tokens=131_072, max_seconds=3600.0, command_timeout=120.0)
+REPORTED = {"pass@1": 53.9, "tts@": 65.8}  # SWE-bench Verified; tts: CWM's test-time scaling
+
+
+class CompleterPolicy(Policy):
+    """An agent policy over a ``Completer``: each turn is one completion of the conversation so far."""
+
+    def __init__(self, completer: Completer, sampling: Sampling, *, name: str = "cwm", think: bool = True,
+                 seed: int | None = None):
+        self.completer, self.sampling, self.name, self.think = completer, sampling, name, think
+        self.seed = seed
+        self.stop = []
+        for token in STOP_TOKENS:
+            try:
+                self.stop.append(completer.tokenizer.token_id(token))
+            except (KeyError, ValueError):
+                pass
+
+    def __call__(self, messages: list[dict]) -> Reply:
+        tokenizer = self.completer.tokenizer
+        prompt = tokenizer.encode(encode_messages(messages, add_generation_prompt=True, think=self.think),
+                                  allow_special=True)
+        room = self.completer.context_length - len(prompt)
+        if room < 1:
+            raise ValueError(f"the conversation ({len(prompt)} tokens) fills the model's context")
+        try:
+            [tokens] = self.completer.complete(prompt, stop=self.stop, max_tokens=min(self.sampling.max_tokens, room),
+                                               temperature=self.sampling.temperature, top_p=self.sampling.top_p,
+                                               seed=self.seed)
+        except CompleterUnavailable as exc:
+            raise PolicyUnavailable(str(exc)) from None
+        text = tokenizer.decode([t for t in tokens if t not in self.stop])
+        return Reply(f"{THINK_START}\n{text}" if self.think else text, len(prompt), len(tokens))
+
+
+def repository_test_score(env: Environment, task: dict, patch: str, *, backend: str = "auto") -> int:
+    """How many of the repository's own tests (those passing before the task) pass with ``patch`` applied; -1
+    for a patch that does not apply."""
+    tree = env.checkout(task["base_commit"])
+    try:
+        if patch.strip():
+            applied = subprocess.run(git_command(tree, "apply", "--whitespace=nowarn", "-"), input=patch, text=True,
+                                     capture_output=True, env=git_environment())
+            if applied.returncode != 0:
+                return -1
+        run = env.run_tests(tree, env.passing_tests(), backend=backend)
+        return sum(outcome == "passed" for outcome in run.outcomes.values())
+    finally:
+        Environment.discard(tree)
+
+
+def choose_patch(diffs: list[str], score) -> int:
+    """The index of the candidate to submit: most repository tests passed, then most candidates sharing the
+    diff, then the first; ``score(diff)`` is called once per distinct diff."""
+    counts = Counter(diffs)
+    scores = {diff: score(diff) for diff in counts}
+    best = max(counts, key=lambda diff: (scores[diff], counts[diff], -diffs.index(diff)))
+    return diffs.index(best)
+
+
+def run_swe(tasks: list[dict], completer: Completer, out: Path, *, model: str, sampling: Sampling,
+            budget: EpisodeBudget = CWM_BUDGET, tts: int = 1, think: bool = True, workers: int = 1,
+            backend: str = "auto", progress=None) -> dict:
+    """Plays ``max(1, tts)`` episodes of the model on each task into ``out`` (resumable) and grades them; the
+    summary."""
+    from opencwm.forage.agent import evaluate_patch
+    from opencwm.forage.trajectory import read_trajectories, run_episodes
+
+    candidates = max(1, tts)
+    settings = {"benchmark": "swe", "model": model, **vars(sampling), "samples": candidates, "tts": tts,
+                "think": think, "budget": asdict(budget), "tasks": len(tasks), "workers": workers, "limit": None}
+    check_settings(out, settings)
+    episodes = out / "episodes"
+    for k in range(candidates):
+        seed = None if sampling.seed is None else sampling.seed + k
+        policy = CompleterPolicy(completer, sampling, name=f"{model}#{k}", think=think, seed=seed)
+        run_episodes(tasks, lambda task, policy=policy: policy, episodes, budget=budget, workers=workers,
+                     backend=backend, progress=progress)
+    by_task: dict[str, dict[int, dict]] = {}
+    for trajectory in read_trajectories(episodes):
+        by_task.setdefault(trajectory["task_id"], {})[int(trajectory["policy"].rsplit("#", 1)[1])] = trajectory
+    results = out / RESULTS
+    done = {row["id"] for row in read_rows(results)}
+    with open(results, "a", encoding="utf-8") as handle:
+        for task in tasks:
+            ident = task["instance_id"]
+            if ident in done:
+                continue
+            played = [by_task[ident][k] for k in range(candidates)]
+            row = {"id": ident, "prompt": task["problem_statement"], "completions": [t["diff"] for t in played],
+                   "answers": [t["diff"] for t in played], "passed": [bool(t["solved"]) for t in played],
+                   "reasons": ["" if t["solved"] else t["status"] for t in played],
+                   "tokens": [int(t["completion_tokens"]) for t in played],
+                   "seconds": round(sum(t["episode_seconds"] for t in played), 3), "grade_seconds": 0.0}
+            if tts > 1:
+                env = Environment.open(Path(task["env"]))
+                score = partial(repository_test_score, env, task, backend=backend)
+                chosen = choose_patch(row["answers"], score)
+                reward, _ = evaluate_patch(env, task, row["answers"][chosen], backend=backend)
+                row.update(chosen=chosen, tts_passed=reward == 1.0)
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+    order = {task["instance_id"]: i for i, task in enumerate(tasks)}
+    rows = sorted((r for r in read_rows(results) if r["id"] in order), key=lambda r: order[r["id"]])
+    summary = {"benchmark": "swe", "model": model, **summarize(rows, sorted({1, candidates}))}
+    if tts > 1 and rows:
+        values = [float(row["tts_passed"]) for row in rows]
+        summary[f"tts@{tts}"], summary[f"tts@{tts}_interval"] = mean(values), interval(values)
+    reported = {"pass@1": REPORTED["pass@1"]} | ({f"tts@{tts}": REPORTED["tts@"]} if tts > 1 else {})
+    summary.update(settings=settings, reported=reported)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
