@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel of this release lies on disk here; GPU users override it, e.g. TORCH_SPEC="torch==2.13.0".
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= model,test,bench,ray,forage
+EXTRAS ?= model,test,bench,ray,forage,eval
 BIN := $(VENV)/bin
 export PYTHONHASHSEED := 0
 # CruxEval for the speedrun's CruxEval-O: a local JSONL when there is one, else the public dataset (reported as
@@ -112,6 +112,7 @@ bench: install
 	$(BIN)/python benchmarks/optimizer_bench.py
 	$(BIN)/python benchmarks/forage_bench.py
 	$(BIN)/python benchmarks/infer_bench.py
+	$(BIN)/python benchmarks/eval_bench.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -110,6 +110,14 @@ COMMANDS: dict[str, Step] = {
     "opencwm eval trace --model runs/sft/checkpoints/step-000020/model --traces runs/traces --out runs/eval.json":
         Step(SLOW, lambda r, d: "| frame_exact_match" in r.stdout
              and json.loads((d / "runs/eval.json").read_text())["traces"] == 5),
+    "opencwm eval cruxeval-o --model runs/sft/checkpoints/step-000020/model --data path/to/cruxeval.jsonl --style "
+    "assert --samples 2 --out runs/evals/crux-o":
+        Step(SLOW, lambda r, d: "cruxeval-o (assert)" in r.stdout and len(
+            (d / "runs/evals/crux-o/results.jsonl").read_text().splitlines()) == 1),
+    "opencwm eval humaneval --model runs/sft/checkpoints/step-000020/model --limit 3 --max-tokens 32 --out "
+    "runs/evals/humaneval": Step(SLOW, lambda r, d: "humaneval (complete)" in r.stdout and "3 items" in r.stdout),
+    "opencwm eval report runs/evals --out runs/evals/card":
+        Step(SLOW, lambda r, d: "| crux-o |" in r.stdout and (d / "runs/evals/card/report.png").exists()),
     "opencwm speedrun --out runs/speedrun --cruxeval path/to/cruxeval.jsonl": Step(None, why=SPEEDRUN),
     "opencwm speedrun --out runs/long --midtrain-steps 5000 --train-programs 20000 --no-ablation --time-budget 0":
         Step(None, why=SPEEDRUN),

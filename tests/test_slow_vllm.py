@@ -190,3 +190,39 @@ def test_the_debugger_on_vllm_predicts_the_frames_it_predicts_locally(tmp_path, 
         streamed = []
         remote.complete(local.tokenizer.encode("def f(x):\n"), max_tokens=8, on_token=streamed.append)
         assert streamed == local.complete(local.tokenizer.encode("def f(x):\n"), max_tokens=8)[0]
+
+
+@pytest.mark.slow
+def test_eval_on_vllm_writes_and_grades_what_it_does_locally(tmp_path, checkpoint):
+    """``opencwm eval`` against vLLM's server and on the same checkpoint locally, greedy: the same completions and
+    verdicts on CruxEval-O; every other benchmark runs against the server on a handful of items."""
+    import sys
+
+    _require_vllm()
+    folder = checkpoint[0]
+    crux = tmp_path / "crux.jsonl"
+    crux.write_text("".join(json.dumps({"id": f"s{i}", "code": f"def f(x):\n    return x * {i}", "input": str(i),
+                                        "output": str(i * i)}) + "\n" for i in range(4)))
+    humaneval = tmp_path / "he.jsonl"
+    humaneval.write_text(json.dumps({"task_id": "H/0", "prompt": "def inc(x):\n", "test": "def check(f):\n"
+                                     "    assert f(1) == 2\n", "entry_point": "inc"}) + "\n")
+    maths = tmp_path / "math.jsonl"
+    maths.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    greedy = ["--samples", "1", "--temperature", "0", "--max-tokens", "12", "--quiet", "--json"]
+
+    def evaluate(out: str, *args: str) -> list[dict]:
+        result = subprocess.run([sys.executable, "-m", "opencwm.cli", "eval", *args, "--out", str(tmp_path / out)],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in (tmp_path / out / "results.jsonl").read_text().splitlines()]
+
+    local = evaluate("local", "cruxeval-o", "--model", str(folder), "--data", str(crux), "--style", "assert", *greedy)
+    with vllm_server(folder, "cwm", tmp_path / "server.log", 512) as base_url:
+        served = ["--base-url", base_url, "--model", "cwm", "--tokenizer", str(folder)]
+        remote = evaluate("remote", "cruxeval-o", *served, "--data", str(crux), "--style", "assert", *greedy)
+        rows = {"humaneval": evaluate("he", "humaneval", *served, "--data", str(humaneval), *greedy),
+                "math500": evaluate("math", "math500", *served, "--data", str(maths), *greedy),
+                "cruxeval-i": evaluate("crux-i", "cruxeval-i", *served, "--data", str(crux), "--style", "think",
+                                       *greedy)}
+    assert [(r["completions"], r["passed"]) for r in remote] == [(r["completions"], r["passed"]) for r in local]
+    assert all(len(r["completions"]) == 1 for rs in rows.values() for r in rs)
