@@ -527,3 +527,30 @@ def test_swe_runs_through_the_cli_on_a_checkpoint(tmp_path, untrained_checkpoint
         "policy_error: ValueError: the conversation") for reason in reasons), reasons
     report = eval_cli("report", str(out))
     assert report.returncode == 0 and "## swe" in report.stdout and "tts@2" in report.stdout
+
+
+def test_decontamination_finds_the_items_a_training_corpus_holds(tmp_path):
+    """A trace corpus made from one of three benchmark programs (and unrelated ones): that item, and only it."""
+    items = [{"id": "held", "code": "def f(text):\n    parts = text.split(',')\n    return [p.strip().upper() for p in "
+                                    "parts if p and not p.isdigit()]", "input": "'a, b'", "output": "['A', 'B']"},
+             {"id": "clean", "code": "def f(n):\n    total = 0\n    for i in range(n):\n        total += i * i\n"
+                                     "    return total", "input": "3", "output": "5"},
+             {"id": "short", "code": "def f(x):\n    return x", "input": "1", "output": "1"}]
+    data = tmp_path / "crux.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    training = [{"id": "t0", "code": items[0]["code"], "input": "'x,1'"},
+                {"id": "t1", "code": "def f(a):\n    b = a * 3\n    return b - 1", "input": "2"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(item) + "\n" for item in training))
+    collected = subprocess.run([sys.executable, "-m", "opencwm.cli", "trace", "collect", str(tmp_path / "train.jsonl"),
+                                "--out", str(tmp_path / "corpus")], capture_output=True, text=True, timeout=300)
+    assert collected.returncode == 0, collected.stderr
+    result = eval_cli("decontaminate", "cruxeval-o", "--data", str(data), "--corpus", str(tmp_path / "corpus"),
+                      "--out", str(tmp_path / "found.jsonl"), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ids"] == ["held"] and summary["items"] == 3 and summary["corpus_texts"] == 2
+    rows = {row["id"]: row for row in map(json.loads, (tmp_path / "found.jsonl").read_text().splitlines())}
+    assert rows["held"]["overlap"] > 0.5 and rows["held"]["documents"] == [0]  # (the trace marks the def line)
+    assert rows["clean"]["overlap"] == 0.0 and not rows["short"]["contaminated"]
+    bad = eval_cli("decontaminate", "cruxeval-o", "--data", str(data), "--corpus", str(tmp_path / "nope"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

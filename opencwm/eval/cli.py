@@ -83,6 +83,7 @@ def add_parser(areas) -> None:
     trace_eval.set_defaults(func=cmd_eval_trace)
     add_benchmark_parsers(eval_commands)
     add_swe_parser(eval_commands)
+    add_decontaminate_parser(eval_commands)
 
 
 # Each benchmark's published protocol: its styles (the first is the default) and, per style, the sampling defaults.
@@ -297,3 +298,51 @@ def add_swe_parser(eval_commands) -> None:
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     swe.set_defaults(func=cmd_eval_swe)
+
+
+def cmd_eval_decontaminate(args) -> int:
+    from opencwm.data.documents import texts
+    from opencwm.eval.decontaminate import check
+    from opencwm.shards import DatasetError
+
+    if args.ngram < 1:
+        raise CliError("--ngram must be at least 1")
+    args.style, args.prompt_file = PROTOCOLS[args.benchmark][0][0], None
+    args.since = args.until = None
+    args.test_timeout, args.public_only = 6.0, False
+    problems = make_benchmark(args).problems()
+    corpus: list[str] = []
+    for directory in args.corpus:
+        try:
+            corpus += texts(directory)
+        except DatasetError as exc:
+            raise CliError(f"--corpus {exc}") from None
+    findings = check(problems, corpus, n=args.ngram)
+    rows = [finding.as_json() for finding in findings]
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    flagged = [row for row in rows if row["contaminated"]]
+    summary = {"benchmark": args.benchmark, "items": len(rows), "contaminated": len(flagged), "ngram": args.ngram,
+               "corpus_texts": len(corpus), "ids": [row["id"] for row in flagged]}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.benchmark}: {len(flagged)} of {len(rows)} items share a {args.ngram}-gram with the "
+              f"{len(corpus)} training texts" + (f": {', '.join(summary['ids'][:20])}" if flagged else ""))
+    return 0
+
+
+def add_decontaminate_parser(eval_commands) -> None:
+    parser = eval_commands.add_parser(
+        "decontaminate", help="which of a benchmark's items a training corpus holds (word n-gram overlap)",
+        description="Each item's own text (not the prompt around it) against every training text of the corpora, "
+                    "as the model trains on them: an item sharing any n-gram is flagged.")
+    parser.add_argument("benchmark", choices=list(PROTOCOLS), help="the benchmark whose items are looked for")
+    parser.add_argument("--corpus", action="append", required=True, help="a dataset directory (code, traces or "
+                                                                        "trajectories); repeatable")
+    parser.add_argument("--data", help="the benchmark's items (as for its eval command)")
+    parser.add_argument("--ngram", type=int, default=13, help="words per n-gram (default 13)")
+    parser.add_argument("--out", help="write one JSON row per item (contaminated, overlap, documents) to this file")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.set_defaults(func=cmd_eval_decontaminate)

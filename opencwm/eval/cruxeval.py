@@ -186,7 +186,8 @@ class CruxEval(Benchmark):
         if self.style == "rollout":
             return self._rollout_problems(ids, items)
         return [Problem(i, self._prompt(item), {"code": item["code"], "input": item["input"],
-                                                "output": item["output"]}) for i, item in zip(ids, items)]
+                                                "output": item["output"], "text": item["code"]})
+                for i, item in zip(ids, items)]
 
     def _prompt(self, item: dict) -> str:
         fill = {"code": item["code"], "input": item["input"], "output": item["output"]}
@@ -205,7 +206,7 @@ class CruxEval(Benchmark):
         traces = real_traces([(item["code"], f"f({item['input']})") for item in items])
         problems = []
         for i, item, trace in zip(ids, items, traces):
-            reference = {"code": item["code"], "input": item["input"], "output": item["output"]}
+            reference = {"code": item["code"], "input": item["input"], "output": item["output"], "text": item["code"]}
             if trace is None:
                 problems.append(Problem(i, "", reference, unanswerable="no real trace of the call to start from"))
                 continue

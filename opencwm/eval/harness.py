@@ -38,7 +38,7 @@ RESUMABLE = ("limit", "workers", "batch_size", "concurrency")  # settings a resu
 class Problem:
     id: str
     prompt: str  # the text the model continues (special tokens allowed: a chat, a trace context)
-    reference: dict = field(default_factory=dict)  # what the grader needs; never shown to the model
+    reference: dict = field(default_factory=dict)  # what the grader needs (and "text": the item's own text)
     unanswerable: str | None = None  # why the item fails without being asked (its call cannot start)
 
 

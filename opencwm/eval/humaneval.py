@@ -69,7 +69,7 @@ class HumanEval(Benchmark):
             if not all(key in row for key in ("task_id", "prompt", "test", "entry_point")):
                 raise UsageError(f"humaneval: an item lacks task_id, prompt, test or entry_point "
                                  f"(fields: {', '.join(row)})")
-            reference = {key: row[key] for key in ("prompt", "test", "entry_point")}
+            reference = {key: row[key] for key in ("prompt", "test", "entry_point")} | {"text": row["prompt"]}
             problems.append(Problem(str(row["task_id"]), self._prompt(row["prompt"]), reference))
         return problems
 

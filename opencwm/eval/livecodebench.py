@@ -102,7 +102,7 @@ class LiveCodeBench(Benchmark):
                                          think=True)
                 ident = str(row.get("question_id", index))
                 problems.append(Problem(ident, prompt, {"tests": tests, "func_name": metadata.get("func_name"),
-                                                        "date": date}))
+                                                        "date": date, "text": row["question_content"]}))
         except KeyError as exc:
             raise UsageError(f"livecodebench: an item lacks {exc}") from None
         except (MissingDataset, ValueError) as exc:

@@ -69,7 +69,7 @@ class MathBenchmark(Benchmark):
                 prompt = encode_messages([{"role": "system", "content": REASONING_SYSTEM_PROMPT},
                                           {"role": "user", "content": f"{problem}\n{INSTRUCTION}"}],
                                          add_generation_prompt=True, think=True)
-                problems.append(Problem(ident, prompt, {"answer": answer}))
+                problems.append(Problem(ident, prompt, {"answer": answer, "text": problem}))
         except MissingDataset as exc:
             raise UsageError(str(exc)) from None
         return problems
