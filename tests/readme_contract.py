@@ -119,6 +119,8 @@ COMMANDS: dict[str, Step] = {
     "opencwm eval report runs/evals --out runs/evals/card":
         Step(SLOW, lambda r, d: "| crux-o |" in r.stdout and (d / "runs/evals/card/report.png").exists()),
     "opencwm speedrun --out runs/speedrun --cruxeval path/to/cruxeval.jsonl": Step(None, why=SPEEDRUN),
+    "opencwm eval decontaminate cruxeval-o --data path/to/cruxeval.jsonl --corpus runs/traces":
+        Step(FAST, lambda r, d: r.stdout.startswith("cruxeval-o: 0 of 1 items share a 13-gram with the 5 training")),
     "opencwm speedrun --out runs/long --midtrain-steps 5000 --train-programs 20000 --no-ablation --time-budget 0":
         Step(None, why=SPEEDRUN),
     "opencwm speedrun --out runs/gpu --device cuda --batch-size 32 --midtrain-steps 2000 --train-programs 16000":
