@@ -16,16 +16,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
 
 from opencwm.sandbox import OK, Outcome, Sandbox, SandboxConfig
+from opencwm.sandbox.pool import SandboxPool
 from opencwm.shards import TRACES_KIND, ShardWriter, read_rows
 from opencwm.trace.inputs import WorkItem, failed_trace, load_items
 from opencwm.trace.jobs import PRELOAD
@@ -131,33 +131,16 @@ def _outcome_rows(item: WorkItem, outcome: Outcome, origin: str) -> list[dict]:
 
 
 def _run_local(items: list[WorkItem], config: CollectConfig, on_done) -> None:
-    local = threading.local()
-    sandboxes: list[Sandbox] = []
-    lock = threading.Lock()
-
-    def run(item: WorkItem) -> tuple[WorkItem, Outcome]:
-        box = getattr(local, "box", None)
-        if box is None:
-            box = local.box = Sandbox(config.sandbox)
-            with lock:
-                sandboxes.append(box)
-        return item, box.run(item.job, **item.kwargs)
-
-    pending = iter(items)
-    try:
-        with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="trace") as pool:
-            in_flight = set()
-            for item in pending:
-                in_flight.add(pool.submit(run, item))
-                if len(in_flight) >= 4 * config.workers:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        on_done(*future.result())
-            for future in in_flight:
-                on_done(*future.result())
-    finally:
-        for box in sandboxes:
-            box.close()
+    with SandboxPool(config.sandbox, config.workers) as pool:
+        in_flight: dict = {}
+        for item in items:
+            in_flight[pool.submit(item.job, **item.kwargs)] = item
+            if len(in_flight) >= 4 * config.workers:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    on_done(in_flight.pop(future), future.result())
+        for future in list(in_flight):
+            on_done(in_flight.pop(future), future.result())
 
 
 def _ray_batch(items: list[dict], sandbox: dict) -> list[tuple[dict, dict]]:
