@@ -411,7 +411,8 @@ def test_livecodebench_runs_public_and_hidden_tests_with_time_limits(tmp_path, t
     for row in rows:
         assert row["passed"] == [passes for _, passes in LCB_CANDIDATES[row["id"]]], row["reasons"]
     [stdin_row] = [row for row in rows if row["id"] == "abc1_a"]
-    assert stdin_row["reasons"][2] == "test 3: wrong output" and "over 1.0 s" in stdin_row["reasons"][3]
+    assert stdin_row["reasons"][2] == "wrong output (test 3)"
+    assert stdin_row["reasons"][3] == "timeout (test 1, over 1.0 s)"
     recent = LiveCodeBench(str(data), since="2025-01-01").problems()
     assert [p.id for p in recent] == ["3001"] and len(recent[0].reference["tests"]) == 3
     assert [p.id for p in LiveCodeBench(str(data), until="2024-12-31", public_only=True).problems()] == ["abc1_a"]

@@ -84,12 +84,13 @@ def run_tests(program: str, tests: list[dict], func_name: str | None = None, tes
                     pass
                 ok = _same_output(sys.stdout.buffer.getvalue().decode("utf-8", "replace"), test["output"])
         except _TestTimeout:
-            return {"passed": False, "tests": index, "failure": f"test {index + 1}: over {test_timeout} s"}
+            return {"passed": False, "tests": index, "failure": f"timeout (test {index + 1}, over {test_timeout} s)"}
         except BaseException as exc:  # the candidate's own error
-            return {"passed": False, "tests": index, "failure": f"test {index + 1}: {type(exc).__name__}: {exc}"[:300]}
+            return {"passed": False, "tests": index,
+                    "failure": f"exception (test {index + 1}): {type(exc).__name__}: {exc}"[:300]}
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             sys.stdin, sys.stdout = stdin, stdout
         if not ok:
-            return {"passed": False, "tests": index, "failure": f"test {index + 1}: wrong output"}
+            return {"passed": False, "tests": index, "failure": f"wrong output (test {index + 1})"}
     return {"passed": True, "tests": len(tests), "failure": ""}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -240,7 +241,8 @@ def _rows(benchmark: Benchmark, chunk: _Chunk) -> list[dict]:
 
 
 def summarize(rows: list[dict], ks: Iterable[int], confidence: float = 0.95) -> dict:
-    """pass@k (k up to the fewest samples an item has) with its interval over items, and what went wrong."""
+    """pass@k (k up to the fewest samples an item has) with its interval over items, and what went wrong (each
+    reason's kind: the text before its first ``:`` or ``(``)."""
     summary: dict = {"items": len(rows)}
     if not rows:
         return summary
@@ -255,7 +257,7 @@ def summarize(rows: list[dict], ks: Iterable[int], confidence: float = 0.95) -> 
     summary["mean_tokens"] = mean(tokens)
     summary["generate_seconds"] = round(sum(row["seconds"] for row in rows), 3)
     summary["grade_seconds"] = round(sum(row["grade_seconds"] for row in rows), 3)
-    reasons = Counter(reason.split(":")[0] for row in rows for reason in row["reasons"] if reason)
+    reasons = Counter(re.split(r"[:(]", reason)[0].strip() for row in rows for reason in row["reasons"] if reason)
     summary["failures"] = dict(reasons.most_common())
     return summary
 
