@@ -41,7 +41,7 @@ class ScriptedCompleter:
         self.batch_size = 4
 
     def complete(self, prompt, *, stop=(), max_tokens=256, temperature=0.0, top_p=1.0, n=1, seed=None,
-                 on_token=None):
+                 on_token=None, stop_texts=()):
         text = self.tokenizer.decode(list(prompt))
         return [self.tokenizer.encode(self.answers(text, i), allow_special=True) + list(stop[:1]) for i in range(n)]
 
@@ -458,7 +458,7 @@ class AgentScript:
         self.submit = format_tool_call("submit")
 
     def complete(self, prompt, *, stop=(), max_tokens=256, temperature=0.0, top_p=1.0, n=1, seed=None,
-                 on_token=None):
+                 on_token=None, stop_texts=()):
         text = self.tokenizer.decode(list(prompt))
         [fix] = [turns for statement, turns in self.fixes.items() if statement in text]
         turn = text.count("<|start_header_id|>assistant<|end_header_id|>") - 1
@@ -555,3 +555,19 @@ def test_decontamination_finds_the_items_a_training_corpus_holds(tmp_path):
     assert rows["clean"]["overlap"] == 0.0 and not rows["short"]["contaminated"]
     bad = eval_cli("decontaminate", "cruxeval-o", "--data", str(data), "--corpus", str(tmp_path / "nope"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_a_stop_text_ends_a_local_completion_at_the_token_that_completes_it(untrained_checkpoint):
+    from opencwm.infer.local import LocalCompleter
+
+    completer = LocalCompleter.from_checkpoint(untrained_checkpoint, batch_size=2)
+    decode = completer.tokenizer.decode
+    prompts = [completer.tokenizer.encode(text) for text in ("def f(x):", "return", "x = [1, 2]")]
+    free = completer.complete_batch(prompts, max_tokens=24)
+    for stop in ("e", "a", ")"):
+        stopped = completer.complete_batch(prompts, max_tokens=24, stop_texts=(stop,))
+        for [whole], [cut] in zip(free, stopped):
+            ends = [i for i in range(1, len(whole) + 1) if stop in decode(whole[:i])]
+            assert cut == whole[: ends[0] if ends else len(whole)]
+        [alone] = completer.complete(prompts[0], max_tokens=24, stop_texts=(stop,))
+        assert alone == stopped[0][0]

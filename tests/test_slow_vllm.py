@@ -208,6 +208,11 @@ def test_eval_on_vllm_writes_and_grades_what_it_does_locally(tmp_path, checkpoin
                                      "    assert f(1) == 2\n", "entry_point": "inc"}) + "\n")
     maths = tmp_path / "math.jsonl"
     maths.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    lcb = tmp_path / "lcb.jsonl"
+    lcb.write_text(json.dumps({"question_id": "a1", "question_content": "Print a + b.", "starter_code": "",
+                               "contest_date": "2025-01-01T00:00:00", "metadata": "{}", "private_test_cases": "",
+                               "public_test_cases": json.dumps([{"input": "1 2", "output": "3", "testtype": "stdin"}])})
+                   + "\n")
     greedy = ["--samples", "1", "--temperature", "0", "--max-tokens", "12", "--quiet", "--json"]
 
     def evaluate(out: str, *args: str) -> list[dict]:
@@ -222,6 +227,7 @@ def test_eval_on_vllm_writes_and_grades_what_it_does_locally(tmp_path, checkpoin
         remote = evaluate("remote", "cruxeval-o", *served, "--data", str(crux), "--style", "assert", *greedy)
         rows = {"humaneval": evaluate("he", "humaneval", *served, "--data", str(humaneval), *greedy),
                 "math500": evaluate("math", "math500", *served, "--data", str(maths), *greedy),
+                "livecodebench": evaluate("lcb", "livecodebench", *served, "--data", str(lcb), *greedy),
                 "cruxeval-i": evaluate("crux-i", "cruxeval-i", *served, "--data", str(crux), "--style", "think",
                                        *greedy)}
     assert [(r["completions"], r["passed"]) for r in remote] == [(r["completions"], r["passed"]) for r in local]

@@ -176,7 +176,7 @@ def _generate(benchmark: Benchmark, completer: Completer, chunk: _Chunk, samplin
     stop = _stop_ids(completer, benchmark.stop_tokens)
     prompts = [_encode(completer, p.prompt) for p in chunk.problems]
     request = dict(stop=stop, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                   top_p=sampling.top_p, n=sampling.samples, seed=seed)
+                   top_p=sampling.top_p, n=sampling.samples, seed=seed, stop_texts=benchmark.stop_texts)
     start = time.monotonic()
     for i, problem in enumerate(chunk.problems):
         if problem.unanswerable:

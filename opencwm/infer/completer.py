@@ -35,14 +35,16 @@ class Completer(Protocol):
 
     def complete(self, prompt: Sequence[int], *, stop: Sequence[int] = (), max_tokens: int = 256,
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
-                 seed: int | None = None, on_token: Callable[[int], None] | None = None) -> list[list[int]]:
+                 seed: int | None = None, on_token: Callable[[int], None] | None = None,
+                 stop_texts: Sequence[str] = ()) -> list[list[int]]:
         """``n`` continuations of ``prompt``, each a list of token ids (ending with its stop token, if any);
-        ``on_token`` is called with each token of the first as it arrives."""
+        ``on_token`` is called with each token of the first as it arrives. ``stop_texts``: a continuation also ends
+        once its text holds one of them (its tokens then run past it; callers cut the text)."""
         ...
 
     def complete_batch(self, prompts: Sequence[Sequence[int]], *, stop: Sequence[int] = (), max_tokens: int = 256,
                        temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
-                       seed: int | None = None) -> list[list[list[int]]]:
+                       seed: int | None = None, stop_texts: Sequence[str] = ()) -> list[list[list[int]]]:
         """``complete`` for many prompts at once (batched rows locally, concurrent requests to a server): for each
         prompt, its ``n`` continuations."""
         ...

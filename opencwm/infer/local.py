@@ -79,7 +79,7 @@ class LocalCompleter:
     @torch.no_grad()
     def complete(self, prompt: Sequence[int], *, stop: Sequence[int] = (), max_tokens: int = 256,
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
-                 seed: int | None = None, on_token=None) -> list[list[int]]:
+                 seed: int | None = None, on_token=None, stop_texts: Sequence[str] = ()) -> list[list[int]]:
         prompt = list(prompt)
         if not prompt:
             raise ValueError("the prompt needs at least one token")
@@ -91,17 +91,17 @@ class LocalCompleter:
                             stop_tokens=tuple(stop), seed=seed, compile=self.compile and n == 1)
         if n == 1:
             (tokens,) = continue_sampling(self.model, self._cache, last, sampling, first_position=len(prompt),
-                                          on_token=on_token)
+                                          on_token=on_token, finished=self._holds(stop_texts))
             self._tokens += tokens[:-1]  # the cache now holds every new token but the last
             return [tokens]
         cache = self._cache.expand(n)
         return continue_sampling(self.model, cache, last.expand(n, -1), sampling, first_position=len(prompt),
-                                 on_token=on_token)
+                                 on_token=on_token, finished=self._holds(stop_texts))
 
     @torch.no_grad()
     def complete_batch(self, prompts: Sequence[Sequence[int]], *, stop: Sequence[int] = (), max_tokens: int = 256,
                        temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
-                       seed: int | None = None) -> list[list[list[int]]]:
+                       seed: int | None = None, stop_texts: Sequence[str] = ()) -> list[list[list[int]]]:
         """``n`` continuations of each prompt, ``batch_size`` rows generated together (rows of similar length in
         the same batch); a batch's seed is ``seed`` plus its first row's place."""
         rows = [list(prompt) for prompt in prompts for _ in range(n)]
@@ -114,6 +114,14 @@ class LocalCompleter:
             room = min(max_tokens, self.context_length - max(len(rows[r]) for r in chunk))
             sampling = Sampling(max_new_tokens=room, temperature=temperature, top_p=top_p, stop_tokens=tuple(stop),
                                 seed=None if seed is None else seed + start)
-            for r, tokens in zip(chunk, generate(self.model, [rows[r] for r in chunk], sampling)):
+            for r, tokens in zip(chunk, generate(self.model, [rows[r] for r in chunk], sampling,
+                                                 finished=self._holds(stop_texts))):
                 new[r] = tokens
         return [new[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _holds(self, stop_texts: Sequence[str]):
+        """Whether new tokens' text holds a stop text (the last 32 tokens are read: a stop text is short)."""
+        if not stop_texts:
+            return None
+        decode = self.tokenizer.decode
+        return lambda tokens: any(text in decode(tokens[-32:]) for text in stop_texts)

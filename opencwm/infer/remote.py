@@ -32,11 +32,11 @@ class RemoteCompleter:
 
     def complete(self, prompt: Sequence[int], *, stop: Sequence[int] = (), max_tokens: int = 256,
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
-                 seed: int | None = None, on_token=None) -> list[list[int]]:
+                 seed: int | None = None, on_token=None, stop_texts: Sequence[str] = ()) -> list[list[int]]:
         import openai
 
         request = dict(model=self.model, prompt=list(prompt), max_tokens=max_tokens, temperature=temperature,
-                       top_p=top_p, n=n, seed=seed,
+                       top_p=top_p, n=n, seed=seed, stop=list(stop_texts) or None,
                        extra_body={"stop_token_ids": list(stop), "ignore_eos": True, "return_token_ids": True,
                                    "skip_special_tokens": False, "include_stop_str_in_output": True})
         try:

@@ -5,6 +5,7 @@ Good enough for evaluation and the neural debugger; the serving engine builds on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,8 +37,10 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
 
 
 @torch.no_grad()
-def generate(model: CWM, prompts: list[list[int]], sampling: Sampling | None = None) -> list[list[int]]:
-    """Continue each prompt; returns the new tokens of each (the stop token included when one was produced)."""
+def generate(model: CWM, prompts: list[list[int]], sampling: Sampling | None = None,
+             finished: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+    """Continue each prompt; returns the new tokens of each (the stop token included when one was produced).
+    ``finished(new_tokens)``: a row also ends when it says so (e.g. when its text holds a stop string)."""
     sampling = sampling or Sampling()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -54,17 +57,18 @@ def generate(model: CWM, prompts: list[list[int]], sampling: Sampling | None = N
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     logits = model(ids, cache=cache, lengths=lengths)
     last = logits[torch.arange(batch, device=device), lengths - 1]
-    return continue_sampling(model, cache, last, sampling, first_position=longest)
+    return continue_sampling(model, cache, last, sampling, first_position=longest, finished=finished)
 
 
 def continue_sampling(model: CWM, cache, last: torch.Tensor, sampling: Sampling, *, first_position: int,
-                      on_token=None) -> list[list[int]]:
+                      on_token=None, finished: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
     """Sample from ``last`` (batch, vocab), the logits after each sequence in ``cache``, feeding every sampled
     token back through the cache, until each sequence produced a stop token or ``max_new_tokens``. The last
     sampled token is never fed, so the cache ends holding the prompt and every new token but the last (what a
     caller that extends the same text again reuses). ``first_position``: where the first new token goes in the
     longest sequence (generation ends at the cache's end). ``on_token(id)``: called with each new token of the
-    first sequence as it is sampled (streaming)."""
+    first sequence as it is sampled (streaming). ``finished(tokens)``: a sequence also ends when it returns True
+    for its new tokens so far."""
     generator = None
     if sampling.seed is not None:
         generator = torch.Generator(device=last.device).manual_seed(sampling.seed)
@@ -78,7 +82,7 @@ def continue_sampling(model: CWM, cache, last: torch.Tensor, sampling: Sampling,
         for b, value in enumerate(token.tolist()):
             if not done[b]:
                 outputs[b].append(value)
-                done[b] = value in stops
+                done[b] = value in stops or (finished is not None and finished(outputs[b]))
                 if b == 0 and on_token is not None:
                     on_token(value)
         if all(done) or count == sampling.max_new_tokens or first_position + count > cache.max_length:
