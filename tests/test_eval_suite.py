@@ -9,6 +9,7 @@ graders are the real ones."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -443,9 +444,13 @@ def test_a_livecodebench_file_cannot_run_code_on_the_host(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+MODEL_TEST = "tests/test_reproduce_opencwm.py"
+
+
 class AgentScript:
     """A completer that plays the agent on forager tasks: by its seed, it submits at once (seed 0) or repairs the
-    task with the inverse of its mutation, then submits."""
+    task with the inverse of its mutation, then submits; asked for tests, it writes a copy of the repository's
+    test module (which fails on the mutated code and passes on the repaired one)."""
 
     def __init__(self, tokenizer: Tokenizer, tasks: list[dict]):
         from opencwm.chat import format_edit, format_tool_call
@@ -456,12 +461,16 @@ class AgentScript:
                                                   for path, blocks in inverse_edits(task["bug_patch"])]
                       for task in tasks}
         self.submit = format_tool_call("submit")
+        module = (REPO / "tests" / "data" / "toyrepo" / "tests" / "test_toycalc.py").read_text()
+        self.write_test = format_tool_call("create", f"{MODEL_TEST}\n{module}")
 
     def complete(self, prompt, *, stop=(), max_tokens=256, temperature=0.0, top_p=1.0, n=1, seed=None,
                  on_token=None, stop_texts=()):
         text = self.tokenizer.decode(list(prompt))
         [fix] = [turns for statement, turns in self.fixes.items() if statement in text]
         turn = text.count("<|start_header_id|>assistant<|end_header_id|>") - 1
+        if "Do not fix this problem yet: write a test" in text:
+            fix = [self.write_test]
         call = self.submit if seed == 0 or turn >= len(fix) else fix[turn]
         return [self.tokenizer.encode(f"my plan</think>\n{call}", allow_special=True) + list(stop[:1])]
 
@@ -504,11 +513,16 @@ def test_swe_with_test_time_scaling_submits_the_patch_the_repository_tests_prefe
         assert row["passed"] == graded == [False, True, True], row["reasons"]
         assert row["answers"][0] == "" and row["answers"][1] == row["answers"][2] != ""
         assert row["chosen"] == 1 and row["tts_passed"]
+        assert row["model_tests"] == [MODEL_TEST]
+        module = ast.parse((REPO / "tests" / "data" / "toyrepo" / "tests" / "test_toycalc.py").read_text())
+        copied = sum(isinstance(node, ast.FunctionDef) and node.name.startswith("test") for node in module.body)
+        empty, fixed, again_fixed = row["scores"]  # the repaired code passes every repository and model test
+        assert fixed == again_fixed == len(env.passing_tests()) + copied > empty
     assert summary["pass@1"] == pytest.approx(2 / 3) and summary["pass@3"] == 1.0 and summary["tts@3"] == 1.0
     episodes = len(read_trajectories(tmp_path / "run" / "episodes"))
     again = run_swe(forage_tasks, AgentScript(tokenizer, forage_tasks), tmp_path / "run", model="scripted",
                     sampling=sampling, budget=budget, tts=3)
-    assert episodes == 6 and len(read_trajectories(tmp_path / "run" / "episodes")) == 6
+    assert episodes == 8 and len(read_trajectories(tmp_path / "run" / "episodes")) == 8  # 3 candidates, 1 test
     assert again["tts@3"] == summary["tts@3"] and again["items"] == 2
 
 

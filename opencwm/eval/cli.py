@@ -257,7 +257,7 @@ def cmd_eval_swe(args) -> int:
     try:
         summary = run_swe(tasks, completer, Path(args.out), model=args.model, sampling=sampling, budget=budget,
                           tts=args.tts, think=not args.no_think, workers=args.workers, backend=args.sandbox,
-                          progress=_bar("episodes", args.quiet))
+                          progress=_bar("episodes", args.quiet), model_tests=not args.no_model_tests)
     except (ForageError, PolicyUnavailable) as exc:
         raise CliError(f"{exc} (finished episodes are in {args.out}; run the same command again to go on)") \
             from None
@@ -272,13 +272,15 @@ def add_swe_parser(eval_commands) -> None:
         "swe", help="agentic episodes on forager tasks (mutate-fix, imported SWE-bench), graded by their tests",
         description="The model fixes each task with CWM's tools (bash, edit, create, submit) in the task's "
                     "environment; FAIL_TO_PASS and PASS_TO_PASS decide. --tts K: K candidate patches per task, the "
-                    "one passing most of the repository's tests submitted.")
+                    "one passing most of the repository's tests and of tests the model wrote submitted.")
     swe.add_argument("tasks", help="task dataset directory (opencwm forage mutate / forage import output)")
     add_model_args(swe)
     swe.add_argument("--out", required=True, help="run directory (episodes/, results.jsonl, summary.json)")
     swe.add_argument("--tts", type=int, default=1, help="candidate patches per task (default 1: no test-time "
                                                         "scaling; CWM's 65.8%% used several)")
     swe.add_argument("--no-think", action="store_true", help="without CWM's reasoning mode")
+    swe.add_argument("--no-model-tests", action="store_true", help="with --tts: rank candidates by the repository's "
+                                                                   "tests only (no episode writing tests)")
     group = swe.add_argument_group("sampling")
     group.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
     group.add_argument("--top-p", type=float, default=0.95, help="default 0.95")

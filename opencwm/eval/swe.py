@@ -10,8 +10,10 @@ Test-time scaling (``tts`` = K, as CWM does for its 65.8%): K episodes per task 
 candidate patches; each distinct patch is applied to a fresh work tree and run against the repository's own tests
 (those that passed before the task's change, none of the hidden ``FAIL_TO_PASS`` tests of an imported instance);
 the patch passing most of them is chosen, ties going to the patch most candidates share (majority over identical
-diffs), and only the chosen patch is graded. The summary reports pass@1 over all K episodes, pass@K, and
-``tts@K``, the chosen patches' rate. (CWM also runs tests the model writes for itself; that part is not built.)
+diffs), and only the chosen patch is graded. Tests the model writes count too, as in CWM: one more episode per
+task asks the model for a test file that fails on the current code and passes once the problem is fixed; the new
+test files it creates run with each candidate (``model_tests=False`` leaves them out). The summary reports pass@1
+over all K episodes, pass@K, and ``tts@K``, the chosen patches' rate.
 
 A run directory has the harness's layout (``settings.json``, ``results.jsonl``, ``summary.json``, so ``eval
 report`` reads it), and ``episodes/``, the trajectories, which a rerun goes on from.
@@ -20,10 +22,10 @@ report`` reads it), and ``episodes/``, the trajectories, which a rerun goes on f
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections import Counter
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 
 from opencwm.chat import THINK_START, encode_messages
@@ -37,6 +39,27 @@ from opencwm.special_tokens import STOP_TOKENS
 
 CWM_BUDGET = EpisodeBudget(max_turns=128, max_tokens=131_072, max_seconds=3600.0, command_timeout=120.0)
 REPORTED = {"pass@1": 53.9, "tts@": 65.8}  # SWE-bench Verified; tts: CWM's test-time scaling
+
+
+TEST_REQUEST = """Do not fix this problem yet: write a test for it. Create one new pytest file (its name starting \
+with test_, beside the repository's own tests) whose tests fail on the current code and will pass once the problem \
+is fixed. Change no other file, then submit.
+
+The problem:
+
+{statement}"""
+_TEST_FILE = re.compile(r"(^|/)(test_[^/]*|[^/]*_test)\.py$")
+
+
+def new_test_files(diff: str) -> tuple[str, list[str]]:
+    """The part of ``diff`` that creates test files (``test_*.py``, ``*_test.py``), and their paths."""
+    kept, paths = [], []
+    for block in re.split(r"(?m)^(?=diff --git )", diff):
+        header = re.match(r"diff --git a/(\S+) b/(\S+)\n", block)
+        if header and "\nnew file mode" in block.split("@@", 1)[0] and _TEST_FILE.search(header.group(2)):
+            kept.append(block)
+            paths.append(header.group(2))
+    return "".join(kept), paths
 
 
 class CompleterPolicy(Policy):
@@ -70,17 +93,26 @@ class CompleterPolicy(Policy):
         return Reply(f"{THINK_START}\n{text}" if self.think else text, len(prompt), len(tokens))
 
 
-def repository_test_score(env: Environment, task: dict, patch: str, *, backend: str = "auto") -> int:
-    """How many of the repository's own tests (those passing before the task) pass with ``patch`` applied; -1
-    for a patch that does not apply."""
+def _apply(tree: Path, patch: str) -> bool:
+    if not patch.strip():
+        return True
+    applied = subprocess.run(git_command(tree, "apply", "--whitespace=nowarn", "-"), input=patch, text=True,
+                             capture_output=True, env=git_environment())
+    return applied.returncode == 0
+
+
+def repository_test_score(env: Environment, task: dict, patch: str, *, model_tests: tuple[str, list[str]] = ("", []),
+                          backend: str = "auto") -> int:
+    """How many of the repository's own tests (those passing before the task), and of the tests the model wrote
+    (``model_tests``: the patch creating them and their files), pass with ``patch`` applied; -1 for a patch that
+    does not apply."""
     tree = env.checkout(task["base_commit"])
     try:
-        if patch.strip():
-            applied = subprocess.run(git_command(tree, "apply", "--whitespace=nowarn", "-"), input=patch, text=True,
-                                     capture_output=True, env=git_environment())
-            if applied.returncode != 0:
-                return -1
-        run = env.run_tests(tree, env.passing_tests(), backend=backend)
+        if not _apply(tree, patch):
+            return -1
+        tests_patch, test_files = model_tests
+        extra = test_files if tests_patch and _apply(tree, tests_patch) else []
+        run = env.run_tests(tree, env.passing_tests() + extra, backend=backend)
         return sum(outcome == "passed" for outcome in run.outcomes.values())
     finally:
         Environment.discard(tree)
@@ -97,7 +129,7 @@ def choose_patch(diffs: list[str], score) -> int:
 
 def run_swe(tasks: list[dict], completer: Completer, out: Path, *, model: str, sampling: Sampling,
             budget: EpisodeBudget = CWM_BUDGET, tts: int = 1, think: bool = True, workers: int = 1,
-            backend: str = "auto", progress=None) -> dict:
+            backend: str = "auto", progress=None, model_tests: bool = True) -> dict:
     """Plays ``max(1, tts)`` episodes of the model on each task into ``out`` (resumable) and grades them; the
     summary."""
     from opencwm.forage.agent import evaluate_patch
@@ -105,7 +137,8 @@ def run_swe(tasks: list[dict], completer: Completer, out: Path, *, model: str, s
 
     candidates = max(1, tts)
     settings = {"benchmark": "swe", "model": model, **vars(sampling), "samples": candidates, "tts": tts,
-                "think": think, "budget": asdict(budget), "tasks": len(tasks), "workers": workers, "limit": None}
+                "think": think, "budget": asdict(budget), "tasks": len(tasks), "workers": workers, "limit": None,
+                "model_tests": model_tests and tts > 1}
     check_settings(out, settings)
     episodes = out / "episodes"
     for k in range(candidates):
@@ -113,9 +146,17 @@ def run_swe(tasks: list[dict], completer: Completer, out: Path, *, model: str, s
         policy = CompleterPolicy(completer, sampling, name=f"{model}#{k}", think=think, seed=seed)
         run_episodes(tasks, lambda task, policy=policy: policy, episodes, budget=budget, workers=workers,
                      backend=backend, progress=progress)
-    by_task: dict[str, dict[int, dict]] = {}
+    if model_tests and tts > 1:  # one episode per task in which the model writes tests
+        seed = None if sampling.seed is None else sampling.seed + candidates
+        writer = CompleterPolicy(completer, sampling, name=f"{model}#tests", think=think, seed=seed)
+        requests = [{**task, "problem_statement": TEST_REQUEST.format(statement=task["problem_statement"])}
+                    for task in tasks]
+        run_episodes(requests, lambda task: writer, episodes, budget=budget, workers=workers, backend=backend,
+                     progress=progress)
+    by_task: dict[str, dict] = {}
     for trajectory in read_trajectories(episodes):
-        by_task.setdefault(trajectory["task_id"], {})[int(trajectory["policy"].rsplit("#", 1)[1])] = trajectory
+        which = trajectory["policy"].rsplit("#", 1)[1]
+        by_task.setdefault(trajectory["task_id"], {})[int(which) if which.isdigit() else which] = trajectory
     results = out / RESULTS
     done = {row["id"] for row in read_rows(results)}
     with open(results, "a", encoding="utf-8") as handle:
@@ -131,10 +172,18 @@ def run_swe(tasks: list[dict], completer: Completer, out: Path, *, model: str, s
                    "seconds": round(sum(t["episode_seconds"] for t in played), 3), "grade_seconds": 0.0}
             if tts > 1:
                 env = Environment.open(Path(task["env"]))
-                score = partial(repository_test_score, env, task, backend=backend)
+                written = by_task[ident].get("tests")
+                tests = new_test_files(written["diff"]) if written else ("", [])
+                scores: dict[str, int] = {}
+
+                def score(diff: str, env=env, task=task, tests=tests, scores=scores) -> int:
+                    scores[diff] = repository_test_score(env, task, diff, model_tests=tests, backend=backend)
+                    return scores[diff]
+
                 chosen = choose_patch(row["answers"], score)
                 reward, _ = evaluate_patch(env, task, row["answers"][chosen], backend=backend)
-                row.update(chosen=chosen, tts_passed=reward == 1.0)
+                row.update(chosen=chosen, tts_passed=reward == 1.0, model_tests=tests[1],
+                           scores=[scores[diff] for diff in row["answers"]])
             handle.write(json.dumps(row) + "\n")
             handle.flush()
     order = {task["instance_id"]: i for i, task in enumerate(tasks)}
