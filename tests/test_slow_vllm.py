@@ -223,12 +223,22 @@ def test_eval_on_vllm_writes_and_grades_what_it_does_locally(tmp_path, checkpoin
 
     local = evaluate("local", "cruxeval-o", "--model", str(folder), "--data", str(crux), "--style", "assert", *greedy)
     with vllm_server(folder, "cwm", tmp_path / "server.log", 512) as base_url:
+        from opencwm.infer.remote import RemoteCompleter
+
+        assert RemoteCompleter(base_url, "cwm", Tokenizer.load(folder)).context_length == 512  # vLLM's model list
         served = ["--base-url", base_url, "--model", "cwm", "--tokenizer", str(folder)]
         remote = evaluate("remote", "cruxeval-o", *served, "--data", str(crux), "--style", "assert", *greedy)
         rows = {"humaneval": evaluate("he", "humaneval", *served, "--data", str(humaneval), *greedy),
                 "math500": evaluate("math", "math500", *served, "--data", str(maths), *greedy),
                 "livecodebench": evaluate("lcb", "livecodebench", *served, "--data", str(lcb), *greedy),
+                "long": evaluate("long", "cruxeval-o", *served, "--data", str(crux), "--style", "assert",
+                                 "--samples", "1", "--max-tokens", "4096", "--quiet", "--json"),  # capped, not refused
                 "cruxeval-i": evaluate("crux-i", "cruxeval-i", *served, "--data", str(crux), "--style", "think",
                                        *greedy)}
     assert [(r["completions"], r["passed"]) for r in remote] == [(r["completions"], r["passed"]) for r in local]
-    assert all(len(r["completions"]) == 1 for rs in rows.values() for r in rs)
+    for name, results in rows.items():  # each answered, or known too long for the server's 512 tokens up front
+        for r in results:
+            assert len(r["completions"]) == 1 or "does not fit the model's context (511)" in r["reasons"][0], \
+                (name, r["reasons"])
+    assert any(len(r["completions"]) == 1 for results in rows.values() for r in results)
+    assert not any(reason.startswith("refused") for r in rows["long"] for reason in r["reasons"])

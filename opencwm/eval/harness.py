@@ -185,6 +185,8 @@ def _generate(benchmark: Benchmark, completer: Completer, chunk: _Chunk, samplin
         if problem.unanswerable:
             chunk.errors[i] = problem.unanswerable
     fits = [i for i, p in enumerate(prompts) if chunk.errors[i] is None and len(p) + 1 <= room]
+    if fits:  # no request asks for more than the context leaves (a server refuses those)
+        request["max_tokens"] = max(1, min(sampling.max_tokens, room + 1 - max(len(prompts[i]) for i in fits)))
     results: dict[int, list[list[int]]] = {}
     try:
         for i, tokens in zip(fits, completer.complete_batch([prompts[i] for i in fits], **request)):

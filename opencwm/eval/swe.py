@@ -34,7 +34,7 @@ from opencwm.eval.passk import interval, mean
 from opencwm.forage.agent import EpisodeBudget
 from opencwm.forage.environment import Environment, git_command, git_environment
 from opencwm.forage.policies import Policy, PolicyUnavailable, Reply
-from opencwm.infer.completer import Completer, CompleterUnavailable
+from opencwm.infer.completer import Completer, CompleterUnavailable, RequestRefused
 from opencwm.special_tokens import STOP_TOKENS
 
 CWM_BUDGET = EpisodeBudget(max_turns=128, max_tokens=131_072, max_seconds=3600.0, command_timeout=120.0)
@@ -87,7 +87,9 @@ class CompleterPolicy(Policy):
             [tokens] = self.completer.complete(prompt, stop=self.stop, max_tokens=min(self.sampling.max_tokens, room),
                                                temperature=self.sampling.temperature, top_p=self.sampling.top_p,
                                                seed=self.seed)
-        except CompleterUnavailable as exc:
+        except RequestRefused as exc:  # this request only (too long, say): the episode ends, recorded
+            raise ValueError(str(exc)) from None
+        except CompleterUnavailable as exc:  # no answer at all: the episode is played again on a rerun
             raise PolicyUnavailable(str(exc)) from None
         text = tokenizer.decode([t for t in tokens if t not in self.stop])
         return Reply(f"{THINK_START}\n{text}" if self.think else text, len(prompt), len(tokens))

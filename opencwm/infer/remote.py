@@ -16,6 +16,9 @@ from opencwm.errors import one_line
 from opencwm.infer.completer import CompleterUnavailable, RequestRefused
 from opencwm.tokenizer import Tokenizer
 
+CWM_CONTEXT = 131_072
+MAX_STOP_TEXTS = 4  # the OpenAI API's limit, which vLLM enforces; callers cut the text at every stop text anyway
+
 
 class RemoteCompleter:
     def __init__(self, base_url: str, model: str, tokenizer: Tokenizer, *, api_key: str = "EMPTY",
@@ -27,8 +30,23 @@ class RemoteCompleter:
                 from None
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=retries)
         self.base_url, self.model, self.tokenizer = base_url, model, tokenizer
-        self.context_length = context_length or 131072  # the server refuses longer requests itself
+        self._context_length = context_length
         self.concurrency = max(1, concurrency)  # requests in flight at once in ``complete_batch``
+
+    @property
+    def context_length(self) -> int:
+        """The server's limit for this model (vLLM's model list says ``max_model_len``), asked once; CWM's 131,072
+        when the server does not say (it refuses longer requests itself)."""
+        if self._context_length is None:
+            self._context_length = CWM_CONTEXT
+            try:
+                for card in self.client.models.list().data:
+                    limit = (card.model_extra or {}).get("max_model_len")
+                    if card.id == self.model and isinstance(limit, int) and limit > 0:
+                        self._context_length = limit
+            except Exception:  # no answer here: the requests will say so in one line
+                pass
+        return self._context_length
 
     def complete(self, prompt: Sequence[int], *, stop: Sequence[int] = (), max_tokens: int = 256,
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
@@ -36,7 +54,7 @@ class RemoteCompleter:
         import openai
 
         request = dict(model=self.model, prompt=list(prompt), max_tokens=max_tokens, temperature=temperature,
-                       top_p=top_p, n=n, seed=seed, stop=list(stop_texts) or None,
+                       top_p=top_p, n=n, seed=seed, stop=list(stop_texts)[:MAX_STOP_TEXTS] or None,
                        extra_body={"stop_token_ids": list(stop), "ignore_eos": True, "return_token_ids": True,
                                    "skip_special_tokens": False, "include_stop_str_in_output": True})
         try:
