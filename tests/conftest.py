@@ -174,3 +174,16 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     CWM(preset("nano", **tokenizer.config_fields())).init_weights(seed=3).save_pretrained(folder)
     tokenizer.save(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def forage_task_dir(tmp_path_factory) -> Path:
+    """Mutate-fix tasks of the toy repository's environment (opencwm forage mutate's output; seconds to make)."""
+    from opencwm.forage.build import build_environment
+    from opencwm.forage.tasks import mutate
+
+    env = build_environment(str(REPO / "tests" / "data" / "toyrepo"), tmp_path_factory.mktemp("envs"))
+    assert env.ok, env.info.get("error")
+    out = tmp_path_factory.mktemp("tasks") / "tasks"
+    assert mutate(env, out, workers=2, max_candidates=6).validated >= 2
+    return out

@@ -476,19 +476,6 @@ class AgentScript:
 
 
 @pytest.fixture(scope="module")
-def forage_task_dir(tmp_path_factory) -> Path:
-    """Mutate-fix tasks of the toy repository's environment (opencwm forage mutate's output)."""
-    from opencwm.forage.build import build_environment
-    from opencwm.forage.tasks import mutate
-
-    env = build_environment(str(REPO / "tests" / "data" / "toyrepo"), tmp_path_factory.mktemp("envs"))
-    assert env.ok, env.info.get("error")
-    out = tmp_path_factory.mktemp("tasks") / "tasks"
-    assert mutate(env, out, workers=2, max_candidates=6).validated >= 2
-    return out
-
-
-@pytest.fixture(scope="module")
 def forage_tasks(forage_task_dir) -> list[dict]:
     from opencwm.forage.tasks import read_tasks
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import socket
@@ -193,13 +194,20 @@ def test_the_debugger_on_vllm_predicts_the_frames_it_predicts_locally(tmp_path, 
 
 
 @pytest.mark.slow
-def test_eval_on_vllm_writes_and_grades_what_it_does_locally(tmp_path, checkpoint):
+def test_eval_on_vllm_writes_and_grades_what_it_does_locally(tmp_path, checkpoint, forage_task_dir):
     """``opencwm eval`` against vLLM's server and on the same checkpoint locally, greedy: the same completions and
-    verdicts on CruxEval-O; every other benchmark runs against the server on a handful of items."""
+    verdicts on CruxEval-O; every benchmark (SWE episodes on the toy repository's tasks included) runs against the
+    server on a handful of items, and the report card puts the runs side by side. The checkpoint is the module's,
+    with a 4096-token context (the agent's conversations are longer than 512 tokens)."""
     import sys
 
     _require_vllm()
-    folder = checkpoint[0]
+    _, model, tokenizer = checkpoint
+    folder = tmp_path / "long-context"
+    long = CWM(dataclasses.replace(model.config, max_position_embeddings=4096))
+    long.load_state_dict(model.state_dict())
+    long.save_pretrained(folder)
+    tokenizer.save(folder)
     crux = tmp_path / "crux.jsonl"
     crux.write_text("".join(json.dumps({"id": f"s{i}", "code": f"def f(x):\n    return x * {i}", "input": str(i),
                                         "output": str(i * i)}) + "\n" for i in range(4)))
@@ -216,29 +224,35 @@ def test_eval_on_vllm_writes_and_grades_what_it_does_locally(tmp_path, checkpoin
     greedy = ["--samples", "1", "--temperature", "0", "--max-tokens", "12", "--quiet", "--json"]
 
     def evaluate(out: str, *args: str) -> list[dict]:
-        result = subprocess.run([sys.executable, "-m", "opencwm.cli", "eval", *args, "--out", str(tmp_path / out)],
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run([sys.executable, "-m", "opencwm.cli", "eval", *args, "--out",
+                                 str(tmp_path / "runs" / out)], capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
-        return [json.loads(line) for line in (tmp_path / out / "results.jsonl").read_text().splitlines()]
+        return [json.loads(line) for line in (tmp_path / "runs" / out / "results.jsonl").read_text().splitlines()]
 
     local = evaluate("local", "cruxeval-o", "--model", str(folder), "--data", str(crux), "--style", "assert", *greedy)
-    with vllm_server(folder, "cwm", tmp_path / "server.log", 512) as base_url:
+    with vllm_server(folder, "cwm", tmp_path / "server.log", 4096) as base_url:
         from opencwm.infer.remote import RemoteCompleter
 
-        assert RemoteCompleter(base_url, "cwm", Tokenizer.load(folder)).context_length == 512  # vLLM's model list
+        assert RemoteCompleter(base_url, "cwm", tokenizer).context_length == 4096  # from vLLM's model list
         served = ["--base-url", base_url, "--model", "cwm", "--tokenizer", str(folder)]
         remote = evaluate("remote", "cruxeval-o", *served, "--data", str(crux), "--style", "assert", *greedy)
-        rows = {"humaneval": evaluate("he", "humaneval", *served, "--data", str(humaneval), *greedy),
-                "math500": evaluate("math", "math500", *served, "--data", str(maths), *greedy),
-                "livecodebench": evaluate("lcb", "livecodebench", *served, "--data", str(lcb), *greedy),
-                "long": evaluate("long", "cruxeval-o", *served, "--data", str(crux), "--style", "assert",
-                                 "--samples", "1", "--max-tokens", "4096", "--quiet", "--json"),  # capped, not refused
-                "cruxeval-i": evaluate("crux-i", "cruxeval-i", *served, "--data", str(crux), "--style", "think",
-                                       *greedy)}
+        rows = {name: evaluate(name, *args, *served, *greedy) for name, args in {
+            "rollout": ("cruxeval-o", "--data", str(crux), "--style", "rollout"),
+            "cruxeval-i": ("cruxeval-i", "--data", str(crux), "--style", "think"),
+            "humaneval": ("humaneval", "--data", str(humaneval)),  # five stop strings: the API takes four
+            "livecodebench": ("livecodebench", "--data", str(lcb)),
+            "math500": ("math500", "--data", str(maths)),
+            "aime24": ("aime24", "--data", str(maths)),
+        }.items()}
+        rows["long"] = evaluate("long", "cruxeval-o", *served, "--data", str(crux), "--style", "assert", "--samples",
+                                "1", "--max-tokens", "100000", "--quiet", "--json")  # capped to the context
+        rows["swe"] = evaluate("swe", "swe", str(forage_task_dir), *served, "--limit", "1", "--tts", "2",
+                               "--max-turns", "2", "--max-tokens", "16", "--quiet", "--json")
     assert [(r["completions"], r["passed"]) for r in remote] == [(r["completions"], r["passed"]) for r in local]
-    for name, results in rows.items():  # each answered, or known too long for the server's 512 tokens up front
-        for r in results:
-            assert len(r["completions"]) == 1 or "does not fit the model's context (511)" in r["reasons"][0], \
-                (name, r["reasons"])
-    assert any(len(r["completions"]) == 1 for results in rows.values() for r in results)
-    assert not any(reason.startswith("refused") for r in rows["long"] for reason in r["reasons"])
+    for name, results in rows.items():
+        assert results and all(len(r["completions"]) == (2 if name == "swe" else 1) for r in results), name
+        assert not any(reason.startswith("refused") for r in results for reason in r["reasons"]), name
+    assert all(reason == "turn_budget" for reason in rows["swe"][0]["reasons"])  # it never wrote a tool call
+    report = subprocess.run([sys.executable, "-m", "opencwm.cli", "eval", "report", str(tmp_path / "runs")],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and "## swe" in report.stdout and "| remote |" in report.stdout
