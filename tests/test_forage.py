@@ -747,7 +747,8 @@ def test_ray_spreads_episodes_with_the_same_results(env, tasks, tmp_path):
 
 
 def test_a_local_checkpoint_plays_an_episode(env, tasks, tmp_path):
-    from opencwm.forage.policies import LocalPolicy
+    from opencwm.infer.agent import CompleterPolicy
+    from opencwm.infer.local import LocalCompleter
     from opencwm.model import CWM, preset
     from opencwm.tokenizer import Tokenizer
 
@@ -756,10 +757,10 @@ def test_a_local_checkpoint_plays_an_episode(env, tasks, tmp_path):
     folder = tmp_path / "run" / "checkpoints" / "step-000001" / "model"
     model.save_pretrained(folder)
     tokenizer.save(folder)  # as the trainer writes checkpoints
-    policy = LocalPolicy(str(folder), max_tokens=8)
+    policy = CompleterPolicy(LocalCompleter.from_checkpoint(folder), name="local", think=False, max_tokens=8)
     (folder / "tokenizer.json").rename(tmp_path / "elsewhere.json")  # older runs kept it only in RUN/tokenizer
     tokenizer.save(tmp_path / "run" / "tokenizer")
-    assert LocalPolicy(str(folder)).tokenizer.vocab_size == tokenizer.vocab_size
+    assert LocalCompleter.from_checkpoint(folder).tokenizer.vocab_size == tokenizer.vocab_size
     row = run_episode(env, tasks[0], policy, EpisodeBudget(max_turns=2))
     messages, actions = json.loads(row["messages"]), json.loads(row["actions"])
     assert row["policy"] == "local" and row["turns"] == 2 and row["status"] == "turn_budget"

@@ -2,9 +2,10 @@
 instances, each in its executable environment), with CWM's tools and limits, graded by the task's
 ``FAIL_TO_PASS`` and ``PASS_TO_PASS`` tests through the forager's grader.
 
-The model acts through the one completion interface (``CompleterPolicy``: the conversation in CWM's chat format,
-reasoning mode by default, one completion per turn up to the end of the turn), so a local checkpoint and a served
-model are evaluated alike. Defaults are CWM's agentic limits: 128 turns, a 131,072-token context, 120 s per command.
+The model acts through the one completion interface (``opencwm.infer.agent.CompleterPolicy``: the conversation in
+CWM's chat format, reasoning mode by default, one completion per turn up to the end of the turn), so a local
+checkpoint and a served model are evaluated alike. Defaults are CWM's agentic limits: 128 turns, a 131,072-token
+context, 120 s per command.
 
 Test-time scaling (``tts`` = K, as CWM does for its 65.8%): K episodes per task at the sampling temperature give K
 candidate patches; each distinct patch is applied to a fresh work tree and run against the repository's own tests
@@ -28,14 +29,12 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from opencwm.chat import THINK_START, encode_messages
 from opencwm.eval.harness import RESULTS, SUMMARY, Sampling, check_settings, read_rows, summarize
 from opencwm.eval.passk import interval, mean
 from opencwm.forage.agent import EpisodeBudget
 from opencwm.forage.environment import Environment, git_command, git_environment
-from opencwm.forage.policies import Policy, PolicyUnavailable, Reply
-from opencwm.infer.completer import Completer, CompleterUnavailable, RequestRefused
-from opencwm.special_tokens import STOP_TOKENS
+from opencwm.infer.agent import CompleterPolicy
+from opencwm.infer.completer import Completer
 
 CWM_BUDGET = EpisodeBudget(max_turns=128, max_tokens=131_072, max_seconds=3600.0, command_timeout=120.0)
 REPORTED = {"pass@1": 53.9, "tts@": 65.8}  # SWE-bench Verified; tts: CWM's test-time scaling
@@ -62,37 +61,8 @@ def new_test_files(diff: str) -> tuple[str, list[str]]:
     return "".join(kept), paths
 
 
-class CompleterPolicy(Policy):
-    """An agent policy over a ``Completer``: each turn is one completion of the conversation so far."""
-
-    def __init__(self, completer: Completer, sampling: Sampling, *, name: str = "cwm", think: bool = True,
-                 seed: int | None = None):
-        self.completer, self.sampling, self.name, self.think = completer, sampling, name, think
-        self.seed = seed
-        self.stop = []
-        for token in STOP_TOKENS:
-            try:
-                self.stop.append(completer.tokenizer.token_id(token))
-            except (KeyError, ValueError):
-                pass
-
-    def __call__(self, messages: list[dict]) -> Reply:
-        tokenizer = self.completer.tokenizer
-        prompt = tokenizer.encode(encode_messages(messages, add_generation_prompt=True, think=self.think),
-                                  allow_special=True)
-        room = self.completer.context_length - len(prompt)
-        if room < 1:
-            raise ValueError(f"the conversation ({len(prompt)} tokens) fills the model's context")
-        try:
-            [tokens] = self.completer.complete(prompt, stop=self.stop, max_tokens=min(self.sampling.max_tokens, room),
-                                               temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                                               seed=self.seed)
-        except RequestRefused as exc:  # this request only (too long, say): the episode ends, recorded
-            raise ValueError(str(exc)) from None
-        except CompleterUnavailable as exc:  # no answer at all: the episode is played again on a rerun
-            raise PolicyUnavailable(str(exc)) from None
-        text = tokenizer.decode([t for t in tokens if t not in self.stop])
-        return Reply(f"{THINK_START}\n{text}" if self.think else text, len(prompt), len(tokens))
+def _request(sampling: Sampling) -> dict:
+    return {"max_tokens": sampling.max_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p}
 
 
 def _apply(tree: Path, patch: str) -> bool:
@@ -145,12 +115,12 @@ def run_swe(tasks: list[dict], completer: Completer, out: Path, *, model: str, s
     episodes = out / "episodes"
     for k in range(candidates):
         seed = None if sampling.seed is None else sampling.seed + k
-        policy = CompleterPolicy(completer, sampling, name=f"{model}#{k}", think=think, seed=seed)
+        policy = CompleterPolicy(completer, name=f"{model}#{k}", think=think, seed=seed, **_request(sampling))
         run_episodes(tasks, lambda task, policy=policy: policy, episodes, budget=budget, workers=workers,
                      backend=backend, progress=progress)
     if model_tests and tts > 1:  # one episode per task in which the model writes tests
         seed = None if sampling.seed is None else sampling.seed + candidates
-        writer = CompleterPolicy(completer, sampling, name=f"{model}#tests", think=think, seed=seed)
+        writer = CompleterPolicy(completer, name=f"{model}#tests", think=think, seed=seed, **_request(sampling))
         requests = [{**task, "problem_statement": TEST_REQUEST.format(statement=task["problem_statement"])}
                     for task in tasks]
         run_episodes(requests, lambda task: writer, episodes, budget=budget, workers=workers, backend=backend,

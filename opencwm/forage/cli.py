@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from opencwm.errors import UsageError as CliError
+from opencwm.errors import one_line
 
 POLICIES = ("openai", "local", "scripted", "oracle", "inverse", "empty")
 
@@ -143,11 +144,16 @@ def _policy_factory(args):
             raise CliError("--policy local needs --model CHECKPOINT_MODEL_DIR")
         if not (Path(args.model) / "config.json").is_file():
             raise CliError(f"--model {args.model}: not a checkpoint model directory (no config.json)")
+        from opencwm.infer.agent import CompleterPolicy
+        from opencwm.infer.completer import CompleterUnavailable
+        from opencwm.infer.local import LocalCompleter
+
         try:
-            shared = policies.LocalPolicy(args.model, args.tokenizer, max_tokens=args.max_new_tokens,
-                                          temperature=args.temperature)
-        except (OSError, ValueError, KeyError) as exc:
-            raise CliError(f"--model {args.model}: cannot load it ({str(exc).splitlines()[0][:200]})") from None
+            completer = LocalCompleter.from_checkpoint(args.model, tokenizer=args.tokenizer)
+        except CompleterUnavailable as exc:
+            raise CliError(f"--model {one_line(str(exc), 300)}") from None
+        shared = CompleterPolicy(completer, name="local", think=False, max_tokens=args.max_new_tokens,
+                                 temperature=args.temperature)
         return lambda task: shared
     if args.policy == "scripted":
         if not args.script:

@@ -2,7 +2,8 @@
 
 - ``OpenAIPolicy``: any OpenAI-compatible chat endpoint (vLLM, llama.cpp's server, opencwm's own) through the
   ``openai`` client; messages go out with CWM's roles as they are (``tool: bash``).
-- ``LocalPolicy``: an opencwm checkpoint, prompted in CWM's chat format and sampled until ``<|eot_id|>``.
+- (a checkpoint or any ``Completer``: ``opencwm.infer.agent.CompleterPolicy``, above this floor, which
+  ``forage run --policy local`` and ``eval swe`` use.)
 - ``ScriptedPolicy``: replays given assistant turns (tests; ``read_script`` reads them from JSONL), then submits.
 - ``InverseMutationPolicy``: undoes a mutate-fix bug with one ``edit`` (the check that validated tasks are
   solvable by an agent using the tools).
@@ -162,29 +163,3 @@ class OpenAIPolicy(Policy):
         usage = response.usage
         return Reply(response.choices[0].message.content or "", usage.prompt_tokens if usage else None,
                      usage.completion_tokens if usage else None)
-
-
-class LocalPolicy(Policy):
-    name = "local"
-
-    def __init__(self, checkpoint: str, tokenizer: str | None = None, *, max_tokens: int = 1024,
-                 temperature: float = 0.0):
-        from opencwm.model import CWM
-        from opencwm.tokenizer import Tokenizer
-
-        self.model = CWM.from_pretrained(checkpoint).eval()
-        self.tokenizer = Tokenizer.of_checkpoint(checkpoint, tokenizer)
-        self.max_tokens, self.temperature = max_tokens, temperature
-
-    def __call__(self, messages: list[dict]) -> Reply:
-        from opencwm.chat import encode_messages
-        from opencwm.model.generate import Sampling, generate
-        from opencwm.special_tokens import STOP_TOKENS
-
-        ids = self.tokenizer.encode(encode_messages(messages, add_generation_prompt=True), allow_special=True)
-        limit = self.model.config.max_position_embeddings - self.max_tokens
-        stops = tuple(self.tokenizer.token_id(t) for t in STOP_TOKENS)
-        new = generate(self.model, [ids[-limit:]], Sampling(max_new_tokens=self.max_tokens, stop_tokens=stops,
-                                                             temperature=self.temperature))[0]
-        text = self.tokenizer.decode([t for t in new if t not in stops])
-        return Reply(text, len(ids), len(new))
