@@ -1,11 +1,21 @@
 """The user-error type at the ground of opencwm: a problem with what the user asked for (a missing file, a bad
 argument, a dataset of the wrong kind), which every command prints as one line and exits with status 2; and
 ``one_line``, which makes any text (an error that quotes a program's output, a server's reply) fit for that line;
-``terminal_text``, the same for text shown whole (a replayed episode)."""
+``terminal_text``, the same for text shown whole (a replayed episode). Also the two failures of a model backend
+(``opencwm.infer``'s completers), here so that every area that drives a model (the forager's policies, the
+evaluation) can tell them apart without importing inference."""
 
 
 class UsageError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
+
+
+class CompleterUnavailable(RuntimeError):
+    """A model backend cannot answer at all: no server at the address, a checkpoint that does not load."""
+
+
+class RequestRefused(CompleterUnavailable):
+    """A model backend answers but refuses this request (a prompt longer than its context, an option it rejects)."""
 
 
 def terminal_text(text: str) -> str:

@@ -747,7 +747,7 @@ def test_ray_spreads_episodes_with_the_same_results(env, tasks, tmp_path):
 
 
 def test_a_local_checkpoint_plays_an_episode(env, tasks, tmp_path):
-    from opencwm.infer.agent import CompleterPolicy
+    from opencwm.forage.policies import CompleterPolicy
     from opencwm.infer.local import LocalCompleter
     from opencwm.model import CWM, preset
     from opencwm.tokenizer import Tokenizer

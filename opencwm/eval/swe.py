@@ -2,7 +2,7 @@
 instances, each in its executable environment), with CWM's tools and limits, graded by the task's
 ``FAIL_TO_PASS`` and ``PASS_TO_PASS`` tests through the forager's grader.
 
-The model acts through the one completion interface (``opencwm.infer.agent.CompleterPolicy``: the conversation in
+The model acts through the one completion interface (``opencwm.forage.policies.CompleterPolicy``: the conversation in
 CWM's chat format, reasoning mode by default, one completion per turn up to the end of the turn), so a local
 checkpoint and a served model are evaluated alike. Defaults are CWM's agentic limits: 128 turns, a 131,072-token
 context, 120 s per command.
@@ -33,7 +33,7 @@ from opencwm.eval.harness import RESULTS, SUMMARY, Sampling, check_settings, rea
 from opencwm.eval.passk import interval, mean
 from opencwm.forage.agent import EpisodeBudget
 from opencwm.forage.environment import Environment, git_command, git_environment
-from opencwm.infer.agent import CompleterPolicy
+from opencwm.forage.policies import CompleterPolicy
 from opencwm.infer.completer import Completer
 
 CWM_BUDGET = EpisodeBudget(max_turns=128, max_tokens=131_072, max_seconds=3600.0, command_timeout=120.0)

@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from opencwm.errors import CompleterUnavailable, one_line
 from opencwm.errors import UsageError as CliError
-from opencwm.errors import one_line
 
 POLICIES = ("openai", "local", "scripted", "oracle", "inverse", "empty")
 
@@ -144,16 +144,14 @@ def _policy_factory(args):
             raise CliError("--policy local needs --model CHECKPOINT_MODEL_DIR")
         if not (Path(args.model) / "config.json").is_file():
             raise CliError(f"--model {args.model}: not a checkpoint model directory (no config.json)")
-        from opencwm.infer.agent import CompleterPolicy
-        from opencwm.infer.completer import CompleterUnavailable
-        from opencwm.infer.local import LocalCompleter
+        from opencwm.infer.local import LocalCompleter  # (the command line: above every area)
 
         try:
             completer = LocalCompleter.from_checkpoint(args.model, tokenizer=args.tokenizer)
         except CompleterUnavailable as exc:
             raise CliError(f"--model {one_line(str(exc), 300)}") from None
-        shared = CompleterPolicy(completer, name="local", think=False, max_tokens=args.max_new_tokens,
-                                 temperature=args.temperature)
+        shared = policies.CompleterPolicy(completer, name="local", think=False, max_tokens=args.max_new_tokens,
+                                          temperature=args.temperature)
         return lambda task: shared
     if args.policy == "scripted":
         if not args.script:

@@ -2,8 +2,11 @@
 
 - ``OpenAIPolicy``: any OpenAI-compatible chat endpoint (vLLM, llama.cpp's server, opencwm's own) through the
   ``openai`` client; messages go out with CWM's roles as they are (``tool: bash``).
-- (a checkpoint or any ``Completer``: ``opencwm.infer.agent.CompleterPolicy``, above this floor, which
-  ``forage run --policy local`` and ``eval swe`` use.)
+- ``CompleterPolicy``: any ``opencwm.infer`` completer (a local checkpoint, a served model through
+  ``/v1/completions``): each turn one completion of the conversation in CWM's chat format (primed with ``<think>``
+  in reasoning mode) up to the end of the turn; ``forage run --policy local`` and ``eval swe`` use it. A
+  conversation that fills the context, or a request the server refuses, ends the episode (recorded); a backend
+  that cannot answer at all is ``PolicyUnavailable``.
 - ``ScriptedPolicy``: replays given assistant turns (tests; ``read_script`` reads them from JSONL), then submits.
 - ``InverseMutationPolicy``: undoes a mutate-fix bug with one ``edit`` (the check that validated tasks are
   solvable by an agent using the tools).
@@ -16,8 +19,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from opencwm.chat import format_edit, format_tool_call
-from opencwm.errors import one_line
+from opencwm.chat import THINK_START, encode_messages, format_edit, format_tool_call
+from opencwm.errors import CompleterUnavailable, RequestRefused, one_line
+from opencwm.special_tokens import STOP_TOKENS
 
 
 class PolicyUnavailable(RuntimeError):
@@ -163,3 +167,33 @@ class OpenAIPolicy(Policy):
         usage = response.usage
         return Reply(response.choices[0].message.content or "", usage.prompt_tokens if usage else None,
                      usage.completion_tokens if usage else None)
+
+
+class CompleterPolicy(Policy):
+    def __init__(self, completer, *, name: str = "cwm", think: bool = True, max_tokens: int = 2048,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
+        self.completer, self.name, self.think = completer, name, think  # an opencwm.infer Completer
+        self.max_tokens, self.temperature, self.top_p, self.seed = max_tokens, temperature, top_p, seed
+        self.stop = []
+        for token in STOP_TOKENS:
+            try:
+                self.stop.append(completer.tokenizer.token_id(token))
+            except (KeyError, ValueError):
+                pass
+
+    def __call__(self, messages: list[dict]) -> Reply:
+        tokenizer = self.completer.tokenizer
+        prompt = tokenizer.encode(encode_messages(messages, add_generation_prompt=True, think=self.think),
+                                  allow_special=True)
+        room = self.completer.context_length - len(prompt)
+        if room < 1:
+            raise ValueError(f"the conversation ({len(prompt)} tokens) fills the model's context")
+        try:
+            [tokens] = self.completer.complete(prompt, stop=self.stop, max_tokens=min(self.max_tokens, room),
+                                               temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        except RequestRefused as exc:  # this request only (too long, say): the episode ends, recorded
+            raise ValueError(str(exc)) from None
+        except CompleterUnavailable as exc:  # no answer at all: the episode is played again on a rerun
+            raise PolicyUnavailable(str(exc)) from None
+        text = tokenizer.decode([t for t in tokens if t not in self.stop])
+        return Reply(f"{THINK_START}\n{text}" if self.think else text, len(prompt), len(tokens))

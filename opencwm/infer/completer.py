@@ -18,15 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from opencwm.errors import CompleterUnavailable, RequestRefused
 from opencwm.tokenizer import Tokenizer
 
-
-class CompleterUnavailable(RuntimeError):
-    """The backend cannot answer at all: no server at the address, a checkpoint that does not load."""
-
-
-class RequestRefused(CompleterUnavailable):
-    """The backend answers but refuses this request (a prompt longer than its context, an option it rejects)."""
+__all__ = ["Completer", "CompleterUnavailable", "RequestRefused"]  # the backend's failures live in opencwm.errors
 
 
 class Completer(Protocol):
