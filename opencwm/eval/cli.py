@@ -107,18 +107,27 @@ def make_benchmark(args):
     from opencwm.eval.mathematics import MathBenchmark
 
     name = args.benchmark
+    style = getattr(args, "style", None) or PROTOCOLS[name][0][0]
     if name.startswith("cruxeval"):
-        return CruxEval("output" if name == "cruxeval-o" else "input", args.style, args.data, args.prompt_file)
+        return CruxEval("output" if name == "cruxeval-o" else "input", style, args.data,
+                        getattr(args, "prompt_file", None))
     if name == "humaneval":
-        return HumanEval(args.style, args.data)
+        return HumanEval(style, args.data)
     if name == "livecodebench":
-        return LiveCodeBench(args.data, args.since, args.until, args.test_timeout, args.public_only)
+        return LiveCodeBench(args.data, getattr(args, "since", None), getattr(args, "until", None),
+                             getattr(args, "test_timeout", 6.0), getattr(args, "public_only", False))
     return MathBenchmark(name, args.data)
+
+
+def _at_least(args, limits: dict[str, int]) -> None:
+    for key, low in limits.items():
+        if getattr(args, key) is not None and getattr(args, key) < low:
+            raise CliError(f"--{key.replace('_', '-')} must be at least {low}")
 
 
 def cmd_eval_benchmark(args) -> int:
     from opencwm.eval.harness import Sampling, run_benchmark
-    from opencwm.infer.cli import open_from_args
+    from opencwm.infer.cli import check_sampling, open_from_args
     from opencwm.infer.completer import CompleterUnavailable
 
     styles, defaults, by_style = PROTOCOLS[args.benchmark]
@@ -129,14 +138,9 @@ def cmd_eval_benchmark(args) -> int:
     for key, value in chosen.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key, low in (("samples", 1), ("max_tokens", 1), ("limit", 1), ("workers", 1), ("batch_size", 1),
-                     ("concurrency", 1)):
-        if getattr(args, key) is not None and getattr(args, key) < low:
-            raise CliError(f"--{key.replace('_', '-')} must be at least {low}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise CliError("--temperature must be at least 0 and --top-p in (0, 1]")
-    args.prompt_file = getattr(args, "prompt_file", None)
-    if args.prompt_file and not Path(args.prompt_file).is_file():
+    _at_least(args, {"samples": 1, "limit": 1, "workers": 1, "batch_size": 1, "concurrency": 1})
+    check_sampling(args)
+    if getattr(args, "prompt_file", None) and not Path(args.prompt_file).is_file():
         raise CliError(f"--prompt-file {args.prompt_file}: no such file")
     benchmark = make_benchmark(args)
     problems = benchmark.problems()  # bad data is found before a model is loaded
@@ -242,9 +246,7 @@ def cmd_eval_swe(args) -> int:
     from opencwm.shards import DatasetError
 
     check_sampling(args)
-    for key in ("tts", "max_turns", "episode_tokens", "workers"):
-        if getattr(args, key) < 1:
-            raise CliError(f"--{key.replace('_', '-')} must be at least 1")
+    _at_least(args, {"tts": 1, "max_turns": 1, "episode_tokens": 1, "workers": 1, "limit": 1})
     try:
         tasks = read_tasks(args.tasks)[: args.limit]
     except (ForageError, DatasetError) as exc:
@@ -266,6 +268,7 @@ def cmd_eval_swe(args) -> int:
 
 
 def add_swe_parser(eval_commands) -> None:
+    from opencwm.forage.cli import _common
     from opencwm.infer.cli import add_model_args
 
     swe = eval_commands.add_parser(
@@ -295,10 +298,7 @@ def add_swe_parser(eval_commands) -> None:
     run = swe.add_argument_group("run")
     run.add_argument("--limit", type=int, help="the first N tasks only")
     run.add_argument("--workers", type=int, default=1, help="episodes in parallel (default 1)")
-    run.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "unshare", "rlimits", "gvisor", "docker"],
-                     help="where tests run (default: the best local sandbox)")
-    run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(swe)  # --json, --quiet, --sandbox: as the forager's commands
     swe.set_defaults(func=cmd_eval_swe)
 
 
@@ -307,11 +307,7 @@ def cmd_eval_decontaminate(args) -> int:
     from opencwm.eval.decontaminate import check
     from opencwm.shards import DatasetError
 
-    if args.ngram < 1:
-        raise CliError("--ngram must be at least 1")
-    args.style, args.prompt_file = PROTOCOLS[args.benchmark][0][0], None
-    args.since = args.until = None
-    args.test_timeout, args.public_only = 6.0, False
+    _at_least(args, {"ngram": 1})
     problems = make_benchmark(args).problems()
     corpus: list[str] = []
     for directory in args.corpus:

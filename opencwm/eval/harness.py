@@ -32,7 +32,7 @@ from opencwm.sandbox import EXCEPTION, Outcome, SandboxConfig
 from opencwm.sandbox.pool import SandboxPool
 
 SETTINGS, RESULTS, SUMMARY = "settings.json", "results.jsonl", "summary.json"
-RESUMABLE = ("limit", "workers", "batch_size", "concurrency")  # settings a resumed run may change
+RESUMABLE = ("limit", "workers")  # settings a resumed run may change
 
 
 @dataclass
@@ -147,20 +147,6 @@ def check_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=1) + "\n")
 
 
-def _encode(completer: Completer, text: str) -> list[int]:
-    return completer.tokenizer.encode(text, allow_special=True)
-
-
-def _stop_ids(completer: Completer, names: Iterable[str]) -> list[int]:
-    ids = []
-    for name in names:
-        try:
-            ids.append(completer.tokenizer.token_id(name))
-        except (KeyError, ValueError):
-            pass  # a tokenizer without the token: the model cannot write it either
-    return ids
-
-
 class _Chunk:
     """One chunk of items on its way through generation and grading."""
 
@@ -176,8 +162,9 @@ class _Chunk:
 
 def _generate(benchmark: Benchmark, completer: Completer, chunk: _Chunk, sampling: Sampling, seed: int | None,
               room: int) -> None:
-    stop = _stop_ids(completer, benchmark.stop_tokens)
-    prompts = [_encode(completer, p.prompt) for p in chunk.problems]
+    tokenizer = completer.tokenizer
+    stop = [tokenizer.token_id(name) for name in benchmark.stop_tokens]
+    prompts = [tokenizer.encode(p.prompt, allow_special=True) for p in chunk.problems]
     request = dict(stop=stop, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                    top_p=sampling.top_p, n=sampling.samples, seed=seed, stop_texts=benchmark.stop_texts)
     start = time.monotonic()
@@ -198,14 +185,14 @@ def _generate(benchmark: Benchmark, completer: Completer, chunk: _Chunk, samplin
             except (RequestRefused, ValueError) as exc:
                 chunk.errors[i] = one_line(f"refused: {exc}", 300)
     chunk.seconds = time.monotonic() - start
+    stops = set(stop)
     for i, prompt in enumerate(prompts):
         if i not in results and chunk.errors[i] is None:
             chunk.errors[i] = f"the prompt ({len(prompt)} tokens) does not fit the model's context ({room})"
         tokens = results.get(i, [])
         chunk.tokens.append(tokens)
-        stops = set(stop)
-        chunk.texts.append([cut(completer.tokenizer.decode([t for t in sample if t not in stops]),
-                                benchmark.stop_texts) for sample in tokens])
+        chunk.texts.append([cut(tokenizer.decode([t for t in sample if t not in stops]), benchmark.stop_texts)
+                            for sample in tokens])
 
 
 def _submit(benchmark: Benchmark, pool: SandboxPool, chunk: _Chunk, samples: int) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 from opencwm.eval.harness import RESULTS, SUMMARY, Sampling, check_settings, read_rows, summarize
 from opencwm.eval.passk import interval, mean
 from opencwm.forage.agent import EpisodeBudget
-from opencwm.forage.environment import Environment, git_command, git_environment
+from opencwm.forage.environment import Environment
 from opencwm.forage.policies import CompleterPolicy
 from opencwm.infer.completer import Completer
 
@@ -65,14 +64,6 @@ def _request(sampling: Sampling) -> dict:
     return {"max_tokens": sampling.max_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p}
 
 
-def _apply(tree: Path, patch: str) -> bool:
-    if not patch.strip():
-        return True
-    applied = subprocess.run(git_command(tree, "apply", "--whitespace=nowarn", "-"), input=patch, text=True,
-                             capture_output=True, env=git_environment())
-    return applied.returncode == 0
-
-
 def repository_test_score(env: Environment, task: dict, patch: str, *, model_tests: tuple[str, list[str]] = ("", []),
                           backend: str = "auto") -> int:
     """How many of the repository's own tests (those passing before the task), and of the tests the model wrote
@@ -80,10 +71,10 @@ def repository_test_score(env: Environment, task: dict, patch: str, *, model_tes
     does not apply."""
     tree = env.checkout(task["base_commit"])
     try:
-        if not _apply(tree, patch):
+        if not Environment.apply(tree, patch):
             return -1
         tests_patch, test_files = model_tests
-        extra = test_files if tests_patch and _apply(tree, tests_patch) else []
+        extra = test_files if tests_patch and Environment.apply(tree, tests_patch) else []
         run = env.run_tests(tree, env.passing_tests() + extra, backend=backend)
         return sum(outcome == "passed" for outcome in run.outcomes.values())
     finally:

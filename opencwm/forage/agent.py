@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from opencwm.chat import ChatFormatError, parse_create, parse_edit, parse_tool_call, tool_role
-from opencwm.forage.environment import Environment, git_command, git_environment
+from opencwm.forage.environment import Environment
 from opencwm.forage.policies import Policy, PolicyUnavailable
 from opencwm.sandbox.shell import Shell, truncate_output
 
@@ -155,11 +154,8 @@ def evaluate_patch(env: Environment, task: dict, patch: str, *, backend: str = "
     tests = json.loads(task["FAIL_TO_PASS"]) + json.loads(task["PASS_TO_PASS"])
     tree = env.checkout(task["base_commit"])
     try:
-        if patch.strip():
-            applied = subprocess.run(git_command(tree, "apply", "--whitespace=nowarn", "-"), input=patch,
-                                     text=True, capture_output=True, env=git_environment())
-            if applied.returncode != 0:
-                return 0.0, {"<patch>": "does not apply"}
+        if not Environment.apply(tree, patch):
+            return 0.0, {"<patch>": "does not apply"}
         run = env.run_tests(tree, tests, backend=backend, timeout=timeout)
         outcomes = {t: run.outcomes.get(t, "missing" if run.status == "ok" else run.status) for t in tests}
         return float(bool(tests) and all(o == "passed" for o in outcomes.values())), outcomes

@@ -190,6 +190,16 @@ class Environment:
             return git(tree, "diff", "--cached", "--binary", commit, environment=environment)
 
     @staticmethod
+    def apply(tree: Path, patch: str) -> bool:
+        """Apply ``patch`` (a git diff, perhaps an agent's) to a work tree with the host's git, hardened as every
+        host git call is; False when it does not apply. An empty patch applies."""
+        if not patch.strip():
+            return True
+        applied = subprocess.run(git_command(tree, "apply", "--whitespace=nowarn", "-"), input=patch, text=True,
+                                 capture_output=True, env=git_environment())
+        return applied.returncode == 0
+
+    @staticmethod
     def reset(tree: Path, commit: str) -> None:
         """Back to ``commit`` exactly: tracked files restored, untracked and ignored files removed."""
         git(tree, "checkout", "-q", "-f", commit)

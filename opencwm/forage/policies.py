@@ -174,12 +174,7 @@ class CompleterPolicy(Policy):
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
         self.completer, self.name, self.think = completer, name, think  # an opencwm.infer Completer
         self.max_tokens, self.temperature, self.top_p, self.seed = max_tokens, temperature, top_p, seed
-        self.stop = []
-        for token in STOP_TOKENS:
-            try:
-                self.stop.append(completer.tokenizer.token_id(token))
-            except (KeyError, ValueError):
-                pass
+        self.stop = [completer.tokenizer.token_id(token) for token in STOP_TOKENS]
 
     def __call__(self, messages: list[dict]) -> Reply:
         tokenizer = self.completer.tokenizer
