@@ -381,17 +381,29 @@ LCB_ROWS = [
                                             {"input": "[-3]", "output": "[-6]", "testtype": "functional"}]),
      "metadata": json.dumps({"func_name": "double"})},
 ]
+# A program that cheats: it makes the grader's comparisons always succeed and prints any expected output it can
+# find in its process's memory. The expected outputs never enter the sandbox, and the host compares.
+STEAL_EXPECTED = """import gc, sys
+import opencwm.eval.grade_jobs as grader
+grader.__dict__.update({name: (lambda *a, **k: True) for name in dir(grader) if name.startswith(('_same', 'same'))})
+for seen in gc.get_objects():
+    if isinstance(seen, dict) and isinstance(seen.get('output'), str):
+        sys.stdout.write(seen['output'])
+        break
+"""
 LCB_CANDIDATES = {  # per problem: (program, passes every test), by hand
     "abc1_a": [("a, b = map(int, input().split())\nprint(a + b)\n", True),
                ("import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.write(f'{a + b}.0\\n')\n",
                 True),
                ("a, b = map(int, input().split())\nprint(a + b if a else 1)\n", False),
-               ("a, b = map(int, input().split())\nwhile a < 5:\n    pass\nprint(a + b)\n", False)],
+               ("a, b = map(int, input().split())\nwhile a < 5:\n    pass\nprint(a + b)\n", False),
+               (STEAL_EXPECTED, False)],
     "3001": [("from typing import List\nclass Solution:\n    def double(self, nums: List[int]) -> List[int]:\n"
               "        return [2 * n for n in nums]\n", True),
              ("class Solution:\n    def double(self, nums):\n        return nums[:1] * 2\n", False),
              ("class Solution:\n    def twice(self, nums):\n        return nums\n", False),
-             ("class Solution:\n    def double(self, nums):\n        return tuple(2 * n for n in nums)\n", True)],
+             ("class Solution:\n    def double(self, nums):\n        return tuple(2 * n for n in nums)\n", True),
+             (STEAL_EXPECTED + "class Solution:\n    def double(self, nums):\n        return []\n", False)],
 }
 
 
@@ -401,14 +413,14 @@ def test_livecodebench_runs_public_and_hidden_tests_with_time_limits(tmp_path, t
     data = tmp_path / "lcb.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in LCB_ROWS))
     for program, passes in LCB_CANDIDATES["abc1_a"]:  # the hand labels hold for the real interpreter
-        if "while" not in program:
+        if "while" not in program and "gc" not in program:
             outputs = [subprocess.run([sys.executable, "-c", program], input=i, capture_output=True, text=True,
                                       timeout=30).stdout.strip() for i in ("1 2\n", "10 -4\n", "0 0\n")]
             assert (outputs in (["3", "6", "0"], ["3.0", "6.0", "0.0"])) == passes
     benchmark = LiveCodeBench(str(data), test_timeout=1.0)
     ids = {p.prompt: p.id for p in benchmark.problems()}
     reply = lambda prompt, i: f"ok</think>\n```python\n{LCB_CANDIDATES[ids[prompt]][i][0]}```"
-    _, rows = evaluate(benchmark, ScriptedCompleter(tokenizer, reply), tmp_path / "run", samples=4)
+    _, rows = evaluate(benchmark, ScriptedCompleter(tokenizer, reply), tmp_path / "run", samples=5)
     for row in rows:
         assert row["passed"] == [passes for _, passes in LCB_CANDIDATES[row["id"]]], row["reasons"]
     [stdin_row] = [row for row in rows if row["id"] == "abc1_a"]

@@ -21,27 +21,6 @@ def math_equal(gold: str, answer: str) -> bool:
     return bool(verify(parse(f"\\boxed{{{gold}}}"), parse(f"\\boxed{{{answer}}}")))
 
 
-def _same_output(got: str, want: str) -> bool:
-    """Standard-output comparison for competitive programming: line by line, surrounding whitespace ignored, and
-    lines whose numbers agree as decimals count as equal ("1.50" and "1.5")."""
-    from decimal import Decimal, InvalidOperation
-
-    got_lines = [line.strip() for line in got.strip().splitlines()]
-    want_lines = [line.strip() for line in want.strip().splitlines()]
-    if len(got_lines) != len(want_lines):
-        return False
-    for mine, theirs in zip(got_lines, want_lines):
-        if mine == theirs:
-            continue
-        a, b = mine.split(), theirs.split()
-        try:
-            if len(a) != len(b) or any(Decimal(x) != Decimal(y) for x, y in zip(a, b)):
-                return False
-        except InvalidOperation:
-            return False
-    return True
-
-
 class _TestTimeout(Exception):
     pass
 
@@ -50,11 +29,16 @@ def _alarm(signum, frame):
     raise _TestTimeout
 
 
+MAX_OUTPUT = 1 << 20  # characters of one test's output sent back
+
+
 def run_tests(program: str, tests: list[dict], func_name: str | None = None, test_timeout: float = 6.0) -> dict:
-    """Runs ``program`` on each test in turn, stopping at the first failure: a ``stdin`` test feeds its input to
-    the program run as ``__main__`` and compares what it prints; a ``functional`` test calls
-    ``Solution().FUNC_NAME(*ARGS)`` (its input: one JSON value per line) and compares the result as JSON. Each test
-    has ``test_timeout`` seconds. Returns ``{"passed": bool, "tests": n_passed, "failure": why}``."""
+    """Runs ``program`` on each test's input in turn and returns what it produced; the expected outputs never
+    enter the sandbox (a program that reads its own process's memory finds nothing to copy, and one that patches
+    this module changes nothing: the host compares). A ``stdin`` test feeds its input to the program run as
+    ``__main__`` and keeps what it prints; a ``functional`` test calls ``Solution().FUNC_NAME(*ARGS)`` (its input:
+    one JSON value per line) and keeps the result as JSON. Each test has ``test_timeout`` seconds; the first that
+    raises or runs out of time ends the run. Returns ``{"outputs": [...], "failure": why or ""}``."""
     import io
     import json
     import signal
@@ -62,7 +46,7 @@ def run_tests(program: str, tests: list[dict], func_name: str | None = None, tes
 
     signal.signal(signal.SIGALRM, _alarm)
     code = compile(program, "<candidate>", "exec")
-    solution = None
+    solution, outputs = None, []
     for index, test in enumerate(tests):
         stdin, stdout = sys.stdin, sys.stdout
         signal.setitimer(signal.ITIMER_REAL, test_timeout)
@@ -73,8 +57,7 @@ def run_tests(program: str, tests: list[dict], func_name: str | None = None, tes
                     exec(code, namespace)
                     solution = namespace["Solution"]()
                 args = [json.loads(line) for line in test["input"].splitlines() if line.strip()]
-                result = getattr(solution, func_name)(*args)
-                ok = json.loads(json.dumps(result)) == json.loads(test["output"])
+                output = json.dumps(getattr(solution, func_name)(*args))
             else:
                 sys.stdin = io.TextIOWrapper(io.BytesIO(test["input"].encode()), encoding="utf-8")
                 sys.stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
@@ -82,15 +65,13 @@ def run_tests(program: str, tests: list[dict], func_name: str | None = None, tes
                     exec(code, {"__name__": "__main__"})
                 except SystemExit:
                     pass
-                ok = _same_output(sys.stdout.buffer.getvalue().decode("utf-8", "replace"), test["output"])
+                output = sys.stdout.buffer.getvalue().decode("utf-8", "replace")
         except _TestTimeout:
-            return {"passed": False, "tests": index, "failure": f"timeout (test {index + 1}, over {test_timeout} s)"}
+            return {"outputs": outputs, "failure": f"timeout (test {index + 1}, over {test_timeout} s)"}
         except BaseException as exc:  # the candidate's own error
-            return {"passed": False, "tests": index,
-                    "failure": f"exception (test {index + 1}): {type(exc).__name__}: {exc}"[:300]}
+            return {"outputs": outputs, "failure": f"exception (test {index + 1}): {type(exc).__name__}: {exc}"[:300]}
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             sys.stdin, sys.stdout = stdin, stdout
-        if not ok:
-            return {"passed": False, "tests": index, "failure": f"wrong output (test {index + 1})"}
-    return {"passed": True, "tests": len(tests), "failure": ""}
+        outputs.append(str(output)[:MAX_OUTPUT])
+    return {"outputs": outputs, "failure": ""}

@@ -40,6 +40,35 @@ QUESTION = """Solve the following programming problem in Python.
 Reply with the complete program in one ```python block."""
 
 
+def same_output(got: str, want: str) -> bool:
+    """Standard-output comparison for competitive programming: line by line, surrounding whitespace ignored, and
+    lines whose numbers agree as decimals count as equal ("1.50" and "1.5")."""
+    from decimal import Decimal, InvalidOperation
+
+    got_lines = [line.strip() for line in got.strip().splitlines()]
+    want_lines = [line.strip() for line in want.strip().splitlines()]
+    if len(got_lines) != len(want_lines):
+        return False
+    for mine, theirs in zip(got_lines, want_lines):
+        if mine == theirs:
+            continue
+        a, b = mine.split(), theirs.split()
+        try:
+            if len(a) != len(b) or any(Decimal(x) != Decimal(y) for x, y in zip(a, b)):
+                return False
+        except InvalidOperation:
+            return False
+    return True
+
+
+def same_result(got: str, want: str) -> bool:
+    """A functional test's result (JSON the program's run produced, untrusted) against the expected JSON."""
+    try:
+        return json.loads(got) == json.loads(want)
+    except (ValueError, RecursionError):
+        return False
+
+
 class _PlainData(pickle.Unpickler):
     """Unpickles strings, numbers, lists and dicts only: any class or function reference is refused."""
 
@@ -118,11 +147,22 @@ class LiveCodeBench(Benchmark):
         return last_code_block(text.split(THINK_END, 1)[1])
 
     def grade(self, problem: Problem, answer: str) -> tuple[str, dict] | Verdict:
-        ref = problem.reference
-        return RUN_TESTS, {"program": answer, "tests": ref["tests"], "func_name": ref["func_name"],
+        ref = problem.reference  # the inputs go into the sandbox; the expected outputs stay here
+        inputs = [{"input": test["input"], "testtype": test.get("testtype", "stdin")} for test in ref["tests"]]
+        return RUN_TESTS, {"program": answer, "tests": inputs, "func_name": ref["func_name"],
                            "test_timeout": self.test_timeout}
 
     def verdict(self, problem: Problem, answer: str, outcome: Outcome) -> Verdict:
-        if outcome.ok and isinstance(outcome.result, dict):
-            return Verdict(outcome.result.get("passed") is True, str(outcome.result.get("failure", ""))[:300])
-        return super().verdict(problem, answer, outcome)
+        """Each output the run produced against its test's expected output, in order: the first that differs, or
+        the test on which the run stopped, fails the answer."""
+        result = outcome.result if outcome.ok else None
+        if not isinstance(result, dict) or not isinstance(result.get("outputs"), list):
+            return super().verdict(problem, answer, outcome)
+        for index, (test, got) in enumerate(zip(problem.reference["tests"], result["outputs"])):
+            same = same_result if test.get("testtype") == "functional" else same_output
+            if not isinstance(got, str) or not same(got, test["output"]):
+                return Verdict(False, f"wrong output (test {index + 1})")
+        failure = str(result.get("failure") or "")[:300]
+        if failure or len(result["outputs"]) < len(problem.reference["tests"]):
+            return Verdict(False, failure or "too few outputs")
+        return Verdict(True)
