@@ -22,6 +22,7 @@ from pathlib import Path
 from opencwm.chat import ChatFormatError, parse_create, parse_edit, parse_tool_call, tool_role
 from opencwm.forage.environment import Environment
 from opencwm.forage.policies import Policy, PolicyUnavailable
+from opencwm.forage.swebench import instance_report, run_instance, test_lists
 from opencwm.sandbox.shell import Shell, truncate_output
 
 SYSTEM_PROMPT = """You are an autonomous software engineer working in a Python repository at {tree}.
@@ -150,17 +151,16 @@ def _open_beneath(root: Path, relative: Path, flags: int, *, make_dirs: bool = F
 
 def evaluate_patch(env: Environment, task: dict, patch: str, *, backend: str = "auto",
                    timeout: float = 900) -> tuple[float, dict[str, str]]:
-    """(reward, outcome of each deciding test) of ``patch`` applied to a fresh work tree of the task."""
-    tests = json.loads(task["FAIL_TO_PASS"]) + json.loads(task["PASS_TO_PASS"])
-    tree = env.checkout(task["base_commit"])
-    try:
-        if not Environment.apply(tree, patch):
-            return 0.0, {"<patch>": "does not apply"}
-        run = env.run_tests(tree, tests, backend=backend, timeout=timeout)
-        outcomes = {t: run.outcomes.get(t, "missing" if run.status == "ok" else run.status) for t in tests}
-        return float(bool(tests) and all(o == "passed" for o in outcomes.values())), outcomes
-    finally:
-        Environment.discard(tree)
+    """(reward, outcome of each deciding test) of ``patch`` applied to a fresh work tree of the task (its test
+    patch applied after it, as SWE-bench grades): 1.0 when SWE-bench would call the instance resolved."""
+    evaluation = run_instance(env, task, patch, backend=backend, timeout=timeout)
+    if not evaluation.applied:
+        return 0.0, {"<patch>": "does not apply"}
+    run = evaluation.run
+    tests = [t for part in test_lists(task) for t in part]
+    outcomes = {t: run.outcomes.get(t, "missing" if run.status == "ok" else run.status) for t in tests}
+    resolved = instance_report(task, patch, evaluation)[task["instance_id"]]["resolved"]
+    return float(bool(tests) and resolved), outcomes
 
 
 def run_episode(env: Environment, task: dict, policy: Policy, budget: EpisodeBudget | None = None, *,

@@ -91,20 +91,43 @@ def python_version(python: str) -> str:
                           text=True).stdout.strip()
 
 
-def source_key(source: str, python: str) -> tuple[str, str]:
-    """(cache key, kind) of an environment source: a local directory's content or a PyPI ``name==version``."""
+def is_git_repository(path: Path) -> bool:
+    """Whether ``path`` is the top of a git repository (its history is kept in the environment)."""
+    return (path / ".git").exists()
+
+
+def resolve_commit(repo: Path, commit: str) -> str:
+    """The full hash of ``commit`` (a hash, a prefix, a tag or a branch) in the git repository ``repo``."""
+    result = subprocess.run(git_command(repo, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"),
+                            capture_output=True, text=True, env=git_environment())
+    if result.returncode != 0:
+        raise ForageError(f"{repo}: no commit {commit}")
+    return result.stdout.strip()
+
+
+def source_key(source: str, python: str, commit: str | None = None) -> tuple[str, str]:
+    """(cache key, kind) of an environment source: a local directory's content (a git repository's at ``commit``,
+    or its checked-out state: HEAD and any uncommitted changes) or a PyPI ``name==version``."""
     digest = hashlib.sha256(f"{python_version(python)}\0".encode())
     path = Path(source)
+    if commit is not None and not (path.is_dir() and is_git_repository(path)):
+        raise ForageError(f"{source}: --commit needs a git repository (a directory with .git)")
+    if path.is_dir() and commit is not None:
+        sha = resolve_commit(path, commit)
+        digest.update(f"commit\0{sha}".encode())
+        return f"{path.resolve().name}-{sha[:10]}-{digest.hexdigest()[:12]}", "git"
     if path.is_dir():
         files = subprocess.run(git_command(path, "ls-files", "-co", "--exclude-standard"), capture_output=True,
                                text=True, env=git_environment())
         names = files.stdout.split() if files.returncode == 0 else [
             str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
+        if is_git_repository(path):  # the history is part of the environment
+            digest.update(f"head\0{resolve_commit(path, 'HEAD')}\0".encode())
         for name in sorted(names):
             file = path / name
             if file.is_file():
                 digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
-        kind = "local"
+        kind = "git" if is_git_repository(path) else "local"
         label = path.resolve().name
     elif "==" in source:
         digest.update(source.encode())
@@ -162,12 +185,13 @@ def coverage_by_function(tree: Path, line_coverage: dict[str, dict[str, list[str
 
 
 def build_environment(source: str, cache: str | Path, *, python: str = sys.executable, backend: str = "auto",
-                      rebuild: bool = False, progress=None) -> Environment:
-    """Build (or reuse) the environment of ``source``; see the module docstring. ``progress``: a callable taking
-    a one-line message."""
+                      rebuild: bool = False, progress=None, commit: str | None = None) -> Environment:
+    """Build (or reuse) the environment of ``source``; see the module docstring. A git repository keeps its
+    history, built at ``commit`` (default: as checked out, uncommitted changes in a commit of their own on top).
+    ``progress``: a callable taking a one-line message."""
     say = progress or (lambda message: None)
     cache = Path(cache).resolve()
-    key, kind = source_key(source, python)
+    key, kind = source_key(source, python, commit)
     path = cache / key
     if (path / "env.json").exists() and not rebuild:
         env = Environment.open(path)
@@ -179,8 +203,10 @@ def build_environment(source: str, cache: str | Path, *, python: str = sys.execu
     start = time.monotonic()
     info: dict = {"source": source, "kind": kind, "key": key, "python": python,
                   "python_version": python_version(python), "format": ENV_FORMAT}
+    if commit is not None:
+        info["commit"] = commit
     try:
-        _build(source, kind, building, python, backend, info, say)
+        _build(source, kind, building, python, backend, info, say, commit)
         info["status"] = "ok"
     except (ForageError, subprocess.SubprocessError, OSError) as exc:
         info.update(status="build_failed", error=str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
@@ -191,10 +217,13 @@ def build_environment(source: str, cache: str | Path, *, python: str = sys.execu
     return Environment(path, info)
 
 
-def find_environment(source: str, cache: str | Path, *, python: str = sys.executable) -> Environment:
+def find_environment(source: str, cache: str | Path, *, python: str = sys.executable,
+                     commit: str | None = None) -> Environment:
     """The built environment named by ``source``: an environment directory, or the source it was built from (a
-    repository directory or ``name==version``) looked up in ``cache``. One-line errors say what to run."""
-    path = Path(source) if (Path(source) / "env.json").exists() else Path(cache) / source_key(source, python)[0]
+    repository directory, at ``commit`` if given, or ``name==version``) looked up in ``cache``. One-line errors say
+    what to run."""
+    path = Path(source) if (Path(source) / "env.json").exists() else \
+        Path(cache) / source_key(source, python, commit)[0]
     if not (path / "env.json").exists():
         raise ForageError(f"{source}: no environment of it in {cache} (build one: opencwm forage env {source}"
                           f" --cache {cache})")
@@ -205,19 +234,50 @@ def find_environment(source: str, cache: str | Path, *, python: str = sys.execut
     return env
 
 
-def _build(source: str, kind: str, path: Path, python: str, backend: str, info: dict, say) -> None:
+def copy_history(source: Path, repo: Path, commit: str | None) -> None:
+    """The git repository ``source`` with its history (every branch and tag) into ``repo``, checked out at
+    ``commit`` (default: HEAD plus the source's uncommitted changes, committed on top). Host-side git, hardened
+    as every call: the source's configuration, hooks and attributes are never read or run (only its objects and
+    refs are fetched)."""
+    git(repo.parent, "init", "-q", "-b", "main", str(repo))
+    git(repo, "fetch", "-q", "--no-tags", str(source.resolve()), "+refs/heads/*:refs/source/heads/*",
+        "+refs/tags/*:refs/source/tags/*", "+HEAD:refs/source/HEAD")
+    git(repo, "checkout", "-q", "-f", "-B", "main", resolve_commit(source, commit or "HEAD"))
+    if commit is not None:
+        return
+    listed = subprocess.run(git_command(source, "ls-files", "-co", "--exclude-standard"), capture_output=True,
+                            text=True, env=git_environment()).stdout.splitlines()
+    for name in git(repo, "ls-files").splitlines():  # the source's files as they are now decide, committed or not
+        (repo / name).unlink(missing_ok=True)
+    for name in listed:
+        file, target = source / name, repo / name
+        if file.is_symlink() or file.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            shutil.copy2(file, target, follow_symlinks=False)
+    git(repo, "add", "-A")
+    if git(repo, "status", "--porcelain"):
+        git(repo, "commit", "-q", "-m", f"uncommitted changes of {source}", "--no-verify")
+
+
+def _build(source: str, kind: str, path: Path, python: str, backend: str, info: dict, say,
+           commit: str | None = None) -> None:
     repo = path / "repo"
-    with tempfile.TemporaryDirectory() as tmp:
-        if kind == "pypi":
-            say(f"downloading {source}")
-            unpacked = _fetch_sdist(source, Path(tmp))
-        else:
-            unpacked = Path(source)
-        ignore = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".tox", ".venv", "build", "dist")
-        shutil.copytree(unpacked, repo, ignore=ignore, symlinks=True)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A", "-f")
-    git(repo, "commit", "-q", "-m", f"baseline of {source}", "--no-verify")
+    if kind == "git":
+        say(f"copying {source} with its history" + (f" at {commit}" if commit else ""))
+        copy_history(Path(source), repo, commit)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            if kind == "pypi":
+                say(f"downloading {source}")
+                unpacked = _fetch_sdist(source, Path(tmp))
+            else:
+                unpacked = Path(source)
+            ignore = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".tox", ".venv", "build", "dist")
+            shutil.copytree(unpacked, repo, ignore=ignore, symlinks=True)
+        git(repo, "init", "-q", "-b", "main")
+        git(repo, "add", "-A", "-f")
+        git(repo, "commit", "-q", "-m", f"baseline of {source}", "--no-verify")
     info["base_commit"] = git(repo, "rev-parse", "HEAD").strip()
 
     say("creating the virtual environment")

@@ -2,7 +2,9 @@
 
     opencwm forage env more-itertools==10.5.0 --cache runs/envs [--json]
     opencwm forage mutate runs/envs/more-itertools-10.5.0-... --out runs/tasks --max 200 [--json]
-    opencwm forage import swebench.jsonl --env runs/envs/... --out runs/tasks
+    opencwm forage env path/to/repo --commit SHA       (a git repository: its history kept, built at SHA)
+    opencwm forage import instances.jsonl --repo path/to/repo --out runs/swe-tasks
+    opencwm forage grade predictions.jsonl --tasks runs/swe-tasks --out runs/swe-grade
     opencwm forage run runs/tasks --policy openai --base-url http://localhost:8000/v1 --model cwm --out runs/traj
     opencwm forage show runs/traj [--limit N] [--id TASK]
 
@@ -62,7 +64,7 @@ def cmd_env(args) -> int:
 
     try:
         env = build_environment(args.source, args.cache or default_cache(), python=args.python, backend=args.sandbox,
-                                rebuild=args.rebuild, progress=None if args.quiet else _say)
+                                rebuild=args.rebuild, progress=None if args.quiet else _say, commit=args.commit)
     except ForageError as exc:
         raise CliError(str(exc)) from None
     info = env.info
@@ -117,16 +119,62 @@ def cmd_mutate(args) -> int:
     return 1 if report.errors and report.errors == report.candidates else 0
 
 
-def cmd_import(args) -> int:
-    from opencwm.forage.environment import ForageError
-    from opencwm.forage.tasks import import_swebench
+def _repositories(values: list[str]) -> dict:
+    """``--repo [OWNER/NAME=]PATH`` values: the local git repository of each instance repository (no name: every
+    instance's)."""
+    repos = {}
+    for value in values:
+        name, _, path = value.rpartition("=") if "=" in value else (None, "", value)
+        if not (Path(path) / ".git").exists():
+            raise CliError(f"--repo {value}: {path} is not a git repository (a directory with .git)")
+        repos[name or None] = Path(path).resolve()
+    return repos
 
-    env = _environment(args)
+
+def cmd_import(args) -> int:
+    from opencwm.forage.build import default_cache
+    from opencwm.forage.environment import ForageError
+    from opencwm.forage.swebench import import_instances
+
+    repos = _repositories(args.repo)
     try:
-        count = import_swebench(args.file, env, args.out)
+        summary = import_instances(args.file, repos, args.cache or default_cache(), args.out, backend=args.sandbox,
+                                   timeout=args.timeout, progress=_bar("validating", args.quiet),
+                                   say=None if args.quiet else _say)
     except ForageError as exc:
         raise CliError(str(exc)) from None
-    print(json.dumps({"tasks": args.out, "imported": count}) if args.json else f"{args.out}: {count} imported")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.out}: {summary['validated']} of {summary['instances']} instances validated "
+              f"({', '.join(f'{v} {k}' for k, v in summary['verdicts'].items())})")
+        for item, why in summary["not_validated"].items():
+            print(f"  {item}: {why}")
+    return 0 if summary["validated"] else 1
+
+
+def cmd_grade(args) -> int:
+    from opencwm.forage.environment import ForageError
+    from opencwm.forage.swebench import grade
+    from opencwm.forage.tasks import read_tasks
+    from opencwm.shards import DatasetError
+
+    try:
+        tasks = read_tasks(args.tasks)
+        summary = grade(args.predictions, tasks, args.out, backend=args.sandbox, timeout=args.timeout,
+                        progress=_bar("grading", args.quiet))
+    except (ForageError, DatasetError) as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.out}/report.json: {summary['resolved_instances']} of {summary['submitted_instances']} "
+              f"submitted instances resolved ({summary['unresolved_instances']} unresolved, "
+              f"{summary['empty_patch_instances']} empty patches, {summary['error_instances']} patches that do not "
+              f"apply)")
+    if summary["unknown_ids"]:
+        print(f"opencwm: {len(summary['unknown_ids'])} predictions name instances not in {args.tasks} "
+              f"(first: {summary['unknown_ids'][0]})", file=sys.stderr)
     return 0
 
 
@@ -243,6 +291,8 @@ def add_parser(areas) -> None:
     _add_cache(env)
     env.add_argument("--python", default=sys.executable, help="interpreter for the environment's venv")
     env.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    env.add_argument("--commit", help="for a git repository: build at this commit (a hash, tag or branch); the "
+                                      "history is kept (default: as checked out, uncommitted changes included)")
     _common(env)
     env.set_defaults(func=cmd_env)
 
@@ -265,13 +315,27 @@ def add_parser(areas) -> None:
     _common(mutate)
     mutate.set_defaults(func=cmd_mutate)
 
-    imp = commands.add_parser("import", help="import SWE-bench-format issue-fix instances for an environment")
-    imp.add_argument("file", help="JSONL with SWE-bench fields")
-    imp.add_argument("--env", required=True, help=ENV_HELP)
+    imp = commands.add_parser("import", help="import and validate SWE-bench-format instances (one environment "
+                                             "per repository and base_commit)")
+    imp.add_argument("file", help="SWE-bench instances: JSONL or a JSON list (instance_id, repo, base_commit, "
+                                  "patch, test_patch, problem_statement, FAIL_TO_PASS, PASS_TO_PASS)")
+    imp.add_argument("--repo", action="append", required=True, metavar="[OWNER/NAME=]PATH",
+                     help="the local git repository of the instances' repo (repeat for several repositories; "
+                          "without a name it serves every instance)")
     _add_cache(imp)
     imp.add_argument("--out", required=True, help="task dataset directory (created or resumed)")
+    imp.add_argument("--timeout", type=float, default=900, help="seconds per test run")
     _common(imp)
     imp.set_defaults(func=cmd_import)
+
+    grade = commands.add_parser("grade", help="grade SWE-bench-format predictions on imported or mutate-fix tasks")
+    grade.add_argument("predictions", help="JSONL or JSON list of {instance_id, model_name_or_path, model_patch}")
+    grade.add_argument("--tasks", required=True, help="task dataset directory ('forage import' or 'forage mutate')")
+    grade.add_argument("--out", required=True, help="report directory: report.json, and per instance its patch, "
+                                                    "test log and report (resumable)")
+    grade.add_argument("--timeout", type=float, default=900, help="seconds per test run")
+    _common(grade)
+    grade.set_defaults(func=cmd_grade)
 
     run = commands.add_parser("run", help="play episodes of a policy on tasks and store the trajectories")
     run.add_argument("tasks", help="task dataset directory")

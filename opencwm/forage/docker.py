@@ -74,12 +74,19 @@ def build_image(env, client) -> str:
     return tag
 
 
-def run_tests(env, tree: Path, tests: list[str] | None, client, image: str, *,
-              timeout: float = 900) -> TestRun:
-    """Run the tests of ``tree`` (mounted over the image's repository) in a container without network."""
+def run_tests(env, tree: Path, tests: list[str] | None, args: list[str], environment: dict[str, str], *,
+              coverage: bool = False, timeout: float = 900, max_output: int = 20_000) -> TestRun:
+    """Run the tests of ``tree`` (mounted over the image's repository) in a container without network; ``args``:
+    pytest's arguments, ``environment``: the plugin's switches."""
+    client, why = engine()
+    if client is None:
+        raise ForageError(f"--sandbox docker: {why}")
+    image = build_image(env, client)
     results = tree.parent / f"results-{uuid.uuid4().hex[:8]}.json"
-    argv = ["python", "-m", "pytest", "-p", PLUGIN, *env.pytest_args(tests)]
-    environment = {"OPENCWM_FORAGE_RESULTS": f"{WORK}/out/{results.name}"}
+    argv = ["python", "-m", "pytest", "-p", PLUGIN, *args]
+    environment = {**environment, "OPENCWM_FORAGE_RESULTS": f"{WORK}/out/{results.name}"}
+    if coverage:
+        environment["OPENCWM_FORAGE_COVERAGE"] = f"{WORK}/repo"
     start = time.monotonic()
     with env.select_tests(tree, tests) as selection:
         if selection is not None:
@@ -95,6 +102,6 @@ def run_tests(env, tree: Path, tests: list[str] | None, client, image: str, *,
         except Exception:
             status = "timeout"
         finally:
-            output = container.logs().decode("utf-8", "replace")
+            output = container.logs().decode("utf-8", "replace")[-max_output:]
             container.remove(force=True)
     return read_results(results, status, output, round(time.monotonic() - start, 3))

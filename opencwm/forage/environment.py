@@ -70,11 +70,6 @@ def git(repo: str | Path, *args: str, check: bool = True, input: str | None = No
     return result.stdout
 
 
-def has_commit(repo: str | Path, commit: str) -> bool:
-    return subprocess.run(git_command(repo, "cat-file", "-e", f"{commit}^{{commit}}"), capture_output=True,
-                          env=git_environment()).returncode == 0
-
-
 def is_test_file(path: str) -> bool:
     parts = Path(path).parts
     name = parts[-1]
@@ -243,30 +238,32 @@ class Environment:
             path.unlink(missing_ok=True)
 
     def run_tests(self, tree: Path, tests: list[str] | None = None, *, coverage: bool = False,
-                  reverse: bool = False, timeout: float = 900, backend: str = "auto") -> TestRun:
+                  reverse: bool = False, timeout: float = 900, backend: str = "auto",
+                  report_all: bool = False) -> TestRun:
         """Run the repository's tests (all, or the given node ids; in the reverse of the suite's order with
-        ``reverse``) in the sandbox; the tree's parent directory is writable (results go there), the tree itself
-        is restored afterwards by the caller if needed."""
+        ``reverse``) in the sandbox, or in a container with ``backend="docker"``; the tree's parent directory is
+        writable (results go there), the tree itself is restored afterwards by the caller if needed.
+        ``report_all``: pytest's summary names every test with its outcome (``-rA``, what SWE-bench's log parser
+        reads) and the output is kept whole (up to 4 MB)."""
+        env = {"OPENCWM_FORAGE_REVERSE": "1"} if reverse else {}
+        args = [*self.pytest_args(tests), *(["-rA"] if report_all else [])]
+        max_output = 4_000_000 if report_all else 20_000
         if backend == "docker":
             from opencwm.forage import docker
 
-            client, why = docker.engine()
-            if client is None:
-                raise ForageError(f"--sandbox docker: {why}")
-            return docker.run_tests(self, tree, tests, client, docker.build_image(self, client), timeout=timeout)
+            return docker.run_tests(self, tree, tests, args, env, coverage=coverage, timeout=timeout,
+                                    max_output=max_output)
         results = tree.parent / f"results-{uuid.uuid4().hex[:8]}.json"
-        env = {**self.sandbox_env(tree), "OPENCWM_FORAGE_RESULTS": str(results)}
+        env.update(self.sandbox_env(tree), OPENCWM_FORAGE_RESULTS=str(results))
         if coverage:
             env["OPENCWM_FORAGE_COVERAGE"] = str(tree)
-        if reverse:
-            env["OPENCWM_FORAGE_REVERSE"] = "1"
-        argv = [str(self.venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, *self.pytest_args(tests)]
+        argv = [str(self.venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, *args]
         with self.select_tests(tree, tests) as selection:
             if selection is not None:
                 env["OPENCWM_FORAGE_SELECT"] = str(selection)
             result: CommandResult = run_command(argv, tree.parent, cwd=tree, timeout=timeout, env=env,
                                                 backend=backend, visible=(str(self.path),),
-                                                protected=(str(tree / ".git"),), max_output=20_000)
+                                                protected=(str(tree / ".git"),), max_output=max_output)
         return read_results(results, result.status, result.output, result.seconds)
 
 

@@ -21,7 +21,9 @@ import sys
 
 import pytest
 
-_RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+# xfailed: an expected failure that failed; xpassed: one that passed (not strict). SWE-bench counts the first as a
+# pass and the second as missing, so neither is "passed".
+_RANK = {"passed": 0, "xpassed": 0, "skipped": 1, "xfailed": 1, "failed": 2, "error": 3}
 # Coverage contexts besides test node ids: code run before collection (conftest) or by an import statement while
 # test modules are collected (the package's import-time code, which every later test module shares) concerns every
 # test; other code run while a test module is collected (its module-level code, decorators) every test of it.
@@ -136,7 +138,11 @@ def _record(nodeid, outcome, text=None):
 
 def pytest_runtest_logreport(report):
     if report.when == "call":
-        _record(report.nodeid, "skipped" if report.skipped else report.outcome, report.longreprtext)
+        if hasattr(report, "wasxfail"):
+            _record(report.nodeid, "xfailed" if report.skipped else "xpassed" if report.passed else "failed",
+                    report.longreprtext)
+        else:
+            _record(report.nodeid, "skipped" if report.skipped else report.outcome, report.longreprtext)
     elif report.failed:
         _record(report.nodeid, "error", report.longreprtext)
     elif report.skipped:

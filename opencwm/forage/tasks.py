@@ -1,5 +1,5 @@
-"""Tasks in SWE-bench's format: validated mutate-fix bugs made from an environment, and issue-fix instances
-imported from SWE-bench-style JSONL.
+"""Tasks in SWE-bench's format (the task dataset: ``SCHEMA``, ``read_tasks``), and the validated mutate-fix bugs made
+from an environment (issue-fix instances imported from SWE-bench data: ``opencwm.forage.swebench``).
 
 A mutate-fix candidate is validated by running the tests that cover its function (from the environment's
 coverage map, where a package's import-time code covers every test): it is kept when at least one of them that
@@ -37,7 +37,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from opencwm.errors import one_line
-from opencwm.forage.environment import CONFIRM, Environment, ForageError, git, has_commit
+from opencwm.forage.environment import CONFIRM, Environment, ForageError, git
 from opencwm.forage.mutate import OPERATORS, Mutation, mutations
 from opencwm.forage.warm_runner import WarmRunner, stamp_mutation
 from opencwm.shards import TASKS_KIND, ShardWriter, read_manifest, read_rows
@@ -307,40 +307,3 @@ def read_tasks(directory: str | Path) -> list[dict]:
     if read_manifest(directory).get("kind") != KIND:
         raise ForageError(f"{directory}: not a task dataset (made by 'opencwm forage mutate' or 'forage import')")
     return [row for row in read_rows(directory) if row["validated"]]
-
-
-SWE_BENCH_FIELDS = ("instance_id", "repo", "base_commit", "problem_statement", "patch", "test_patch",
-                    "FAIL_TO_PASS", "PASS_TO_PASS")
-
-
-def import_swebench(path: str | Path, env: Environment, out: str | Path) -> int:
-    """Import issue-fix instances (SWE-bench JSONL) whose repository is ``env``'s: each instance's
-    ``base_commit`` must exist in the environment's repository. Returns how many were imported."""
-    imported = 0
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ForageError(f"{path}: cannot read it ({exc.strerror if isinstance(exc, OSError) else exc})") from None
-    with ShardWriter(out, SCHEMA, KIND, metadata={"env": str(env.path)}) as writer:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                missing = [f for f in SWE_BENCH_FIELDS if f not in item]
-            except json.JSONDecodeError as exc:
-                raise ForageError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if missing:
-                raise ForageError(f"{path}:{number}: missing SWE-bench fields {', '.join(missing)}")
-            if not has_commit(env.repo, item["base_commit"]):
-                continue
-            lists = {k: item[k] if isinstance(item[k], str) else json.dumps(item[k])
-                     for k in ("FAIL_TO_PASS", "PASS_TO_PASS")}
-            writer.add(item["instance_id"], [{
-                "item": item["instance_id"], **{k: item[k] for k in SWE_BENCH_FIELDS}, **lists,
-                "task_kind": "issue-fix", "env": str(env.path), "operator": None, "file": None, "function": None,
-                "line": None, "bug_patch": "", "validated": True, "verdict": "imported", "reason": "",
-                "selected_tests": len(json.loads(lists["FAIL_TO_PASS"])) + len(json.loads(lists["PASS_TO_PASS"])),
-                "validation_seconds": 0.0}])
-            imported += 1
-    return imported

@@ -24,11 +24,12 @@ class ForageError(RuntimeError):
 @dataclass
 class TestRun:
     status: str  # ok | timeout | killed | error (no results written: pytest could not start)
-    outcomes: dict[str, str]  # node id -> passed | failed | error | skipped
+    outcomes: dict[str, str]  # node id -> passed | failed | error | skipped | xfailed | xpassed
     failures: dict[str, str] = field(default_factory=dict)  # node id -> failure text
     coverage: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # file -> line -> node ids
     output: str = ""
     seconds: float = 0.0
+    exit_code: int | None = None  # pytest's exit status, as its plugin saw it
 
     def passed(self, nodeid: str) -> bool:
         return self.outcomes.get(nodeid) == "passed"
@@ -45,7 +46,9 @@ class TestRun:
         if not (isinstance(data, dict) and mapping(data.get("outcomes"), text) and mapping(data.get("failures"), text)
                 and mapping(data.get("coverage"), lambda lines: mapping(lines, names))):
             return cls("error", {}, output=f"{output}\n[malformed results]", seconds=seconds)
-        return cls(status, data["outcomes"], data["failures"], data["coverage"], output, seconds)
+        code = data.get("exitstatus")
+        return cls(status, data["outcomes"], data["failures"], data["coverage"], output, seconds,
+                   code if type(code) is int else None)
 
 
 MAX_RESULTS = 256 * 1024 * 1024

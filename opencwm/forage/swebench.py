@@ -1,0 +1,417 @@
+"""SWE-bench instances in forager environments: importing them as SWE-bench's harness validates them, and grading
+predictions with SWE-bench's verdict rules.
+
+Import (``import_instances``): each instance's environment is its repository at its ``base_commit``, with the
+repository's history (``build_environment(..., commit=)``, built once per repository and commit and cached). The
+instance is validated as SWE-bench validates its data: with ``test_patch`` applied, every ``FAIL_TO_PASS`` test must
+fail before the gold ``patch`` and pass after it, every ``PASS_TO_PASS`` test pass both times. Every instance gets a
+row (``validated``, ``verdict``, ``reason``): one that cannot be built, applied or validated says why, and the
+others are kept.
+
+Grading (``grade``): each prediction's ``model_patch`` is applied to a fresh tree at ``base_commit``, then the
+``test_patch``, and the instance's tests run in the sandbox. The test log is written as SWE-bench's harness writes
+it (its markers around pytest's ``-rA`` output, the exit code after them) and the report holds SWE-bench's fields.
+The verdict follows SWE-bench's grading rules (``test_passed``/``test_failed``/``test_maintained``, FULL/PARTIAL/NO
+resolution) over the outcomes the results plugin recorded, read as SWE-bench's pytest log parser reads the same run's
+log (``status_map``: ``xfailed`` a pass; skipped and ``xpassed`` tests absent, so failures; ids cut at
+whitespace). ``tests/test_swebench.py`` feeds the same logs to the ``swebench`` package.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from opencwm.errors import one_line
+from opencwm.forage.environment import Environment, ForageError, git, git_command, git_environment
+from opencwm.forage.tasks import KIND, SCHEMA
+from opencwm.forage.testrun import TestRun
+from opencwm.shards import ShardWriter, read_rows
+
+FIELDS = ("instance_id", "repo", "base_commit", "problem_statement", "patch", "test_patch", "FAIL_TO_PASS",
+          "PASS_TO_PASS")
+# SWE-bench's log markers and statuses (swebench.harness.constants)
+APPLY_PATCH_FAIL, TESTS_ERROR, TESTS_TIMEOUT = ">>>>> Patch Apply Failed", ">>>>> Tests Errored", \
+    ">>>>> Tests Timed Out"
+START_TEST_OUTPUT, END_TEST_OUTPUT, TEST_EXIT_CODE = ">>>>> Start Test Output", ">>>>> End Test Output", \
+    ">>>>> Test Exit Code"
+STATUS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED", "xfailed": "XFAIL"}
+FULL, PARTIAL, NO = "RESOLVED_FULL", "RESOLVED_PARTIAL", "RESOLVED_NO"
+
+
+def test_lists(instance: dict) -> tuple[list[str], list[str]]:
+    """(FAIL_TO_PASS, PASS_TO_PASS) of an instance, whether stored as lists or as JSON text (SWE-bench's datasets)."""
+    out = []
+    for key in ("FAIL_TO_PASS", "PASS_TO_PASS"):
+        value = instance[key]
+        value = json.loads(value) if isinstance(value, str) else value
+        if not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
+            raise ValueError(f"{key} is not a list of test names")
+        out.append(value)
+    return out[0], out[1]
+
+
+def read_json_records(path: str | Path, what: str) -> list[dict]:
+    """The records of a JSONL file, a JSON list or a JSON object keyed by instance id (as SWE-bench's harness takes
+    predictions); one-line errors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ForageError(f"{path}: cannot read it ({exc.strerror if isinstance(exc, OSError) else exc})") from None
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, list):
+        records = whole
+    elif isinstance(whole, dict) and whole and all(isinstance(v, dict) for v in whole.values()) \
+            and "instance_id" not in whole:
+        records = [{"instance_id": key, **value} for key, value in whole.items()]
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ForageError(f"{path}:{number}: not JSON ({exc.msg})") from None
+    if not records:
+        raise ForageError(f"{path}: no {what} in it")
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict) or not isinstance(record.get("instance_id"), str):
+            raise ForageError(f"{path}: {what} {number} has no instance_id")
+    return records
+
+
+def read_instances(path: str | Path) -> list[dict]:
+    """SWE-bench instances (JSONL or JSON), each checked for SWE-bench's fields."""
+    instances = read_json_records(path, "instances")
+    for instance in instances:
+        missing = [f for f in FIELDS if f not in instance]
+        if missing:
+            raise ForageError(f"{path}: instance {instance['instance_id']} lacks {', '.join(missing)}")
+        try:
+            test_lists(instance)
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise ForageError(f"{path}: instance {instance['instance_id']}: {one_line(str(exc), 200)}") from None
+    return instances
+
+
+# -- SWE-bench's verdict rules (swebench.harness.grading) ---------------------------------------------------------
+SUMMARY_ORDER = ("passed", "skipped", "xfailed", "xpassed", "error", "failed")  # pytest's -rA summary, in order
+
+
+def status_map(run: TestRun) -> dict[str, str]:
+    """A run's outcomes as SWE-bench's pytest log parser reads them from the ``-rA`` summary: a skipped test is
+    absent (pytest writes skips as ``SKIPPED [N] file:line: reason``, which the parser ignores), so is an xpassed
+    one; an id is cut at its first whitespace (the parser splits lines on it), and where cut ids collide the line
+    pytest prints last wins."""
+    statuses = {}
+    for outcome in SUMMARY_ORDER:
+        for test, found in run.outcomes.items():
+            if found == outcome and outcome in STATUS and outcome != "skipped" and test.split():
+                statuses[test.split()[0]] = STATUS[outcome]
+    return statuses
+
+
+def _key(case: str, statuses: dict[str, str]) -> str | None:
+    """The status key of ``case``; a parametrized id cut short (more ``[`` than ``]``) matches the ids it starts,
+    when they agree on passing or not (SWE-bench does this for its truncated ids)."""
+    if case in statuses:
+        return case
+    if case.count("[") > case.count("]"):
+        matches = [k for k in statuses if k.startswith(case)]
+        if matches and len({statuses[k] in ("PASSED", "XFAIL") for k in matches}) == 1:
+            return matches[0]
+    return None
+
+
+def test_passed(case: str, statuses: dict[str, str]) -> bool:
+    key = _key(case, statuses)
+    return key is not None and statuses[key] in ("PASSED", "XFAIL")
+
+
+def test_failed(case: str, statuses: dict[str, str]) -> bool:
+    key = _key(case, statuses)
+    return key is None or statuses[key] in ("FAILED", "ERROR", "SKIPPED")
+
+
+def test_maintained(case: str, statuses: dict[str, str]) -> bool:
+    key = _key(case, statuses)
+    return test_passed(case, statuses) or (key is not None and statuses[key] == "SKIPPED")
+
+
+def tests_report(statuses: dict[str, str], fail_to_pass: list[str], pass_to_pass: list[str]) -> dict:
+    """SWE-bench's ``tests_status``: which FAIL_TO_PASS and PASS_TO_PASS tests succeeded and which failed."""
+    report = {"FAIL_TO_PASS": {"success": [], "failure": []}, "PASS_TO_PASS": {"success": [], "failure": []}}
+    for case in fail_to_pass:
+        if test_passed(case, statuses):
+            report["FAIL_TO_PASS"]["success"].append(case)
+        elif test_failed(case, statuses):
+            report["FAIL_TO_PASS"]["failure"].append(case)
+    for case in pass_to_pass:
+        if test_maintained(case, statuses):
+            report["PASS_TO_PASS"]["success"].append(case)
+        elif test_failed(case, statuses):
+            report["PASS_TO_PASS"]["failure"].append(case)
+    return report
+
+
+def resolution(report: dict) -> str:
+    def rate(part: dict) -> float:
+        total = len(part["success"]) + len(part["failure"])
+        return 1 if total == 0 else len(part["success"]) / total
+
+    f2p, p2p = rate(report["FAIL_TO_PASS"]), rate(report["PASS_TO_PASS"])
+    if f2p == 1 and p2p == 1:
+        return FULL
+    return PARTIAL if 0 < f2p < 1 and p2p == 1 else NO
+
+
+# -- running an instance's tests ----------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """One run of an instance's tests on a tree with a patch: whether the patch and the test patch applied, the
+    run (None when nothing ran), the log as SWE-bench's harness writes it."""
+    applied: bool
+    run: TestRun | None
+    log: str
+
+    @property
+    def statuses(self) -> dict[str, str] | None:
+        """SWE-bench's status map, or None where SWE-bench finds no usable test output (a patch that did not
+        apply, a run that errored or timed out, no test in the status map, or a failing exit status with no test
+        failing)."""
+        run = self.run
+        if not self.applied or run is None or run.status != "ok" or not run.outcomes:
+            return None
+        statuses = status_map(run)
+        if not statuses:  # nothing in the log says a test ran (every test skipped, say)
+            return None
+        if run.exit_code not in (None, 0) and not {"FAILED", "ERROR"} & set(statuses.values()):
+            return None
+        return statuses
+
+
+def run_instance(env: Environment, task: dict, patch: str, *, backend: str = "auto",
+                 timeout: float = 900) -> Evaluation:
+    """``patch`` (a model's, or the gold one) applied to a fresh tree at the task's ``base_commit``, then its
+    ``test_patch``; its FAIL_TO_PASS and PASS_TO_PASS tests run in the sandbox."""
+    fail_to_pass, pass_to_pass = test_lists(task)
+    tree = env.checkout(task["base_commit"])
+    try:
+        if not Environment.apply(tree, patch):
+            return Evaluation(False, None, f"{APPLY_PATCH_FAIL}: the patch does not apply\n")
+        restore_test_files(tree, task["base_commit"], task.get("test_patch") or "")
+        if not Environment.apply(tree, task.get("test_patch") or ""):
+            return Evaluation(False, None, f"{APPLY_PATCH_FAIL}: the test patch does not apply\n")
+        run = env.run_tests(tree, sorted({*fail_to_pass, *pass_to_pass}), backend=backend, timeout=timeout,
+                            report_all=True)
+    finally:
+        Environment.discard(tree)
+    marker = {"timeout": f"{TESTS_TIMEOUT}\n", "ok": ""}.get(run.status, f"{TESTS_ERROR}: {run.status}\n")
+    code = f"{TEST_EXIT_CODE}: {run.exit_code}\n" if run.exit_code is not None else ""
+    return Evaluation(True, run, f"{marker}{START_TEST_OUTPUT}\n{run.output}\n{END_TEST_OUTPUT}\n{code}")
+
+
+def patched_paths(patch: str) -> list[str]:
+    """The files a git diff touches (both sides of a rename)."""
+    paths = set()
+    for line in patch.splitlines():
+        if line.startswith(("--- a/", "+++ b/")):
+            paths.add(line[6:].split("\t")[0])
+    return sorted(paths)
+
+
+def restore_test_files(tree: Path, commit: str, test_patch: str) -> None:
+    """The files the test patch touches as they were at ``commit`` (removed where they did not exist), whatever the
+    model's patch did to them, as SWE-bench's evaluation script resets them before applying the test patch."""
+    for path in patched_paths(test_patch):
+        if Path(path).is_absolute() or ".." in Path(path).parts:
+            continue  # git apply refuses such a patch anyway
+        existed = subprocess.run(git_command(tree, "cat-file", "-e", f"{commit}:{path}"), capture_output=True,
+                                 env=git_environment()).returncode == 0
+        if existed:
+            git(tree, "checkout", "-q", commit, "--", path)
+        elif ((tree / path).is_file() or (tree / path).is_symlink()) and \
+                (tree / path).parent.resolve() == tree.resolve() / Path(path).parent:  # never through a link
+            (tree / path).unlink()
+
+
+def instance_report(task: dict, patch: str | None, evaluation: Evaluation | None) -> dict:
+    """SWE-bench's per-instance report (``report.json``): patch_is_None, patch_exists,
+    patch_successfully_applied, resolved, tests_status."""
+    report = {"patch_is_None": patch is None, "patch_exists": patch is not None,
+              "patch_successfully_applied": False, "resolved": False}
+    statuses = evaluation.statuses if evaluation is not None else None
+    if statuses is None:
+        return {task["instance_id"]: report}
+    tests = tests_report(statuses, *test_lists(task))
+    report.update(patch_successfully_applied=True, resolved=resolution(tests) == FULL, tests_status=tests)
+    return {task["instance_id"]: report}
+
+
+# -- import and validation ----------------------------------------------------------------------------------------
+def validate_instance(env: Environment, instance: dict, *, backend: str = "auto", timeout: float = 900
+                      ) -> tuple[str, str]:
+    """(verdict, reason) of SWE-bench's validation: FAIL_TO_PASS fail before the gold patch and pass after it,
+    PASS_TO_PASS pass both times (the test patch applied both times). Verdicts: validated, invalid,
+    test_patch_failed, patch_failed, error."""
+    fail_to_pass, pass_to_pass = test_lists(instance)
+    if not fail_to_pass:
+        return "invalid", "no FAIL_TO_PASS tests"
+    before = run_instance(env, instance, "", backend=backend, timeout=timeout)
+    if not before.applied:
+        return "test_patch_failed", "the test patch does not apply at base_commit"
+    after = run_instance(env, instance, instance["patch"], backend=backend, timeout=timeout)
+    if not after.applied:
+        return "patch_failed", "the gold patch does not apply at base_commit"
+    for name, evaluation in (("before", before), ("after", after)):
+        if evaluation.statuses is None:
+            run = evaluation.run
+            last = next((line for line in reversed(run.output.splitlines()) if line.strip()), "no output")
+            return "error", f"the run {name} the patch gave no test results ({run.status}: {one_line(last, 200)})"
+    problems = []
+    for label, cases, rule in (
+            ("FAIL_TO_PASS passing before the patch", fail_to_pass, lambda c: not test_failed(c, before.statuses)),
+            ("FAIL_TO_PASS not passing after the patch", fail_to_pass, lambda c: not test_passed(c, after.statuses)),
+            ("PASS_TO_PASS not passing before the patch", pass_to_pass,
+             lambda c: not test_passed(c, before.statuses)),
+            ("PASS_TO_PASS not passing after the patch", pass_to_pass,
+             lambda c: not test_passed(c, after.statuses))):
+        bad = [c for c in cases if rule(c)]
+        if bad:
+            problems.append(f"{label}: {', '.join(bad[:3])}" + (f" (+{len(bad) - 3})" if len(bad) > 3 else ""))
+    return ("invalid", "; ".join(problems)) if problems else ("validated", "")
+
+
+def repository_for(instance: dict, repos: dict[str | None, Path]) -> Path | None:
+    """The local git repository of an instance's ``repo`` (``owner/name``): given for that name, for its last part,
+    or for every instance (key None)."""
+    name = instance.get("repo") or ""
+    for key in (name, name.rsplit("/", 1)[-1], None):
+        if key in repos:
+            return repos[key]
+    return None
+
+
+def import_instances(path: str | Path, repos: dict[str | None, Path], cache: str | Path, out: str | Path, *,
+                     backend: str = "auto", timeout: float = 900, progress: Callable[[int, int], None] | None = None,
+                     say: Callable[[str], None] | None = None) -> dict:
+    """Import and validate SWE-bench instances into the task dataset ``out`` (resumable: instances with a row are
+    not done again). Returns a summary: instances, validated, verdicts, and the reasons of the others."""
+    from opencwm.forage.build import build_environment  # (building sits above using environments)
+
+    instances = read_instances(path)
+    with ShardWriter(out, SCHEMA, KIND, metadata={"source": str(path)}) as writer:
+        done = writer.finished_items()
+        todo = [i for i in instances if i["instance_id"] not in done]
+        for count, instance in enumerate(todo, 1):
+            start = time.monotonic()
+            fail_to_pass, pass_to_pass = test_lists(instance)
+            row = {"item": instance["instance_id"], **{k: instance[k] for k in FIELDS},
+                   "FAIL_TO_PASS": json.dumps(fail_to_pass), "PASS_TO_PASS": json.dumps(pass_to_pass),
+                   "task_kind": "issue-fix", "env": None, "operator": None, "file": None, "function": None,
+                   "line": None, "bug_patch": "", "validated": False, "verdict": "", "reason": "",
+                   "selected_tests": len(fail_to_pass) + len(pass_to_pass), "validation_seconds": 0.0}
+            repository = repository_for(instance, repos)
+            if repository is None:
+                row.update(verdict="no_repository", reason=f"no local repository given for {instance['repo']}")
+            else:
+                try:
+                    env = build_environment(str(repository), cache, commit=instance["base_commit"], backend=backend,
+                                            progress=say)
+                except ForageError as exc:
+                    env, reason = None, str(exc)
+                else:
+                    reason = "" if env.ok else f"the environment did not build: {env.info.get('error')}"
+                if env is None or not env.ok:
+                    row.update(verdict="build_failed", reason=one_line(reason, 300),
+                               env=str(env.path) if env else None)
+                else:
+                    verdict, reason = validate_instance(env, instance, backend=backend, timeout=timeout)
+                    row.update(env=str(env.path), verdict=verdict, reason=reason, validated=verdict == "validated")
+            row["validation_seconds"] = round(time.monotonic() - start, 3)
+            writer.add(row["item"], [row])
+            if progress:
+                progress(count, len(todo))
+    rows = [r for r in read_rows(out, columns=["item", "validated", "verdict", "reason"])]
+    verdicts = Counter(r["verdict"] for r in rows)
+    return {"tasks": str(out), "instances": len(rows), "validated": sum(bool(r["validated"]) for r in rows),
+            "verdicts": dict(sorted(verdicts.items())),
+            "not_validated": {r["item"]: f"{r['verdict']}: {r['reason']}" for r in rows if not r["validated"]}}
+
+
+# -- grading predictions ------------------------------------------------------------------------------------------
+def read_predictions(path: str | Path) -> dict[str, dict]:
+    """SWE-bench predictions (``instance_id``, ``model_name_or_path``, ``model_patch``) by instance id."""
+    predictions = {}
+    for record in read_json_records(path, "predictions"):
+        patch = record.get("model_patch")
+        if patch is not None and not isinstance(patch, str):
+            raise ForageError(f"{path}: the model_patch of {record['instance_id']} is not text")
+        predictions[record["instance_id"]] = record
+    return predictions
+
+
+def grade(predictions_path: str | Path, tasks: list[dict], out: str | Path, *, backend: str = "auto",
+          timeout: float = 900, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Grade predictions on ``tasks`` (a task dataset's validated rows) as SWE-bench's harness does: per instance
+    ``out/<instance_id>/`` holds ``patch.diff``, ``test_output.txt`` and ``report.json``; ``out/report.json`` the
+    run's totals with SWE-bench's fields. Resumable: an instance graded before with the same patch is not run
+    again."""
+    predictions = read_predictions(predictions_path)
+    by_id = {t["instance_id"]: t for t in tasks}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    environments: dict[str, Environment] = {}
+    reports: dict[str, dict] = {}
+    graded = [i for i in predictions if i in by_id]
+    for count, instance_id in enumerate(graded, 1):
+        task, prediction = by_id[instance_id], predictions[instance_id]
+        patch = prediction.get("model_patch")
+        folder = out / instance_id.replace("/", "__")
+        folder.mkdir(exist_ok=True)
+        done = folder / "report.json"
+        if done.is_file() and (folder / "patch.diff").is_file() and \
+                (folder / "patch.diff").read_text(encoding="utf-8") == (patch or ""):
+            reports[instance_id] = json.loads(done.read_text())[instance_id]
+        else:
+            evaluation = None
+            if patch is not None:
+                if task["env"] not in environments:
+                    environments[task["env"]] = Environment.open(task["env"])
+                env = environments[task["env"]]
+                evaluation = run_instance(env, task, patch, backend=backend, timeout=timeout)
+            report = instance_report(task, patch, evaluation)
+            (folder / "patch.diff").write_text(patch or "", encoding="utf-8")
+            (folder / "test_output.txt").write_text(evaluation.log if evaluation else "", encoding="utf-8")
+            (folder / "report.json").write_text(json.dumps(report, indent=1))
+            reports[instance_id] = report[instance_id]
+        if progress:
+            progress(count, len(graded))
+    empty = sorted(i for i in graded if predictions[i].get("model_patch") in ("", None))
+    # as SWE-bench's run report counts: a patch that does not apply is an error (its harness writes no report),
+    # a run that errored or timed out is completed and unresolved
+    errors = sorted(i for i in graded if i not in empty and (out / i.replace("/", "__") / "test_output.txt")
+                    .read_text(encoding="utf-8").startswith(APPLY_PATCH_FAIL))
+    completed = sorted(i for i in graded if i not in empty and i not in errors)
+    resolved = sorted(i for i in completed if reports[i]["resolved"])
+    summary = {
+        "total_instances": len(tasks), "submitted_instances": len(predictions),
+        "completed_instances": len(completed), "resolved_instances": len(resolved),
+        "unresolved_instances": len(completed) - len(resolved), "empty_patch_instances": len(empty),
+        "error_instances": len(errors), "completed_ids": completed,
+        "incomplete_ids": sorted(set(by_id) - set(graded)), "empty_patch_ids": empty,
+        "submitted_ids": sorted(predictions), "resolved_ids": resolved,
+        "unresolved_ids": sorted(set(completed) - set(resolved)), "error_ids": errors,
+        "patch_apply_failed_ids": errors, "unknown_ids": sorted(set(predictions) - set(by_id)),
+    }
+    (out / "report.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,237 @@
+"""SWE-bench-format instances end to end on a repository with real history (two releases of the toy package, made
+here with git): ``forage env --commit``, ``forage import`` (SWE-bench's validation, every instance a row with its
+reason), ``forage grade`` (gold, empty, wrong and unappliable predictions), and the grading verdicts checked against
+the ``swebench`` package's own grading functions on the same test logs. The slow tier does the same on consecutive
+releases of a real PyPI package (``tests/test_slow_swebench.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opencwm.forage.build import build_environment
+from opencwm.forage.environment import Environment
+from opencwm.forage.swebench import Evaluation, instance_report, run_instance
+
+TOY = Path(__file__).parent / "data" / "toyrepo"
+FIXED_MEAN = '''def mean(values):
+    if not values:
+        return 0.0
+    total = 0
+'''
+NEW_TEST = '''
+
+def test_mean_of_nothing():
+    assert mean([]) == 0.0
+'''
+
+
+def git_cli(repo: Path, *args: str) -> str:
+    """The test's own git (a trusted repository it made)."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "opencwm.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "OPENCWM_CACHE": str(cwd / "cache")})
+
+
+def swebench_report(instance: dict, prediction: dict, log: Path) -> dict:
+    """The swebench package's own per-instance report of a test log."""
+    from swebench.harness.grading import get_eval_report
+    from swebench.types import TestSpec
+
+    lists = {k: json.loads(instance[k]) if isinstance(instance[k], str) else instance[k]
+             for k in ("FAIL_TO_PASS", "PASS_TO_PASS")}
+    spec = TestSpec(instance_id=instance["instance_id"], image="", eval_script_list=[], repo=instance["repo"],
+                    version="", log_parser="parse_log_pytest", eval_type="pass_and_fail", **lists)
+    return get_eval_report(spec, prediction, str(log), include_tests_status=True)[instance["instance_id"]]
+
+
+def same_verdict(ours: dict, theirs: dict) -> bool:
+    keys = ("patch_is_None", "patch_exists", "patch_successfully_applied", "resolved")
+    return all(ours[k] == theirs[k] for k in keys) and ours.get("tests_status") == (
+        None if "tests_status" not in theirs else
+        {k: theirs["tests_status"][k] for k in ("FAIL_TO_PASS", "PASS_TO_PASS")})
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory) -> tuple[Path, str, str]:
+    """A git repository of two releases: 1.0 (``mean([])`` divides by zero) and 1.1 (returns 0.0, with a test)."""
+    work = tmp_path_factory.mktemp("releases")
+    repo = shutil.copytree(TOY, work / "toycalc")
+    git_cli(repo, "init", "-q", "-b", "main")
+    git_cli(repo, "add", "-A")
+    git_cli(repo, "commit", "-q", "-m", "release 1.0")
+    git_cli(repo, "tag", "v1.0")
+    source = repo / "toycalc" / "__init__.py"
+    source.write_text(source.read_text().replace("def mean(values):\n    total = 0\n", FIXED_MEAN))
+    tests = repo / "tests" / "test_toycalc.py"
+    tests.write_text(tests.read_text() + NEW_TEST)
+    git_cli(repo, "commit", "-q", "-am", "release 1.1: the mean of nothing is 0.0")
+    return repo, git_cli(repo, "rev-parse", "v1.0").strip(), git_cli(repo, "rev-parse", "HEAD").strip()
+
+
+@pytest.fixture(scope="module")
+def instances(releases) -> list[dict]:
+    repo, old, new = releases
+    patch = git_cli(repo, "diff", old, new, "--", "toycalc")
+    test_patch = git_cli(repo, "diff", old, new, "--", "tests")
+    passing = ["tests/test_toycalc.py::test_clamp_inside", "tests/test_toycalc.py::test_clamp_edges",
+               "tests/test_toycalc.py::test_mean", "tests/test_toycalc.py::test_running_max",
+               "tests/test_toycalc.py::test_words"]
+    good = {"instance_id": "toycalc__toycalc-1", "repo": "example/toycalc", "base_commit": old,
+            "problem_statement": "mean([]) raises ZeroDivisionError", "patch": patch, "test_patch": test_patch,
+            "FAIL_TO_PASS": ["tests/test_toycalc.py::test_mean_of_nothing"], "PASS_TO_PASS": json.dumps(passing),
+            "version": "1.0"}
+    return [good,
+            {**good, "instance_id": "toycalc__toycalc-2", "FAIL_TO_PASS": ["tests/test_toycalc.py::test_mean"]},
+            {**good, "instance_id": "toycalc__toycalc-3", "base_commit": "0" * 40},
+            {**good, "instance_id": "other__thing-4", "repo": "other/thing"},
+            *({**good, "instance_id": f"toycalc__toycalc-1{c}"} for c in "abc")]
+
+
+def test_import_validate_and_grade_through_the_cli_as_swebench_grades(releases, instances, tmp_path):
+    repo, old, new = releases
+    (tmp_path / "instances.jsonl").write_text("".join(json.dumps(i) + "\n" for i in instances))
+
+    built = cli("forage", "env", str(repo), "--commit", "v1.0", "--json", "--quiet", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["passing"] == 5  # release 1.0's suite
+    env = Environment.open(json.loads(built.stdout)["env"])
+    assert env.base_commit == old and git_cli(env.repo, "cat-file", "-t", new).strip() == "commit"  # history kept
+
+    imported = cli("forage", "import", "instances.jsonl", "--repo", f"example/toycalc={repo}", "--out", "tasks",
+                   "--json", "--quiet", cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    summary = json.loads(imported.stdout)
+    assert summary["instances"] == 7 and summary["validated"] == 4
+    why = summary["not_validated"]
+    assert why["toycalc__toycalc-2"].startswith("invalid: FAIL_TO_PASS passing before the patch: "
+                                                "tests/test_toycalc.py::test_mean")
+    assert why["toycalc__toycalc-3"].startswith("build_failed:") and "no commit" in why["toycalc__toycalc-3"]
+    assert why["other__thing-4"].startswith("no_repository:")
+    again = cli("forage", "import", "instances.jsonl", "--repo", f"example/toycalc={repo}", "--out", "tasks",
+                "--json", "--quiet", cwd=tmp_path)  # resumed: nothing done twice
+    assert json.loads(again.stdout)["instances"] == 7
+
+    gold = instances[0]["patch"]
+    wrong = gold.replace("return 0.0", "return None")
+    unappliable = gold.replace("def mean(values):", "def average(values):")
+    predictions = [{"instance_id": "toycalc__toycalc-1", "model_name_or_path": "m", "model_patch": gold},
+                   {"instance_id": "toycalc__toycalc-1a", "model_name_or_path": "m", "model_patch": ""},
+                   {"instance_id": "toycalc__toycalc-1b", "model_name_or_path": "m", "model_patch": wrong},
+                   {"instance_id": "toycalc__toycalc-1c", "model_name_or_path": "m", "model_patch": unappliable}]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    graded = cli("forage", "grade", "predictions.jsonl", "--tasks", "tasks", "--out", "grade", "--json", "--quiet",
+                 cwd=tmp_path)
+    assert graded.returncode == 0, graded.stderr
+    report = json.loads(graded.stdout)
+    assert report["resolved_ids"] == ["toycalc__toycalc-1"]
+    assert report["unresolved_ids"] == ["toycalc__toycalc-1b"]
+    assert report["empty_patch_ids"] == ["toycalc__toycalc-1a"]
+    assert report["patch_apply_failed_ids"] == report["error_ids"] == ["toycalc__toycalc-1c"]
+    assert report == json.loads((tmp_path / "grade" / "report.json").read_text())
+    by_id = {i["instance_id"]: i for i in instances}
+    for prediction in predictions:
+        folder = tmp_path / "grade" / prediction["instance_id"]
+        ours = json.loads((folder / "report.json").read_text())[prediction["instance_id"]]
+        theirs = swebench_report(by_id[prediction["instance_id"]], prediction, folder / "test_output.txt")
+        assert same_verdict(ours, theirs), (prediction["instance_id"], ours, theirs)
+    wrong_report = json.loads((tmp_path / "grade" / "toycalc__toycalc-1b" / "report.json").read_text())
+    assert wrong_report["toycalc__toycalc-1b"]["tests_status"]["FAIL_TO_PASS"]["failure"] == [
+        "tests/test_toycalc.py::test_mean_of_nothing"]
+
+    ran = cli("forage", "run", "tasks", "--policy", "oracle", "--out", "traj", "--json", "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0 and json.loads(ran.stdout)["solved"] == 4, ran.stderr  # the test patch applied
+
+    bad = cli("forage", "grade", "nope.jsonl", "--tasks", "tasks", "--out", "g2", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope.jsonl" in bad.stderr
+    norepo = cli("forage", "import", "instances.jsonl", "--repo", str(tmp_path), "--out", "t2", cwd=tmp_path)
+    assert norepo.returncode == 2 and "not a git repository" in norepo.stderr and norepo.stderr.count("\n") == 1
+
+
+STATUSES = '''import pytest
+
+
+def test_passes():
+    pass
+
+
+def test_fails():
+    assert 1 == 2
+
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("set-up fails")
+
+
+def test_errors(broken):
+    pass
+
+
+def test_skipped():
+    pytest.skip("not here")
+
+
+@pytest.mark.xfail(reason="known")
+def test_expected_failure():
+    assert False
+
+
+@pytest.mark.xfail(reason="known")
+def test_unexpected_pass():
+    pass
+
+
+@pytest.mark.parametrize("value", ["a b", "c-d", 3])
+def test_parametrized(value):
+    assert value != 3
+'''
+
+
+def test_every_pytest_outcome_grades_as_swebench_grades_it(releases, tmp_path):
+    """Passed, failed, errored, skipped, xfailed, xpassed and parametrized tests (spaces in ids included), as
+    FAIL_TO_PASS and as PASS_TO_PASS, missing ones too: our report equals the swebench package's on the log of the
+    same run."""
+    repo, old, _ = releases
+    env = build_environment(str(repo), tmp_path / "envs", commit=old)
+    assert env.ok, env.info.get("error")
+    names = ["test_passes", "test_fails", "test_errors", "test_skipped", "test_expected_failure",
+             "test_unexpected_pass", "test_parametrized[a b]", "test_parametrized[c-d]", "test_parametrized[3]",
+             "test_missing", "test_parametrized[a"]
+    ids = [f"tests/test_statuses.py::{n}" for n in names]
+    test_patch = subprocess.run(["git", "diff", "--no-index", "/dev/null", "tests/test_statuses.py"],
+                                capture_output=True, text=True, cwd=_write(tmp_path / "t", STATUSES)).stdout
+    for number, (f2p, p2p) in enumerate([(ids, []), ([], ids), (ids[:1], ids[1:]), (ids[6:8], ids[:1]),
+                                         (ids[4:5], ids[6:7]), (ids[3:4], [])]):
+        task = {"instance_id": f"statuses-{number}", "repo": "example/toycalc", "base_commit": old,
+                "test_patch": test_patch, "FAIL_TO_PASS": f2p, "PASS_TO_PASS": p2p}
+        evaluation = run_instance(env, task, "")
+        assert evaluation.applied and evaluation.run.status == "ok", evaluation.log[-2000:]
+        log = tmp_path / f"log-{number}.txt"
+        log.write_text(evaluation.log)
+        prediction = {"instance_id": task["instance_id"], "model_name_or_path": "m", "model_patch": ""}
+        ours = instance_report(task, "", evaluation)[task["instance_id"]]
+        assert same_verdict(ours, swebench_report(task, prediction, log)), (number, ours)
+    nothing = Evaluation(False, None, ">>>>> Patch Apply Failed\n")
+    (tmp_path / "failed.txt").write_text(nothing.log)
+    ours = instance_report(task, "x", nothing)[task["instance_id"]]
+    assert same_verdict(ours, swebench_report(task, {"instance_id": task["instance_id"], "model_patch": "x"},
+                                              tmp_path / "failed.txt"))
+
+
+def _write(folder: Path, text: str) -> Path:
+    (folder / "tests").mkdir(parents=True)
+    (folder / "tests" / "test_statuses.py").write_text(text)
+    return folder
