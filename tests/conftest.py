@@ -187,3 +187,15 @@ def forage_task_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tasks") / "tasks"
     assert mutate(env, out, workers=2, max_candidates=6).validated >= 2
     return out
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A Docker engine for the session's Docker tests: one that answers, else (as root, with docker.io installed)
+    a dockerd started here and stopped at the end; the tests skip with the reason when there is none."""
+    from opencwm.forage.docker import local_engine
+
+    with local_engine() as why:
+        if why is not None:
+            pytest.skip(f"no Docker engine: {why}")
+        yield

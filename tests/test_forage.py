@@ -672,20 +672,6 @@ def test_cli_errors_are_one_line(tmp_path):
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("opencwm:")
 
 
-def test_docker_backend_gives_the_same_baseline(env, tmp_path):
-    from opencwm.forage.docker import engine
-
-    client, why = engine()
-    if client is None:
-        pytest.skip(f"Docker backend not testable here: {why}")
-    tree = env.checkout(parent=tmp_path)
-    try:
-        run = env.run_tests(tree, backend="docker")
-    finally:
-        Environment.discard(tree)
-    assert run.status == "ok" and run.outcomes == env.info["tests"]
-
-
 def test_issue_texts_from_a_model_never_leak_the_fix(env, tmp_path):
     from opencwm.forage.policies import Reply
 

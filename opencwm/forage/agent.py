@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opencwm.chat import ChatFormatError, parse_create, parse_edit, parse_tool_call, tool_role
+from opencwm.forage.docker import DockerShell
 from opencwm.forage.environment import Environment
 from opencwm.forage.policies import Policy, PolicyUnavailable
 from opencwm.forage.swebench import instance_report, run_instance, test_lists
@@ -152,14 +153,15 @@ def _open_beneath(root: Path, relative: Path, flags: int, *, make_dirs: bool = F
 def evaluate_patch(env: Environment, task: dict, patch: str, *, backend: str = "auto",
                    timeout: float = 900) -> tuple[float, dict[str, str]]:
     """(reward, outcome of each deciding test) of ``patch`` applied to a fresh work tree of the task (its test
-    patch applied after it, as SWE-bench grades): 1.0 when SWE-bench would call the instance resolved."""
+    patch applied after it, as SWE-bench grades): 1.0 when SWE-bench's rules call the instance resolved, read on
+    the tests' exact node ids."""
     evaluation = run_instance(env, task, patch, backend=backend, timeout=timeout)
     if not evaluation.applied:
         return 0.0, {"<patch>": "does not apply"}
     run = evaluation.run
     tests = [t for part in test_lists(task) for t in part]
     outcomes = {t: run.outcomes.get(t, "missing" if run.status == "ok" else run.status) for t in tests}
-    resolved = instance_report(task, patch, evaluation)[task["instance_id"]]["resolved"]
+    resolved = instance_report(task, patch, evaluation, as_logged=False)[task["instance_id"]]["resolved"]
     return float(bool(tests) and resolved), outcomes
 
 
@@ -169,10 +171,13 @@ def run_episode(env: Environment, task: dict, policy: Policy, budget: EpisodeBud
     budget = budget or EpisodeBudget()
     start = time.monotonic()
     tree = env.checkout(task["base_commit"])
-    shell_backend = "auto" if backend == "docker" else backend  # the bash session runs in the local sandbox
-    shell = Shell(tree, env=env.sandbox_env(tree), backend=shell_backend, visible=(str(env.path),),
-                  protected=(str(tree / ".git"),), memory_mb=budget.memory_mb, disk_mb=budget.disk_mb,
-                  max_output=budget.max_output * 4)
+    if backend == "docker":  # the bash session in a container of the environment's image
+        shell = DockerShell(env, tree, environment=env.sandbox_env(tree), memory_mb=budget.memory_mb,
+                            disk_mb=budget.disk_mb, max_output=budget.max_output * 4)
+    else:
+        shell = Shell(tree, env=env.sandbox_env(tree), backend=backend, visible=(str(env.path),),
+                      protected=(str(tree / ".git"),), memory_mb=budget.memory_mb, disk_mb=budget.disk_mb,
+                      max_output=budget.max_output * 4)
     tools = Tools(tree, shell, budget)
     messages = [{"role": "system", "content": SYSTEM_PROMPT.format(tree=tree, timeout=budget.command_timeout)},
                 {"role": "user", "content": task["problem_statement"]}]

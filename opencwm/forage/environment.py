@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opencwm.forage import docker
 from opencwm.forage.testrun import (  # (re-exported: the names users of environments know)
     COLLECT_CONTEXT,
     IMPORT_CONTEXT,
@@ -249,8 +250,6 @@ class Environment:
         args = [*self.pytest_args(tests), *(["-rA"] if report_all else [])]
         max_output = 4_000_000 if report_all else 20_000
         if backend == "docker":
-            from opencwm.forage import docker
-
             return docker.run_tests(self, tree, tests, args, env, coverage=coverage, timeout=timeout,
                                     max_output=max_output)
         results = tree.parent / f"results-{uuid.uuid4().hex[:8]}.json"

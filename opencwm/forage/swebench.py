@@ -107,11 +107,14 @@ def read_instances(path: str | Path) -> list[dict]:
 SUMMARY_ORDER = ("passed", "skipped", "xfailed", "xpassed", "error", "failed")  # pytest's -rA summary, in order
 
 
-def status_map(run: TestRun) -> dict[str, str]:
-    """A run's outcomes as SWE-bench's pytest log parser reads them from the ``-rA`` summary: a skipped test is
-    absent (pytest writes skips as ``SKIPPED [N] file:line: reason``, which the parser ignores), so is an xpassed
-    one; an id is cut at its first whitespace (the parser splits lines on it), and where cut ids collide the line
-    pytest prints last wins."""
+def status_map(run: TestRun, *, as_logged: bool = True) -> dict[str, str]:
+    """A run's outcomes in SWE-bench's statuses. ``as_logged``: as SWE-bench's pytest log parser reads them from
+    the ``-rA`` summary -- a skipped test is absent (pytest writes skips as ``SKIPPED [N] file:line: reason``,
+    which the parser ignores), so is an xpassed one, an id is cut at its first whitespace (the parser splits lines
+    on it) and where cut ids collide the line pytest prints last wins. Otherwise every test under its exact node
+    id (skipped ones as SKIPPED), which is what rewards read: a mutate-fix task's ids may hold spaces."""
+    if not as_logged:
+        return {test: STATUS[outcome] for test, outcome in run.outcomes.items() if outcome in STATUS}
     statuses = {}
     for outcome in SUMMARY_ORDER:
         for test, found in run.outcomes.items():
@@ -183,15 +186,14 @@ class Evaluation:
     run: TestRun | None
     log: str
 
-    @property
-    def statuses(self) -> dict[str, str] | None:
-        """SWE-bench's status map, or None where SWE-bench finds no usable test output (a patch that did not
-        apply, a run that errored or timed out, no test in the status map, or a failing exit status with no test
-        failing)."""
+    def statuses(self, *, as_logged: bool = True) -> dict[str, str] | None:
+        """SWE-bench's status map (``status_map``), or None where SWE-bench finds no usable test output (a patch
+        that did not apply, a run that errored or timed out, no test in the status map, or a failing exit status
+        with no test failing)."""
         run = self.run
         if not self.applied or run is None or run.status != "ok" or not run.outcomes:
             return None
-        statuses = status_map(run)
+        statuses = status_map(run, as_logged=as_logged)
         if not statuses:  # nothing in the log says a test ran (every test skipped, say)
             return None
         if run.exit_code not in (None, 0) and not {"FAILED", "ERROR"} & set(statuses.values()):
@@ -244,12 +246,13 @@ def restore_test_files(tree: Path, commit: str, test_patch: str) -> None:
             (tree / path).unlink()
 
 
-def instance_report(task: dict, patch: str | None, evaluation: Evaluation | None) -> dict:
+def instance_report(task: dict, patch: str | None, evaluation: Evaluation | None, *, as_logged: bool = True
+                    ) -> dict:
     """SWE-bench's per-instance report (``report.json``): patch_is_None, patch_exists,
-    patch_successfully_applied, resolved, tests_status."""
+    patch_successfully_applied, resolved, tests_status (``as_logged``: see ``status_map``)."""
     report = {"patch_is_None": patch is None, "patch_exists": patch is not None,
               "patch_successfully_applied": False, "resolved": False}
-    statuses = evaluation.statuses if evaluation is not None else None
+    statuses = evaluation.statuses(as_logged=as_logged) if evaluation is not None else None
     if statuses is None:
         return {task["instance_id"]: report}
     tests = tests_report(statuses, *test_lists(task))
@@ -272,19 +275,18 @@ def validate_instance(env: Environment, instance: dict, *, backend: str = "auto"
     after = run_instance(env, instance, instance["patch"], backend=backend, timeout=timeout)
     if not after.applied:
         return "patch_failed", "the gold patch does not apply at base_commit"
-    for name, evaluation in (("before", before), ("after", after)):
-        if evaluation.statuses is None:
+    ahead, behind = before.statuses(), after.statuses()
+    for name, evaluation, statuses in (("before", before, ahead), ("after", after, behind)):
+        if statuses is None:
             run = evaluation.run
             last = next((line for line in reversed(run.output.splitlines()) if line.strip()), "no output")
             return "error", f"the run {name} the patch gave no test results ({run.status}: {one_line(last, 200)})"
     problems = []
     for label, cases, rule in (
-            ("FAIL_TO_PASS passing before the patch", fail_to_pass, lambda c: not test_failed(c, before.statuses)),
-            ("FAIL_TO_PASS not passing after the patch", fail_to_pass, lambda c: not test_passed(c, after.statuses)),
-            ("PASS_TO_PASS not passing before the patch", pass_to_pass,
-             lambda c: not test_passed(c, before.statuses)),
-            ("PASS_TO_PASS not passing after the patch", pass_to_pass,
-             lambda c: not test_passed(c, after.statuses))):
+            ("FAIL_TO_PASS passing before the patch", fail_to_pass, lambda c: not test_failed(c, ahead)),
+            ("FAIL_TO_PASS not passing after the patch", fail_to_pass, lambda c: not test_passed(c, behind)),
+            ("PASS_TO_PASS not passing before the patch", pass_to_pass, lambda c: not test_passed(c, ahead)),
+            ("PASS_TO_PASS not passing after the patch", pass_to_pass, lambda c: not test_passed(c, behind))):
         bad = [c for c in cases if rule(c)]
         if bad:
             problems.append(f"{label}: {', '.join(bad[:3])}" + (f" (+{len(bad) - 3})" if len(bad) > 3 else ""))
