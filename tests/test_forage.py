@@ -690,6 +690,8 @@ def test_issue_texts_from_a_model_never_leak_the_fix(env, tmp_path):
     written = read_tasks(tmp_path / "honest")
     assert written and all(t["problem_statement"].startswith("Title: wrong results") for t in written)
     assert all("Failing tests:" in prompt for prompt in honest.prompts)
+    for task in written:  # the writer saw the diff that made the bug, as SWE-smith's issue writer does
+        assert any(task["bug_patch"].strip() in prompt for prompt in honest.prompts)
     leaked = read_tasks(tmp_path / "leaky")
     assert leaked and len(leaky.prompts) == len(leaked)
     assert all(t["problem_statement"].startswith("Some tests fail") for t in leaked)  # the plain description
@@ -733,3 +735,20 @@ def test_a_local_checkpoint_plays_an_episode(env, tasks, tmp_path):
     assert [m["role"] for m in messages[2:]] == ["assistant", "tool: error", "assistant", "tool: error"]
     assert all(a["status"] == "invalid" for a in actions)  # an untrained model writes no tool call
     assert 0 < row["completion_tokens"] <= 16 and row["prompt_tokens"] > 100 and row["reward"] == 0.0
+
+
+def test_a_local_checkpoint_writes_issue_texts_that_never_hold_a_line_of_the_fix(untrained_checkpoint, tmp_path):
+    from opencwm.forage.tasks import fix_lines
+
+    shutil.copytree(TOY, tmp_path / "toyrepo")
+    built = _cli("forage", "env", "toyrepo", "--cache", "cache", "--quiet", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    made = _cli("forage", "mutate", "toyrepo", "--cache", "cache", "--out", "tasks", "--max", "4", "--json", "--quiet",
+                "--issue-model", str(untrained_checkpoint), cwd=tmp_path)
+    assert made.returncode == 0 and json.loads(made.stdout)["validated"] > 0, made.stderr
+    for task in read_tasks(tmp_path / "tasks"):
+        assert task["problem_statement"] and not any(line in task["problem_statement"]
+                                                     for line in fix_lines(task["patch"]))
+    wrong = _cli("forage", "mutate", "toyrepo", "--cache", "cache", "--out", "t2", "--issue-model", "runs/nope",
+                 cwd=tmp_path)
+    assert wrong.returncode == 2 and "--issue-model runs/nope" in wrong.stderr and wrong.stderr.count("\n") == 1

@@ -95,16 +95,22 @@ def cmd_mutate(args) -> int:
     unknown = set(operators) - set(OPERATORS)
     if unknown:
         raise CliError(f"unknown operators {', '.join(sorted(unknown))} (choose from {', '.join(OPERATORS)})")
+    from opencwm.forage.policies import OpenAIPolicy, PolicyUnavailable
+
     writer = None
     if args.issue_base_url:
-        from opencwm.forage.policies import OpenAIPolicy
-
         if not args.issue_model:
             raise CliError("--issue-base-url needs --issue-model")
         writer = OpenAIPolicy(args.issue_base_url, args.issue_model, api_key=args.api_key, max_tokens=400)
-    report = mutate(env, args.out, max_candidates=args.max, workers=args.workers, operators=operators,
-                    timeout=args.timeout, backend=args.sandbox, progress=_bar("validating", args.quiet),
-                    issue_writer=writer, confirm=args.confirm)
+    elif args.issue_model:
+        writer = _local_policy(args.issue_model, None, max_tokens=400, temperature=0.0, option="--issue-model")
+    try:
+        report = mutate(env, args.out, max_candidates=args.max, workers=args.workers, operators=operators,
+                        timeout=args.timeout, backend=args.sandbox, progress=_bar("validating", args.quiet),
+                        issue_writer=writer, confirm=args.confirm)
+    except PolicyUnavailable as exc:
+        raise CliError(f"the issue writer cannot answer: {one_line(str(exc), 300)}; the candidates validated "
+                       f"so far are kept in {args.out} (run again to go on)") from None
     if args.json:
         print(json.dumps(report.as_json()))
     else:
@@ -178,6 +184,22 @@ def cmd_grade(args) -> int:
     return 0
 
 
+def _local_policy(model: str, tokenizer: str | None, *, max_tokens: int, temperature: float, option: str):
+    """A policy over a local checkpoint (CWM's chat format, no reasoning), or a one-line error."""
+    from opencwm.forage import policies
+
+    if not (Path(model) / "config.json").is_file():
+        raise CliError(f"{option} {model}: not a checkpoint model directory (no config.json)")
+    from opencwm.infer.local import LocalCompleter  # (the command line: above every area)
+
+    try:
+        completer = LocalCompleter.from_checkpoint(model, tokenizer=tokenizer)
+    except CompleterUnavailable as exc:
+        raise CliError(f"{option} {one_line(str(exc), 300)}") from None
+    return policies.CompleterPolicy(completer, name="local", think=False, max_tokens=max_tokens,
+                                    temperature=temperature)
+
+
 def _policy_factory(args):
     from opencwm.forage import policies
 
@@ -190,16 +212,8 @@ def _policy_factory(args):
     if args.policy == "local":
         if not args.model:
             raise CliError("--policy local needs --model CHECKPOINT_MODEL_DIR")
-        if not (Path(args.model) / "config.json").is_file():
-            raise CliError(f"--model {args.model}: not a checkpoint model directory (no config.json)")
-        from opencwm.infer.local import LocalCompleter  # (the command line: above every area)
-
-        try:
-            completer = LocalCompleter.from_checkpoint(args.model, tokenizer=args.tokenizer)
-        except CompleterUnavailable as exc:
-            raise CliError(f"--model {one_line(str(exc), 300)}") from None
-        shared = policies.CompleterPolicy(completer, name="local", think=False, max_tokens=args.max_new_tokens,
-                                          temperature=args.temperature)
+        shared = _local_policy(args.model, args.tokenizer, max_tokens=args.max_new_tokens,
+                               temperature=args.temperature, option="--model")
         return lambda task: shared
     if args.policy == "scripted":
         if not args.script:
@@ -309,8 +323,11 @@ def add_parser(areas) -> None:
                              "for order-dependent statements (code run for whichever test comes first; default), "
                              "always (slowest), or never (fastest; may miss a bug that only other tests see)")
     mutate.add_argument("--issue-base-url", help="write issue texts with the model at this OpenAI-compatible "
-                                                 "endpoint (default: a plain description from the failing tests)")
-    mutate.add_argument("--issue-model", help="model name for --issue-base-url")
+                                                 "endpoint, from the bug's diff and the failing tests (default: a "
+                                                 "plain description from the failing tests); a text that holds a "
+                                                 "line of the fix is replaced by the plain one")
+    mutate.add_argument("--issue-model", help="model name for --issue-base-url, or without it a local checkpoint's "
+                                              "model directory that writes the issue texts")
     mutate.add_argument("--api-key", default="EMPTY", help="API key for --issue-base-url")
     _common(mutate)
     mutate.set_defaults(func=cmd_mutate)

@@ -39,6 +39,7 @@ import pyarrow as pa
 from opencwm.errors import one_line
 from opencwm.forage.environment import CONFIRM, Environment, ForageError, git
 from opencwm.forage.mutate import OPERATORS, Mutation, mutations
+from opencwm.forage.policies import PolicyUnavailable
 from opencwm.forage.warm_runner import WarmRunner, stamp_mutation
 from opencwm.shards import TASKS_KIND, ShardWriter, read_manifest, read_rows
 
@@ -125,22 +126,38 @@ def problem_statement(mutation: Mutation, failing: list[str], failures: dict[str
     return "\n".join(lines)
 
 
-ISSUE_PROMPT = """You are filing a bug report for a Python project. Some tests started failing. Write a short issue
-text (a title line, then a few sentences) describing the symptom a user would see, based only on the failing tests
-and their output below. Do not propose a fix and do not guess which line is wrong.
+ISSUE_PROMPT = """You are filing a bug report for a Python project. Some tests started failing after the change
+below. Write a short issue text (a title line, then a few sentences) describing the symptom a user would see, as
+a user who has not read the change would. Do not show or describe the change, do not propose a fix and do not say
+which line is wrong.
+
+The change that introduced the bug:
+```diff
+{bug}
+```
 
 {details}"""
 
 
-def policy_issue_text(writer, statement: str, patch: str) -> str | None:
-    """An issue text written by a model (any ``Policy``) from the plain description; None when the model fails
-    or its text contains a line of the fix (it must not leak the fix)."""
+def fix_lines(patch: str) -> list[str]:
+    """The lines a fix adds, stripped (those of at least 4 characters with a letter or digit: a lone bracket is no
+    leak): an issue text holding any of them leaks the fix."""
+    added = [line[1:].strip() for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    return [line for line in added if len(line) >= 4 and any(c.isalnum() for c in line)]
+
+
+def policy_issue_text(writer, statement: str, patch: str, bug_patch: str = "") -> str | None:
+    """An issue text written by a model (any ``Policy``) from the diff that introduced the bug and the failing
+    tests' output, as SWE-smith writes them; None when the model fails or its text contains a line of the fix
+    (``patch``): it must never leak the fix."""
     try:
-        text = writer([{"role": "user", "content": ISSUE_PROMPT.format(details=statement)}]).text.strip()
-    except Exception:
+        reply = writer([{"role": "user", "content": ISSUE_PROMPT.format(bug=bug_patch.strip(), details=statement)}])
+        text = reply.text.strip()
+    except PolicyUnavailable:  # no answer at all: the run stops, in one line, its finished rows kept
+        raise
+    except Exception:  # a refused or failed request: the plain description
         return None
-    fixed = [line[1:].strip() for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
-    if not text or any(line and line in text for line in fixed):
+    if not text or any(line in text for line in fix_lines(patch)):
         return None
     return text
 
@@ -229,7 +246,7 @@ def validate(env: Environment, tree: Path, mutation: Mutation, tests: list[str] 
     fix = git(tree, "diff", broken, env.base_commit)
     statement = problem_statement(mutation, failing, run.failures)
     if issue_writer is not None:
-        statement = policy_issue_text(issue_writer, statement, fix) or statement
+        statement = policy_issue_text(issue_writer, statement, fix, row["bug_patch"]) or statement
     row.update(base_commit=broken, patch=fix, problem_statement=statement,
                FAIL_TO_PASS=json.dumps(failing), PASS_TO_PASS=json.dumps([t for t in tests if t not in failing]),
                validated=True, verdict="validated")
