@@ -78,8 +78,10 @@ def test_release_history_imports_validates_and_grades_as_swebench_does(tmp_path)
 
     wrong = patch.replace("n = n // p * (p - 1)", "n = n // p * p")
     assert wrong != patch
-    unappliable = patch.replace("def totient(n):", "def totient(m):").replace(
-        '"""Return the count of natural', '"""Return the number of natural')
+    lines = patch.splitlines(keepends=True)
+    context = next(i for i, line in enumerate(lines) if line.startswith(" ") and line.strip())
+    lines[context] = " # a line the release does not have\n"
+    unappliable = "".join(lines)  # its context is not in the tree
     totient = "more-itertools__more-itertools-totient"
     predictions = {"gold": patch, "empty": "", "wrong": wrong, "unappliable": unappliable}
     for name, model_patch in predictions.items():

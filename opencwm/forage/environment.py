@@ -218,10 +218,11 @@ class Environment:
         import what it checks is not yet imported). Tracebacks are Python's own (``--tb=native``): pytest's
         formatting re-parses whole source files for every frame, which made reporting a few failures cost more
         than running the tests. A test module that fails to import is recorded as an error and the rest of the
-        suite still runs."""
+        suite still runs. pytest 9's own subtest reports are off (``no:subtests``): a unittest test with a failing
+        ``subTest`` is that test failing, as older pytest and SWE-bench's log parser see it."""
         targets = sorted({t.split("::")[0] for t in tests}) if tests is not None else self.info.get("test_args", [])
-        return ["-p", "no:cacheprovider", "-q", "--tb=native", "--continue-on-collection-errors", "-o", "addopts=",
-                "--rootdir", ".", *targets]
+        return ["-p", "no:cacheprovider", "-p", "no:subtests", "-q", "--tb=native", "--continue-on-collection-errors",
+                "-o", "addopts=", "--rootdir", ".", *targets]
 
     @staticmethod
     @contextlib.contextmanager
