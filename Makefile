@@ -121,6 +121,7 @@ bench: install docker-engine
 	$(BIN)/python benchmarks/forage_bench.py
 	$(BIN)/python benchmarks/infer_bench.py
 	$(BIN)/python benchmarks/eval_bench.py
+	$(BIN)/python benchmarks/docker_bench.py
 
 lint: install
 	$(BIN)/ruff check .

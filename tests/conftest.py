@@ -118,11 +118,14 @@ def readme_walkthrough(tmp_path_factory) -> tuple[Path, AssertionError | None]:
     first failure, if any (``test_readme`` reports it; other tests take what the walkthrough made)."""
     from readme_contract import FAST, SLOW, walkthrough
 
+    from opencwm.forage.docker import local_engine
+
     directory = tmp_path_factory.mktemp("readme")
-    try:
-        walkthrough(directory, {FAST, SLOW})
-    except AssertionError as failure:
-        return directory, failure
+    with local_engine() as no_engine:  # (the README's --sandbox docker command needs one)
+        try:
+            walkthrough(directory, {FAST, SLOW}, docker=no_engine is None)
+        except AssertionError as failure:
+            return directory, failure
     return directory, None
 
 

@@ -19,6 +19,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from chat_endpoint import ScriptedChat
+from release_repo import instance, make_release_repo, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 FAST, SLOW = "fast", "slow"
@@ -135,8 +136,15 @@ COMMANDS: dict[str, Step] = {
         Step(SLOW, lambda r, d: r.stdout.strip().endswith("3 episodes, 3 solved")),
     "opencwm forage run runs/tasks --policy openai --base-url http://localhost:8000/v1 --model cwm --out runs/traj "
     "--max 3": Step(SLOW, lambda r, d: r.stdout.strip().endswith("3 episodes, 0 solved")),
-    "opencwm forage import swe-bench.jsonl --env toolz==1.0.0 --cache runs/envs --out runs/issue-tasks":
-        Step(SLOW, lambda r, d: r.stdout.strip().endswith("1 imported")),
+    "opencwm forage env path/to/git-repo --commit v1.0 --cache runs/envs --json":
+        Step(FAST, lambda r, d: _json(r.stdout)["passing"] == 5),
+    "opencwm forage import path/to/instances.jsonl --repo path/to/git-repo --cache runs/envs --out runs/swe-tasks":
+        Step(FAST, lambda r, d: "1 of 1 instances validated" in r.stdout),
+    "opencwm forage grade path/to/predictions.jsonl --tasks runs/swe-tasks --out runs/swe-grade":
+        Step(FAST, lambda r, d: "1 of 1 submitted instances resolved" in r.stdout
+             and json.loads((d / "runs/swe-grade/report.json").read_text())["resolved_ids"] == ["toycalc__toycalc-1"]),
+    "opencwm forage run runs/swe-tasks --policy oracle --out runs/swe-traj --sandbox docker":
+        Step(SLOW, lambda r, d: r.stdout.strip().endswith("1 episodes, 1 solved")),
     "opencwm forage show runs/traj-oracle --limit 1": Step(SLOW, lambda r, d: "deciding tests: " in r.stdout),
     ".venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --model runs/mid/checkpoints/step-000030/model "
     "--served-model-name cwm --dtype float32 --port 8000":
@@ -168,32 +176,26 @@ def _checkout_like(directory: Path) -> None:
         for i in range(5)))
     (directory / "path" / "to").mkdir(parents=True)
     shutil.copytree(REPO / "tests" / "data" / "toyrepo", directory / "path" / "to" / "repo")
+    repo, old, new = make_release_repo(directory / "path" / "to" / "git-repo")
+    gold = instance(repo, old, new)
+    write_jsonl(directory / "path" / "to" / "instances.jsonl", [gold])
+    write_jsonl(directory / "path" / "to" / "predictions.jsonl",
+                [{"instance_id": gold["instance_id"], "model_name_or_path": "gold", "model_patch": gold["patch"]}])
     (directory / "path" / "to" / "cruxeval.jsonl").write_text(json.dumps(
         {"id": "sample_0", "code": "def f(text):\n    return text.upper()", "input": "'ab'", "output": "'AB'"}) + "\n")
 
 
-def _swe_bench_file(directory: Path) -> None:
-    """One issue-fix instance on the environment's baseline (the README's swe-bench.jsonl stands for real ones)."""
-    [env] = (directory / "runs" / "envs").glob("toolz-1.0.0-*")
-    base = json.loads((env / "env.json").read_text())["base_commit"]
-    instance = {"instance_id": "toolz__toolz-1", "repo": "pytoolz/toolz", "base_commit": base, "patch": "",
-                "test_patch": "", "problem_statement": "x", "FAIL_TO_PASS": "[]", "PASS_TO_PASS": "[]"}
-    (directory / "swe-bench.jsonl").write_text(json.dumps(instance) + "\n")
-
-
-def walkthrough(directory: Path, tiers: set[str]) -> None:
+def walkthrough(directory: Path, tiers: set[str], *, docker: bool = False) -> None:
     """Runs the README's commands of ``tiers`` in order in ``directory`` and checks each; the first that fails
-    raises AssertionError."""
+    raises AssertionError. Commands with ``--sandbox docker`` run when ``docker`` (an engine answers)."""
     _checkout_like(directory)
     environment = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                    "OPENCWM_CACHE": str(directory / "cache")}
     for command in readme_commands((REPO / "README.md").read_text()):
         step = COMMANDS[name(command)]
-        if step.tier not in tiers:
+        if step.tier not in tiers or ("--sandbox docker" in command and not docker):
             continue
         server = None
-        if "swe-bench.jsonl" in command:
-            _swe_bench_file(directory)
         if "localhost:8000" in command:
             server = ThreadingHTTPServer(("127.0.0.1", 8000), ScriptedChat)
             threading.Thread(target=server.serve_forever, daemon=True).start()

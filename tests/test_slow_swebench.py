@@ -13,7 +13,8 @@ import tarfile
 import time
 
 import pytest
-from test_swebench import cli, git_cli, same_verdict, swebench_report
+from release_repo import git_cli
+from test_swebench import cli, same_verdict, swebench_report
 
 from opencwm.forage.build import _fetch_sdist
 

@@ -8,36 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from release_repo import git_cli, instance, make_release_repo
 
 from opencwm.forage.build import build_environment
 from opencwm.forage.environment import Environment
 from opencwm.forage.swebench import Evaluation, instance_report, run_instance
-
-TOY = Path(__file__).parent / "data" / "toyrepo"
-FIXED_MEAN = '''def mean(values):
-    if not values:
-        return 0.0
-    total = 0
-'''
-NEW_TEST = '''
-
-def test_mean_of_nothing():
-    assert mean([]) == 0.0
-'''
-
-
-def git_cli(repo: Path, *args: str) -> str:
-    """The test's own git (a trusted repository it made)."""
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -66,33 +46,12 @@ def same_verdict(ours: dict, theirs: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory) -> tuple[Path, str, str]:
-    """A git repository of two releases: 1.0 (``mean([])`` divides by zero) and 1.1 (returns 0.0, with a test)."""
-    work = tmp_path_factory.mktemp("releases")
-    repo = shutil.copytree(TOY, work / "toycalc")
-    git_cli(repo, "init", "-q", "-b", "main")
-    git_cli(repo, "add", "-A")
-    git_cli(repo, "commit", "-q", "-m", "release 1.0")
-    git_cli(repo, "tag", "v1.0")
-    source = repo / "toycalc" / "__init__.py"
-    source.write_text(source.read_text().replace("def mean(values):\n    total = 0\n", FIXED_MEAN))
-    tests = repo / "tests" / "test_toycalc.py"
-    tests.write_text(tests.read_text() + NEW_TEST)
-    git_cli(repo, "commit", "-q", "-am", "release 1.1: the mean of nothing is 0.0")
-    return repo, git_cli(repo, "rev-parse", "v1.0").strip(), git_cli(repo, "rev-parse", "HEAD").strip()
+    return make_release_repo(tmp_path_factory.mktemp("releases") / "toycalc")
 
 
 @pytest.fixture(scope="module")
 def instances(releases) -> list[dict]:
-    repo, old, new = releases
-    patch = git_cli(repo, "diff", old, new, "--", "toycalc")
-    test_patch = git_cli(repo, "diff", old, new, "--", "tests")
-    passing = ["tests/test_toycalc.py::test_clamp_inside", "tests/test_toycalc.py::test_clamp_edges",
-               "tests/test_toycalc.py::test_mean", "tests/test_toycalc.py::test_running_max",
-               "tests/test_toycalc.py::test_words"]
-    good = {"instance_id": "toycalc__toycalc-1", "repo": "example/toycalc", "base_commit": old,
-            "problem_statement": "mean([]) raises ZeroDivisionError", "patch": patch, "test_patch": test_patch,
-            "FAIL_TO_PASS": ["tests/test_toycalc.py::test_mean_of_nothing"], "PASS_TO_PASS": json.dumps(passing),
-            "version": "1.0"}
+    good = instance(*releases)
     return [good,
             {**good, "instance_id": "toycalc__toycalc-2", "FAIL_TO_PASS": ["tests/test_toycalc.py::test_mean"]},
             {**good, "instance_id": "toycalc__toycalc-3", "base_commit": "0" * 40},
