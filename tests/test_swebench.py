@@ -17,7 +17,7 @@ from release_repo import git_cli, instance, make_release_repo
 
 from opencwm.forage.build import build_environment
 from opencwm.forage.environment import Environment
-from opencwm.forage.swebench import Evaluation, instance_report, run_instance
+from opencwm.forage.swebench import Evaluation, folder_name, instance_report, run_instance
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -56,7 +56,8 @@ def instances(releases) -> list[dict]:
             {**good, "instance_id": "toycalc__toycalc-2", "FAIL_TO_PASS": ["tests/test_toycalc.py::test_mean"]},
             {**good, "instance_id": "toycalc__toycalc-3", "base_commit": "0" * 40},
             {**good, "instance_id": "other__thing-4", "repo": "other/thing"},
-            *({**good, "instance_id": f"toycalc__toycalc-1{c}"} for c in "abc")]
+            *({**good, "instance_id": f"toycalc__toycalc-1{c}"} for c in "abc"),
+            {**good, "instance_id": "../../escaped"}]  # an id that is no file name
 
 
 def test_import_validate_and_grade_through_the_cli_as_swebench_grades(releases, instances, tmp_path):
@@ -73,7 +74,7 @@ def test_import_validate_and_grade_through_the_cli_as_swebench_grades(releases, 
                    "--json", "--quiet", cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr
     summary = json.loads(imported.stdout)
-    assert summary["instances"] == 7 and summary["validated"] == 4
+    assert summary["instances"] == 8 and summary["validated"] == 5
     why = summary["not_validated"]
     assert why["toycalc__toycalc-2"].startswith("invalid: FAIL_TO_PASS passing before the patch: "
                                                 "tests/test_toycalc.py::test_mean")
@@ -81,7 +82,7 @@ def test_import_validate_and_grade_through_the_cli_as_swebench_grades(releases, 
     assert why["other__thing-4"].startswith("no_repository:")
     again = cli("forage", "import", "instances.jsonl", "--repo", f"example/toycalc={repo}", "--out", "tasks",
                 "--json", "--quiet", cwd=tmp_path)  # resumed: nothing done twice
-    assert json.loads(again.stdout)["instances"] == 7
+    assert json.loads(again.stdout)["instances"] == 8
 
     gold = instances[0]["patch"]
     wrong = gold.replace("return 0.0", "return None")
@@ -89,20 +90,22 @@ def test_import_validate_and_grade_through_the_cli_as_swebench_grades(releases, 
     predictions = [{"instance_id": "toycalc__toycalc-1", "model_name_or_path": "m", "model_patch": gold},
                    {"instance_id": "toycalc__toycalc-1a", "model_name_or_path": "m", "model_patch": ""},
                    {"instance_id": "toycalc__toycalc-1b", "model_name_or_path": "m", "model_patch": wrong},
-                   {"instance_id": "toycalc__toycalc-1c", "model_name_or_path": "m", "model_patch": unappliable}]
+                   {"instance_id": "toycalc__toycalc-1c", "model_name_or_path": "m", "model_patch": unappliable},
+                   {"instance_id": "../../escaped", "model_name_or_path": "m", "model_patch": gold}]
     (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
     graded = cli("forage", "grade", "predictions.jsonl", "--tasks", "tasks", "--out", "grade", "--json", "--quiet",
                  cwd=tmp_path)
     assert graded.returncode == 0, graded.stderr
     report = json.loads(graded.stdout)
-    assert report["resolved_ids"] == ["toycalc__toycalc-1"]
+    assert report["resolved_ids"] == ["../../escaped", "toycalc__toycalc-1"]
     assert report["unresolved_ids"] == ["toycalc__toycalc-1b"]
     assert report["empty_patch_ids"] == ["toycalc__toycalc-1a"]
     assert report["patch_apply_failed_ids"] == report["error_ids"] == ["toycalc__toycalc-1c"]
     assert report == json.loads((tmp_path / "grade" / "report.json").read_text())
     by_id = {i["instance_id"]: i for i in instances}
+    assert not (tmp_path / "escaped").exists() and len(list((tmp_path / "grade").glob("instance-*"))) == 1
     for prediction in predictions:
-        folder = tmp_path / "grade" / prediction["instance_id"]
+        folder = tmp_path / "grade" / folder_name(prediction["instance_id"])
         ours = json.loads((folder / "report.json").read_text())[prediction["instance_id"]]
         theirs = swebench_report(by_id[prediction["instance_id"]], prediction, folder / "test_output.txt")
         assert same_verdict(ours, theirs), (prediction["instance_id"], ours, theirs)
@@ -111,7 +114,7 @@ def test_import_validate_and_grade_through_the_cli_as_swebench_grades(releases, 
         "tests/test_toycalc.py::test_mean_of_nothing"]
 
     ran = cli("forage", "run", "tasks", "--policy", "oracle", "--out", "traj", "--json", "--quiet", cwd=tmp_path)
-    assert ran.returncode == 0 and json.loads(ran.stdout)["solved"] == 4, ran.stderr  # the test patch applied
+    assert ran.returncode == 0 and json.loads(ran.stdout)["solved"] == 5, ran.stderr  # the test patch applied
 
     bad = cli("forage", "grade", "nope.jsonl", "--tasks", "tasks", "--out", "g2", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope.jsonl" in bad.stderr
@@ -194,3 +197,21 @@ def _write(folder: Path, text: str) -> Path:
     (folder / "tests").mkdir(parents=True)
     (folder / "tests" / "test_statuses.py").write_text(text)
     return folder
+
+
+def test_a_repository_with_uncommitted_changes_keeps_its_history_and_the_changes(releases, tmp_path):
+    repo, old, new = releases
+    clone = tmp_path / "clone"
+    git_cli(tmp_path, "clone", "-q", str(repo), str(clone))
+    (clone / "toycalc" / "__init__.py").write_text((clone / "toycalc" / "__init__.py").read_text() + "\n# local\n")
+    (clone / "notes.py").write_text("X = 1\n")  # untracked, not ignored: part of the tree as the user sees it
+    env = build_environment(str(clone), tmp_path / "envs")
+    assert env.ok, env.info.get("error")
+    assert git_cli(env.repo, "rev-parse", f"{env.base_commit}~1").strip() == new  # on top of the checked-out HEAD
+    assert "# local" in git_cli(env.repo, "show", f"{env.base_commit}:toycalc/__init__.py")
+    assert git_cli(env.repo, "show", f"{env.base_commit}:notes.py") == "X = 1\n"
+    assert git_cli(env.repo, "cat-file", "-t", old).strip() == "commit" and env.info["passing"] == 6
+    (clone / "notes.py").write_text("X = 2\n")
+    assert build_environment(str(clone), tmp_path / "envs").path != env.path  # the content is the key
+    at_old = build_environment(str(clone), tmp_path / "envs", commit="v1.0")
+    assert at_old.base_commit == old and at_old.info["passing"] == 5

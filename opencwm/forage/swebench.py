@@ -19,7 +19,9 @@ whitespace). ``tests/test_swebench.py`` feeds the same logs to the ``swebench`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import time
 from collections import Counter
@@ -337,7 +339,10 @@ def import_instances(path: str | Path, repos: dict[str | None, Path], cache: str
                     row.update(verdict="build_failed", reason=one_line(reason, 300),
                                env=str(env.path) if env else None)
                 else:
-                    verdict, reason = validate_instance(env, instance, backend=backend, timeout=timeout)
+                    try:
+                        verdict, reason = validate_instance(env, instance, backend=backend, timeout=timeout)
+                    except (ForageError, OSError) as exc:
+                        verdict, reason = "error", one_line(str(exc) or type(exc).__name__, 300)
                     row.update(env=str(env.path), verdict=verdict, reason=reason, validated=verdict == "validated")
             row["validation_seconds"] = round(time.monotonic() - start, 3)
             writer.add(row["item"], [row])
@@ -362,6 +367,27 @@ def read_predictions(path: str | Path) -> dict[str, dict]:
     return predictions
 
 
+def folder_name(instance_id: str) -> str:
+    """An instance's report directory name: its id with ``/`` as ``__`` (as SWE-bench names them), or a digest
+    of it when that would not be a plain file name (``..``, a leading dot, other characters)."""
+    name = instance_id.replace("/", "__")
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}", name):
+        return name
+    return f"instance-{hashlib.sha256(instance_id.encode()).hexdigest()[:16]}"
+
+
+def _earlier_report(folder: Path, instance_id: str, patch: str | None) -> dict | None:
+    """The report an earlier run wrote for this same patch, if it is there and readable."""
+    try:
+        if (folder / "patch.diff").read_text(encoding="utf-8") != (patch or ""):
+            return None
+        report = json.loads((folder / "report.json").read_text())[instance_id]
+        (folder / "test_output.txt").stat()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return report if isinstance(report, dict) and "resolved" in report else None
+
+
 def grade(predictions_path: str | Path, tasks: list[dict], out: str | Path, *, backend: str = "auto",
           timeout: float = 900, progress: Callable[[int, int], None] | None = None) -> dict:
     """Grade predictions on ``tasks`` (a task dataset's validated rows) as SWE-bench's harness does: per instance
@@ -374,35 +400,39 @@ def grade(predictions_path: str | Path, tasks: list[dict], out: str | Path, *, b
     out.mkdir(parents=True, exist_ok=True)
     environments: dict[str, Environment] = {}
     reports: dict[str, dict] = {}
+    unapplied: set[str] = set()
+    failures: dict[str, str] = {}  # instances that could not be graded at all (no report: tried again on a rerun)
     graded = [i for i in predictions if i in by_id]
     for count, instance_id in enumerate(graded, 1):
-        task, prediction = by_id[instance_id], predictions[instance_id]
-        patch = prediction.get("model_patch")
-        folder = out / instance_id.replace("/", "__")
+        task, patch = by_id[instance_id], predictions[instance_id].get("model_patch")
+        folder = out / folder_name(instance_id)
         folder.mkdir(exist_ok=True)
-        done = folder / "report.json"
-        if done.is_file() and (folder / "patch.diff").is_file() and \
-                (folder / "patch.diff").read_text(encoding="utf-8") == (patch or ""):
-            reports[instance_id] = json.loads(done.read_text())[instance_id]
-        else:
+        report = _earlier_report(folder, instance_id, patch)
+        if report is None:
             evaluation = None
-            if patch is not None:
-                if task["env"] not in environments:
-                    environments[task["env"]] = Environment.open(task["env"])
-                env = environments[task["env"]]
-                evaluation = run_instance(env, task, patch, backend=backend, timeout=timeout)
-            report = instance_report(task, patch, evaluation)
-            (folder / "patch.diff").write_text(patch or "", encoding="utf-8")
-            (folder / "test_output.txt").write_text(evaluation.log if evaluation else "", encoding="utf-8")
-            (folder / "report.json").write_text(json.dumps(report, indent=1))
-            reports[instance_id] = report[instance_id]
+            try:
+                if patch is not None:
+                    if task["env"] not in environments:
+                        environments[task["env"]] = Environment.open(task["env"])
+                    evaluation = run_instance(environments[task["env"]], task, patch, backend=backend,
+                                              timeout=timeout)
+            except (ForageError, OSError) as exc:
+                failures[instance_id] = one_line(str(exc) or type(exc).__name__, 300)
+            else:
+                report = instance_report(task, patch, evaluation)[instance_id]
+                (folder / "patch.diff").write_text(patch or "", encoding="utf-8")
+                (folder / "test_output.txt").write_text(evaluation.log if evaluation else "", encoding="utf-8")
+                (folder / "report.json").write_text(json.dumps({instance_id: report}, indent=1))
+        if report is not None:
+            reports[instance_id] = report
+            if patch and (folder / "test_output.txt").read_text(encoding="utf-8").startswith(APPLY_PATCH_FAIL):
+                unapplied.add(instance_id)
         if progress:
             progress(count, len(graded))
     empty = sorted(i for i in graded if predictions[i].get("model_patch") in ("", None))
     # as SWE-bench's run report counts: a patch that does not apply is an error (its harness writes no report),
-    # a run that errored or timed out is completed and unresolved
-    errors = sorted(i for i in graded if i not in empty and (out / i.replace("/", "__") / "test_output.txt")
-                    .read_text(encoding="utf-8").startswith(APPLY_PATCH_FAIL))
+    # so is an instance that could not be run; a run that errored or timed out is completed and unresolved
+    errors = sorted((unapplied | set(failures)) - set(empty))
     completed = sorted(i for i in graded if i not in empty and i not in errors)
     resolved = sorted(i for i in completed if reports[i]["resolved"])
     summary = {
@@ -413,7 +443,8 @@ def grade(predictions_path: str | Path, tasks: list[dict], out: str | Path, *, b
         "incomplete_ids": sorted(set(by_id) - set(graded)), "empty_patch_ids": empty,
         "submitted_ids": sorted(predictions), "resolved_ids": resolved,
         "unresolved_ids": sorted(set(completed) - set(resolved)), "error_ids": errors,
-        "patch_apply_failed_ids": errors, "unknown_ids": sorted(set(predictions) - set(by_id)),
+        "patch_apply_failed_ids": sorted(unapplied), "failure_reasons": dict(sorted(failures.items())),
+        "unknown_ids": sorted(set(predictions) - set(by_id)),
     }
     (out / "report.json").write_text(json.dumps(summary, indent=1))
     return summary
