@@ -1,4 +1,5 @@
-"""Building an environment (``build_environment``): the repository as a git repository, a virtual environment with
+"""Building an environment (``build_environment``): the repository as a git repository (a git repository's own
+history kept, built at any of its commits: ``commit=``), a virtual environment with
 its dependencies and pytest, the baseline run twice (the second time in reverse order: tests whose outcomes disagree
 are flaky or depend on test order and are left out, and lines whose tests change with the order are recorded), and
 the coverage map of which tests run which functions. Built once per content and cached (``default_cache``: the

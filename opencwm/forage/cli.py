@@ -390,4 +390,5 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sandbox", default="auto",
                         choices=["auto", "bwrap", "unshare", "rlimits", "gvisor", "docker"],
                         help="where tests run: the local sandbox (default: the best backend that works here) or "
-                             "Docker (test runs in containers; needs a reachable engine)")
+                             "Docker (test runs and the agent's shell in containers; needs an engine: "
+                             "Debian's docker.io)")
