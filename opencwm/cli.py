@@ -1,14 +1,15 @@
 """The ``opencwm`` command: one entry point, a subcommand per area, each area's commands in its own ``cli`` module
 beside its code (``opencwm.trace.cli``, ``opencwm.data.cli``, ``opencwm.train.cli``, ``opencwm.eval.cli``,
-``opencwm.model.cli``, ``opencwm.sandbox.cli``, ``opencwm.forage.cli``, ``opencwm.infer.cli``); here: the parser
-every command shares (defaults in every help, usage errors as one line), the speedrun recipe's command, and
-``main``, which prints a ``UsageError`` (``opencwm.errors``) as one line with exit status 2.
+``opencwm.model.cli``, ``opencwm.sandbox.cli``, ``opencwm.forage.cli``, ``opencwm.infer.cli``, ``opencwm.rl.cli``);
+here: the parser every command shares (defaults in every help, usage errors as one line), the speedrun recipe's
+command, and ``main``, which prints a ``UsageError`` (``opencwm.errors``) as one line with exit status 2.
 
     opencwm trace run|collect|show ...     opencwm data code|programs ...      opencwm train ...
     opencwm eval trace|cruxeval-o|cruxeval-i|humaneval|livecodebench|math500|aime24|aime25|swe|report|decontaminate ...
     opencwm speedrun --out runs/speedrun   opencwm model info ...
-    opencwm sandbox check                  opencwm forage env|mutate|import|run|show ...
+    opencwm sandbox check                  opencwm forage env|mutate|import|grade|run|show ...
     opencwm generate|chat ...              opencwm debug FILE --call 'f(1)' --model CKPT
+    opencwm rl items|train|show ...
 
 Imports stay inside the commands, so ``opencwm --help`` and ``trace run`` start fast (nothing imports torch).
 """
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     from opencwm.forage.cli import add_parser as forage_parser
     from opencwm.infer.cli import add_parser as infer_parser
     from opencwm.model.cli import add_parser as model_parser
+    from opencwm.rl.cli import add_parser as rl_parser
     from opencwm.sandbox.cli import add_parser as sandbox_parser
     from opencwm.trace.cli import add_parser as trace_parser
     from opencwm.train.cli import add_parser as train_parser
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_parser(areas)
     forage_parser(areas)
     infer_parser(areas)
+    rl_parser(areas)
     return parser
 
 

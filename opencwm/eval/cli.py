@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from opencwm.errors import UsageError as CliError
+from opencwm.eval.registry import PROTOCOLS, benchmark_named
 
 
 def cmd_eval_trace(args) -> int:
@@ -86,37 +87,11 @@ def add_parser(areas) -> None:
     add_decontaminate_parser(eval_commands)
 
 
-# Each benchmark's published protocol: its styles (the first is the default) and, per style, the sampling defaults.
-PROTOCOLS = {
-    "cruxeval-o": (("direct", "assert", "think", "rollout"),
-                   {"samples": 10, "temperature": 0.2, "top_p": 0.95, "max_tokens": 128},
-                   {"think": {"max_tokens": 8192}, "rollout": {"max_tokens": 1024}}),
-    "cruxeval-i": (("direct", "think"), {"samples": 10, "temperature": 0.2, "top_p": 0.95, "max_tokens": 128},
-                   {"think": {"max_tokens": 8192}}),
-    "humaneval": (("complete", "think"), {"samples": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 512},
-                  {"think": {"max_tokens": 8192}}),
-    **{name: (("think",), {"samples": 4, "temperature": 1.0, "top_p": 0.95, "max_tokens": 32768}, {})
-       for name in ("livecodebench", "math500", "aime24", "aime25")},
-}
-
-
 def make_benchmark(args):
-    from opencwm.eval.cruxeval import CruxEval
-    from opencwm.eval.humaneval import HumanEval
-    from opencwm.eval.livecodebench import LiveCodeBench
-    from opencwm.eval.mathematics import MathBenchmark
-
-    name = args.benchmark
-    style = getattr(args, "style", None) or PROTOCOLS[name][0][0]
-    if name.startswith("cruxeval"):
-        return CruxEval("output" if name == "cruxeval-o" else "input", style, args.data,
-                        getattr(args, "prompt_file", None))
-    if name == "humaneval":
-        return HumanEval(style, args.data)
-    if name == "livecodebench":
-        return LiveCodeBench(args.data, getattr(args, "since", None), getattr(args, "until", None),
-                             getattr(args, "test_timeout", 6.0), getattr(args, "public_only", False))
-    return MathBenchmark(name, args.data)
+    return benchmark_named(args.benchmark, getattr(args, "style", None), args.data,
+                           prompt_file=getattr(args, "prompt_file", None), since=getattr(args, "since", None),
+                           until=getattr(args, "until", None), test_timeout=getattr(args, "test_timeout", 6.0),
+                           public_only=getattr(args, "public_only", False))
 
 
 def _at_least(args, limits: dict[str, int]) -> None:

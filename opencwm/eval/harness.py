@@ -195,18 +195,40 @@ def _generate(benchmark: Benchmark, completer: Completer, chunk: _Chunk, samplin
                             for sample in tokens])
 
 
+def submit_grades(benchmark: Benchmark, pool: SandboxPool, problem: Problem, answers: list[str | None]
+                  ) -> list[Future | Verdict]:
+    """Each answer's grading: a verdict given without a run (no answer, a refused form) or the sandbox job that
+    decides it, submitted to ``pool``."""
+    jobs: list[Future | Verdict] = []
+    for answer in answers:
+        graded = Verdict(False, "no answer") if answer is None else benchmark.grade(problem, answer)
+        if isinstance(graded, Verdict):
+            jobs.append(graded)
+        else:
+            fn, kwargs = graded
+            jobs.append(pool.submit(fn, timeout=benchmark.job_timeout(problem), **kwargs))
+    return jobs
+
+
+def collect_grades(benchmark: Benchmark, problem: Problem, answers: list[str | None],
+                   jobs: list[Future | Verdict]) -> tuple[list[Verdict], float]:
+    """The verdicts of ``submit_grades``'s jobs (waiting for them) and the seconds they ran."""
+    verdicts, seconds = [], 0.0
+    for answer, job in zip(answers + [None] * (len(jobs) - len(answers)), jobs):
+        if isinstance(job, Verdict):
+            verdicts.append(job)
+        else:
+            outcome = job.result()
+            seconds += outcome.seconds
+            verdicts.append(benchmark.verdict(problem, answer, outcome))
+    return verdicts, seconds
+
+
 def _submit(benchmark: Benchmark, pool: SandboxPool, chunk: _Chunk, samples: int) -> None:
     for problem, texts, error in zip(chunk.problems, chunk.texts, chunk.errors):
         answers = [benchmark.extract(problem, text) for text in texts]
         chunk.answers.append(answers)
-        jobs: list[Future | Verdict] = []
-        for answer in answers:
-            graded = Verdict(False, "no answer") if answer is None else benchmark.grade(problem, answer)
-            if isinstance(graded, Verdict):
-                jobs.append(graded)
-            else:
-                fn, kwargs = graded
-                jobs.append(pool.submit(fn, timeout=benchmark.job_timeout(problem), **kwargs))
+        jobs = submit_grades(benchmark, pool, problem, answers)
         if error is not None:
             jobs = [Verdict(False, error)] * samples
         chunk.grading.append(jobs)
@@ -217,14 +239,7 @@ def _rows(benchmark: Benchmark, chunk: _Chunk) -> list[dict]:
     share = chunk.seconds / max(1, len(chunk.problems))
     for problem, tokens, texts, answers, jobs in zip(chunk.problems, chunk.tokens, chunk.texts, chunk.answers,
                                                      chunk.grading):
-        verdicts, grade_seconds = [], 0.0
-        for answer, job in zip(answers + [None] * (len(jobs) - len(answers)), jobs):
-            if isinstance(job, Verdict):
-                verdicts.append(job)
-            else:
-                outcome = job.result()
-                grade_seconds += outcome.seconds
-                verdicts.append(benchmark.verdict(problem, answer, outcome))
+        verdicts, grade_seconds = collect_grades(benchmark, problem, answers, jobs)
         rows.append({"id": problem.id, "prompt": problem.prompt, "completions": texts, "answers": answers,
                      "passed": [v.passed for v in verdicts], "reasons": [v.reason for v in verdicts],
                      "tokens": [len(t) for t in tokens], "seconds": round(share, 4),

@@ -113,8 +113,9 @@ class Trainer:
     alone loads in ``transformers`` (model and ``AutoTokenizer``) or serves with vLLM."""
 
     def __init__(self, model: CWM, stream: PackedStream, config: TrainConfig, out_dir: str | Path,
-                 *, distributed: bool = False, tokenizer=None):
+                 *, distributed: bool = False, tokenizer=None, loss=None):
         self.model, self.stream, self.config = model, stream, config
+        self.loss = loss or loss_fn  # (model, batch) -> loss, or (loss, metrics): RL's objective plugs in here
         self.tokenizer = tokenizer
         self.out_dir = Path(out_dir)
         self.device = model.device
@@ -229,24 +230,34 @@ class Trainer:
 
             tokens = config.batch_size * config.grad_accum * self.stream.seq_len * self.world
             bar = tqdm(total=config.steps, initial=self.step, unit="step", file=sys.stderr, dynamic_ncols=True,
-                       desc=f"training ({tokens} tokens/step)")
+                       desc=getattr(self.stream, "description", None) or f"training ({tokens} tokens/step)")
         while self.step < config.steps:
             self.optimizer.set_lr_scale(lr_scale(self.step, config))
-            total_loss, total_tokens = torch.zeros((), device=self.device), 0
+            total_loss, total_tokens, step_metrics, update_seconds = torch.zeros((), device=self.device), 0, {}, 0.0
             for _ in range(config.grad_accum):
                 batch = {k: v.to(self.device, non_blocking=True)
                          for k, v in self.stream.next_batch(config.batch_size).items()}
+                began = time.monotonic()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = loss_fn(self.model, batch)
+                    loss = self.loss(self.model, batch)
+                if isinstance(loss, tuple):  # (loss, metrics of this micro-batch): averaged over the step
+                    loss, metrics_of_batch = loss
+                    for key, value in metrics_of_batch.items():
+                        step_metrics[key] = step_metrics.get(key, 0.0) + value / config.grad_accum
                 (loss / config.grad_accum).backward()
+                update_seconds += time.monotonic() - began
                 total_loss += loss.detach() / config.grad_accum
                 total_tokens += batch["input_ids"].numel()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
             if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
                 norm = norm.full_tensor()
+            began = time.monotonic()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            if step_metrics or hasattr(self.stream, "metrics"):  # the step's own figures, as the report's last word
+                self.step_metrics = {**getattr(self.stream, "metrics", {}), **step_metrics,
+                                     "seconds_update": round(update_seconds + time.monotonic() - began, 3)}
             window_tokens += total_tokens * self.world
             window_loss += total_loss
             window_steps += 1
@@ -284,7 +295,7 @@ class Trainer:
         config = self.config
         last = {"step": self.step, "loss": round(loss, 5), "lr": learning_rate(self.step - 1, config),
                 "grad_norm": round(float(norm), 4), "tokens_per_s": round(tokens_per_s, 1),
-                "elapsed_s": round(elapsed, 3)}
+                "elapsed_s": round(elapsed, 3), **getattr(self, "step_metrics", {})}
         if self.peak_flops:
             per_device = tokens_per_s / self.world
             mfu = per_device * flops_per_token(self.model_config, self.stream.seq_len) / self.peak_flops

@@ -1,0 +1,232 @@
+"""Rollouts: the batches of an RL update, as a stream the one training loop (``opencwm.train.loop.Trainer``) reads.
+
+Each ``next_batch(prompts)`` draws that many items from the mixture, samples ``group_size`` completions of each
+with the current policy (the model being trained, through the local completion interface), grades every
+completion with its environment's grader in a pool of sandboxes, and turns the rewards into group-relative
+advantages (``opencwm.rl.objective``). A group whose rewards are all equal carries no advantage and is dropped
+(``skip_equal_groups``, DAPO's dynamic sampling; fresh items are drawn, up to ``max_draws`` times, while no group
+is left). A completion cut at the response limit (no stop token) is ``overlong``: ``mask`` keeps it out of the
+loss (DAPO's overlong filtering), ``none`` keeps it as it is. The batch holds the sequences (prompt and completion),
+the mask of the model's own tokens, each sequence's advantage, and the log-probabilities the sampling policy gave
+its tokens (the importance ratio's denominator) and, for the KL metric or term, the initial policy's.
+
+The stream's state (the mixture's generator and the step) is part of every checkpoint, so a resumed run draws and
+samples exactly what the uninterrupted one would. A few rollouts per step are written to ``rollouts.jsonl`` for
+``opencwm rl show``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from opencwm.eval.harness import collect_grades, cut, submit_grades
+from opencwm.infer.local import LocalCompleter
+from opencwm.rl.environments import Mixture
+from opencwm.rl.objective import Objective, group_advantages
+from opencwm.sandbox.pool import SandboxPool
+
+OVERLONG = ("mask", "none")
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    skip_equal_groups: bool = True
+    overlong: str = "mask"
+    max_draws: int = 4  # draws of fresh items while every group of a step was dropped
+    logged_per_step: int = 4  # rollouts written to rollouts.jsonl each step
+    shuffle_rewards: bool = False  # a control: rewards permuted across the step's samples (nothing to learn)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError("group_size must be at least 2 (advantages are relative to the group)")
+        if self.overlong not in OVERLONG:
+            raise ValueError(f"overlong must be one of {', '.join(OVERLONG)}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def token_logps(model, input_ids: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """log p(token t | tokens before t) for t = 1.. of each row, (rows, length - 1), in chunks of rows."""
+    out = []
+    for start in range(0, input_ids.size(0), chunk):
+        rows = input_ids[start : start + chunk]
+        logits = model(rows)[:, :-1].float()
+        out.append(torch.log_softmax(logits, -1).gather(-1, rows[:, 1:, None]).squeeze(-1))
+    return torch.cat(out)
+
+
+class RolloutStream:
+    def __init__(self, model, tokenizer, mixture: Mixture, objective: Objective, config: RolloutConfig,
+                 pool: SandboxPool, *, reference=None, out_dir: str | Path | None = None, batch_rows: int = 16):
+        self.model, self.tokenizer, self.mixture = model, tokenizer, mixture
+        self.objective, self.config, self.pool = objective, config, pool
+        self.reference = reference  # the initial policy (frozen), for the KL metric and term; None: neither
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.batch_rows = batch_rows
+        self.step = 0
+        self.seq_len = 0  # the longest sequence of the last batch (the loop's progress display reads it)
+        self.max_tokens = max(env.max_tokens for env in mixture.environments)
+        self.metrics: dict[str, float] = {}
+        self.description = f"RL ({config.group_size} samples per item)"
+
+    # -- the stream interface of the training loop ------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "mixture": self.mixture.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.mixture.load_state_dict(state["mixture"])
+
+    def next_batch(self, prompts: int) -> dict[str, torch.Tensor]:
+        started = time.monotonic()
+        timing = {"rollout": 0.0, "reward": 0.0}
+        samples: list[dict] = []
+        drawn: list[dict] = []  # every sample of the step, kept or not: the policy's reward as it stands
+        for draw in range(self.config.max_draws):
+            groups = self._groups(prompts, timing, seed=self.config.seed + 1_000_003 * self.step + 7919 * draw)
+            drawn += [s for g in groups for s in g]
+            kept = [g for g in groups if not self.config.skip_equal_groups or len({s["reward"] for s in g}) > 1]
+            if kept or draw == self.config.max_draws - 1:
+                samples = [s for g in (kept or groups) for s in g]
+                dropped = len(groups) - len(kept)
+                break
+        batch = update_batch(samples, self.model, self.config.group_size, self.objective.scale_rewards,
+                             mask_overlong=self.config.overlong == "mask", reference=self.reference)
+        self.seq_len = batch["input_ids"].size(1)
+        self._record(drawn, samples, dropped, timing, time.monotonic() - started)
+        self.step += 1
+        return batch
+
+    # -- sampling and grading ---------------------------------------------------------------------------------------
+    def _groups(self, prompts: int, timing: dict, seed: int) -> list[list[dict]]:
+        """``prompts`` items, ``group_size`` graded completions of each: a list per item of sample dicts."""
+        config, tokenizer = self.config, self.tokenizer
+        drawn = [self.mixture.sample() for _ in range(prompts)]
+        start = time.monotonic()
+        by_env: dict[str, list[int]] = defaultdict(list)
+        for i, (env, _) in enumerate(drawn):
+            by_env[env.name].append(i)
+        completions: dict[int, list[list[int]]] = {}
+        prompt_ids = [tokenizer.encode(problem.prompt, allow_special=True) for _, problem in drawn]
+        was_training = self.model.training
+        completer = LocalCompleter(self.model, tokenizer, reuse_prefix=False, batch_size=self.batch_rows)
+        try:
+            for indices in by_env.values():
+                env = drawn[indices[0]][0]
+                stop = [tokenizer.token_id(name) for name in env.benchmark.stop_tokens]
+                made = completer.complete_batch([prompt_ids[i] for i in indices], stop=stop,
+                                                max_tokens=env.max_tokens, temperature=config.temperature,
+                                                top_p=config.top_p, n=config.group_size, seed=seed + indices[0],
+                                                stop_texts=env.benchmark.stop_texts)
+                completions.update(zip(indices, made))
+        finally:
+            self.model.train(was_training)
+        timing["rollout"] += time.monotonic() - start
+        start = time.monotonic()
+        groups, pending = [], []
+        for i, (env, problem) in enumerate(drawn):
+            stops = {tokenizer.token_id(name) for name in env.benchmark.stop_tokens}
+            texts = [cut(tokenizer.decode([t for t in tokens if t not in stops]), env.benchmark.stop_texts)
+                     for tokens in completions[i]]
+            answers = [env.benchmark.extract(problem, text) for text in texts]
+            pending.append((env, problem, texts, answers, submit_grades(env.benchmark, self.pool, problem, answers)))
+        for i, (env, problem, texts, answers, jobs) in enumerate(pending):
+            verdicts, _ = collect_grades(env.benchmark, problem, answers, jobs)
+            stops = {tokenizer.token_id(name) for name in env.benchmark.stop_tokens}
+            groups.append([{"env": env.name, "id": problem.id, "prompt_ids": prompt_ids[i], "tokens": tokens,
+                            "text": text, "answer": answer, "reward": float(verdict.passed),
+                            "reason": verdict.reason,
+                            "overlong": len(tokens) >= env.max_tokens and not (tokens and tokens[-1] in stops)}
+                           for tokens, text, answer, verdict in zip(completions[i], texts, answers, verdicts)])
+        timing["reward"] += time.monotonic() - start
+        if config.shuffle_rewards:
+            flat = [s for group in groups for s in group]
+            rewards = [s["reward"] for s in flat]
+            random.Random(seed).shuffle(rewards)
+            for sample, reward in zip(flat, rewards):
+                sample["reward"] = reward
+        return groups
+
+    def _record(self, drawn: list[dict], samples: list[dict], dropped: int, timing: dict, seconds: float) -> None:
+        """The step's figures: reward, per environment, response length and overlong share over every sample drawn
+        (the policy as it stands); the samples the update learns from and the groups dropped."""
+        rewards = [s["reward"] for s in drawn]
+        per_env: dict[str, list[float]] = defaultdict(list)
+        for s in drawn:
+            per_env[s["env"]].append(s["reward"])
+        self.metrics = {"reward": sum(rewards) / len(rewards), "groups_dropped": dropped, "samples": len(samples),
+                        "response_tokens": sum(len(s["tokens"]) for s in drawn) / len(drawn),
+                        "overlong": sum(s["overlong"] for s in drawn) / len(drawn),
+                        "seconds_rollout": round(timing["rollout"], 3), "seconds_reward": round(timing["reward"], 3),
+                        "seconds_batch": round(seconds, 3),
+                        **{f"reward/{name}": sum(values) / len(values) for name, values in per_env.items()}}
+        if self.out_dir is not None and self.config.logged_per_step:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "rollouts.jsonl", "a", encoding="utf-8") as handle:
+                for s in drawn[: self.config.logged_per_step]:
+                    handle.write(json.dumps({"step": self.step, "env": s["env"], "id": s["id"],
+                                             "prompt": self.tokenizer.decode(s["prompt_ids"]),
+                                             "completion": s["text"], "answer": s["answer"], "reward": s["reward"],
+                                             "reason": s["reason"], "overlong": s["overlong"]}) + "\n")
+
+
+def update_batch(samples: list[dict], model, group_size: int, scale_rewards: str, *, mask_overlong: bool = True,
+                 reference=None) -> dict[str, torch.Tensor]:
+    """The update's tensors of a step's samples (groups of ``group_size`` consecutive samples, each with
+    ``prompt_ids``, its completion ``tokens``, ``reward`` and ``overlong``): the sequences (right-padded), the mask
+    of the positions that predict the model's own tokens (position t predicts token t + 1; none for an overlong
+    completion with ``mask_overlong``), the group-relative advantages, and the log-probabilities ``model`` (the
+    sampling policy) and ``reference`` (the initial policy, if given) give each next token."""
+    rewards = torch.tensor([s["reward"] for s in samples])
+    advantages = group_advantages(rewards, group_size, scale_rewards)
+    length = max(len(s["prompt_ids"]) + len(s["tokens"]) for s in samples)
+    input_ids = torch.zeros(len(samples), length, dtype=torch.long)
+    mask = torch.zeros(len(samples), length - 1)
+    for row, sample in enumerate(samples):
+        sequence = sample["prompt_ids"] + sample["tokens"]
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        if not (sample["overlong"] and mask_overlong):
+            mask[row, len(sample["prompt_ids"]) - 1 : len(sequence) - 1] = 1
+    was_training = model.training
+    model.eval()
+    try:
+        batch = {"input_ids": input_ids, "mask": mask, "advantages": advantages,
+                 "old_logps": token_logps(model, input_ids.to(model.device)).cpu()}
+        if reference is not None:
+            batch["ref_logps"] = token_logps(reference, input_ids.to(reference.device)).cpu()
+    finally:
+        model.train(was_training)
+    return batch
+
+
+def rl_loss(objective: Objective, max_tokens: int):
+    """The loss the training loop calls on a rollout batch: the clipped surrogate over the model's own tokens, and
+    its metrics (clip fractions, mean ratio, KL to the initial policy when known, entropy)."""
+    from opencwm.rl.objective import policy_loss
+
+    def loss(model, batch: dict[str, torch.Tensor]):
+        input_ids = batch["input_ids"]
+        logits = model(input_ids)[:, :-1].float()
+        log_probs = torch.log_softmax(logits, -1)
+        logps = log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        value, metrics = policy_loss(logps, batch["old_logps"], batch["advantages"], batch["mask"], objective,
+                                     ref_logps=batch.get("ref_logps"), max_tokens=max_tokens)
+        with torch.no_grad():
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            metrics["entropy"] = float((entropy * batch["mask"]).sum() / batch["mask"].sum().clamp(min=1.0))
+        return value, metrics
+
+    return loss
