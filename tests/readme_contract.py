@@ -119,6 +119,13 @@ COMMANDS: dict[str, Step] = {
     "runs/evals/humaneval": Step(SLOW, lambda r, d: "humaneval (complete)" in r.stdout and "3 items" in r.stdout),
     "opencwm eval report runs/evals --out runs/evals/card":
         Step(SLOW, lambda r, d: "| crux-o |" in r.stdout and (d / "runs/evals/card/report.png").exists()),
+    "opencwm rl items --programs 100 --out runs/rl-items.jsonl":
+        Step(FAST, lambda r, d: r.stdout.startswith("runs/rl-items.jsonl: 100 items")),
+    "opencwm rl train --init runs/sft/checkpoints/step-000020/model --env cruxeval-o:assert=runs/rl-items.jsonl "
+    "--out runs/rl --steps 4 --prompts 4 --group 4 --max-tokens 16 --lr 1e-4":
+        Step(SLOW, lambda r, d: r.stdout.startswith("runs/rl: step 4, reward")
+             and (d / "runs/rl/checkpoints/step-000004/model/config.json").exists()),
+    "opencwm rl show runs/rl --limit 2": Step(SLOW, lambda r, d: r.stdout.count("--- step") == 2),
     "opencwm speedrun --out runs/speedrun --cruxeval path/to/cruxeval.jsonl": Step(None, why=SPEEDRUN),
     "opencwm eval decontaminate cruxeval-o --data path/to/cruxeval.jsonl --corpus runs/traces":
         Step(FAST, lambda r, d: r.stdout.startswith("cruxeval-o: 0 of 1 items share a 13-gram with the 5 training")),

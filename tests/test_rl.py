@@ -246,3 +246,34 @@ def test_only_the_model_s_own_tokens_carry_loss(parity_policy):
     logits = torch.log_softmax(model(batch["input_ids"])[:, :-1].float(), -1)
     expected = logits.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
     torch.testing.assert_close(batch["old_logps"], expected)
+
+
+def test_agentic_episodes_learn_only_the_model_s_own_tokens(parity_policy, forage_task_dir, tmp_path):
+    """RL on forager tasks with a local checkpoint: G episodes per task with CWM's tools in the sandbox, rewarded
+    by the task's tests; in the update every turn is a row whose loss covers exactly the tokens the model sampled
+    in that turn (its prompt -- the conversation so far, tool outputs included -- never)."""
+    from opencwm.model import CWM, preset
+    from opencwm.rl.environments import Mixture, agent_environment
+    from opencwm.rl.objective import Objective
+    from opencwm.rl.rollouts import RolloutConfig, RolloutStream, update_batch
+    from opencwm.sandbox import SandboxConfig
+    from opencwm.sandbox.pool import SandboxPool
+    from opencwm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.of_checkpoint(parity_policy[0])  # a nano model with room for the agent's conversation
+    model = CWM(preset("nano", max_position_embeddings=4096, **tokenizer.config_fields())).init_weights(seed=1)
+    env = agent_environment(str(forage_task_dir), max_tokens=12, max_turns=2)
+    with SandboxPool(SandboxConfig(), 1) as pool:
+        stream = RolloutStream(model, tokenizer, Mixture([env]), Objective(), RolloutConfig(group_size=2), pool)
+        [group] = stream._groups(1, {"rollout": 0.0, "reward": 0.0}, seed=0)
+    assert len(group) == 2 and all(s["env"] == "swe" and s["reward"] in (0.0, 1.0) for s in group)
+    assert all(len(s["turns"]) == 2 for s in group)  # the turn budget: an untrained model never submits
+    batch = update_batch(group, model, 2, "none")
+    turns = [turn for s in group for turn in s["turns"]]
+    assert batch["input_ids"].size(0) == len(turns)
+    for row, (prompt, sampled) in enumerate(turns):
+        assert batch["input_ids"][row, len(prompt) : len(prompt) + len(sampled)].tolist() == sampled
+        learned = batch["mask"][row].nonzero().flatten().tolist()
+        assert learned == list(range(len(prompt) - 1, len(prompt) + len(sampled) - 1))  # its own tokens only
+        assert tokenizer.decode(prompt).count("<|start_header_id|>user") >= 1  # the task, never learned
+    assert batch["advantages"].tolist() == [0.0] * len(turns)  # equal rewards: nothing to learn from this group

@@ -175,6 +175,7 @@ class CompleterPolicy(Policy):
         self.completer, self.name, self.think = completer, name, think  # an opencwm.infer Completer
         self.max_tokens, self.temperature, self.top_p, self.seed = max_tokens, temperature, top_p, seed
         self.stop = [completer.tokenizer.token_id(token) for token in STOP_TOKENS]
+        self.turns: list[tuple[list[int], list[int]]] = []  # (prompt ids, sampled ids) of every turn: RL learns them
 
     def __call__(self, messages: list[dict]) -> Reply:
         tokenizer = self.completer.tokenizer
@@ -190,5 +191,6 @@ class CompleterPolicy(Policy):
             raise ValueError(str(exc)) from None
         except CompleterUnavailable as exc:  # no answer at all: the episode is played again on a rerun
             raise PolicyUnavailable(str(exc)) from None
+        self.turns.append((prompt, list(tokens)))
         text = tokenizer.decode([t for t in tokens if t not in self.stop])
         return Reply(f"{THINK_START}\n{text}" if self.think else text, len(prompt), len(tokens))

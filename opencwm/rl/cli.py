@@ -13,8 +13,8 @@ import sys
 from opencwm.errors import UsageError as CliError
 
 ENV_HELP = ("NAME[:STYLE]=DATA[@WEIGHT]: a benchmark (cruxeval-o, cruxeval-i, humaneval, livecodebench, math500, "
-            "aime24, aime25) over training items in its own format, e.g. cruxeval-o:assert=items.jsonl@2; repeat "
-            "for a mixture")
+            "aime24, aime25) over training items in its own format, e.g. cruxeval-o:assert=items.jsonl@2, or swe=TASKS "
+            "(agentic episodes on a forager task dataset); repeat for a mixture")
 
 
 def parse_environment(value: str):

@@ -2,7 +2,8 @@
 completion ends, what answer it holds and the grader that decides it, in the sandbox) over training items: output
 prediction of traced programs (``cruxeval-o``: the predicted value equals the real one, by execution), code
 generation with tests (``humaneval``, ``livecodebench``), math answers (``math500``-style, math-verify). So a reward
-is exactly the verdict the benchmark's evaluation would give the same completion.
+is exactly the verdict the benchmark's evaluation would give the same completion. ``swe`` is multi-turn: agentic
+episodes on forager tasks, rewarded by the task's tests (``AgentEnvironment``).
 
     mixture = Mixture([environment("cruxeval-o", "runs/rl-items.jsonl", style="assert"), ...], weights=[1.0])
     env, problem = mixture.sample()
@@ -29,11 +30,46 @@ class Environment:
     max_tokens: int  # the response limit (the benchmark's protocol unless given)
 
 
-def environment(name: str, data: str, *, style: str | None = None, max_tokens: int | None = None) -> Environment:
+@dataclass
+class AgentEnvironment:
+    """Agentic episodes on forager tasks (``forage mutate`` or ``forage import``): the policy acts with CWM's tools
+    in the task's sandboxed work tree for up to ``budget``'s turns, and the reward is the task's grade (its
+    FAIL_TO_PASS and PASS_TO_PASS tests on a fresh tree with the submitted diff, as ``forage run`` grades)."""
+    name: str
+    tasks: list[dict]
+    budget: object  # opencwm.forage.agent.EpisodeBudget
+    max_tokens: int  # per assistant turn
+    backend: str = "auto"
+
+    @property
+    def problems(self) -> list[dict]:
+        return self.tasks
+
+
+def agent_environment(data: str, *, max_tokens: int | None = None, max_turns: int = 8) -> AgentEnvironment:
+    from opencwm.forage.agent import EpisodeBudget
+    from opencwm.forage.environment import ForageError
+    from opencwm.forage.tasks import read_tasks
+    from opencwm.shards import DatasetError
+
+    try:
+        tasks = read_tasks(data)
+    except (ForageError, DatasetError) as exc:
+        raise UsageError(f"swe: {exc}") from None
+    if not tasks:
+        raise UsageError(f"swe: no validated tasks in {data}")
+    budget = EpisodeBudget(max_turns=max_turns, command_timeout=60, max_seconds=600)
+    return AgentEnvironment("swe", tasks, budget, max_tokens or 512)
+
+
+def environment(name: str, data: str, *, style: str | None = None, max_tokens: int | None = None):
     """The environment of benchmark ``name`` (one of ``PROTOCOLS``) over the items in ``data`` (the benchmark's own
-    format); one-line errors for an unknown name or unusable data."""
+    format), or with ``swe`` agentic episodes on the forager tasks in ``data``; one-line errors for an unknown
+    name or unusable data."""
+    if name == "swe":
+        return agent_environment(data, max_tokens=max_tokens)
     if name not in PROTOCOLS:
-        raise UsageError(f"unknown RL environment {name!r} (choose from {', '.join(PROTOCOLS)})")
+        raise UsageError(f"unknown RL environment {name!r} (choose from {', '.join([*PROTOCOLS, 'swe'])})")
     benchmark = benchmark_named(name, style, data)
     problems = [p for p in benchmark.problems() if not p.unanswerable]
     if not problems:
@@ -46,7 +82,7 @@ def environment(name: str, data: str, *, style: str | None = None, max_tokens: i
 class Mixture:
     """Environments drawn by weight; items drawn uniformly within one."""
 
-    def __init__(self, environments: list[Environment], weights: list[float] | None = None, seed: int = 0):
+    def __init__(self, environments: list, weights: list[float] | None = None, seed: int = 0):
         if not environments:
             raise UsageError("an RL run needs at least one environment")
         self.environments = environments
@@ -55,7 +91,7 @@ class Mixture:
             raise UsageError("one non-negative weight per environment, not all zero")
         self.rng = random.Random(seed)
 
-    def sample(self) -> tuple[Environment, Problem]:
+    def sample(self) -> tuple:
         env = self.rng.choices(self.environments, weights=self.weights)[0]
         return env, self.rng.choice(env.problems)
 

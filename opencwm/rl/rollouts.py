@@ -28,7 +28,7 @@ import torch
 
 from opencwm.eval.harness import collect_grades, cut, submit_grades
 from opencwm.infer.local import LocalCompleter
-from opencwm.rl.environments import Mixture
+from opencwm.rl.environments import AgentEnvironment, Mixture
 from opencwm.rl.objective import Objective, group_advantages
 from opencwm.sandbox.pool import SandboxPool
 
@@ -81,6 +81,7 @@ class RolloutStream:
         self.max_tokens = max(env.max_tokens for env in mixture.environments)
         self.metrics: dict[str, float] = {}
         self.description = f"RL ({config.group_size} samples per item)"
+        self._forage_envs: dict = {}
 
     # -- the stream interface of the training loop ------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -112,52 +113,97 @@ class RolloutStream:
 
     # -- sampling and grading ---------------------------------------------------------------------------------------
     def _groups(self, prompts: int, timing: dict, seed: int) -> list[list[dict]]:
-        """``prompts`` items, ``group_size`` graded completions of each: a list per item of sample dicts."""
-        config, tokenizer = self.config, self.tokenizer
+        """``prompts`` items, ``group_size`` graded completions (or episodes) of each: a list per item of samples."""
         drawn = [self.mixture.sample() for _ in range(prompts)]
-        start = time.monotonic()
-        by_env: dict[str, list[int]] = defaultdict(list)
-        for i, (env, _) in enumerate(drawn):
-            by_env[env.name].append(i)
-        completions: dict[int, list[list[int]]] = {}
-        prompt_ids = [tokenizer.encode(problem.prompt, allow_special=True) for _, problem in drawn]
-        was_training = self.model.training
-        completer = LocalCompleter(self.model, tokenizer, reuse_prefix=False, batch_size=self.batch_rows)
-        try:
-            for indices in by_env.values():
-                env = drawn[indices[0]][0]
-                stop = [tokenizer.token_id(name) for name in env.benchmark.stop_tokens]
-                made = completer.complete_batch([prompt_ids[i] for i in indices], stop=stop,
-                                                max_tokens=env.max_tokens, temperature=config.temperature,
-                                                top_p=config.top_p, n=config.group_size, seed=seed + indices[0],
-                                                stop_texts=env.benchmark.stop_texts)
-                completions.update(zip(indices, made))
-        finally:
-            self.model.train(was_training)
-        timing["rollout"] += time.monotonic() - start
-        start = time.monotonic()
-        groups, pending = [], []
-        for i, (env, problem) in enumerate(drawn):
-            stops = {tokenizer.token_id(name) for name in env.benchmark.stop_tokens}
-            texts = [cut(tokenizer.decode([t for t in tokens if t not in stops]), env.benchmark.stop_texts)
-                     for tokens in completions[i]]
-            answers = [env.benchmark.extract(problem, text) for text in texts]
-            pending.append((env, problem, texts, answers, submit_grades(env.benchmark, self.pool, problem, answers)))
-        for i, (env, problem, texts, answers, jobs) in enumerate(pending):
-            verdicts, _ = collect_grades(env.benchmark, problem, answers, jobs)
-            stops = {tokenizer.token_id(name) for name in env.benchmark.stop_tokens}
-            groups.append([{"env": env.name, "id": problem.id, "prompt_ids": prompt_ids[i], "tokens": tokens,
-                            "text": text, "answer": answer, "reward": float(verdict.passed),
-                            "reason": verdict.reason,
-                            "overlong": len(tokens) >= env.max_tokens and not (tokens and tokens[-1] in stops)}
-                           for tokens, text, answer, verdict in zip(completions[i], texts, answers, verdicts)])
-        timing["reward"] += time.monotonic() - start
-        if config.shuffle_rewards:
-            flat = [s for group in groups for s in group]
+        groups: dict[int, list[dict]] = {}
+        single = [i for i, (env, _) in enumerate(drawn) if not isinstance(env, AgentEnvironment)]
+        if single:
+            groups.update(self._single_turn(drawn, single, timing, seed))
+        for i, (env, task) in enumerate(drawn):
+            if isinstance(env, AgentEnvironment):
+                groups[i] = self._episodes(env, task, timing, seed + 7 * i)
+        ordered = [groups[i] for i in range(len(drawn))]
+        if self.config.shuffle_rewards:
+            flat = [s for group in ordered for s in group]
             rewards = [s["reward"] for s in flat]
             random.Random(seed).shuffle(rewards)
             for sample, reward in zip(flat, rewards):
                 sample["reward"] = reward
+        return ordered
+
+    def _episodes(self, env: AgentEnvironment, task: dict, timing: dict, seed: int) -> list[dict]:
+        """``group_size`` agentic episodes of the policy on a forager task, each rewarded by the task's tests; a
+        sample holds every turn's prompt and sampled tokens (the model's own, which alone carry loss). Their
+        whole time (generation, tools, grading) counts as rollout time."""
+        from opencwm.forage.agent import run_episode
+        from opencwm.forage.environment import Environment
+        from opencwm.forage.policies import CompleterPolicy
+
+        start = time.monotonic()
+        if task["env"] not in self._forage_envs:
+            self._forage_envs[task["env"]] = Environment.open(task["env"])
+        forager = self._forage_envs[task["env"]]
+        completer = LocalCompleter(self.model, self.tokenizer)  # prefix reuse from one turn to the next
+        was_training = self.model.training
+        samples = []
+        try:
+            for g in range(self.config.group_size):
+                policy = CompleterPolicy(completer, name="rl", think=False, max_tokens=env.max_tokens,
+                                         temperature=self.config.temperature, top_p=self.config.top_p,
+                                         seed=seed * self.config.group_size + g)
+                record = run_episode(forager, task, policy, env.budget, backend=env.backend)
+                samples.append({"env": env.name, "id": task["instance_id"], "turns": policy.turns,
+                                "prompt_ids": policy.turns[0][0] if policy.turns else [],
+                                "tokens": [t for _, tokens in policy.turns for t in tokens],
+                                "text": record["diff"], "answer": record["status"], "reward": float(record["reward"]),
+                                "reason": record["status"], "overlong": False})
+        finally:
+            self.model.train(was_training)
+        timing["rollout"] += time.monotonic() - start
+        return samples
+
+    def _single_turn(self, drawn: list, indices: list[int], timing: dict, seed: int) -> dict[int, list[dict]]:
+        """The groups of the single-turn items among ``drawn``: sampled in batches per environment, then graded
+        by each environment's benchmark in the sandbox pool."""
+        config, tokenizer = self.config, self.tokenizer
+        start = time.monotonic()
+        by_env: dict[str, list[int]] = defaultdict(list)
+        for i in indices:
+            by_env[drawn[i][0].name].append(i)
+        completions: dict[int, list[list[int]]] = {}
+        prompt_ids = {i: tokenizer.encode(drawn[i][1].prompt, allow_special=True) for i in indices}
+        was_training = self.model.training
+        completer = LocalCompleter(self.model, tokenizer, reuse_prefix=False, batch_size=self.batch_rows)
+        try:
+            for members in by_env.values():
+                env = drawn[members[0]][0]
+                stop = [tokenizer.token_id(name) for name in env.benchmark.stop_tokens]
+                made = completer.complete_batch([prompt_ids[i] for i in members], stop=stop,
+                                                max_tokens=env.max_tokens, temperature=config.temperature,
+                                                top_p=config.top_p, n=config.group_size, seed=seed + members[0],
+                                                stop_texts=env.benchmark.stop_texts)
+                completions.update(zip(members, made))
+        finally:
+            self.model.train(was_training)
+        timing["rollout"] += time.monotonic() - start
+        start = time.monotonic()
+        groups, pending = {}, []
+        for i in indices:
+            env, problem = drawn[i]
+            stops = {tokenizer.token_id(name) for name in env.benchmark.stop_tokens}
+            texts = [cut(tokenizer.decode([t for t in tokens if t not in stops]), env.benchmark.stop_texts)
+                     for tokens in completions[i]]
+            answers = [env.benchmark.extract(problem, text) for text in texts]
+            pending.append((i, env, problem, texts, answers,
+                            submit_grades(env.benchmark, self.pool, problem, answers)))
+        for i, env, problem, texts, answers, jobs in pending:
+            verdicts, _ = collect_grades(env.benchmark, problem, answers, jobs)
+            stops = {tokenizer.token_id(name) for name in env.benchmark.stop_tokens}
+            groups[i] = [{"env": env.name, "id": problem.id, "prompt_ids": prompt_ids[i], "tokens": tokens,
+                          "text": text, "answer": answer, "reward": float(verdict.passed), "reason": verdict.reason,
+                          "overlong": len(tokens) >= env.max_tokens and not (tokens and tokens[-1] in stops)}
+                         for tokens, text, answer, verdict in zip(completions[i], texts, answers, verdicts)]
+        timing["reward"] += time.monotonic() - start
         return groups
 
     def _record(self, drawn: list[dict], samples: list[dict], dropped: int, timing: dict, seconds: float) -> None:
@@ -186,20 +232,31 @@ class RolloutStream:
 def update_batch(samples: list[dict], model, group_size: int, scale_rewards: str, *, mask_overlong: bool = True,
                  reference=None) -> dict[str, torch.Tensor]:
     """The update's tensors of a step's samples (groups of ``group_size`` consecutive samples, each with
-    ``prompt_ids``, its completion ``tokens``, ``reward`` and ``overlong``): the sequences (right-padded), the mask
-    of the positions that predict the model's own tokens (position t predicts token t + 1; none for an overlong
-    completion with ``mask_overlong``), the group-relative advantages, and the log-probabilities ``model`` (the
-    sampling policy) and ``reference`` (the initial policy, if given) give each next token."""
+    ``prompt_ids``, its completion ``tokens`` -- or, for an episode, ``turns``: every turn's prompt and sampled
+    tokens --, ``reward`` and ``overlong``): a row per completion or turn (right-padded), the mask of the positions
+    that predict the model's own tokens (position t predicts token t + 1; none for an overlong completion with
+    ``mask_overlong``; prompts, tool outputs and earlier turns never), each row's sample's group-relative
+    advantage, and the log-probabilities ``model`` (the sampling policy) and ``reference`` (the initial policy, if
+    given) give each next token."""
     rewards = torch.tensor([s["reward"] for s in samples])
-    advantages = group_advantages(rewards, group_size, scale_rewards)
-    length = max(len(s["prompt_ids"]) + len(s["tokens"]) for s in samples)
-    input_ids = torch.zeros(len(samples), length, dtype=torch.long)
-    mask = torch.zeros(len(samples), length - 1)
-    for row, sample in enumerate(samples):
-        sequence = sample["prompt_ids"] + sample["tokens"]
+    per_sample = group_advantages(rewards, group_size, scale_rewards)
+    rows, row_advantages = [], []  # a row per turn: the prompt as the model saw it, then the tokens it sampled
+    for sample, advantage in zip(samples, per_sample.tolist()):
+        learned = not (sample["overlong"] and mask_overlong)
+        for prompt, tokens in sample.get("turns") or [(sample["prompt_ids"], sample["tokens"])]:
+            rows.append((prompt, tokens, learned))
+            row_advantages.append(advantage)
+    if not rows:  # (every episode ended before its first turn): one empty row, nothing learned
+        rows, row_advantages = [([0], [], False)], [0.0]
+    length = max(2, max(len(prompt) + len(tokens) for prompt, tokens, _ in rows))
+    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length - 1)
+    for row, (prompt, tokens, learned) in enumerate(rows):
+        sequence = prompt + tokens
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
-        if not (sample["overlong"] and mask_overlong):
-            mask[row, len(sample["prompt_ids"]) - 1 : len(sequence) - 1] = 1
+        if learned and tokens:
+            mask[row, len(prompt) - 1 : len(sequence) - 1] = 1
+    advantages = torch.tensor(row_advantages)
     was_training = model.training
     model.eval()
     try:

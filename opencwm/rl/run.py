@@ -92,8 +92,9 @@ def run_rl(config: RLConfig, out: str | Path, *, progress: bool = True, device: 
     train = TrainConfig(steps=config.steps, batch_size=config.prompts, lr=config.lr, warmup_steps=config.warmup_steps,
                         decay_fraction=0.0, min_lr_ratio=1.0, weight_decay=config.weight_decay, clip=config.clip,
                         seed=config.seed, checkpoint_every=config.checkpoint_every, log_every=1, precision="fp32")
-    grading = SandboxConfig(timeout=max(e.benchmark.grade_timeout for e in environments), memory_mb=1024,
-                            preload=tuple({m for e in environments for m in e.benchmark.sandbox_preload}))
+    graded = [e.benchmark for e in environments if hasattr(e, "benchmark")]  # (episodes grade themselves)
+    grading = SandboxConfig(timeout=max([b.grade_timeout for b in graded] or [3.0]), memory_mb=1024,
+                            preload=tuple(sorted({m for b in graded for m in b.sandbox_preload})))
     with SandboxPool(grading, config.workers) as pool:
         stream = RolloutStream(model, tokenizer, mixture, config.objective, config.rollout, pool, reference=reference,
                                out_dir=out)
