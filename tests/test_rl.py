@@ -277,3 +277,27 @@ def test_agentic_episodes_learn_only_the_model_s_own_tokens(parity_policy, forag
         assert learned == list(range(len(prompt) - 1, len(prompt) + len(sampled) - 1))  # its own tokens only
         assert tokenizer.decode(prompt).count("<|start_header_id|>user") >= 1  # the task, never learned
     assert batch["advantages"].tolist() == [0.0] * len(turns)  # equal rewards: nothing to learn from this group
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence"])
+def test_the_update_under_torchrun_equals_one_process_s(tmp_path, aggregation):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from opencwm.model import CWM
+
+    job = str(Path(__file__).with_name("distributed_rl_job.py"))
+    for name, launcher in (("one", [sys.executable, job]),
+                           ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                    "--nproc_per_node=2", job])):
+        ran = subprocess.run([*launcher, str(tmp_path / name), aggregation], capture_output=True, text=True,
+                             timeout=600)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+    one, two = (CWM.from_pretrained(tmp_path / name / "checkpoints" / "step-000002" / "model").state_dict()
+                for name in ("one", "two"))
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=2e-6, rtol=1e-4)
+    initial = CWM.from_pretrained(tmp_path / "one" / "checkpoints" / "step-000002" / "model")
+    initial.init_weights(seed=0)  # the job's starting weights: the update moved them
+    assert any(not torch.equal(one[key], value) for key, value in initial.state_dict().items())

@@ -271,7 +271,9 @@ def update_batch(samples: list[dict], model, group_size: int, scale_rewards: str
 
 def rl_loss(objective: Objective, max_tokens: int):
     """The loss the training loop calls on a rollout batch: the clipped surrogate over the model's own tokens, and
-    its metrics (clip fractions, mean ratio, KL to the initial policy when known, entropy)."""
+    its metrics (clip fractions, mean ratio, KL to the initial policy when known, entropy). Under torchrun, token
+    aggregation counts the tokens of every rank, so the update equals one process's on the whole step (sequence
+    and constant aggregation do when the ranks hold as many sequences each)."""
     from opencwm.rl.objective import policy_loss
 
     def loss(model, batch: dict[str, torch.Tensor]):
@@ -279,8 +281,15 @@ def rl_loss(objective: Objective, max_tokens: int):
         logits = model(input_ids)[:, :-1].float()
         log_probs = torch.log_softmax(logits, -1)
         logps = log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        total = None
+        if objective.aggregation == "token" and torch.distributed.is_initialized():
+            # Under torchrun each rank holds a part of the step and the gradients are averaged over ranks: every
+            # token of the whole step weighs the same when each rank divides by the step's count over the ranks
+            count = batch["mask"].sum().detach().clone()
+            torch.distributed.all_reduce(count)
+            total = (count / torch.distributed.get_world_size()).clamp(min=1e-6)
         value, metrics = policy_loss(logps, batch["old_logps"], batch["advantages"], batch["mask"], objective,
-                                     ref_logps=batch.get("ref_logps"), max_tokens=max_tokens)
+                                     ref_logps=batch.get("ref_logps"), max_tokens=max_tokens, total_tokens=total)
         with torch.no_grad():
             entropy = -(log_probs.exp() * log_probs).sum(-1)
             metrics["entropy"] = float((entropy * batch["mask"]).sum() / batch["mask"].sum().clamp(min=1.0))
