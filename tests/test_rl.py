@@ -301,3 +301,23 @@ def test_the_update_under_torchrun_equals_one_process_s(tmp_path, aggregation):
     initial = CWM.from_pretrained(tmp_path / "one" / "checkpoints" / "step-000002" / "model")
     initial.init_weights(seed=0)  # the job's starting weights: the update moved them
     assert any(not torch.equal(one[key], value) for key, value in initial.state_dict().items())
+
+
+@pytest.mark.slow
+def test_rl_train_under_torchrun(parity_policy, tmp_path):
+    """The command itself under torchrun (2 processes, gloo): each rank samples its own rollouts from an
+    unsharded copy of the sharded policy, the update is data-parallel, rank 0 writes checkpoints and metrics."""
+    import subprocess
+    import sys
+
+    policy, items = parity_policy
+    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "opencwm.cli", "rl", "train", "--init", str(policy), "--env", f"cruxeval-o:assert={items}",
+                          "--out", str(tmp_path / "run"), "--steps", "3", "--prompts", "4", "--group", "4",
+                          "--max-tokens", "4", "--lr", "1e-3", "--checkpoint-every", "3", "--quiet", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert [json.loads(line)["step"] for line in ran.stdout.strip().splitlines()] == [3]  # rank 0 speaks
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("kl" in r for r in rows)
+    assert (tmp_path / "run" / "checkpoints" / "step-000003" / "model" / "config.json").is_file()

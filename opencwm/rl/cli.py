@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from opencwm.errors import UsageError as CliError
@@ -53,7 +54,8 @@ def cmd_train(args) -> int:
                       kl_metric=not args.no_kl_metric, workers=args.workers, seed=args.seed, objective=objective,
                       rollout=rollout)
     last = run_rl(config, args.out, progress=not args.quiet)
-    print(json.dumps(last) if args.json else f"{args.out}: step {last.get('step')}, reward {last.get('reward')}")
+    if os.environ.get("RANK", "0") == "0":  # (under torchrun: rank 0 speaks; its rollouts are the ones logged)
+        print(json.dumps(last) if args.json else f"{args.out}: step {last.get('step')}, reward {last.get('reward')}")
     return 0
 
 

@@ -70,8 +70,13 @@ def token_logps(model, input_ids: torch.Tensor, chunk: int = 8) -> torch.Tensor:
 
 class RolloutStream:
     def __init__(self, model, tokenizer, mixture: Mixture, objective: Objective, config: RolloutConfig,
-                 pool: SandboxPool, *, reference=None, out_dir: str | Path | None = None, batch_rows: int = 16):
-        self.model, self.tokenizer, self.mixture = model, tokenizer, mixture
+                 pool: SandboxPool, *, reference=None, out_dir: str | Path | None = None, batch_rows: int = 16,
+                 sampler=None):
+        self.policy, self.tokenizer, self.mixture = model, tokenizer, mixture
+        # Under torchrun the policy is sharded (FSDP2), and a sharded forward is a collective every rank must
+        # make in step: rollouts then sample from ``sampler``, an unsharded copy brought up to date each step.
+        self.sampler = sampler
+        self.model = sampler if sampler is not None else model
         self.objective, self.config, self.pool = objective, config, pool
         self.reference = reference  # the initial policy (frozen), for the KL metric and term; None: neither
         self.out_dir = Path(out_dir) if out_dir else None
@@ -93,6 +98,10 @@ class RolloutStream:
 
     def next_batch(self, prompts: int) -> dict[str, torch.Tensor]:
         started = time.monotonic()
+        if self.sampler is not None:  # (every rank gathers the same parameters in the same order)
+            state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
+                     for k, v in self.policy.state_dict().items()}
+            self.sampler.load_state_dict(state)
         timing = {"rollout": 0.0, "reward": 0.0}
         samples: list[dict] = []
         drawn: list[dict] = []  # every sample of the step, kept or not: the policy's reward as it stands

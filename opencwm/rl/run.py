@@ -13,6 +13,7 @@ length, dropped groups, clip fractions, KL to the initial policy, entropy, secon
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,9 +75,15 @@ def run_rl(config: RLConfig, out: str | Path, *, progress: bool = True, device: 
     from opencwm.sandbox import SandboxConfig
     from opencwm.sandbox.pool import SandboxPool
     from opencwm.tokenizer import Tokenizer
+    from opencwm.train.distributed import launched_by_torchrun, setup
     from opencwm.train.loop import TrainConfig, Trainer
 
     out = Path(out)
+    distributed = launched_by_torchrun()  # each rank samples its own rollouts; the update is data-parallel (FSDP2)
+    rank = 0
+    if distributed:
+        rank, _, torch_device = setup()
+        device = str(torch_device)
     try:
         model = CWM.from_pretrained(config.init, device=device)
         tokenizer = Tokenizer.of_checkpoint(config.init)
@@ -84,8 +91,13 @@ def run_rl(config: RLConfig, out: str | Path, *, progress: bool = True, device: 
         raise UsageError(f"--init {config.init}: cannot load the checkpoint ({exc})") from None
     environments = [environment(spec.name, spec.data, style=spec.style, max_tokens=spec.max_tokens)
                     for spec in config.environments]
-    check_settings(out, config.as_dict())
-    mixture = Mixture(environments, [spec.weight for spec in config.environments], seed=config.seed)
+    if rank == 0:
+        check_settings(out, config.as_dict())
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    mixture = Mixture(environments, [spec.weight for spec in config.environments], seed=config.seed + 1_009 * rank)
     reference = None
     if config.kl_metric or config.objective.beta:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -96,9 +108,11 @@ def run_rl(config: RLConfig, out: str | Path, *, progress: bool = True, device: 
     grading = SandboxConfig(timeout=max([b.grade_timeout for b in graded] or [3.0]), memory_mb=1024,
                             preload=tuple(sorted({m for b in graded for m in b.sandbox_preload})))
     with SandboxPool(grading, config.workers) as pool:
-        stream = RolloutStream(model, tokenizer, mixture, config.objective, config.rollout, pool, reference=reference,
-                               out_dir=out)
-        trainer = Trainer(model, stream, train, out, tokenizer=tokenizer,
+        rollout = dataclasses.replace(config.rollout, seed=config.rollout.seed + 1_000_033 * rank)
+        stream = RolloutStream(model, tokenizer, mixture, config.objective, rollout, pool, reference=reference,
+                               out_dir=out if rank == 0 else None,
+                               sampler=copy.deepcopy(model) if distributed else None)
+        trainer = Trainer(model, stream, train, out, tokenizer=tokenizer, distributed=distributed,
                           loss=rl_loss(config.objective, stream.max_tokens))
         trainer.resume()
         return trainer.train(progress=progress)
