@@ -187,7 +187,9 @@ def _cli(*args, cwd):
                           env={**os.environ})
 
 
-def test_rl_through_the_cli_writes_metrics_rollouts_and_checkpoints_and_resumes_exactly(parity_policy, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_rl_through_the_cli_writes_metrics_rollouts_and_checkpoints_and_resumes_exactly(parity_policy, tmp_path,
+                                                                                      overlap):
     from opencwm.model import CWM
 
     policy, _ = parity_policy
@@ -198,7 +200,8 @@ def test_rl_through_the_cli_writes_metrics_rollouts_and_checkpoints_and_resumes_
     env = f"cruxeval-o:assert={tmp_path / 'items.jsonl'}@1"
     parity = f"cruxeval-o:assert={parity_policy[1]}@3"
     common = ["--init", str(policy), "--env", env, "--env", parity, "--prompts", "3", "--group", "4",
-              "--max-tokens", "6", "--lr", "1e-3", "--checkpoint-every", "1", "--quiet", "--json"]
+              "--max-tokens", "6", "--lr", "1e-3", "--checkpoint-every", "1", "--quiet", "--json",
+              *(["--overlap"] if overlap else [])]
     straight = _cli("rl", "train", *common, "--steps", "4", "--out", "straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
     first = _cli("rl", "train", *common, "--steps", "2", "--out", "resumed", cwd=tmp_path)

@@ -43,7 +43,7 @@ def cmd_train(args) -> int:
         objective = Objective(args.epsilon_low, args.epsilon_high, args.beta, args.scale_rewards, args.aggregation)
         rollout = RolloutConfig(group_size=args.group, temperature=args.temperature, top_p=args.top_p,
                                 skip_equal_groups=not args.keep_equal_groups, overlong=args.overlong,
-                                logged_per_step=args.log_rollouts, seed=args.seed)
+                                logged_per_step=args.log_rollouts, overlap=args.overlap, seed=args.seed)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     environments = [parse_environment(value) for value in args.env]
@@ -132,6 +132,9 @@ def add_parser(areas) -> None:
                        help="keep groups whose rewards are all equal")
     train.add_argument("--overlong", choices=("mask", "none"), default="mask",
                        help="responses cut at the limit: no loss (mask) or as they are")
+    train.add_argument("--overlap", action="store_true",
+                       help="sample the next step's rollouts while this step's update runs (one step off-policy, "
+                            "corrected by the importance ratio)")
     train.add_argument("--no-kl-metric", action="store_true", help="do not keep the initial policy for the KL metric")
     train.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints")
     train.add_argument("--log-rollouts", type=int, default=4, help="rollouts per step to rollouts.jsonl")

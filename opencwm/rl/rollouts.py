@@ -17,10 +17,12 @@ samples exactly what the uninterrupted one would. A few rollouts per step are wr
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +47,7 @@ class RolloutConfig:
     max_draws: int = 4  # draws of fresh items while every group of a step was dropped
     logged_per_step: int = 4  # rollouts written to rollouts.jsonl each step
     shuffle_rewards: bool = False  # a control: rewards permuted across the step's samples (nothing to learn)
+    overlap: bool = False  # sample step t+1 while step t's update runs (one step off-policy: the ratio corrects)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,8 +78,10 @@ class RolloutStream:
         self.policy, self.tokenizer, self.mixture = model, tokenizer, mixture
         # Under torchrun the policy is sharded (FSDP2), and a sharded forward is a collective every rank must
         # make in step: rollouts then sample from ``sampler``, an unsharded copy brought up to date each step.
-        self.sampler = sampler
-        self.model = sampler if sampler is not None else model
+        self.sampler = sampler if sampler is not None or not config.overlap else copy.deepcopy(model)
+        self.model = self.sampler if self.sampler is not None else model
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="rollouts")  # the next step's rollouts (overlap)
+        self._pending: Future | None = None
         self.objective, self.config, self.pool = objective, config, pool
         self.reference = reference  # the initial policy (frozen), for the KL metric and term; None: neither
         self.out_dir = Path(out_dir) if out_dir else None
@@ -90,18 +95,50 @@ class RolloutStream:
 
     # -- the stream interface of the training loop ------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "mixture": self.mixture.state_dict()}
+        # the rollout buffer first (the next step's batch, being sampled): the step and the draws include it
+        pending = self._pending.result() if self._pending is not None else None
+        state = {"step": self.step, "mixture": self.mixture.state_dict()}
+        if pending is not None:
+            state["pending"] = pending
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
         self.mixture.load_state_dict(state["mixture"])
+        self._pending = None
+        if "pending" in state:
+            self._pending = Future()
+            self._pending.set_result(state["pending"])
 
     def next_batch(self, prompts: int) -> dict[str, torch.Tensor]:
-        started = time.monotonic()
-        if self.sampler is not None:  # (every rank gathers the same parameters in the same order)
+        if not self.config.overlap:
+            self._sync()
+            batch, self.metrics = self._make(prompts)
+        else:
+            if self._pending is None:  # the first step: nothing sampled ahead yet
+                self._sync()
+                self._pending = self._ahead.submit(self._make, prompts)
+            batch, self.metrics = self._pending.result()
+            self._sync()  # the next step samples with the weights of every update so far, while this one runs
+            self._pending = self._ahead.submit(self._make, prompts)
+        self.seq_len = batch["input_ids"].size(1)
+        return batch
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        self._ahead.shutdown(wait=True)
+
+    def _sync(self) -> None:
+        """The sampler's weights from the policy's (every rank gathers the same parameters in the same order)."""
+        if self.sampler is not None:
             state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
                      for k, v in self.policy.state_dict().items()}
             self.sampler.load_state_dict(state)
+
+    def _make(self, prompts: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """One step's batch and figures: items drawn, sampled, graded; equal groups dropped and drawn again."""
+        started = time.monotonic()
         timing = {"rollout": 0.0, "reward": 0.0}
         samples: list[dict] = []
         drawn: list[dict] = []  # every sample of the step, kept or not: the policy's reward as it stands
@@ -115,10 +152,9 @@ class RolloutStream:
                 break
         batch = update_batch(samples, self.model, self.config.group_size, self.objective.scale_rewards,
                              mask_overlong=self.config.overlong == "mask", reference=self.reference)
-        self.seq_len = batch["input_ids"].size(1)
-        self._record(drawn, samples, dropped, timing, time.monotonic() - started)
+        metrics = self._record(drawn, samples, dropped, timing, time.monotonic() - started)
         self.step += 1
-        return batch
+        return batch, metrics
 
     # -- sampling and grading ---------------------------------------------------------------------------------------
     def _groups(self, prompts: int, timing: dict, seed: int) -> list[list[dict]]:
@@ -215,14 +251,14 @@ class RolloutStream:
         timing["reward"] += time.monotonic() - start
         return groups
 
-    def _record(self, drawn: list[dict], samples: list[dict], dropped: int, timing: dict, seconds: float) -> None:
+    def _record(self, drawn: list[dict], samples: list[dict], dropped: int, timing: dict, seconds: float) -> dict:
         """The step's figures: reward, per environment, response length and overlong share over every sample drawn
         (the policy as it stands); the samples the update learns from and the groups dropped."""
         rewards = [s["reward"] for s in drawn]
         per_env: dict[str, list[float]] = defaultdict(list)
         for s in drawn:
             per_env[s["env"]].append(s["reward"])
-        self.metrics = {"reward": sum(rewards) / len(rewards), "groups_dropped": dropped, "samples": len(samples),
+        metrics = {"reward": sum(rewards) / len(rewards), "groups_dropped": dropped, "samples": len(samples),
                         "response_tokens": sum(len(s["tokens"]) for s in drawn) / len(drawn),
                         "overlong": sum(s["overlong"] for s in drawn) / len(drawn),
                         "seconds_rollout": round(timing["rollout"], 3), "seconds_reward": round(timing["reward"], 3),
@@ -236,6 +272,7 @@ class RolloutStream:
                                              "prompt": self.tokenizer.decode(s["prompt_ids"]),
                                              "completion": s["text"], "answer": s["answer"], "reward": s["reward"],
                                              "reason": s["reason"], "overlong": s["overlong"]}) + "\n")
+        return metrics
 
 
 def update_batch(samples: list[dict], model, group_size: int, scale_rewards: str, *, mask_overlong: bool = True,

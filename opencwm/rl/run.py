@@ -114,5 +114,8 @@ def run_rl(config: RLConfig, out: str | Path, *, progress: bool = True, device: 
                                sampler=copy.deepcopy(model) if distributed else None)
         trainer = Trainer(model, stream, train, out, tokenizer=tokenizer, distributed=distributed,
                           loss=rl_loss(config.objective, stream.max_tokens))
-        trainer.resume()
-        return trainer.train(progress=progress)
+        try:
+            trainer.resume()
+            return trainer.train(progress=progress)
+        finally:
+            stream.close()
