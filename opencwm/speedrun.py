@@ -79,6 +79,9 @@ class SpeedrunConfig:
     seed: int = 0
     device: str = option("cpu", "where the model trains and is evaluated: cpu, cuda, cuda:N (the data is built on "
                                 "the CPUs)")
+    rl_steps: int = option(0, "RL steps after SFT (output prediction of other synthetic programs, rewarded by "
+                              "execution; the held-out figures before and after go in the report; not counted in "
+                              "--time-budget; 0: none)")
     time_budget: float = option(1800.0, "seconds for everything (data, both runs, their evaluations): the stages' "
                                         "steps are scaled down to fit the speed measured here (0: every step of the "
                                         "recipe, however long)")
@@ -381,6 +384,11 @@ def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dic
     _log("evaluating")
     evaluation_start = time.monotonic()
     results = evaluate(config, model, tokenizer, paths, window)
+    if config.rl_steps and config.traces:
+        from opencwm.speedrun_rl import rl_stage
+
+        _log(f"RL: {config.rl_steps} steps from the SFT checkpoint")
+        results.update(rl_stage(config, root, paths, checkpoint / "model"))
     results.update(wall_seconds=round(time.monotonic() - start, 1),
                    eval_seconds=round(time.monotonic() - evaluation_start, 1), history=history, sources=sources,
                    difficulty=difficulty_profile(paths, config.eval_traces), config=asdict(config),

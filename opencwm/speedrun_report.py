@@ -24,6 +24,8 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
                                 **({"no_traces": ablation.get("curve") or []} if ablation is not None else {})}
     if main.get("cruxeval_missing"):
         report["cruxeval_missing"] = main["cruxeval_missing"]
+    report.update({key: main[key] for key in ("rl_steps", "rl_output_before", "rl_output_after", "rl_seconds")
+                   if key in main})
     if ablation is not None:
         report["no_traces"] = {key: ablation.get(key) for key in KEYS}
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -112,6 +114,13 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
               + ", ".join(f"{k} {v}" for k, v in difficulty.items()), ""]
     if main.get("cruxeval_missing"):
         lines += [f"CruxEval-O missing: {main['cruxeval_missing']}", ""]
+    if "rl_output_after" in main:
+        before, after = main["rl_output_before"], main["rl_output_after"]
+        lines += [f"RL stage ({main['rl_steps']} GRPO-style steps from the SFT checkpoint on output prediction of "
+                  f"other synthetic programs, {main['rl_seconds'] / 60:.1f} min): held-out output prediction "
+                  f"(CruxEval-O's assert style, greedy, {after['items']} programs) {fmt(before['pass@1'])} "
+                  f"[{fmt(before['interval'][0])}, {fmt(before['interval'][1])}] before, {fmt(after['pass@1'])} "
+                  f"[{fmt(after['interval'][0])}, {fmt(after['interval'][1])}] after (goal: +5 points)", ""]
     curve = main.get("curve") or []
     if curve:
         last, other = curve[-1], ((ablation or {}).get("curve") or [{}])[-1]

@@ -22,7 +22,7 @@ FLOORS = (
     ("infer",),
     ("eval",),  # benchmarks over any completer (infer), SWE episodes in forage's environments
     ("rl",),  # rewards from eval's graders
-    ("cli", "speedrun", "speedrun_eval", "speedrun_report"),  # the command line and the recipes
+    ("cli", "speedrun", "speedrun_eval", "speedrun_report", "speedrun_rl"),  # the command line and the recipes
 )
 FLOOR = {area: number for number, areas in enumerate(FLOORS) for area in areas}
 

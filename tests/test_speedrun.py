@@ -18,7 +18,7 @@ TOY_SPEEDRUN = [sys.executable, "-m", "opencwm.cli", "speedrun", "--preset", "na
 def test_speedrun_end_to_end_at_toy_size(tmp_path):
     result = subprocess.run(
         [*TOY_SPEEDRUN, "--out", str(tmp_path), "--cruxeval", str(tmp_path / "absent.jsonl"), "--repo-test-files", "2",
-         "--time-budget", "1"], capture_output=True, text=True, timeout=1200)
+         "--time-budget", "1", "--rl-steps", "2"], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     # a budget already spent on building the data: speed measured, nothing fits, so the floor is trained (a tenth
@@ -34,14 +34,20 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     assert "Steps scaled by 0.100 to fit: 3 of the recipe's 12 per run" in (tmp_path / "report.md").read_text()
     assert "**Below the floor**" in (tmp_path / "report.md").read_text()
     again = subprocess.run([*TOY_SPEEDRUN, "--out", str(tmp_path), "--cruxeval", str(tmp_path / "absent.jsonl"),
-                            "--repo-test-files", "2", "--time-budget", "1"], capture_output=True, text=True,
-                           timeout=1200)
+                            "--repo-test-files", "2", "--time-budget", "1", "--rl-steps", "2"], capture_output=True,
+                           text=True, timeout=1200)
     assert again.returncode == 0 and "resuming the plan" in again.stderr  # a resumed plan is announced
     for key in ("frame_exact_match", "output_exact_match_rollout", "output_exact_match_direct",
                 "output_exact_match_chat", "cruxeval_o_direct",
                 "cruxeval_o_rollout", "copying_accuracy", "wall_seconds"):
         assert key in report and key in report["no_traces"]
     assert report["cruxeval_o_direct"] is None and "no such file" in report["cruxeval_missing"]
+    # the RL stage: two steps from the SFT checkpoint, held-out output prediction before and after, in the report
+    rl_rows = (tmp_path / "traces" / "rl" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in rl_rows] == [1, 2]
+    assert report["rl_output_before"]["items"] == report["rl_output_after"]["items"] > 0
+    assert "RL stage (2 GRPO-style steps" in (tmp_path / "report.md").read_text()
+    assert "rl_steps" not in report["no_traces"]  # the ablation has no RL stage
     assert 0 <= report["frame_exact_match"] <= 1
     assert (tmp_path / "report.md").read_text().startswith("# opencwm CPU speedrun")
     assert {"name", "line", "format"} <= set(report["frame_token_accuracy_by_kind"])
