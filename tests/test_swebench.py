@@ -17,7 +17,8 @@ from release_repo import git_cli, instance, make_release_repo
 
 from opencwm.forage.build import build_environment
 from opencwm.forage.environment import Environment
-from opencwm.forage.swebench import Evaluation, folder_name, instance_report, run_instance
+from opencwm.forage.swebench import folder_name
+from opencwm.forage.verdicts import Evaluation, instance_report, run_instance
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from opencwm.chat import ChatFormatError, parse_create, parse_edit, parse_tool_c
 from opencwm.forage.docker import DockerShell
 from opencwm.forage.environment import Environment
 from opencwm.forage.policies import Policy, PolicyUnavailable
-from opencwm.forage.swebench import instance_report, run_instance, test_lists
+from opencwm.forage.verdicts import instance_report, run_instance, test_lists
 from opencwm.sandbox.shell import Shell, truncate_output
 
 SYSTEM_PROMPT = """You are an autonomous software engineer working in a Python repository at {tree}.
