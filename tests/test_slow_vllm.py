@@ -106,9 +106,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def vllm_server(folder: Path, name: str, log: Path, max_model_len: int):
+def vllm_server(folder: Path, name: str, log: Path, max_model_len: int, dev: bool = False):
     """vLLM's OpenAI-compatible server on ``folder`` (served as ``name``) on a free loopback port, once it answers:
-    its base URL. Stopped on leaving."""
+    its base URL. Stopped on leaving. ``dev``: its development routes (weight reloads) on."""
     port = _free_port()
     with open(log, "w") as handle:  # (the server keeps its own copy of the descriptor)
         server = subprocess.Popen(
@@ -116,7 +116,8 @@ def vllm_server(folder: Path, name: str, log: Path, max_model_len: int):
              "--served-model-name", name, "--dtype", "float32", "--max-model-len", str(max_model_len), "--host",
              "127.0.0.1", "--port", str(port)],
             stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": "", "VLLM_CPU_KVCACHE_SPACE": "1"})
+            env={**os.environ, "PYTHONPATH": "", "VLLM_CPU_KVCACHE_SPACE": "1",
+                 **({"VLLM_SERVER_DEV_MODE": "1"} if dev else {})})
     try:
         deadline = time.monotonic() + 600
         while True:
@@ -256,3 +257,41 @@ def test_eval_on_vllm_writes_and_grades_what_it_does_locally(tmp_path, checkpoin
     report = subprocess.run([sys.executable, "-m", "opencwm.cli", "eval", "report", str(tmp_path / "runs")],
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "## swe" in report.stdout and "| remote |" in report.stdout
+
+
+@pytest.mark.slow
+def test_rl_rollouts_from_vllm_follow_every_update(tmp_path, checkpoint):
+    """RL whose rollouts vLLM samples: after every update the server reloads the policy's weights, so it answers
+    as the updated model does (greedy, token for token) and no longer as the starting one."""
+    _require_vllm()
+    from opencwm.infer.remote import RemoteCompleter
+    from opencwm.rl.environments import output_prediction_items
+    from opencwm.rl.rollouts import RolloutConfig
+    from opencwm.rl.run import EnvironmentSpec, RLConfig, run_rl
+
+    folder, model, tokenizer = checkpoint
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(item) + "\n" for item in output_prediction_items(20, seed=7)))
+    with vllm_server(folder, "cwm", tmp_path / "vllm.log", max_model_len=512, dev=True) as url:
+        config = RLConfig(init=str(folder), environments=[EnvironmentSpec("cruxeval-o", str(items), "assert",
+                                                                            max_tokens=8)],
+                          steps=2, prompts=2, lr=5e-2, checkpoint_every=1, kl_metric=False,
+                          rollout=RolloutConfig(group_size=4, skip_equal_groups=False, server=url,
+                                                served_model="cwm"))
+        run_rl(config, tmp_path / "run", progress=False)
+        rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2] and all(r["seconds_rollout"] > 0 for r in rows)
+        assert (tmp_path / "run" / "rollout-weights" / "config.json").is_file()  # what the server reloaded
+        # the reload itself: weights far from the starting ones, and the server answers as they do
+        changed = copy.deepcopy(model)
+        with torch.no_grad():
+            for parameter in changed.parameters():
+                parameter.mul_(-1.0)
+        changed.save_pretrained(tmp_path / "changed")
+        server = RemoteCompleter(url, "cwm", tokenizer)
+        prompt = tokenizer.encode("def add(a, b):\n    return a + b\n", allow_special=True)
+        before = server.complete(prompt, max_tokens=24)[0]
+        server.reload_weights(str(tmp_path / "changed"))
+        after = server.complete(prompt, max_tokens=24)[0]
+        assert after == generate(changed, [prompt], Sampling(max_new_tokens=24))[0]
+        assert after != before

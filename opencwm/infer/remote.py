@@ -103,3 +103,27 @@ class RemoteCompleter:
         for token in tokens[before:]:
             on_token(token)
         return tokens
+
+    def reload_weights(self, path: str, timeout: float = 600) -> None:
+        """Have the server load new weights (a Hugging Face checkpoint folder on its machine) in place, and forget
+        its cached prefixes (computed with the old ones). vLLM offers both in its development mode
+        (``VLLM_SERVER_DEV_MODE=1``: ``/collective_rpc`` calling the workers' ``reload_weights``, and
+        ``/reset_prefix_cache``); a server without them is ``CompleterUnavailable`` in one line."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        root = self.base_url.rstrip("/").removesuffix("/v1")
+        for route, body in (("collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": path}}),
+                            ("reset_prefix_cache", None)):
+            request = urllib.request.Request(f"{root}/{route}", method="POST",
+                                             data=json.dumps(body).encode() if body is not None else b"",
+                                             headers={"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(request, timeout=timeout).read()
+            except urllib.error.HTTPError as exc:
+                hint = " (start vLLM with VLLM_SERVER_DEV_MODE=1)" if exc.code == 404 else ""
+                raise CompleterUnavailable(f"{root}/{route}: HTTP {exc.code}{hint}") from None
+            except OSError as exc:
+                raise CompleterUnavailable(f"{root}/{route}: {one_line(str(exc), 200)}") from None
+

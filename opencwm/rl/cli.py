@@ -43,7 +43,8 @@ def cmd_train(args) -> int:
         objective = Objective(args.epsilon_low, args.epsilon_high, args.beta, args.scale_rewards, args.aggregation)
         rollout = RolloutConfig(group_size=args.group, temperature=args.temperature, top_p=args.top_p,
                                 skip_equal_groups=not args.keep_equal_groups, overlong=args.overlong,
-                                logged_per_step=args.log_rollouts, overlap=args.overlap, seed=args.seed)
+                                logged_per_step=args.log_rollouts, overlap=args.overlap, server=args.rollout_server,
+                                served_model=args.served_model, seed=args.seed)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     environments = [parse_environment(value) for value in args.env]
@@ -53,7 +54,13 @@ def cmd_train(args) -> int:
                       warmup_steps=args.warmup, clip=args.clip, checkpoint_every=args.checkpoint_every,
                       kl_metric=not args.no_kl_metric, workers=args.workers, seed=args.seed, objective=objective,
                       rollout=rollout)
-    last = run_rl(config, args.out, progress=not args.quiet)
+    from opencwm.errors import CompleterUnavailable, one_line
+
+    try:
+        last = run_rl(config, args.out, progress=not args.quiet)
+    except CompleterUnavailable as exc:
+        raise CliError(f"--rollout-server: {one_line(str(exc), 300)}; the finished steps are kept in {args.out} "
+                       "(run again to go on)") from None
     if os.environ.get("RANK", "0") == "0":  # (under torchrun: rank 0 speaks; its rollouts are the ones logged)
         print(json.dumps(last) if args.json else f"{args.out}: step {last.get('step')}, reward {last.get('reward')}")
     return 0
@@ -135,6 +142,11 @@ def add_parser(areas) -> None:
     train.add_argument("--overlap", action="store_true",
                        help="sample the next step's rollouts while this step's update runs (one step off-policy, "
                             "corrected by the importance ratio)")
+    train.add_argument("--rollout-server", metavar="URL",
+                       help="sample single-turn rollouts on an OpenAI-compatible server (vLLM started with "
+                            "VLLM_SERVER_DEV_MODE=1 on the --init checkpoint): it reloads the policy's weights after "
+                            "every update (default: the local engine)")
+    train.add_argument("--served-model", default="cwm", help="the model's name at --rollout-server")
     train.add_argument("--no-kl-metric", action="store_true", help="do not keep the initial policy for the KL metric")
     train.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints")
     train.add_argument("--log-rollouts", type=int, default=4, help="rollouts per step to rollouts.jsonl")

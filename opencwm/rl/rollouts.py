@@ -48,6 +48,8 @@ class RolloutConfig:
     logged_per_step: int = 4  # rollouts written to rollouts.jsonl each step
     shuffle_rewards: bool = False  # a control: rewards permuted across the step's samples (nothing to learn)
     overlap: bool = False  # sample step t+1 while step t's update runs (one step off-policy: the ratio corrects)
+    server: str | None = None  # an OpenAI-compatible server (vLLM) that samples single-turn rollouts instead
+    served_model: str | None = None  # its name for the model; the server reloads the weights after every update
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,6 +82,14 @@ class RolloutStream:
         # make in step: rollouts then sample from ``sampler``, an unsharded copy brought up to date each step.
         self.sampler = sampler if sampler is not None or not config.overlap else copy.deepcopy(model)
         self.model = self.sampler if self.sampler is not None else model
+        self.remote = None
+        if config.server:  # a vLLM server samples; it reloads the policy's weights, written here, every step
+            from opencwm.infer.remote import RemoteCompleter
+
+            if out_dir is None:
+                raise ValueError("rollouts from a server need a run directory (the weights it reloads go there)")
+            self.remote = RemoteCompleter(config.server, config.served_model or "cwm", tokenizer)
+            self.weights_dir = Path(out_dir).resolve() / "rollout-weights"
         self._ahead = ThreadPoolExecutor(1, thread_name_prefix="rollouts")  # the next step's rollouts (overlap)
         self._pending: Future | None = None
         self.objective, self.config, self.pool = objective, config, pool
@@ -130,11 +140,15 @@ class RolloutStream:
         self._ahead.shutdown(wait=True)
 
     def _sync(self) -> None:
-        """The sampler's weights from the policy's (every rank gathers the same parameters in the same order)."""
+        """The sampler's weights from the policy's (every rank gathers the same parameters in the same order), and
+        the server's, when a server samples: written as a checkpoint it reloads."""
         if self.sampler is not None:
             state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
                      for k, v in self.policy.state_dict().items()}
             self.sampler.load_state_dict(state)
+        if self.remote is not None:
+            self.model.save_pretrained(self.weights_dir)
+            self.remote.reload_weights(str(self.weights_dir))
 
     def _make(self, prompts: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """One step's batch and figures: items drawn, sampled, graded; equal groups dropped and drawn again."""
@@ -218,7 +232,8 @@ class RolloutStream:
         completions: dict[int, list[list[int]]] = {}
         prompt_ids = {i: tokenizer.encode(drawn[i][1].prompt, allow_special=True) for i in indices}
         was_training = self.model.training
-        completer = LocalCompleter(self.model, tokenizer, reuse_prefix=False, batch_size=self.batch_rows)
+        completer = self.remote or LocalCompleter(self.model, tokenizer, reuse_prefix=False,
+                                                  batch_size=self.batch_rows)
         try:
             for members in by_env.values():
                 env = drawn[members[0]][0]

@@ -91,6 +91,8 @@ def run_rl(config: RLConfig, out: str | Path, *, progress: bool = True, device: 
         raise UsageError(f"--init {config.init}: cannot load the checkpoint ({exc})") from None
     environments = [environment(spec.name, spec.data, style=spec.style, max_tokens=spec.max_tokens)
                     for spec in config.environments]
+    if distributed and config.rollout.server:
+        raise UsageError("--rollout-server serves one process: run it without torchrun")
     if rank == 0:
         check_settings(out, config.as_dict())
     if distributed:
