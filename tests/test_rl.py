@@ -251,10 +251,10 @@ def test_only_the_model_s_own_tokens_carry_loss(parity_policy):
     torch.testing.assert_close(batch["old_logps"], expected)
 
 
-def test_agentic_episodes_learn_only_the_model_s_own_tokens(parity_policy, forage_task_dir, tmp_path):
-    """RL on forager tasks with a local checkpoint: G episodes per task with CWM's tools in the sandbox, rewarded
-    by the task's tests; in the update every turn is a row whose loss covers exactly the tokens the model sampled
-    in that turn (its prompt -- the conversation so far, tool outputs included -- never)."""
+def _recorded_episodes_and_their_masks(tokenizer_folder, tasks) -> list[dict]:
+    """Two episodes of a nano policy (room for the agent's conversation) on the first of ``tasks``, recorded, and
+    their update batch checked token by token: each turn a row whose loss covers exactly the tokens the model sampled
+    in that turn, its prompt (the conversation so far, tool outputs included) never."""
     from opencwm.model import CWM, preset
     from opencwm.rl.environments import Mixture, agent_environment
     from opencwm.rl.objective import Objective
@@ -263,9 +263,9 @@ def test_agentic_episodes_learn_only_the_model_s_own_tokens(parity_policy, forag
     from opencwm.sandbox.pool import SandboxPool
     from opencwm.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.of_checkpoint(parity_policy[0])  # a nano model with room for the agent's conversation
+    tokenizer = Tokenizer.of_checkpoint(tokenizer_folder)
     model = CWM(preset("nano", max_position_embeddings=4096, **tokenizer.config_fields())).init_weights(seed=1)
-    env = agent_environment(str(forage_task_dir), max_tokens=12, max_turns=2)
+    env = agent_environment(str(tasks), max_tokens=12, max_turns=2)
     with SandboxPool(SandboxConfig(), 1) as pool:
         stream = RolloutStream(model, tokenizer, Mixture([env]), Objective(), RolloutConfig(group_size=2), pool)
         [group] = stream._groups(1, {"rollout": 0.0, "reward": 0.0}, seed=0)
@@ -280,6 +280,49 @@ def test_agentic_episodes_learn_only_the_model_s_own_tokens(parity_policy, forag
         assert learned == list(range(len(prompt) - 1, len(prompt) + len(sampled) - 1))  # its own tokens only
         assert tokenizer.decode(prompt).count("<|start_header_id|>user") >= 1  # the task, never learned
     assert batch["advantages"].tolist() == [0.0] * len(turns)  # equal rewards: nothing to learn from this group
+    return group
+
+
+def test_agentic_episodes_learn_only_the_model_s_own_tokens(parity_policy, forage_task_dir):
+    """RL on forager tasks (the toy repository's) with a local checkpoint: G episodes per task with CWM's tools in
+    the sandbox, rewarded by the task's tests; the update learns only the model's own tokens."""
+    _recorded_episodes_and_their_masks(parity_policy[0], forage_task_dir)
+
+
+@pytest.mark.slow
+def test_rl_on_a_real_package_s_forager_tasks_through_the_cli(parity_policy, tmp_path):
+    """A real PyPI package (inflection 0.5.1): its environment, mutate-fix tasks, recorded episodes with their
+    masks checked token by token, then ``opencwm rl train --env swe=TASKS`` with a local checkpoint, end to end."""
+    import subprocess
+    import sys
+
+    from opencwm.forage.build import build_environment
+    from opencwm.forage.tasks import mutate
+    from opencwm.model import CWM, preset
+    from opencwm.tokenizer import Tokenizer
+
+    env = build_environment("inflection==0.5.1", tmp_path / "envs")
+    if not env.ok and "could not download" in env.info.get("error", ""):
+        pytest.skip(f"PyPI unreachable: {env.info['error']}")
+    assert env.ok, env.info.get("error")
+    assert mutate(env, tmp_path / "tasks", max_candidates=6, workers=2).validated >= 1
+    group = _recorded_episodes_and_their_masks(parity_policy[0], tmp_path / "tasks")
+    assert group[0]["id"].startswith("inflection")  # the real package's task
+    tokenizer = Tokenizer.of_checkpoint(parity_policy[0])
+    policy = tmp_path / "policy"
+    CWM(preset("nano", max_position_embeddings=4096, **tokenizer.config_fields())).init_weights(seed=2) \
+        .save_pretrained(policy)
+    tokenizer.save(policy)
+    ran = subprocess.run([sys.executable, "-m", "opencwm.cli", "rl", "train", "--init", str(policy), "--env",
+                          f"swe={tmp_path / 'tasks'}", "--out", str(tmp_path / "run"), "--steps", "1", "--prompts", "1",
+                          "--group", "2", "--max-tokens", "12", "--keep-equal-groups", "--quiet", "--json"],
+                         capture_output=True, text=True, timeout=1200)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    last = json.loads(ran.stdout)
+    assert last["step"] == 1 and last["reward/swe"] in (0.0, 0.5, 1.0) and last["response_tokens"] > 0
+    shown = subprocess.run([sys.executable, "-m", "opencwm.cli", "rl", "show", str(tmp_path / "run")],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "swe" in shown.stdout
 
 
 @pytest.mark.parametrize("aggregation", ["token", "sequence"])
