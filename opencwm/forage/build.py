@@ -106,6 +106,16 @@ def resolve_commit(repo: Path, commit: str) -> str:
     return result.stdout.strip()
 
 
+def worktree_files(path: Path) -> list[str]:
+    """The files of a directory as its owner sees them: git's tracked and untracked, not ignored, files (every file
+    but ``.git``'s when it is no repository)."""
+    listed = subprocess.run(git_command(path, "ls-files", "-co", "--exclude-standard"), capture_output=True,
+                            text=True, env=git_environment())
+    if listed.returncode == 0:
+        return listed.stdout.splitlines()
+    return [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
+
+
 def source_key(source: str, python: str, commit: str | None = None) -> tuple[str, str]:
     """(cache key, kind) of an environment source: a local directory's content (a git repository's at ``commit``,
     or its checked-out state: HEAD and any uncommitted changes) or a PyPI ``name==version``."""
@@ -118,10 +128,7 @@ def source_key(source: str, python: str, commit: str | None = None) -> tuple[str
         digest.update(f"commit\0{sha}".encode())
         return f"{path.resolve().name}-{sha[:10]}-{digest.hexdigest()[:12]}", "git"
     if path.is_dir():
-        files = subprocess.run(git_command(path, "ls-files", "-co", "--exclude-standard"), capture_output=True,
-                               text=True, env=git_environment())
-        names = files.stdout.split() if files.returncode == 0 else [
-            str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
+        names = worktree_files(path)
         if is_git_repository(path):  # the history is part of the environment
             digest.update(f"head\0{resolve_commit(path, 'HEAD')}\0".encode())
         for name in sorted(names):
@@ -246,8 +253,7 @@ def copy_history(source: Path, repo: Path, commit: str | None) -> None:
     git(repo, "checkout", "-q", "-f", "-B", "main", resolve_commit(source, commit or "HEAD"))
     if commit is not None:
         return
-    listed = subprocess.run(git_command(source, "ls-files", "-co", "--exclude-standard"), capture_output=True,
-                            text=True, env=git_environment()).stdout.splitlines()
+    listed = worktree_files(source)
     for name in git(repo, "ls-files").splitlines():  # the source's files as they are now decide, committed or not
         (repo / name).unlink(missing_ok=True)
     for name in listed:

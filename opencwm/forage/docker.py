@@ -188,6 +188,9 @@ def _walk(paths: list[Path]) -> list[Path]:
     return sorted(out)
 
 
+_PRESENT: set[str] = set()  # image tags this process saw in the engine
+
+
 def _site_digest(env) -> str:
     """What the venv holds (its installed distributions), for the image's tag."""
     names = sorted(p.name for p in env.venv.glob("lib/python3*/site-packages/*.dist-info"))
@@ -197,9 +200,12 @@ def _site_digest(env) -> str:
 
 def image(env) -> str:
     """The environment's image (imported once per venv state); returns its tag."""
-    require_engine()
     tag = f"opencwm-env:{env.info['key'].lower()[:80]}-{_site_digest(env)}"
+    if tag in _PRESENT:  # (asked once per process: every test run of a validation asks)
+        return tag
+    require_engine()
     if docker("image", "inspect", tag).returncode == 0:
+        _PRESENT.add(tag)
         return tag
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -224,6 +230,7 @@ def image(env) -> str:
     imported = docker("import", "-", tag, input=buffer.getvalue(), timeout=600)
     if imported.returncode != 0:
         raise ForageError(f"docker import failed: {imported.stderr.decode('utf-8', 'replace').strip()[:300]}")
+    _PRESENT.add(tag)
     return tag
 
 

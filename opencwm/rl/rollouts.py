@@ -62,15 +62,17 @@ class RolloutConfig:
         return asdict(self)
 
 
+def next_token_logps(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(token t | tokens before t) for t = 1.. of each row, the log-distributions they come from)."""
+    log_probs = torch.log_softmax(model(input_ids)[:, :-1].float(), -1)
+    return log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1), log_probs
+
+
 @torch.no_grad()
 def token_logps(model, input_ids: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """log p(token t | tokens before t) for t = 1.. of each row, (rows, length - 1), in chunks of rows."""
-    out = []
-    for start in range(0, input_ids.size(0), chunk):
-        rows = input_ids[start : start + chunk]
-        logits = model(rows)[:, :-1].float()
-        out.append(torch.log_softmax(logits, -1).gather(-1, rows[:, 1:, None]).squeeze(-1))
-    return torch.cat(out)
+    """``next_token_logps`` without gradients, in chunks of rows: (rows, length - 1)."""
+    return torch.cat([next_token_logps(model, input_ids[start : start + chunk])[0]
+                      for start in range(0, input_ids.size(0), chunk)])
 
 
 class RolloutStream:
@@ -78,8 +80,9 @@ class RolloutStream:
                  pool: SandboxPool, *, reference=None, out_dir: str | Path | None = None, batch_rows: int = 16,
                  sampler=None):
         self.policy, self.tokenizer, self.mixture = model, tokenizer, mixture
-        # Under torchrun the policy is sharded (FSDP2), and a sharded forward is a collective every rank must
-        # make in step: rollouts then sample from ``sampler``, an unsharded copy brought up to date each step.
+        # Rollouts sample from ``sampler``, a copy brought up to date each step, when the policy cannot serve them
+        # itself: under torchrun it is sharded (FSDP2: a forward is a collective every rank must make in step), and
+        # with overlap it is being updated while the next step samples.
         self.sampler = sampler if sampler is not None or not config.overlap else copy.deepcopy(model)
         self.model = self.sampler if self.sampler is not None else model
         self.remote = None
@@ -226,19 +229,20 @@ class RolloutStream:
         by each environment's benchmark in the sandbox pool."""
         config, tokenizer = self.config, self.tokenizer
         start = time.monotonic()
-        by_env: dict[str, list[int]] = defaultdict(list)
+        by_env: dict[int, list[int]] = defaultdict(list)  # (by the environment itself: names may repeat)
         for i in indices:
-            by_env[drawn[i][0].name].append(i)
+            by_env[id(drawn[i][0])].append(i)
         completions: dict[int, list[list[int]]] = {}
         prompt_ids = {i: tokenizer.encode(drawn[i][1].prompt, allow_special=True) for i in indices}
+        stops = {key: [tokenizer.token_id(token) for token in drawn[members[0]][0].benchmark.stop_tokens]
+                 for key, members in by_env.items()}
         was_training = self.model.training
         completer = self.remote or LocalCompleter(self.model, tokenizer, reuse_prefix=False,
                                                   batch_size=self.batch_rows)
         try:
-            for members in by_env.values():
+            for key, members in by_env.items():
                 env = drawn[members[0]][0]
-                stop = [tokenizer.token_id(name) for name in env.benchmark.stop_tokens]
-                made = completer.complete_batch([prompt_ids[i] for i in members], stop=stop,
+                made = completer.complete_batch([prompt_ids[i] for i in members], stop=stops[key],
                                                 max_tokens=env.max_tokens, temperature=config.temperature,
                                                 top_p=config.top_p, n=config.group_size, seed=seed + members[0],
                                                 stop_texts=env.benchmark.stop_texts)
@@ -250,18 +254,16 @@ class RolloutStream:
         groups, pending = {}, []
         for i in indices:
             env, problem = drawn[i]
-            stops = {tokenizer.token_id(name) for name in env.benchmark.stop_tokens}
-            texts = [cut(tokenizer.decode([t for t in tokens if t not in stops]), env.benchmark.stop_texts)
+            texts = [cut(tokenizer.decode([t for t in tokens if t not in stops[id(env)]]), env.benchmark.stop_texts)
                      for tokens in completions[i]]
             answers = [env.benchmark.extract(problem, text) for text in texts]
             pending.append((i, env, problem, texts, answers,
                             submit_grades(env.benchmark, self.pool, problem, answers)))
         for i, env, problem, texts, answers, jobs in pending:
             verdicts, _ = collect_grades(env.benchmark, problem, answers, jobs)
-            stops = {tokenizer.token_id(name) for name in env.benchmark.stop_tokens}
             groups[i] = [{"env": env.name, "id": problem.id, "prompt_ids": prompt_ids[i], "tokens": tokens,
                           "text": text, "answer": answer, "reward": float(verdict.passed), "reason": verdict.reason,
-                          "overlong": len(tokens) >= env.max_tokens and not (tokens and tokens[-1] in stops)}
+                          "overlong": len(tokens) >= env.max_tokens and not (tokens and tokens[-1] in stops[id(env)])}
                          for tokens, text, answer, verdict in zip(completions[i], texts, answers, verdicts)]
         timing["reward"] += time.monotonic() - start
         return groups
@@ -274,11 +276,11 @@ class RolloutStream:
         for s in drawn:
             per_env[s["env"]].append(s["reward"])
         metrics = {"reward": sum(rewards) / len(rewards), "groups_dropped": dropped, "samples": len(samples),
-                        "response_tokens": sum(len(s["tokens"]) for s in drawn) / len(drawn),
-                        "overlong": sum(s["overlong"] for s in drawn) / len(drawn),
-                        "seconds_rollout": round(timing["rollout"], 3), "seconds_reward": round(timing["reward"], 3),
-                        "seconds_batch": round(seconds, 3),
-                        **{f"reward/{name}": sum(values) / len(values) for name, values in per_env.items()}}
+                   "response_tokens": sum(len(s["tokens"]) for s in drawn) / len(drawn),
+                   "overlong": sum(s["overlong"] for s in drawn) / len(drawn),
+                   "seconds_rollout": round(timing["rollout"], 3), "seconds_reward": round(timing["reward"], 3),
+                   "seconds_batch": round(seconds, 3),
+                   **{f"reward/{name}": sum(values) / len(values) for name, values in per_env.items()}}
         if self.out_dir is not None and self.config.logged_per_step:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / "rollouts.jsonl", "a", encoding="utf-8") as handle:
@@ -338,10 +340,7 @@ def rl_loss(objective: Objective, max_tokens: int):
     from opencwm.rl.objective import policy_loss
 
     def loss(model, batch: dict[str, torch.Tensor]):
-        input_ids = batch["input_ids"]
-        logits = model(input_ids)[:, :-1].float()
-        log_probs = torch.log_softmax(logits, -1)
-        logps = log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        logps, log_probs = next_token_logps(model, batch["input_ids"])
         total = None
         if objective.aggregation == "token" and torch.distributed.is_initialized():
             # Under torchrun each rank holds a part of the step and the gradients are averaged over ranks: every
