@@ -442,6 +442,38 @@ def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path, 
     assert not pwned.exists()  # the host computed the diff without running what the agent planted
 
 
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4].startswith(prefix)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a work tree has a size limit of its own only when run as root")
+def test_an_agent_cannot_fill_the_host_disk_through_its_work_tree(env, tasks):
+    """The work tree is the one host directory an agent writes: run as root it is a tmpfs of its own holding the
+    checkout plus the episode's allowance, in bytes and in files; filling it says ``disk`` and the host's file
+    system never sees the data. The tmpfs is gone with the episode."""
+    free_before = os.statvfs(env.path).f_bavail * os.statvfs(env.path).f_frsize
+    policy = ScriptedPolicy([
+        format_tool_call("bash", "for i in 1 2 3; do head -c 30M /dev/zero > big$i || echo failed $i; done"),
+        format_tool_call("bash", "rm -f big*; df -h . | tail -1"),
+        format_tool_call("bash", "python -c \"import os\nfor i in range(70_000): open(f'f{i}', 'w').close()\"; "
+                                 "echo made $?"),
+        format_tool_call("bash", "rm -f f*; echo fine > fixed.txt; echo ok"),
+        format_tool_call("submit", ""),
+    ])
+    row = run_episode(env, tasks[0], policy, EpisodeBudget(command_timeout=60, disk_mb=64))
+    actions = json.loads(row["actions"])
+    assert actions[0]["status"] == "disk" and "failed 3" in actions[0]["observation"], actions[0]
+    assert "No space left on device" in actions[0]["observation"]
+    assert actions[1]["status"] == "ok" and "tmpfs" in actions[1]["observation"]
+    assert actions[2]["status"] == "disk" and "made 1" in actions[2]["observation"], actions[2]
+    assert actions[3]["status"] == "ok" and "fixed.txt" in row["diff"]
+    free_after = os.statvfs(env.path).f_bavail * os.statvfs(env.path).f_frsize
+    assert free_before - free_after < 20 << 20  # not the 60 MB written
+    assert _mounts_under(env.path) == []
+
+
 def test_host_git_ignores_a_hostile_repository_configuration(env, tmp_path):
     """Even over a tree whose .git was written by someone hostile, host-side git runs no hook, fsmonitor or
     filter command."""
@@ -508,6 +540,7 @@ def test_kill_9_of_mutate_then_a_rerun_gives_every_candidate_once(env, tmp_path)
     assert sorted(items) == sorted(set(items)) and len(items) == len(candidates(env))
     live = [p for p in (env.path / "work").iterdir() if Path(f"/proc/{p.name.split('-')[0]}").exists()]
     assert not [p for p in (env.path / "work").iterdir() if p not in live]  # the killed runs' trees are gone
+    assert not [m for m in _mounts_under(env.path) if Path(m) not in live]  # ... and their mounts
 
 
 def test_a_full_episode_through_the_openai_client(env, tasks, tmp_path):

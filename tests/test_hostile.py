@@ -387,11 +387,12 @@ def test_each_layer_holds_its_own_probes(layer):
 
 
 @pytest.mark.slow  # a second interpreter as another user: a system check (make test-slow)
-@pytest.mark.parametrize("backend, may_lack", [("bwrap", {"memory limit", "disk limit"}),
-                                               ("unshare", {"memory limit"})])
+@pytest.mark.parametrize("backend, may_lack", [("bwrap", {"memory limit", "disk limit", "work tree limit"}),
+                                               ("unshare", {"memory limit", "work tree limit"})])
 def test_an_unprivileged_user_gets_the_guarantees_or_is_told_which_are_missing(backend, may_lack):
     """Run by a user (uid 65534) with the system's Python: every probe holds but those that need root here --
-    the memory cgroup (no delegation to that user) and, under bubblewrap, the tmpfs inode limit."""
+    the memory cgroup (no delegation to that user), a work tree's own tmpfs and, under bubblewrap, the tmpfs inode
+    limit."""
     import shutil
     import tempfile
 

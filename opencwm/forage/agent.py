@@ -55,7 +55,7 @@ class EpisodeBudget:
     command_timeout: float = 120.0
     max_output: int = 8_000
     memory_mb: int = 8192  # the bash session's whole process tree
-    disk_mb: int = 1024  # its private /tmp (and any one file it writes)
+    disk_mb: int = 1024  # its private /tmp, what it may add to the repository (run as root), any one file
 
 
 class Tools:
@@ -82,7 +82,8 @@ class Tools:
             return "memory", f"{output}\n[exit code {result.returncode}; a process ran past the memory limit " \
                              f"({self.budget.memory_mb} MB) and was killed]"
         if result.status == "disk":
-            return "disk", f"{output}\n[exit code {result.returncode}; /tmp is full ({self.budget.disk_mb} MB)]"
+            return "disk", f"{output}\n[exit code {result.returncode}; the disk is full: /tmp or the repository " \
+                           f"(each may take {self.budget.disk_mb} MB)]"
         return "ok", f"{output}\n[exit code {result.returncode}]"
 
     def edit(self, args: str) -> tuple[str, str]:
@@ -170,7 +171,7 @@ def run_episode(env: Environment, task: dict, policy: Policy, budget: EpisodeBud
     """Play one episode; returns its trajectory record (see ``opencwm.forage.trajectory``)."""
     budget = budget or EpisodeBudget()
     start = time.monotonic()
-    tree = env.checkout(task["base_commit"])
+    tree = env.checkout(task["base_commit"], disk_mb=budget.disk_mb)
     if backend == "docker":  # the bash session in a container of the environment's image
         shell = DockerShell(env, tree, environment=env.sandbox_env(tree), memory_mb=budget.memory_mb,
                             disk_mb=budget.disk_mb, max_output=budget.max_output * 4)

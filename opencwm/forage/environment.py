@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import uuid
@@ -30,11 +29,13 @@ from opencwm.forage.testrun import (  # (re-exported: the names users of environ
     TestRun,
     read_results,
 )
+from opencwm.sandbox import workspace
 from opencwm.sandbox.orphans import owned_name, sweep
 from opencwm.sandbox.shell import CommandResult, run_command
 
 # When validation has the whole suite decide a mutation that every covering test passes (opencwm.forage.tasks)
 CONFIRM = ("order-dependent", "always", "never")
+WORK_TREE_DISK_MB, WORK_TREE_INODES = 1024, 65_536  # what sandboxed code may add to a work tree (run as root)
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "opencwm", "GIT_AUTHOR_EMAIL": "forage@opencwm", "GIT_COMMITTER_NAME": "opencwm",
                 "GIT_COMMITTER_EMAIL": "forage@opencwm", "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000",
                 "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000"}
@@ -155,13 +156,17 @@ class Environment:
         return not set(recorded.get(path, ())).isdisjoint(lines)
 
     # -- work trees -----------------------------------------------------------------------------------------------
-    def checkout(self, commit: str | None = None, parent: str | Path | None = None) -> Path:
+    def checkout(self, commit: str | None = None, parent: str | Path | None = None, *,
+                 disk_mb: int = WORK_TREE_DISK_MB, disk_inodes: int = WORK_TREE_INODES) -> Path:
         """A fresh work tree of the repository at ``commit`` (default: the baseline) in a new directory
-        ``<parent>/<id>/repo``; the caller removes ``<id>`` when done (``discard``)."""
+        ``<parent>/<id>/repo``; the caller removes ``<id>`` when done (``discard``). Run as root, ``<id>`` is a
+        tmpfs of its own that holds the checkout plus ``disk_mb`` and ``disk_inodes`` more (what sandboxed code
+        may write there, see ``opencwm.sandbox.workspace``)."""
         parent = Path(parent) if parent else self.path / "work"
-        sweep(parent, "")  # the trees of runs killed before they removed their own
+        sweep(parent, "", workspace.remove)  # the trees of runs killed before they removed their own
         root = parent / owned_name("")
-        root.mkdir(parents=True)
+        parent.mkdir(parents=True, exist_ok=True)
+        workspace.create(root)
         # pytest looks for its configuration in the tests' directories and then in every directory above them: a
         # file here ends that search at the tree, so a cache kept inside another project (opencwm's checkout) never
         # lends the suite that project's configuration. The tree's own configuration, when it has one, comes first.
@@ -169,6 +174,7 @@ class Environment:
         tree = root / "repo"
         git(self.path, "clone", "-q", "--shared", "--no-checkout", str(self.repo), str(tree))
         git(tree, "checkout", "-q", "-f", commit or self.base_commit)
+        workspace.fit(root, bytes=disk_mb << 20, inodes=disk_inodes)
         return tree
 
     def diff(self, tree: Path, commit: str) -> str:
@@ -203,7 +209,7 @@ class Environment:
 
     @staticmethod
     def discard(tree: Path) -> None:
-        shutil.rmtree(tree.parent, ignore_errors=True)
+        workspace.remove(tree.parent)
 
     def sandbox_env(self, tree: Path) -> dict[str, str]:
         src = tree / "src"

@@ -7,6 +7,7 @@ machine, with a verdict per probe. A probe is *held* only when the attack failed
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from opencwm.sandbox import workspace
 from opencwm.sandbox.client import Outcome, Sandbox, SandboxConfig
 from opencwm.sandbox.server import DISK, EXCEPTION, KILLED, MEMORY, TIMEOUT
 
@@ -62,12 +64,15 @@ def _nothing_arrived(sock: socket.socket) -> bool:
     return False
 
 
-def probes(host_dir: Path, victim: Path, listeners: dict[str, socket.socket], config: SandboxConfig) -> list[Probe]:
-    """The hostile jobs, against a host directory the sandbox shows read-only (``host_dir`` holding ``victim``)
-    and host listeners on loopback (``tcp``, ``udp``, ``tcp6``): the sandbox's own loopback may answer inside, so
-    what counts is that nothing reached the host's."""
+def probes(host_dir: Path, victim: Path, listeners: dict[str, socket.socket], config: SandboxConfig,
+           work: Path) -> list[Probe]:
+    """The hostile jobs, against a host directory the sandbox shows read-only (``host_dir`` holding ``victim``),
+    a host directory it may write (``work``, made by ``workspace.create`` as a forager work tree is) and host
+    listeners on loopback (``tcp``, ``udp``, ``tcp6``): the sandbox's own loopback may answer inside, so what
+    counts is that nothing reached the host's."""
     marker = host_dir / f"escaped-{uuid.uuid4().hex[:8]}"
     big = config.disk_mb * 2
+    part = -(-config.disk_mb * 3 // 5)  # three of them: past the limit, each under the per-file limit
     # together well past the job's budget (its memory and its files in tmpfs), each under the per-process limit
     budget = config.memory_mb + config.disk_mb + min(config.disk_mb, 64)
     share = max(32, config.memory_mb * 3 // 4)
@@ -136,6 +141,13 @@ def probes(host_dir: Path, victim: Path, listeners: dict[str, socket.socket], co
         Probe("disk limit", f"{config.disk_inodes * 2} files (limit {config.disk_inodes})",
               f"import os\nos.makedirs('many', exist_ok=True)\nfor i in range({config.disk_inodes * 2}):\n"
               f"    open(f'many/{{i}}', 'w').close()", lambda o: o.status == DISK, timeout=60.0),
+        Probe("work tree limit", f"3 files of {part} MB in a host work tree (limit {config.disk_mb} MB)",
+              f"for n in range(3):\n    with open({str(work)!r} + f'/big{{n}}', 'wb') as f:\n"
+              f"        for _ in range({part}):\n            f.write(bytes(1024 * 1024))",
+              lambda o: o.status == DISK and workspace.limited(work), timeout=60.0),
+        Probe("work tree limit", f"{config.disk_inodes * 2} files in a host work tree",
+              f"import os\nfor i in range({config.disk_inodes * 2}):\n    open({str(work)!r} + f'/{{i}}', 'w').close()",
+              lambda o: o.status == DISK and workspace.limited(work), timeout=60.0),
     ]
 
 
@@ -232,24 +244,37 @@ def run_checks(config: SandboxConfig, report: Callable[[Verdict], None] | None =
         with tempfile.TemporaryDirectory(dir=home if home.is_dir() else None) as host_dir:
             victim = Path(host_dir) / "victim.txt"
             victim.write_text("host data")
+            work = Path(host_dir) / "work"
+            workspace.create(work)
+            workspace.fit(work, bytes=config.disk_mb << 20, inodes=config.disk_inodes)
             config = replace(config, visible_paths=(*config.visible_paths, host_dir),
+                             writable_paths=(*config.writable_paths, str(work)),
                              preload=(*config.preload, "opencwm.sandbox.probe"))
-            with Sandbox(config) as box:
-                for probe in probes(Path(host_dir), victim, listeners, config):
-                    outcome = box.run(EVALUATE, code=probe.code, timeout=probe.timeout)
-                    try:
-                        held = bool(probe.held(outcome))
-                    except (TypeError, KeyError, ValueError, AttributeError):
-                        held = False
-                    record(Verdict(probe.guarantee, probe.name, held, outcome.status, _detail(outcome, held)))
-                    victim.write_text("host data")
-                for special in (_cross_job, _server_reach, _forgery, _server_killed):
-                    record(special(box))
-                backend = box.backend
+            try:
+                with Sandbox(config) as box:
+                    for probe in probes(Path(host_dir), victim, listeners, config, work):
+                        outcome = box.run(EVALUATE, code=probe.code, timeout=probe.timeout)
+                        try:
+                            held = bool(probe.held(outcome))
+                        except (TypeError, KeyError, ValueError, AttributeError):
+                            held = False
+                        record(Verdict(probe.guarantee, probe.name, held, outcome.status, _detail(outcome, held)))
+                        victim.write_text("host data")
+                        _empty(work)
+                    for special in (_cross_job, _server_reach, _forgery, _server_killed):
+                        record(special(box))
+                    backend = box.backend
+            finally:
+                workspace.remove(work)
     finally:
         for sock in listeners.values():
             sock.close()
     return backend, verdicts
+
+
+def _empty(directory: Path) -> None:
+    for entry in directory.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _detail(outcome: Outcome, held: bool) -> str:

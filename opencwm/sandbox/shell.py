@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from opencwm.sandbox import workspace
 from opencwm.sandbox.cgroup import Cgroup
 from opencwm.sandbox.isolation import (
     LAYERS,
@@ -41,8 +42,8 @@ DEFAULT_MAX_OUTPUT = 16_000
 
 @dataclass
 class CommandResult:
-    status: str  # ok (finished, whatever its exit code) | timeout | killed (the shell died) | disk (its tmpfs is
-    # full) | memory (a process of the command was killed by the memory limit)
+    status: str  # ok (finished, whatever its exit code) | timeout | killed (the shell died) | disk (its /tmp or
+    # the writable directory is full) | memory (a process of the command was killed by the memory limit)
     returncode: int | None
     output: str  # stdout and stderr together, truncated in the middle with a visible marker
     seconds: float
@@ -115,7 +116,7 @@ def run_command(argv: list[str], root: str | Path, *, cwd: str | Path | None = N
         launch.close()
     try:
         output, _ = process.communicate(timeout=timeout)
-        status, code = OK, process.returncode
+        status, code = DISK if workspace.full(root) else OK, process.returncode
     except subprocess.TimeoutExpired:
         output = _drain_and_stop(process, cgroup)
         status, code = TIMEOUT, None
@@ -198,6 +199,7 @@ class Shell:
             if index >= 0 and buffer.endswith(b"\n"):
                 fields = buffer[index + len(needle):].split()
                 full = self.backend != "rlimits" and len(fields) > 1 and _full(fields[1])
+                full = full or workspace.full(self.root)
                 return self._result(DISK if full else OK, int(fields[0]), buffer[:index], start)
             left = timeout - (time.monotonic() - start)
             if left <= 0:
