@@ -55,12 +55,21 @@ native: $(BIN)/.installed system-deps
 
 # bubblewrap is the sandbox's preferred backend; without root the sandbox falls back to unshare or rlimits.
 # libseccomp2 compiles the sandbox's seccomp filter (required: the sandbox refuses to start without it).
-# gVisor's runsc is the optional user-space-kernel backend (--sandbox gvisor).
+# gVisor's runsc is the optional user-space-kernel backend (--sandbox gvisor): Debian 12's own (2022-12) answers
+# statx with EINVAL (no ls or stat in an agent's shell), so a 2024 one from bookworm-backports replaces it.
 # A C compiler builds the tracer's accelerator (optional: the tracer falls back to pure Python).
 # Chromium and its driver: the test that drives the web debugger in a real headless browser.
 system-deps:
-	@if ! command -v runsc >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc) >/dev/null \
+	@installed=$$(dpkg-query -W -f='$${Version}' runsc 2>/dev/null | sed -n 's/^0\.0~\([0-9]\{8\}\).*/\1/p'); \
+	if [ "$$(id -u)" = 0 ] && { [ -n "$$installed" ] && [ "$$installed" -lt 20240101 ] \
+			|| { [ -z "$$installed" ] && ! command -v runsc >/dev/null 2>&1; }; }; then \
+		target=; . /etc/os-release; \
+		if [ "$$VERSION_CODENAME" = bookworm ]; then \
+			printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n' \
+				> /etc/apt/sources.list.d/opencwm-bookworm-backports.sources; \
+			target="-t bookworm-backports"; \
+		fi; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$target runsc) >/dev/null \
 			|| echo "note: could not install gVisor (runsc); --sandbox gvisor will be unavailable"; \
 	fi
 	@if ! ldconfig -p 2>/dev/null | grep -q libseccomp.so.2; then \

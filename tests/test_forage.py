@@ -407,11 +407,12 @@ def test_symlinks_cannot_lead_edits_out_of_the_work_tree(env, tasks, tmp_path):
     assert "outside the repository" in actions[1]["observation"] and target.read_text() == "a = 1\n"
 
 
-@pytest.mark.parametrize("backend", ["bwrap", pytest.param("unshare", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend", ["bwrap", pytest.param("unshare", marks=pytest.mark.slow),
+                                     pytest.param("gvisor", marks=pytest.mark.slow)])
 def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path, backend):
     """The attacks of the threat model as an agent's bash actions: remounting the root, planting an fsmonitor
     command for the host's git, reading secrets, filling the disk and the memory, a fork bomb. None reaches the
-    host; each action says what happened; the session goes on."""
+    host; each action says what happened; the session goes on, and its tools still work."""
     pwned = Path("/tmp") / f"pwned-{os.getpid()}-{tmp_path.name}"
     marker = Path("/root") / f"marker-{tmp_path.name}"
     policy = ScriptedPolicy([
@@ -423,6 +424,7 @@ def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path, 
                                  "b = bytearray(150 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\""),
         format_tool_call("bash", "f() { f | f & }; f; sleep 2; echo bombed"),
         format_tool_call("bash", "echo still-here > fixed.txt; echo ok"),
+        format_tool_call("bash", "ls -la > /dev/null && stat fixed.txt > /dev/null && echo listed-ok"),
         format_tool_call("submit", ""),
     ])
     from conftest import working_backend
@@ -439,6 +441,7 @@ def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path, 
     assert actions[4]["status"] == "memory", actions[4]
     assert actions[5]["status"] in ("ok", "timeout", "killed")
     assert "ok" in actions[6]["observation"] and "fixed.txt" in row["diff"]
+    assert "listed-ok" in actions[7]["observation"]  # coreutils work in the shell (gVisor: a runsc with statx)
     assert not pwned.exists()  # the host computed the diff without running what the agent planted
 
 
@@ -659,6 +662,36 @@ def test_an_unreachable_endpoint_is_an_error_and_its_episodes_are_played_on_a_re
     finally:
         server.shutdown()
     assert rerun.returncode == 0 and json.loads(rerun.stdout)["episodes"] == 1 and len(ScriptedChat.requests) == 1
+
+
+def test_a_hostile_model_behind_the_cli_runs_nothing_on_the_host(env, tmp_path):
+    """The threat model's second case end to end: a model served over the OpenAI API plants commands for host-side
+    git (fsmonitor, a hook, a filter with attributes) in its bash actions, then submits; ``forage run --policy
+    openai`` takes the episode's diff and grades it on the host, and none of them runs."""
+    pwned = tmp_path / "pwned"
+    out = tmp_path / "tasks"
+    mutate(env, out, max_candidates=4, workers=1)
+    ScriptedChat.requests = []
+    ScriptedChat.replies = [
+        format_tool_call("bash", f"git config core.fsmonitor 'touch {pwned}-fsmonitor'; "
+                                 f"git config filter.evil.clean 'touch {pwned}-filter; cat'; "
+                                 f"printf '#!/bin/sh\\ntouch {pwned}-hook\\n' > .git/hooks/pre-commit; "
+                                 "echo '* filter=evil' > .gitattributes; echo planted"),
+        format_tool_call("bash", "echo 'x = 1' > planted.py"),
+        format_tool_call("submit"),
+    ]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ran = _cli("forage", "run", str(out), "--policy", "openai", "--model", "cwm", "--max", "1", "--base-url",
+                   f"http://127.0.0.1:{server.server_port}/v1", "--out", str(tmp_path / "traj"), "--json", "--quiet")
+    finally:
+        server.shutdown()
+    assert ran.returncode == 0, ran.stderr
+    [row] = read_trajectories(tmp_path / "traj")
+    assert len(ScriptedChat.requests) == 3 and row["status"] == "submitted"
+    assert "planted.py" in row["diff"] and ".gitattributes" in row["diff"]
+    assert not list(tmp_path.glob("pwned*"))
 
 
 def test_the_scripted_policy_plays_turns_from_a_file(env, tasks, tmp_path):

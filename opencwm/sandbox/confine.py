@@ -2,7 +2,9 @@
 (``unshare`` backend only; bubblewrap builds its own), mount the size-limited writable areas, then give up every
 privilege and exec the workload.
 
-In order: (1) for the ``unshare`` backend, a new root on a tmpfs holding only the listed read-only and writable
+In order: (0) for the ``gvisor`` backend only, run on the host before ``runsc`` (``host_view``): a mount
+namespace where what the container reads is read-only in the host's kernel and its writable areas are tmpfs with
+limits; (1) for the ``unshare`` backend, a new root on a tmpfs holding only the listed read-only and writable
 binds, a fresh ``/proc`` (its ``sys``, ``sysrq-trigger``, ``irq`` and ``bus`` read-only) and a minimal ``/dev``,
 entered with ``pivot_root``; (2) a tmpfs with a byte and an inode limit at each writable area (``/tmp``,
 ``/dev/shm``), host paths that were bound under it bound again on top; (3) the root made read-only; (4) secure
@@ -21,12 +23,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import resource
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
 MNT_DETACH = 0x2
+CLONE_NEWNS = 0x20000
 PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 22, 24, 28, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SECCOMP_MODE_FILTER = 2
@@ -50,7 +54,7 @@ def _check(result: int, what: str) -> None:
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    encode = lambda s: None if s is None else s.encode()
+    encode = lambda s: None if s is None else os.fsencode(s)
     _check(_libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)),
            f"mount {target}")
 
@@ -109,6 +113,38 @@ def build_root(spec: dict) -> None:
     os.chdir("/")
     _check(_libc.umount2(b"/.old", MNT_DETACH), "umount /.old")
     os.rmdir("/.old")
+
+
+def _mounts_at_or_below(path: str) -> list[str]:
+    """The mount points of this mount namespace at ``path`` or below it."""
+    below = path.rstrip("/") + "/"
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])  # (\040: a space)
+            if point == path or point.startswith(below):
+                points.append(point)
+    return points
+
+
+def host_view(view: dict) -> None:
+    """The gVisor backend's host side, run as root before ``runsc``: a mount namespace of runsc's own in which
+    every path the container is shown read-only is read-only in the host's kernel too (so no fault of runsc's can
+    write it: the 2024 release truncates a read-only bound file a job opens with ``O_TRUNC``), and each writable
+    area is a tmpfs of the host's kernel with a byte and an inode limit (gVisor's own tmpfs ignores
+    ``nr_inodes``). ``view``: ``binds`` ([path, writable] in mount order), ``areas`` ({source, bytes, inodes})."""
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    for area in view.get("areas", []):
+        _mount("tmpfs", area["source"], "tmpfs", MS_NOSUID | MS_NODEV,
+               f"mode=1777,size={int(area['bytes'])},nr_inodes={int(area['inodes'])}")
+    for path, writable in view.get("binds", []):
+        if not os.path.lexists(path):
+            continue
+        _mount(path, path, None, MS_BIND | MS_REC)
+        for point in _mounts_at_or_below(path):
+            kept = os.statvfs(point).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # (ST_* equal MS_* there)
+            _mount(None, point, None, MS_REMOUNT | MS_BIND | kept | (0 if writable else MS_RDONLY))
 
 
 def protect_proc() -> None:
@@ -173,6 +209,8 @@ def load_seccomp(fd: int) -> None:
 
 
 def confine(spec: dict) -> None:
+    if spec.get("host_view"):
+        host_view(spec["host_view"])
     if spec.get("root"):
         build_root(spec["root"])
     if spec.get("protect_proc"):

@@ -4,16 +4,19 @@ episodes and RL. Starting one takes about a second and a fork inside it tens of 
 ``benchmarks/trace_overhead.py``), against a few milliseconds under bubblewrap; so it is never chosen by ``auto``.
 
 The sandbox is an OCI bundle made per start (``opencwm-gvisor-<pid>-<random>`` in the temporary directory, removed
-on release, swept after a ``kill -9``): an empty read-only root with the layout's read-only and writable binds, the
-writable areas as size-limited tmpfs, no capabilities, ``no_new_privs``, no network (``--network=none``), its own
-PID, IPC, UTS and mount namespaces. ``confine`` still runs first inside (the seccomp filter, read from a bound file:
-runsc hands the container no other descriptor; the file size limit). gVisor's tmpfs ignores ``nr_inodes``, so there
-is no inode limit, and its ``/proc`` lets a job open the fork server's descriptors although the server is not
-dumpable (the random reply ids still stop forgery); ``opencwm sandbox check --sandbox gvisor`` reports both. The
-memory cgroup is opencwm's own (runsc runs with ``--ignore-cgroups`` inside it), so the whole sandbox counts,
-gVisor's kernel included. Debian 12's runsc (2022-12) answers ``statx`` with EINVAL, so coreutils' ``ls`` and
-``stat`` fail inside (Python's ``os.stat`` works): fine for jobs and test runs, poor for an agent's shell until a
-newer runsc is installed.
+on release, swept after a ``kill -9``): an empty read-only root with the layout's read-only and writable binds, no
+capabilities, ``no_new_privs``, no network (``--network=none``), its own PID, IPC, UTS and mount namespaces.
+``runsc`` itself starts in a mount namespace of its own on the host (``confine.host_view``) where every path the
+job is shown read-only is read-only in the host's kernel as well -- runsc 2024-07 truncates a read-only bound file
+that a job opens with ``O_TRUNC`` before it answers EROFS, and the check found it -- and where each writable area
+(``/tmp``, ``/dev/shm``) is a tmpfs of the host's kernel with a byte and an inode limit, bound in (gVisor's own
+tmpfs ignores ``nr_inodes``). ``confine`` still runs first inside (the seccomp filter, read from a bound file:
+runsc hands the container no other descriptor; the file size limit). gVisor's ``/proc`` lets a job open the fork
+server's descriptors although the server is not dumpable (the random reply ids still stop forgery);
+``opencwm sandbox check --sandbox gvisor`` reports it. The memory cgroup is opencwm's own (runsc runs with
+``--ignore-cgroups`` inside it), so the whole sandbox counts, gVisor's kernel included. Debian 12's own runsc
+(2022-12) answers ``statx`` with EINVAL, so coreutils' ``ls`` and ``stat`` fail inside; ``make`` installs the 2024
+one from bookworm-backports, where they work (an agent's shell needs them).
 """
 
 from __future__ import annotations
@@ -61,25 +64,30 @@ def bundle(layout, spec: dict, confine: list[str], argv: list[str], env: dict[st
     rootfs = workdir / "rootfs"
     rootfs.mkdir()
     mounts: list[dict] = [{"destination": "/proc", "type": "proc", "source": "proc"}]
+    view: dict = {"binds": [], "areas": []}  # runsc's own mount namespace on the host (confine.host_view)
 
     def bind(source: str, target: str, writable: bool) -> None:
         if not os.path.exists(source):
             return
-        under_tmpfs = any(target.startswith(area["path"].rstrip("/") + "/") for area in tmpfs)
-        if not under_tmpfs:
+        under_area = any(target.startswith(area["path"].rstrip("/") + "/") for area in tmpfs)
+        if not under_area:
             _mount_point(rootfs, target, os.path.isdir(source))
         mounts.append({"destination": target, "type": "bind", "source": source,
                        "options": ["rbind", "rw" if writable else "ro", "nosuid", "nodev"]})
+        view["binds"].append([source, writable])
 
     binds, links = layout.system()
     for target, link in links:
         (rootfs / link.lstrip("/")).symlink_to(target)
     for path in binds:
         bind(path, path, False)
-    for area in tmpfs:  # before the binds that may lie below them
+    for index, area in enumerate(tmpfs):  # before the binds that may lie below them
+        source = workdir / f"area-{index}"  # a tmpfs of the host's kernel there, in runsc's namespace only
+        source.mkdir()
+        view["areas"].append({"source": str(source), "bytes": area["bytes"], "inodes": area["inodes"]})
         _mount_point(rootfs, area["path"], True)
-        mounts.append({"destination": area["path"], "type": "tmpfs", "source": "tmpfs",
-                       "options": ["nosuid", "nodev", "mode=1777", f"size={int(area['bytes'])}"]})
+        mounts.append({"destination": area["path"], "type": "bind", "source": str(source),
+                       "options": ["rbind", "rw", "nosuid", "nodev"]})
     for path in layout.read_only_binds():
         bind(path, path, False)
     for path in layout.writable:
@@ -108,7 +116,8 @@ def bundle(layout, spec: dict, confine: list[str], argv: list[str], env: dict[st
     (workdir / "container").write_text(container)
     command = [exe, "--root", str(workdir / "state"), "--network=none", "--platform=ptrace", "--ignore-cgroups",
                "run", "--bundle", str(workdir), container]
-    return command, workdir
+    host_side = {"host_view": view, "drop_capabilities": False, "no_new_privs": False}
+    return [*confine, json.dumps(host_side), "--", *command], workdir
 
 
 def _release_directory(workdir: Path) -> bool:
