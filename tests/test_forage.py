@@ -490,8 +490,21 @@ def test_host_git_ignores_a_hostile_repository_configuration(env, tmp_path):
         (tree / ".git" / "hooks" / "pre-commit").chmod(0o755)
         (tree / ".gitattributes").write_text("* filter=evil diff=evil\n")
         (tree / "new.py").write_text("x = 1\n")
+        nested = tree / "nested"  # a repository the agent made inside the tree, its own config and hooks hostile
+        subprocess.run(["git", "init", "-q", str(nested)], check=True)
+        (nested / "f.txt").write_text("x\n")
+        (nested / ".gitattributes").write_text("* filter=evil diff=evil\n")
+        committer = ["-c", "user.name=a", "-c", "user.email=a@b"]
+        subprocess.run(["git", "-C", str(nested), *committer, "add", "-A"], check=True)
+        subprocess.run(["git", "-C", str(nested), *committer, "commit", "-qm", "x"], check=True)
+        for key, command in [("core.fsmonitor", "fsmonitor"), ("filter.evil.clean", "filter"),
+                             ("diff.external", "diff"), ("core.pager", "pager")]:
+            subprocess.run(["git", "-C", str(nested), "config", key, f"touch {pwned}-nested-{command}"], check=True)
+        for hook in ("pre-commit", "post-checkout", "reference-transaction", "post-index-change"):
+            (nested / ".git" / "hooks" / hook).write_text(f"#!/bin/sh\ntouch {pwned}-nested-{hook}\n")
+            (nested / ".git" / "hooks" / hook).chmod(0o755)
         patch = env.diff(tree, env.base_commit)
-        assert "new.py" in patch and "gitattributes" in patch
+        assert "new.py" in patch and "gitattributes" in patch and "Subproject commit" in patch
         assert not list(tmp_path.glob("pwned*"))
     finally:
         Environment.discard(tree)

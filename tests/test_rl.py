@@ -325,6 +325,32 @@ def test_rl_on_a_real_package_s_forager_tasks_through_the_cli(parity_policy, tmp
     assert shown.returncode == 0 and "swe" in shown.stdout
 
 
+@pytest.mark.slow  # gVisor starts in seconds (make test-slow)
+def test_rl_under_gvisor_gives_bubblewrap_s_rewards_and_update(parity_policy, forage_task_dir, tmp_path):
+    """``rl train --sandbox gvisor``: graders and agent episodes (shell and test runs) in gVisor's user-space
+    kernel; the same seeded run under bubblewrap gets the same rewards, losses and weights."""
+    from conftest import working_backend
+    from opencwm.model import CWM
+
+    if not (working_backend("gvisor") and working_backend("bwrap")):
+        pytest.skip("needs gVisor (runsc) and bubblewrap")
+    policy, items = parity_policy
+    runs = {}
+    for backend in ("gvisor", "bwrap"):
+        ran = _cli("rl", "train", "--init", str(policy), "--env", f"cruxeval-o:assert={items}@2", "--env",
+                   f"swe={forage_task_dir}@1", "--steps", "2", "--prompts", "2", "--group", "2", "--max-tokens", "8",
+                   "--keep-equal-groups", "--sandbox", backend, "--out", backend, "--quiet", "--json", cwd=tmp_path)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        runs[backend] = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in runs["gvisor"]] == [1, 2]
+    assert any("reward/swe" in r for r in runs["gvisor"])  # the episodes ran there
+    for key in ("reward", "loss", "samples", "response_tokens"):
+        assert [r[key] for r in runs["gvisor"]] == [r[key] for r in runs["bwrap"]], key
+    final = [CWM.from_pretrained(tmp_path / b / "checkpoints" / "step-000002" / "model").state_dict()
+             for b in runs]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
 @pytest.mark.parametrize("aggregation", ["token", "sequence"])
 def test_the_update_under_torchrun_equals_one_process_s(tmp_path, aggregation):
     import subprocess

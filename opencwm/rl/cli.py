@@ -12,6 +12,7 @@ import os
 import sys
 
 from opencwm.errors import UsageError as CliError
+from opencwm.sandbox.cli import add_sandbox_choice
 
 ENV_HELP = ("NAME[:STYLE]=DATA[@WEIGHT]: a benchmark (cruxeval-o, cruxeval-i, humaneval, livecodebench, math500, "
             "aime24, aime25) over training items in its own format, e.g. cruxeval-o:assert=items.jsonl@2, or swe=TASKS "
@@ -52,8 +53,8 @@ def cmd_train(args) -> int:
         spec.max_tokens = args.max_tokens
     config = RLConfig(init=args.init, environments=environments, steps=args.steps, prompts=args.prompts, lr=args.lr,
                       warmup_steps=args.warmup, clip=args.clip, checkpoint_every=args.checkpoint_every,
-                      kl_metric=not args.no_kl_metric, workers=args.workers, seed=args.seed, objective=objective,
-                      rollout=rollout)
+                      kl_metric=not args.no_kl_metric, workers=args.workers, sandbox=args.sandbox, seed=args.seed,
+                      objective=objective, rollout=rollout)
     from opencwm.errors import CompleterUnavailable, one_line
 
     try:
@@ -151,6 +152,7 @@ def add_parser(areas) -> None:
     train.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints")
     train.add_argument("--log-rollouts", type=int, default=4, help="rollouts per step to rollouts.jsonl")
     train.add_argument("--workers", type=int, default=2, help="grading sandboxes")
+    add_sandbox_choice(train)
     train.add_argument("--seed", type=int, default=0, help="seed of the item draws and the sampling")
     train.add_argument("--json", action="store_true", help="print the last step's metrics as JSON")
     train.add_argument("--quiet", action="store_true", help="no progress display")

@@ -46,7 +46,8 @@ class AgentEnvironment:
         return self.tasks
 
 
-def agent_environment(data: str, *, max_tokens: int | None = None, max_turns: int = 8) -> AgentEnvironment:
+def agent_environment(data: str, *, max_tokens: int | None = None, max_turns: int = 8,
+                      backend: str = "auto") -> AgentEnvironment:
     from opencwm.forage.agent import EpisodeBudget
     from opencwm.forage.environment import ForageError
     from opencwm.forage.tasks import read_tasks
@@ -59,15 +60,17 @@ def agent_environment(data: str, *, max_tokens: int | None = None, max_turns: in
     if not tasks:
         raise UsageError(f"swe: no validated tasks in {data}")
     budget = EpisodeBudget(max_turns=max_turns, command_timeout=60, max_seconds=600)
-    return AgentEnvironment("swe", tasks, budget, max_tokens or 512)
+    return AgentEnvironment("swe", tasks, budget, max_tokens or 512, backend)
 
 
-def environment(name: str, data: str, *, style: str | None = None, max_tokens: int | None = None):
+def environment(name: str, data: str, *, style: str | None = None, max_tokens: int | None = None,
+                backend: str = "auto"):
     """The environment of benchmark ``name`` (one of ``PROTOCOLS``) over the items in ``data`` (the benchmark's own
     format), or with ``swe`` agentic episodes on the forager tasks in ``data``; one-line errors for an unknown
-    name or unusable data."""
+    name or unusable data. ``backend``: the sandbox of the agent's shell and its test runs (graders' sandboxes are
+    the caller's)."""
     if name == "swe":
-        return agent_environment(data, max_tokens=max_tokens)
+        return agent_environment(data, max_tokens=max_tokens, backend=backend)
     if name not in PROTOCOLS:
         raise UsageError(f"unknown RL environment {name!r} (choose from {', '.join([*PROTOCOLS, 'swe'])})")
     benchmark = benchmark_named(name, style, data)

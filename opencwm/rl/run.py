@@ -48,6 +48,7 @@ class RLConfig:
     checkpoint_every: int = 10
     kl_metric: bool = True  # keep the initial policy to report the KL to it (needed when objective.beta > 0)
     workers: int = 2  # grading sandboxes
+    sandbox: str = "auto"  # their backend, and the agent episodes' (gvisor: a user-space kernel between them)
     seed: int = 0
     objective: Objective = field(default_factory=Objective)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -60,7 +61,8 @@ def check_settings(out: Path, settings: dict) -> None:
     path = out / SETTINGS
     if path.exists():
         before = json.loads(path.read_text())
-        changed = sorted(k for k in set(before) | set(settings) if k != "steps" and before.get(k) != settings.get(k))
+        free = ("steps", "sandbox")  # (the isolation may change between runs; the results may not)
+        changed = sorted(k for k in set(before) | set(settings) if k not in free and before.get(k) != settings.get(k))
         if changed:
             raise UsageError(f"{out} holds an RL run with other settings ({', '.join(changed)}); give another --out "
                              "to start a new run, or the same settings to go on with this one")
@@ -89,8 +91,8 @@ def run_rl(config: RLConfig, out: str | Path, *, progress: bool = True, device: 
         tokenizer = Tokenizer.of_checkpoint(config.init)
     except (CheckpointError, OSError, ValueError) as exc:
         raise UsageError(f"--init {config.init}: cannot load the checkpoint ({exc})") from None
-    environments = [environment(spec.name, spec.data, style=spec.style, max_tokens=spec.max_tokens)
-                    for spec in config.environments]
+    environments = [environment(spec.name, spec.data, style=spec.style, max_tokens=spec.max_tokens,
+                                backend=config.sandbox) for spec in config.environments]
     if distributed and config.rollout.server:
         raise UsageError("--rollout-server serves one process: run it without torchrun")
     if rank == 0:
@@ -107,7 +109,8 @@ def run_rl(config: RLConfig, out: str | Path, *, progress: bool = True, device: 
                         decay_fraction=0.0, min_lr_ratio=1.0, weight_decay=config.weight_decay, clip=config.clip,
                         seed=config.seed, checkpoint_every=config.checkpoint_every, log_every=1, precision="fp32")
     graded = [e.benchmark for e in environments if hasattr(e, "benchmark")]  # (episodes grade themselves)
-    grading = SandboxConfig(timeout=max([b.grade_timeout for b in graded] or [3.0]), memory_mb=1024,
+    grading = SandboxConfig(backend=config.sandbox, timeout=max([b.grade_timeout for b in graded] or [3.0]),
+                            memory_mb=1024,
                             preload=tuple(sorted({m for b in graded for m in b.sandbox_preload})))
     with SandboxPool(grading, config.workers) as pool:
         rollout = dataclasses.replace(config.rollout, seed=config.rollout.seed + 1_000_033 * rank)
