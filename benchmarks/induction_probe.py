@@ -11,7 +11,7 @@ The model is the ``tiny`` preset's CWM (``--layers`` overrides its depth) traine
 (Muon for the blocks' matrices, AdamW for the rest, at the speedrun's learning rates unless given), 4 x 512 tokens a
 step; or, with ``--reference llama``, ``transformers``' ``LlamaForCausalLM`` of the same width and depth under AdamW
 on the same batches, which tells a property of this training budget from one of opencwm's model. ``--alphabet``
-draws the stretches from the first N token ids only (copying is still scored on the whole vocabulary);
+draws the stretches from the first N token ids only (copying is scored on the whole vocabulary and on those N);
 ``--lengths`` bounds a stretch's length; ``--copies`` repeats it (0: fill the document, up to 512 tokens).
 """
 
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_row
 
 
-def repeats(count: int, *, high: int, lengths: tuple[int, int], copies: int, seed: int) -> list:
-    """``count`` documents, each a random stretch of ids below ``high`` repeated ``copies`` times (0: to 512
+def repeats(count: int, *, alphabet: list[int], lengths: tuple[int, int], copies: int, seed: int) -> list:
+    """``count`` documents, each a random stretch of ids from ``alphabet`` repeated ``copies`` times (0: to 512
     tokens), the first copy unlearned."""
     from opencwm.data.packing import Document
 
@@ -37,7 +37,7 @@ def repeats(count: int, *, high: int, lengths: tuple[int, int], copies: int, see
     out = []
     for _ in range(count):
         n = rng.randint(*lengths)
-        stretch = [rng.randrange(high) for _ in range(n)]
+        stretch = [rng.choice(alphabet) for _ in range(n)]
         times = copies or max(2, 512 // n)
         out.append(Document(stretch * times, [False] * n + [True] * (n * (times - 1))))
     return out
@@ -52,7 +52,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=float, default=1.0, help="share of tokens from repeated stretches")
     parser.add_argument("--mix", action="append", default=[], metavar="SOURCE=SHARE",
                         help="also train on a speedrun source (code, traces, direct, ...) at this share")
-    parser.add_argument("--alphabet", type=int, help="draw stretches from the first N token ids (default: all)")
+    parser.add_argument("--alphabet", help="draw stretches from the first N token ids, or from those the speedrun's "
+                                           "traces use (corpus) (default: all)")
     parser.add_argument("--lengths", default="8-64", help="a stretch's length, LOW-HIGH tokens (default: 8-64)")
     parser.add_argument("--copies", type=int, default=2, help="copies of a stretch (0: fill 512 tokens)")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW's learning rate (default: 3e-3)")
@@ -75,9 +76,15 @@ def main() -> int:
 
     tokenizer = Tokenizer.load(args.data / "tokenizer")
     high = min(tokenizer.special_ids.values())
+    if args.alphabet == "corpus":
+        from opencwm.data.documents import source_documents
+
+        traces = source_documents("traces", data_paths(args.data)["traces"], tokenizer)
+        drawn = sorted({i for doc in traces for i in doc.tokens if i < high})  # the ids the stretches are drawn from
+    else:
+        drawn = list(range(int(args.alphabet) if args.alphabet else high))
     low, top = (int(x) for x in args.lengths.split("-"))
-    sources = {"repeats": repeats(20_000, high=args.alphabet or high, lengths=(low, top), copies=args.copies,
-                                  seed=1)}
+    sources = {"repeats": repeats(20_000, alphabet=drawn, lengths=(low, top), copies=args.copies, seed=1)}
     weights = {"repeats": args.repeats}
     if args.mix:
         from opencwm.data.documents import source_documents
@@ -109,7 +116,7 @@ def main() -> int:
                 def forward(self, ids):
                     return model(ids).logits
 
-            return copying_accuracy(Logits(), low=0, high=high)
+            return copying_accuracy(Logits(), low=0, high=high), copying_accuracy(Logits(), ids=drawn)
     else:
         model = fresh_model("tiny", tokenizer, seq_len=512, seed=0, zero_residual=args.optimizer == "muon",
                             num_hidden_layers=args.layers)
@@ -125,7 +132,7 @@ def main() -> int:
             return loss_fn(model, batch)
 
         def copying():
-            return copying_accuracy(model, low=0, high=high)
+            return copying_accuracy(model, low=0, high=high), copying_accuracy(model, ids=drawn)
 
     start, points = time.monotonic(), []
     for step in range(args.steps):
@@ -138,8 +145,9 @@ def main() -> int:
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             model.eval()
             with torch.no_grad():
-                point = {"step": step + 1, "loss": round(loss.item(), 3), "copying": round(copying(), 3),
-                         "seconds": round(time.monotonic() - start)}
+                whole, alphabet = copying()
+                point = {"step": step + 1, "loss": round(loss.item(), 3), "copying": round(whole, 3),
+                         "copying_alphabet": round(alphabet, 3), "seconds": round(time.monotonic() - start)}
             points.append(point)
             print(json.dumps(point), flush=True)
     if not args.no_record:
@@ -148,6 +156,9 @@ def main() -> int:
         append_row("induction_probe", " ".join(["python benchmarks/induction_probe.py", *sys.argv[1:]]),
                    f"{what}: copying accuracy by step " + ", ".join(f"{p['step']}: {100 * p['copying']:.1f}%"
                                                                       for p in points)
+                   + (f"; on the {len(drawn)} ids the stretches are drawn from: "
+                      + ", ".join(f"{p['step']}: {100 * p['copying_alphabet']:.1f}%" for p in points)
+                      if args.alphabet else "")
                    + f"; last loss {points[-1]['loss']}")
     return 0
 

@@ -69,8 +69,9 @@ def frame_scores(model, tokenizer, traces, first_bucket: int, window: int | None
     """Teacher-forced next-frame scores on ``traces``: frames exact, tokens right, tokens right by kind (``line``:
     the source line, copied from the context), frames exact by end position, and random-token copying; with
     ``window``, traces are shown cut into the training windows (see ``TraceEvaluator``)."""
-    from opencwm.eval.copying import copying_accuracy
+    from opencwm.eval.copying import copying_accuracy, token_alphabet
     from opencwm.eval.trace_eval import TraceEvaluator
+    from opencwm.trace.codec import encode
 
     by_position: dict = {}
     by_kind: dict = {}
@@ -81,7 +82,9 @@ def frame_scores(model, tokenizer, traces, first_bucket: int, window: int | None
             "by_kind": {kind: round(score.rate, 3) for kind, score in sorted(by_kind.items())},
             "by_position": {str(edge): round(score.rate, 3) for edge, score in sorted(by_position.items())},
             "by_position_frames": {str(edge): score.total for edge, score in sorted(by_position.items())},
-            "copying_accuracy": round(copying_accuracy(model, low=0, high=min(tokenizer.special_ids.values())), 3)}
+            "copying_accuracy": round(copying_accuracy(model, ids=token_alphabet(tokenizer, map(encode, traces))), 3),
+            "copying_accuracy_vocab": round(copying_accuracy(model, low=0, high=min(tokenizer.special_ids.values())),
+                                            3)}
 
 
 def main() -> int:
@@ -153,7 +156,8 @@ def main() -> int:
     if not args.no_record and done:
         figures = "; ".join(
             f"{r['name']} ({r['tokens'] / 1e6:.2f}M tokens): frames {100 * r['frame_exact_match']:.1f}%, tokens "
-            f"{100 * r['frame_token_accuracy']:.1f}%, by end position "
+            f"{100 * r['frame_token_accuracy']:.1f}% (source lines {100 * r['by_kind'].get('line', 0):.1f}%), copying "
+            f"{100 * r['copying_accuracy']:.1f}% of trace tokens, by end position "
             + " / ".join(f"{100 * rate:.1f}%" for rate in r["by_position"].values())
             for r in (done[v["name"]] for v in variants if v["name"] in done))
         append_row("recipe_sweep", " ".join(["python benchmarks/recipe_sweep.py", *sys.argv[1:]]),

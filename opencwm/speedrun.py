@@ -60,9 +60,9 @@ class SpeedrunConfig:
     # EPYC, same 420 s of training: 77.1% of held-out frame tokens at 4 x 512 against 75.5% at 8 x 512, which
     # trains 12% more tokens per second; benchmarks/RESULTS.md, recipe_sweep)
     batch_size: int = 4
-    pretrain_steps: int = 400
-    midtrain_steps: int = 1200
-    sft_steps: int = 200
+    pretrain_steps: int = 1050  # copy drills: the heads form at ~600 steps (scaled to a slow CPU, they may not)
+    midtrain_steps: int = 650
+    sft_steps: int = 100
     lr: float = option(3e-3, "AdamW's learning rate: embeddings, output head, norms (everything with adamw)")
     optimizer: str = option("muon", "muon (for the blocks' matrices, from zero residual projections) or adamw")
     muon_lr: float = option(0.02, "Muon's learning rate")
@@ -76,6 +76,8 @@ class SpeedrunConfig:
     traces: bool = True  # False: the ablation (code instead of traces, same token budget)
     # per stage, source name -> share of tokens (None: the recipe's, ``MIXTURES``); for sweeps, not an option
     mixtures: dict | None = field(default=None, metadata={"cli": False})
+    # per stage, TrainConfig settings over the recipe's (None: ``STAGE_SETTINGS``); for sweeps, not an option
+    stage_settings: dict | None = field(default=None, metadata={"cli": False})
     seed: int = 0
     device: str = option("cpu", "where the model trains and is evaluated: cpu, cuda, cuda:N (the data is built on "
                                 "the CPUs)")
@@ -154,12 +156,15 @@ def _package_dir(name: str) -> Path | None:
 
 
 STAGES = ("pretrain", "midtrain", "sft")
+# Pretraining is copy drills alone, at a constant learning rate: induction heads (copying from the context) form in
+# ~600 steps of them and never on code and traces at a CPU's budget, nor on drills mixed in with them; a tenth of
+# drills in the later stages keeps the heads (SFT without them lost them in 66 steps). Both runs get the same drills.
 MIXTURES = {  # by whether traces are trained on (False: the ablation)
-    True: {"pretrain": {"code": 0.5, "traces": 0.25, "repo_traces": 0.05, "direct": 0.2},
-           "midtrain": {"code": 0.1, "traces": 0.65, "repo_traces": 0.05, "direct": 0.2},
-           "sft": {"sft": 0.5, "traces": 0.4, "direct": 0.1}},
-    False: {"pretrain": {"code": 0.8, "direct": 0.2}, "midtrain": {"code": 0.8, "direct": 0.2},
-            "sft": {"sft_nothink": 0.5, "code": 0.4, "direct": 0.1}},
+    True: {"pretrain": {"copy_drills": 1.0},
+           "midtrain": {"copy_drills": 0.1, "code": 0.1, "traces": 0.55, "repo_traces": 0.05, "direct": 0.2},
+           "sft": {"copy_drills": 0.1, "sft": 0.45, "traces": 0.35, "direct": 0.1}},
+    False: {"pretrain": {"copy_drills": 1.0}, "midtrain": {"copy_drills": 0.1, "code": 0.7, "direct": 0.2},
+            "sft": {"copy_drills": 0.1, "sft_nothink": 0.45, "code": 0.35, "direct": 0.1}},
 }
 
 
@@ -189,13 +194,17 @@ def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
                        zero_residual=config.optimizer == "muon", **preset_overrides)
 
 
-def stage_train_config(config: SpeedrunConfig, steps: int):
+STAGE_SETTINGS = {"pretrain": {"schedule": "wsd", "decay_fraction": 0.0}}  # per stage, over the common settings
+
+
+def stage_train_config(config: SpeedrunConfig, steps: int, stage: str = "midtrain"):
     from opencwm.train.loop import TrainConfig
 
-    return TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr, schedule=config.schedule,
-                       optimizer=config.optimizer, muon_lr=config.muon_lr, min_lr_ratio=0.05,
-                       warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
-                       log_every=25, seed=config.seed, compile=config.compile)
+    settings = (config.stage_settings if config.stage_settings is not None else STAGE_SETTINGS).get(stage, {})
+    return TrainConfig(**{**dict(steps=steps, batch_size=config.batch_size, lr=config.lr, schedule=config.schedule,
+                                 optimizer=config.optimizer, muon_lr=config.muon_lr, min_lr_ratio=0.05,
+                                 warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
+                                 log_every=25, seed=config.seed, compile=config.compile), **settings})
 
 
 def training_documents(config: SpeedrunConfig, paths: dict[str, Path], tokenizer,
@@ -218,7 +227,7 @@ def _reads_repo_traces(name: str) -> bool:
 def source_path(name: str, paths: dict[str, Path]) -> Path:
     """The dataset a source of the mixtures reads: its own (code), the repository traces (repo_traces and its view
     repo_trace_windows), else the training traces (traces, and their views: trace_windows, direct, sft,
-    sft_nothink)."""
+    sft_nothink, copy_drills: the ablation draws its drills from the traces' token ids too, no more of them)."""
     if _reads_repo_traces(name):
         return paths["repo_traces"]
     return paths[name] if name == "code" else paths["traces"]
@@ -254,7 +263,7 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
 
         weights = _stage_sources(config, stage, paths)
         stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed)
-        trainer = Trainer(model, stream, stage_train_config(config, steps), root / stage, tokenizer=tokenizer)
+        trainer = Trainer(model, stream, stage_train_config(config, steps, stage), root / stage, tokenizer=tokenizer)
         trainer.resume()
         _log(f"{stage}: {steps} steps on {weights}")
         trainer.train(progress=True, on_checkpoint=point)

@@ -16,9 +16,10 @@ EVAL_BATCH = 8  # prompts decoded together in evaluation (and in measuring the d
 def evaluate(config, model, tokenizer, paths: dict[str, Path], window: int | None = None) -> dict:
     """Every figure of a finished run on the held-out traces and CruxEval (``window``: the model reads traces
     in windows of that many tokens)."""
-    from opencwm.eval.copying import copying_accuracy
+    from opencwm.eval.copying import copying_accuracy, token_alphabet
     from opencwm.eval.cruxeval import cruxeval_report
     from opencwm.eval.trace_eval import TraceEvaluator, evaluate_traces
+    from opencwm.trace.codec import encode
     from opencwm.trace.collect import read_traces
 
     evaluator = TraceEvaluator(model.eval(), tokenizer, max_trace_tokens=config.max_trace_tokens,
@@ -26,7 +27,9 @@ def evaluate(config, model, tokenizer, paths: dict[str, Path], window: int | Non
     results = evaluate_traces(evaluator, read_traces(paths["heldout-traces"]), limit=config.eval_traces,
                               chat=config.sft_steps > 0, first_position_bucket=config.seq_len)
     results.update(cruxeval_report(evaluator, config.cruxeval, config.cruxeval_limit))
-    results["copying_accuracy"] = copying_accuracy(model, low=0, high=min(tokenizer.special_ids.values()))
+    heldout = [encode(trace) for _, trace in itertools.islice(read_traces(paths["heldout-traces"]), config.eval_traces)]
+    results["copying_accuracy"] = copying_accuracy(model, ids=token_alphabet(tokenizer, heldout))
+    results["copying_accuracy_vocab"] = copying_accuracy(model, low=0, high=min(tokenizer.special_ids.values()))
     return results
 
 

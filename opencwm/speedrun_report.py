@@ -8,7 +8,7 @@ from pathlib import Path
 
 KEYS = ("frame_exact_match", "frame_token_accuracy", "trace_exact_match", "output_exact_match_rollout",
         "output_exact_match_direct", "output_exact_match_chat", "cruxeval_o_direct", "cruxeval_o_rollout",
-        "copying_accuracy", "wall_seconds")
+        "copying_accuracy", "copying_accuracy_vocab", "wall_seconds")
 
 
 def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float, plan: dict | None = None) -> dict:
@@ -171,7 +171,8 @@ def _plots(out: Path, main: dict, ablation: dict | None) -> None:
     if not main.get("curve"):
         return
     figures = (("frame_token_accuracy", "frame tokens right"), ("frame_exact_match", "frames exact"),
-               ("copying_accuracy", "copying (random tokens)"), ("output_exact_match_direct", "output exact (direct)"))
+               ("copying_accuracy", "copying (random trace tokens)"),
+               ("output_exact_match_direct", "output exact (direct)"))
     fig, axes = plt.subplots(1, len(figures), figsize=(14, 3.6), sharey=True)
     for ax, (key, title) in zip(axes, figures):
         for label, result in (("with traces", main), ("no traces", ablation)):

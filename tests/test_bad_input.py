@@ -69,6 +69,7 @@ CASES = {
     "train: empty dataset": ["train", "--out", "run", "--data", "t=emptyset"],
     "train: warmup past steps": ["train", "--out", "run", "--data", "t=programs", "--steps", "5", "--warmup", "10"],
     "train: zero steps": ["train", "--out", "run", "--data", "t=programs", "--steps", "0"],
+    "train: decay past the steps": ["train", "--out", "run", "--data", "t=programs", "--decay-fraction", "1.5"],
     "eval: nothing to evaluate": ["eval", "trace", "--model", "notdata"],
     "eval: not a checkpoint": ["eval", "trace", "--model", "notdata", "--traces", "emptyset"],
     "eval: zero window": ["eval", "trace", "--model", "notdata", "--traces", "emptyset", "--window", "0"],

@@ -330,6 +330,7 @@ def test_rl_under_gvisor_gives_bubblewrap_s_rewards_and_update(parity_policy, fo
     """``rl train --sandbox gvisor``: graders and agent episodes (shell and test runs) in gVisor's user-space
     kernel; the same seeded run under bubblewrap gets the same rewards, losses and weights."""
     from conftest import working_backend
+
     from opencwm.model import CWM
 
     if not (working_backend("gvisor") and working_backend("bwrap")):

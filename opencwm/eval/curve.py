@@ -3,8 +3,9 @@ training, so a report can show how the world-modeling figures move with training
 would take them).
 
 A point holds the teacher-forced next-frame exact match and frame-token accuracy on the subset, the random-token
-copying accuracy (``copying``), and the output exact match by direct answer on the subset's programs (one short
-greedy answer each: the cheapest output figure; rollouts cost tens of decoding steps per frame).
+copying accuracy over the token ids the subset uses (``copying``), and the output exact match by direct answer on
+the subset's programs (one short greedy answer each: the cheapest output figure; rollouts cost tens of decoding
+steps per frame).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from opencwm.eval.copying import copying_accuracy
+from opencwm.eval.copying import copying_accuracy, token_alphabet
 from opencwm.eval.trace_eval import TraceEvaluator
 
 
@@ -27,6 +28,9 @@ class LearningCurve:
         self.traces = [trace for _, trace in chosen]
         self.programs = [(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")]
         self.batch_size, self.window = batch_size, window
+        from opencwm.trace.codec import encode
+
+        self.alphabet = token_alphabet(tokenizer, [encode(trace) for trace in self.traces])
 
     def point(self, model, **where) -> dict:
         """The figures of ``model`` (an uncompiled copy of the weights being trained: evaluation shapes would
@@ -37,7 +41,7 @@ class LearningCurve:
         with torch.no_grad():
             frames, tokens = evaluator.next_frame_scores(self.traces)
             direct = evaluator.direct(self.programs)
-            copying = copying_accuracy(model, low=0, high=min(self.tokenizer.special_ids.values()))
+            copying = copying_accuracy(model, ids=self.alphabet) if self.alphabet else 0.0
         return {**where, "frame_exact_match": frames.rate, "frame_token_accuracy": tokens.rate,
                 "copying_accuracy": copying, "output_exact_match_direct": direct.rate, "traces": len(self.traces)}
 

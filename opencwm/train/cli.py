@@ -104,9 +104,12 @@ def cmd_train(args) -> int:
         raise CliError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's")
     stream = PackedStream(docs, {name: weight for name, (_, weight) in sources.items()}, seq_len=args.seq_len,
                           seed=args.seed + rank)
+    if not 0 <= args.decay_fraction <= 1:
+        raise CliError(f"--decay-fraction {args.decay_fraction}: a share of the steps, 0 to 1")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                          optimizer=args.optimizer, muon_lr=args.muon_lr,
-                         warmup_steps=args.warmup, schedule=args.schedule, seed=args.seed,
+                         warmup_steps=args.warmup, schedule=args.schedule, decay_fraction=args.decay_fraction,
+                         seed=args.seed,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every, compile=args.compile,
                          activation_checkpointing=args.activation_checkpointing, precision=args.precision)
     try:
@@ -162,6 +165,8 @@ def add_parser(areas) -> None:
                                                    "--steps when fewer)")
     train.add_argument("--schedule", choices=["wsd", "cosine"], default="wsd",
                        help="learning-rate schedule after warm-up: warmup-stable-decay or cosine")
+    train.add_argument("--decay-fraction", type=float, default=0.2,
+                       help="wsd: the final share of the steps that decays (0: a constant rate)")
     train.add_argument("--seed", type=int, default=0, help="seed of the weights and the data mixture")
     train.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     train.add_argument("--log-every", type=int, default=10, help="steps between metrics lines")
