@@ -19,28 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_row
-
-
-def repeats(count: int, *, alphabet: list[int], lengths: tuple[int, int], copies: int, seed: int) -> list:
-    """``count`` documents, each a random stretch of ids from ``alphabet`` repeated ``copies`` times (0: to 512
-    tokens), the first copy unlearned."""
-    from opencwm.data.packing import Document
-
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        n = rng.randint(*lengths)
-        stretch = [rng.choice(alphabet) for _ in range(n)]
-        times = copies or max(2, 512 // n)
-        out.append(Document(stretch * times, [False] * n + [True] * (n * (times - 1))))
-    return out
 
 
 def main() -> int:
@@ -66,6 +50,7 @@ def main() -> int:
 
     import torch
 
+    from opencwm.data.documents import copy_drills
     from opencwm.data.packing import PackedStream
     from opencwm.eval.copying import copying_accuracy
     from opencwm.model.factory import fresh_model
@@ -77,14 +62,13 @@ def main() -> int:
     tokenizer = Tokenizer.load(args.data / "tokenizer")
     high = min(tokenizer.special_ids.values())
     if args.alphabet == "corpus":
-        from opencwm.data.documents import source_documents
+        from opencwm.data.documents import texts, token_alphabet
 
-        traces = source_documents("traces", data_paths(args.data)["traces"], tokenizer)
-        drawn = sorted({i for doc in traces for i in doc.tokens if i < high})  # the ids the stretches are drawn from
+        drawn = token_alphabet(tokenizer, texts(data_paths(args.data)["traces"]))  # the ids stretches are drawn from
     else:
         drawn = list(range(int(args.alphabet) if args.alphabet else high))
     low, top = (int(x) for x in args.lengths.split("-"))
-    sources = {"repeats": repeats(20_000, alphabet=drawn, lengths=(low, top), copies=args.copies, seed=1)}
+    sources = {"repeats": copy_drills(drawn, count=20_000, lengths=(low, top), copies=args.copies, seed=1)}
     weights = {"repeats": args.repeats}
     if args.mix:
         from opencwm.data.documents import source_documents

@@ -137,28 +137,37 @@ COPY_DRILLS = 20_000  # documents of the copy_drills view (~1.4M tokens)
 
 
 def copy_drills(alphabet: list[int], *, count: int = COPY_DRILLS, lengths: tuple[int, int] = (8, 64),
-                seed: int = 0) -> list[Document]:
+                copies: int = 2, seed: int = 0) -> list[Document]:
     """``count`` documents, each a stretch of ``lengths`` token ids drawn uniformly from ``alphabet``, written
-    twice, the first copy unlearned. Nothing but looking back predicts the second copy, so training on them grows
-    induction heads (a head that finds the earlier occurrence of the current token, and one that copies what followed
-    it). On the 246 token ids of the speedrun's traces the tiny model goes from 12% to 85% copying between 500 and
-    600 steps of drills alone (Muon; AdamW had not started at 1000), where the corpus never grows them within a CPU
-    budget, nor do drills mixed half and half with it (``benchmarks/induction_probe.py``, RESULTS.md)."""
+    ``copies`` times (0: to 512 tokens; that variant grew no heads), the first copy unlearned. Nothing but looking
+    back predicts the later copies, so training on them grows induction heads (a head that finds the earlier
+    occurrence of the current token, and one that copies what followed it). On the 246 token ids of the speedrun's
+    traces the tiny model goes from 12% to 85% copying between 500 and 600 steps of drills alone (Muon; AdamW had
+    not started at 1000), where the corpus never grows them within a CPU budget, nor do drills mixed half and half
+    with it (``benchmarks/induction_probe.py``, RESULTS.md)."""
     import random
 
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         stretch = [rng.choice(alphabet) for _ in range(rng.randint(*lengths))]
-        out.append(Document(stretch * 2, [False] * len(stretch) + [True] * len(stretch)))
+        times = copies or max(2, 512 // len(stretch))
+        out.append(Document(stretch * times, [False] * len(stretch) + [True] * len(stretch) * (times - 1)))
     return out
 
 
-def copy_drill_documents(directory: str | Path, tokenizer: Tokenizer) -> list[Document]:
-    """The ``copy_drills`` view of a dataset: ``copy_drills`` over the token ids its documents use (special tokens
-    aside), so the heads form on the ids the model will copy."""
+def token_alphabet(tokenizer: Tokenizer, texts) -> list[int]:
+    """The token ids ``texts`` use, special tokens aside: what copy drills and in-distribution copying
+    (``opencwm.eval.copying``) draw from. (A uniform draw from the whole vocabulary asks a model trained on traces to
+    copy ids it has never seen: the speedrun's traces use 246 of its 2,048.)"""
     special = set(tokenizer.special_ids.values())
-    alphabet = sorted({i for document in documents(directory, tokenizer) for i in document.tokens} - special)
+    return sorted({i for text in texts for i in tokenizer.encode(text, allow_special=True)} - special)
+
+
+def copy_drill_documents(directory: str | Path, tokenizer: Tokenizer) -> list[Document]:
+    """The ``copy_drills`` view of a dataset: ``copy_drills`` over the token ids its texts use (special tokens
+    aside), so the heads form on the ids the model will copy."""
+    alphabet = token_alphabet(tokenizer, texts(directory))
     if not alphabet:
         raise DatasetError(f"{directory}: no tokens to draw copy drills from")
     return copy_drills(alphabet)

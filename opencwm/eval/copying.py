@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import random
 
+from opencwm.data.documents import token_alphabet  # (re-exported: the alphabet copying draws from)
 
-def token_alphabet(tokenizer, texts) -> list[int]:
-    """The token ids ``texts`` use, special tokens aside: what in-distribution copying draws from. (A uniform draw
-    from the whole vocabulary asks a model trained on traces to copy ids it has never seen: the speedrun's traces
-    use 246 of its 2,048.)"""
-    special = set(tokenizer.special_ids.values())
-    return sorted({i for text in texts for i in tokenizer.encode(text, allow_special=True)} - special)
+__all__ = ["copying_accuracy", "token_alphabet"]
 
 
 def copying_accuracy(model, *, low: int = 0, high: int | None = None, ids: list[int] | None = None, length: int = 40,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from opencwm.eval.copying import copying_accuracy, token_alphabet
 from opencwm.eval.trace_eval import TraceEvaluator
+from opencwm.trace.codec import encode
 
 
 class LearningCurve:
@@ -28,8 +29,6 @@ class LearningCurve:
         self.traces = [trace for _, trace in chosen]
         self.programs = [(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")]
         self.batch_size, self.window = batch_size, window
-        from opencwm.trace.codec import encode
-
         self.alphabet = token_alphabet(tokenizer, [encode(trace) for trace in self.traces])
 
     def point(self, model, **where) -> dict:

@@ -19,11 +19,9 @@ import os
 import shutil
 from pathlib import Path
 
-MS_NOSUID, MS_NODEV, MS_REMOUNT = 0x2, 0x4, 0x20
-MNT_DETACH = 0x2
-HEADROOM = 4 << 30, 1 << 20  # bytes, files: the limits while the host fills the directory
+from opencwm.sandbox.confine import MNT_DETACH, MS_NODEV, MS_NOSUID, MS_REMOUNT, _libc
 
-_libc = ctypes.CDLL(None, use_errno=True)
+HEADROOM = 4 << 30, 1 << 20  # bytes, files: the limits while the host fills the directory
 
 
 def _mount_tmpfs(path: Path, size: int, inodes: int, remount: bool = False) -> bool:
