@@ -62,7 +62,8 @@ def stage_steps(config: SpeedrunConfig, tokens: int) -> dict[str, int]:
     """The recipe's steps per stage, scaled so that the whole run trains about ``tokens`` tokens."""
     recipe = {stage: getattr(config, f"{stage}_steps") for stage in STAGES}
     total = max(3, round(tokens / (config.batch_size * config.seq_len)))
-    return {f"{stage}_steps": max(1, round(steps * total / sum(recipe.values()))) for stage, steps in recipe.items()}
+    return {f"{stage}_steps": max(1, round(steps * total / sum(recipe.values()))) if steps else 0
+            for stage, steps in recipe.items()}
 
 
 def frame_scores(model, tokenizer, traces, first_bucket: int, window: int | None = None) -> dict:
@@ -87,6 +88,19 @@ def frame_scores(model, tokenizer, traces, first_bucket: int, window: int | None
                                             3)}
 
 
+def answer_scores(model, tokenizer, rows_and_traces, chat: bool) -> dict:
+    """Output prediction on the held-out programs: the direct answer (``assert CALL == ``), and the chat answer
+    that SFT teaches when the variant has an SFT stage."""
+    from opencwm.eval.trace_eval import TraceEvaluator
+
+    evaluator = TraceEvaluator(model.eval(), tokenizer)
+    programs = [(t.source, row["call"], t.return_value) for row, t in rows_and_traces if row.get("call")]
+    out = {"output_exact_match_direct": round(evaluator.direct(programs).rate, 3)}
+    if chat:
+        out["output_exact_match_chat"] = round(evaluator.chat_answer(programs).rate, 3)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="a speedrun's shared folder (data/, tokenizer/)")
@@ -97,6 +111,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/recipe-sweep"), help="the variants' checkpoints")
     parser.add_argument("--budget-s", type=float, default=0, help="start no variant after this many seconds (0: all)")
     parser.add_argument("--first-bucket", type=int, default=512)
+    parser.add_argument("--init", type=Path, help="start every variant from the latest checkpoint of this stage "
+                        "folder (e.g. runs/speedrun/traces/pretrain) instead of a fresh model; variants then set the "
+                        "stages already trained to 0 steps")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -123,7 +140,11 @@ def main() -> int:
     tokenizer = Tokenizer.load(args.data / "tokenizer")
     base = SpeedrunConfig(device=args.device, compile=args.compile, cruxeval=None, time_budget=0)
     tokenized: dict[int, dict[str, list]] = {}  # by sequence length (windowed views depend on it)
-    held = [t for _, t in read_traces(paths["heldout-traces"]) if t.status == "ok" and t.frames][:base.eval_traces]
+    rows = [(r, t) for r, t in read_traces(paths["heldout-traces"]) if t.status == "ok" and t.frames][:base.eval_traces]
+    held = [t for _, t in rows]
+    init = latest_checkpoint(args.init) if args.init else None
+    if args.init and init is None:
+        raise SystemExit(f"recipe_sweep: {args.init} holds no checkpoint")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         if variant["name"] in done:
@@ -138,7 +159,8 @@ def main() -> int:
         docs = training_documents(config, paths, tokenizer, reuse=cache)
         cache.update(docs)
         began = time.monotonic()
-        model = new_model(config, tokenizer, **variant.get("model", {}))
+        model = (CWM.from_pretrained(init / "model", device=config.device) if init
+                 else new_model(config, tokenizer, **variant.get("model", {})))
         last_stage, _, _ = train_model(config, args.work / variant["name"], paths, tokenizer, docs, model=model)
         trained = time.monotonic() - began
         # scored on an uncompiled copy of the weights: every new shape would recompile the compiled blocks
@@ -146,7 +168,11 @@ def main() -> int:
         result = {"name": variant["name"], "tokens": variant["tokens"],
                   "steps": {stage: getattr(config, f"{stage}_steps") for stage in STAGES},
                   "parameters": sum(p.numel() for p in model.parameters()),
-                  **frame_scores(model, tokenizer, held, args.first_bucket), "train_seconds": round(trained, 1)}
+                  **frame_scores(model, tokenizer, held, args.first_bucket),
+                  **answer_scores(model, tokenizer, rows, chat=config.sft_steps > 0),
+                  "train_seconds": round(trained, 1)}
+        if init:
+            result["init"] = str(args.init)
         if reading_window(config):
             result["windowed"] = frame_scores(model, tokenizer, held, args.first_bucket, window=reading_window(config))
         print(json.dumps(result), flush=True)
@@ -157,7 +183,10 @@ def main() -> int:
         figures = "; ".join(
             f"{r['name']} ({r['tokens'] / 1e6:.2f}M tokens): frames {100 * r['frame_exact_match']:.1f}%, tokens "
             f"{100 * r['frame_token_accuracy']:.1f}% (source lines {100 * r['by_kind'].get('line', 0):.1f}%), copying "
-            f"{100 * r['copying_accuracy']:.1f}% of trace tokens, by end position "
+            f"{100 * r['copying_accuracy']:.1f}% of trace tokens, direct answers "
+            f"{100 * r.get('output_exact_match_direct', float('nan')):.0f}%"
+            + (f", chat {100 * r['output_exact_match_chat']:.0f}%" if "output_exact_match_chat" in r else "")
+            + (f", from {r['init']}" if "init" in r else "") + ", by end position "
             + " / ".join(f"{100 * rate:.1f}%" for rate in r["by_position"].values())
             for r in (done[v["name"]] for v in variants if v["name"] in done))
         append_row("recipe_sweep", " ".join(["python benchmarks/recipe_sweep.py", *sys.argv[1:]]),
