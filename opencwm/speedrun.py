@@ -159,9 +159,9 @@ STAGES = ("pretrain", "midtrain", "sft")
 # Pretraining is copy drills alone, at a constant learning rate: induction heads (copying from the context) form in
 # ~600 steps of them and never on code and traces at a CPU's budget, nor on drills mixed in with them; a tenth of
 # drills in the later stages keeps the heads (SFT without them lost them in 66 steps). Both runs get the same drills.
-# Midtraining gives traces three quarters of its tokens (frames exact 4.5% -> 7.0% over 0.55 with code beside them,
-# direct answers 10% -> 12%); SFT keeps half its tokens on traces, at a third of the rate (``STAGE_SETTINGS``), which
-# keeps most of what midtraining learned (frames exact 7.0% -> 6.2%; the former SFT took 4.5% to 2.5%).
+# Midtraining gives traces three quarters of its tokens (frames exact 4.8% -> 6.2% over 0.55 with code beside them,
+# direct answers 11% -> 12%); SFT keeps half its tokens on traces, at a third of the rates (``STAGE_SETTINGS``): 4.5%
+# after it where the former SFT left 2.2% (``benchmarks/recipe_variants_{midtrain,sft}.json``, RESULTS.md).
 MIXTURES = {  # by whether traces are trained on (False: the ablation, every trace replaced by code)
     True: {"pretrain": {"copy_drills": 1.0},
            "midtrain": {"copy_drills": 0.1, "traces": 0.75, "repo_traces": 0.05, "direct": 0.1},

@@ -74,6 +74,19 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     assert set(report["learning_curve"]) == {"with_traces", "no_traces"}
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
     assert "Learning curve (" in (tmp_path / "report.md").read_text()
+    # recipe_sweep --init: a variant continues the run's midtrained weights for its SFT stage alone and is scored
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps([{"name": "sft_only", "tokens": 6144, "pretrain_steps": 0, "midtrain_steps": 0,
+                                     "sft_steps": 100, "stage_settings": {"sft": {"lr_factor": 0.5}}}]))
+    sweep = subprocess.run([sys.executable, "benchmarks/recipe_sweep.py", "--data", str(tmp_path / "shared"),
+                            "--variants", str(variants), "--init", str(tmp_path / "traces" / "midtrain"),
+                            "--out", str(tmp_path / "sweep.jsonl"), "--work", str(tmp_path / "sweep"),
+                            "--no-record"], capture_output=True, text=True, timeout=600)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    row = json.loads((tmp_path / "sweep.jsonl").read_text())
+    assert row["steps"] == {"pretrain": 0, "midtrain": 0, "sft": 3} and row["init"].endswith("midtrain")
+    assert {"frame_exact_match", "output_exact_match_direct", "output_exact_match_chat"} <= set(row)
+    assert not (tmp_path / "sweep" / "sft_only" / "pretrain").exists()  # no stage trained but SFT
 
 
 def test_repository_traces_are_used_when_the_package_is_installed_and_never_in_the_ablation():
@@ -127,7 +140,14 @@ def test_each_speedrun_stage_is_an_opencwm_train_command(tmp_path):
     from opencwm.data.corpora import build_code_corpus, build_program_corpus
     from opencwm.data.documents import source_documents, texts
     from opencwm.data.packing import PackedStream
-    from opencwm.speedrun import STAGES, SpeedrunConfig, _stage_sources, source_path, training_documents
+    from opencwm.speedrun import (
+        STAGES,
+        SpeedrunConfig,
+        _stage_sources,
+        source_path,
+        stage_train_config,
+        training_documents,
+    )
     from opencwm.tokenizer import Tokenizer
     from opencwm.trace.collect import CollectConfig, collect
     from opencwm.train.cli import _parse_data
@@ -150,3 +170,8 @@ def test_each_speedrun_stage_is_an_opencwm_train_command(tmp_path):
             for _ in range(3):
                 mine, theirs = recipe.next_batch(4), command.next_batch(4)
                 assert all(torch.equal(mine[key], theirs[key]) for key in mine), (traces, stage)
+        # the rates README's commands give: SFT at a third of the run's (--lr, --muon-lr), pretraining constant
+        sft, midtrain = stage_train_config(config, 100, "sft"), stage_train_config(config, 100, "midtrain")
+        assert (sft.lr, sft.muon_lr) == pytest.approx((config.lr / 3, config.muon_lr / 3))
+        assert (midtrain.lr, midtrain.muon_lr) == (config.lr, config.muon_lr)
+        assert stage_train_config(config, 100, "pretrain").decay_fraction == 0
