@@ -8,14 +8,17 @@ accuracy, and frame exact match by where a frame ends in its trace (buckets doub
 tokens), which shows what training on sequences shorter than the traces costs.
 
     python benchmarks/recipe_sweep.py --data runs/speedrun/shared --variants benchmarks/recipe_variants.json \
-        [--device cuda] [--compile] [--out runs/recipe-sweep.jsonl] [--budget-s 600]
+        [--device cuda] [--compile] [--out runs/recipe-sweep.jsonl] [--budget-s 600] [--init STAGE_DIR]
 
 A variants file is a JSON list of objects: ``name``; ``tokens`` (training tokens of the whole run); any
 ``SpeedrunConfig`` field (``seq_len``, ``batch_size``, ``lr``, ``muon_lr``, ...); optionally ``model``, overrides of
 the preset's config (``hidden_size``, ``num_hidden_layers``, ...). ``benchmarks/recipe_variants.json`` holds the
 sweep recorded in RESULTS.md: token budgets of 420 s of training (one speedrun run's share of ``make run``) on
 the 2-core AMD EPYC at each variant's measured tokens/s, so a GPU evaluates in minutes what the CPU speedrun
-would reach. Results are appended to ``--out`` as they finish; a rerun skips the variants already there.
+would reach. With ``--init`` (a stage folder of a finished run, e.g. ``runs/speedrun/traces/pretrain``) every variant
+starts from that stage's latest checkpoint and trains only the stages it gives steps (``recipe_variants_midtrain.json``
+and ``recipe_variants_sft.json`` are such sweeps). Results are appended to ``--out`` as they finish; a rerun skips
+the variants already there.
 """
 
 from __future__ import annotations
@@ -91,10 +94,10 @@ def frame_scores(model, tokenizer, traces, first_bucket: int, window: int | None
 def answer_scores(model, tokenizer, rows_and_traces, chat: bool) -> dict:
     """Output prediction on the held-out programs: the direct answer (``assert CALL == ``), and the chat answer
     that SFT teaches when the variant has an SFT stage."""
-    from opencwm.eval.trace_eval import TraceEvaluator
+    from opencwm.eval.trace_eval import TraceEvaluator, held_out_programs
 
     evaluator = TraceEvaluator(model.eval(), tokenizer)
-    programs = [(t.source, row["call"], t.return_value) for row, t in rows_and_traces if row.get("call")]
+    programs = held_out_programs(rows_and_traces)
     out = {"output_exact_match_direct": round(evaluator.direct(programs).rate, 3)}
     if chat:
         out["output_exact_match_chat"] = round(evaluator.chat_answer(programs).rate, 3)
@@ -145,6 +148,8 @@ def main() -> int:
     init = latest_checkpoint(args.init) if args.init else None
     if args.init and init is None:
         raise SystemExit(f"recipe_sweep: {args.init} holds no checkpoint")
+    if init and any("model" in variant for variant in variants):
+        raise SystemExit("recipe_sweep: --init takes the checkpoint's model; a variant's \"model\" cannot change it")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         if variant["name"] in done:

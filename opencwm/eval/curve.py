@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from opencwm.eval.copying import copying_accuracy, token_alphabet
-from opencwm.eval.trace_eval import TraceEvaluator
+from opencwm.eval.trace_eval import TraceEvaluator, held_out_programs
 from opencwm.trace.codec import encode
 
 
@@ -27,7 +27,7 @@ class LearningCurve:
         self.path = Path(path)
         self.tokenizer = tokenizer
         self.traces = [trace for _, trace in chosen]
-        self.programs = [(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")]
+        self.programs = held_out_programs(chosen)
         self.batch_size, self.window = batch_size, window
         self.alphabet = token_alphabet(tokenizer, [encode(trace) for trace in self.traces])
 

@@ -290,6 +290,12 @@ class TraceEvaluator:
         return score
 
 
+def held_out_programs(rows_and_traces) -> list[tuple[str, str, str]]:
+    """``(source, call, expected repr of the result)`` of every traced program with a call: what ``direct`` and
+    ``chat_answer`` score."""
+    return [(trace.source, row["call"], trace.return_value) for row, trace in rows_and_traces if row.get("call")]
+
+
 def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | None = None,
                     max_frames_per_trace: int | None = None, chat: bool = False,
                     first_position_bucket: int = 512) -> dict:
@@ -304,7 +310,7 @@ def evaluate_traces(evaluator: TraceEvaluator, rows_and_traces, *, limit: int | 
     frames, frame_tokens = evaluator.next_frame_scores(traces, max_frames_per_trace, by_kind, all_but, by_position,
                                                        first_position_bucket)
     whole, output = evaluator.rollout(traces)
-    programs = [(t.source, row["call"], t.return_value) for row, t in chosen if row.get("call")]
+    programs = held_out_programs(chosen)
     direct = evaluator.direct(programs)
     extra = {"output_exact_match_chat": evaluator.chat_answer(programs).rate} if chat else {}
     return {**extra, "frame_exact_match": frames.rate, "frames": frames.total,
