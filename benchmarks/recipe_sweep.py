@@ -185,19 +185,24 @@ def main() -> int:
             handle.write(json.dumps(result) + "\n")
         done[variant["name"]] = result
     if not args.no_record and done:
-        figures = "; ".join(
-            f"{r['name']} ({r['tokens'] / 1e6:.2f}M tokens): frames {100 * r['frame_exact_match']:.1f}%, tokens "
-            f"{100 * r['frame_token_accuracy']:.1f}% (source lines {100 * r['by_kind'].get('line', 0):.1f}%), copying "
-            f"{100 * r['copying_accuracy']:.1f}% of trace tokens, direct answers "
-            f"{100 * r.get('output_exact_match_direct', float('nan')):.0f}%"
-            + (f", chat {100 * r['output_exact_match_chat']:.0f}%" if "output_exact_match_chat" in r else "")
-            + (f", from {r['init']}" if "init" in r else "") + ", by end position "
-            + " / ".join(f"{100 * rate:.1f}%" for rate in r["by_position"].values())
-            for r in (done[v["name"]] for v in variants if v["name"] in done))
         append_row("recipe_sweep", " ".join(["python benchmarks/recipe_sweep.py", *sys.argv[1:]]),
-                   f"teacher-forced on {len(held)} held-out traces, position buckets from {args.first_bucket} "
-                   f"tokens doubling: {figures}")
+                   row_figures([done[v["name"]] for v in variants if v["name"] in done], len(held), args.first_bucket))
     return 0
+
+
+def row_figures(results: list[dict], traces: int, first_bucket: int) -> str:
+    """The figures column of a RESULTS.md row for the variants' ``results`` (rows of ``--out``)."""
+    figures = "; ".join(
+        f"{r['name']} ({r['tokens'] / 1e6:.2f}M tokens): frames {100 * r['frame_exact_match']:.1f}%, tokens "
+        f"{100 * r['frame_token_accuracy']:.1f}% (source lines {100 * r['by_kind'].get('line', 0):.1f}%), copying "
+        f"{100 * r['copying_accuracy']:.1f}% of trace tokens, direct answers "
+        f"{100 * r.get('output_exact_match_direct', float('nan')):.0f}%"
+        + (f", chat {100 * r['output_exact_match_chat']:.0f}%" if "output_exact_match_chat" in r else "")
+        + (f", from {r['init']}" if "init" in r else "") + ", by end position "
+        + " / ".join(f"{100 * rate:.1f}%" for rate in r["by_position"].values())
+        for r in results)
+    return (f"teacher-forced on {traces} held-out traces, position buckets from {first_bucket} tokens doubling: "
+            f"{figures}")
 
 
 if __name__ == "__main__":

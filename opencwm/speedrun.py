@@ -233,7 +233,8 @@ def _reads_repo_traces(name: str) -> bool:
 def source_path(name: str, paths: dict[str, Path]) -> Path:
     """The dataset a source of the mixtures reads: its own (code), the repository traces (repo_traces and its view
     repo_trace_windows), else the training traces (traces, and their views: trace_windows, direct, sft,
-    sft_nothink, copy_drills: the ablation draws its drills from the traces' token ids too, no more of them)."""
+    sft_nothink, copy_drills: the ablation draws its drills from the traces' token ids too, no more of them;
+    text_drills, which copies the traces' text: not for the ablation)."""
     if _reads_repo_traces(name):
         return paths["repo_traces"]
     return paths[name] if name == "code" else paths["traces"]

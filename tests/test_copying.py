@@ -4,7 +4,7 @@ budget a CPU test affords: the speedrun's copy warm-up, checked with a model sma
 import pytest
 import torch
 
-from opencwm.data.documents import copy_drills
+from opencwm.data.documents import copy_drills, text_drills
 from opencwm.data.packing import Document, PackedStream
 from opencwm.data.synthetic import ProgramGenerator
 from opencwm.eval.copying import copying_accuracy, token_alphabet
@@ -25,6 +25,22 @@ def test_copy_drills_are_a_random_stretch_written_twice_and_learned_the_second_t
         assert document.loss_mask == [False] * half + [True] * half
         assert set(document.tokens) <= {5, 9, 11}
     assert {t for d in drills for t in d.tokens} == {5, 9, 11}
+
+
+def test_text_drills_copy_a_stretch_of_one_real_text_written_twice():
+    texts = [list(range(100, 140)), list(range(500, 520)), [7, 8]]  # the last is shorter than any stretch
+    drills = text_drills(texts, count=300, lengths=(4, 16), seed=2)
+    assert drills == text_drills(texts, count=300, lengths=(4, 16), seed=2)  # seeded
+    for document in drills:
+        half = len(document.tokens) // 2
+        stretch = document.tokens[:half]
+        assert 4 <= half <= 16 and document.tokens[half:] == stretch
+        assert document.loss_mask == [False] * half + [True] * half
+        source = next(t for t in texts if stretch[0] in t)  # consecutive tokens of one text
+        start = source.index(stretch[0])
+        assert source[start : start + half] == stretch
+    assert {d.tokens[0] // 100 for d in drills} == {1, 5}  # both long texts are drawn from
+    assert text_drills([[1, 2]], lengths=(4, 16)) == []
 
 
 def test_the_copy_drills_view_draws_the_ids_its_dataset_uses_and_no_special_token(tmp_path):

@@ -156,6 +156,26 @@ def copy_drills(alphabet: list[int], *, count: int = COPY_DRILLS, lengths: tuple
     return out
 
 
+def text_drills(token_lists: list[list[int]], *, count: int = COPY_DRILLS, lengths: tuple[int, int] = (8, 128),
+                seed: int = 0) -> list[Document]:
+    """``count`` documents, each a stretch of ``lengths`` consecutive tokens of one of ``token_lists`` (real code or
+    trace text) written twice, the first copy unlearned. Random drills grow heads that match one token back, which
+    is enough where every token is rare; in code a token such as ``,`` or ``'`` occurs everywhere, and only a
+    longer prefix finds the place to copy from: copying real text asks for that."""
+    import random
+
+    rng = random.Random(seed)
+    pool = [tokens for tokens in token_lists if len(tokens) >= lengths[0]]
+    out = []
+    for _ in range(count if pool else 0):
+        tokens = rng.choice(pool)
+        size = rng.randint(lengths[0], min(lengths[1], len(tokens)))
+        start = rng.randrange(len(tokens) - size + 1)
+        stretch = tokens[start : start + size]
+        out.append(Document(stretch * 2, [False] * size + [True] * size))
+    return out
+
+
 def token_alphabet(tokenizer: Tokenizer, texts) -> list[int]:
     """The token ids ``texts`` use, special tokens aside: what copy drills and in-distribution copying
     (``opencwm.eval.copying``) draw from. (A uniform draw from the whole vocabulary asks a model trained on traces to
@@ -193,6 +213,7 @@ def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer, *, 
     with and without a ``<think>`` walk through the execution, alternating), ``sft_nothink`` (without the walk),
     ``skipped_calls`` (traces with nested calls' bodies left out, as the neural debugger's ``next`` reads them),
     ``copy_drills`` (random stretches of the dataset's token ids, written twice: a copy warm-up),
+    ``text_drills`` (stretches of the dataset's own text, written twice: copying where one token back is ambiguous),
     a name ending in ``windows`` (``trace_windows``, ``repo_trace_windows``: its traces in windows of ``window``
     tokens, the training length, each starting with the source); any other name trains on the text as written
     (code, traces or trajectories). The speedrun's mixtures use the same
@@ -207,6 +228,11 @@ def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer, *, 
         return skipped_call_documents(directory, tokenizer)
     if name == "copy_drills":
         return copy_drill_documents(directory, tokenizer)
+    if name == "text_drills":
+        drills = text_drills([document.tokens for document in documents(directory, tokenizer)])
+        if not drills:
+            raise DatasetError(f"{directory}: no text to draw copy drills from")
+        return drills
     if is_windowed(name):
         return windowed_documents(directory, tokenizer, window)
     return documents(directory, tokenizer)
