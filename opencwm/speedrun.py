@@ -197,16 +197,32 @@ def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
                        zero_residual=config.optimizer == "muon", **preset_overrides)
 
 
-# per stage, over the common settings; ``lr_factor`` scales both learning rates (the run's ``lr`` and ``muon_lr``)
-STAGE_SETTINGS = {"pretrain": {"schedule": "wsd", "decay_fraction": 0.0}, "sft": {"lr_factor": 1 / 3}}
+# per stage, over the common settings; ``lr_factor`` scales both learning rates (the run's ``lr`` and ``muon_lr``),
+# ``length_factor`` the sequence length at the run's tokens per step (``stage_shape``). Midtraining and SFT read
+# sequences twice the drills' length, 2 x 1024 tokens a step: frames exact 5.5% -> 7.8% over 4 x 512 at equal tokens,
+# frames ending past token 1024 of their trace 2.3% -> 4.5% (``benchmarks/recipe_variants_seq_len.json``, RESULTS.md).
+STAGE_SETTINGS = {"pretrain": {"schedule": "wsd", "decay_fraction": 0.0}, "midtrain": {"length_factor": 2},
+                  "sft": {"lr_factor": 1 / 3, "length_factor": 2}}
+
+
+def _stage_settings(config: SpeedrunConfig, stage: str) -> dict:
+    return dict((config.stage_settings if config.stage_settings is not None else STAGE_SETTINGS).get(stage, {}))
+
+
+def stage_shape(config: SpeedrunConfig, stage: str) -> tuple[int, int]:
+    """(sequence length, sequences per step) of a stage: the run's ``seq_len`` times the stage's ``length_factor``
+    (1 unless set), with as many sequences as keep the run's tokens per step (at least one)."""
+    factor = _stage_settings(config, stage).get("length_factor", 1)
+    return config.seq_len * factor, max(1, config.batch_size // factor)
 
 
 def stage_train_config(config: SpeedrunConfig, steps: int, stage: str = "midtrain"):
     from opencwm.train.loop import TrainConfig
 
-    settings = dict((config.stage_settings if config.stage_settings is not None else STAGE_SETTINGS).get(stage, {}))
+    settings = _stage_settings(config, stage)
     factor = settings.pop("lr_factor", 1.0)
-    return TrainConfig(**{**dict(steps=steps, batch_size=config.batch_size, lr=config.lr * factor,
+    settings.pop("length_factor", None)
+    return TrainConfig(**{**dict(steps=steps, batch_size=stage_shape(config, stage)[1], lr=config.lr * factor,
                                  schedule=config.schedule, optimizer=config.optimizer,
                                  muon_lr=config.muon_lr * factor, min_lr_ratio=0.05,
                                  warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
@@ -255,24 +271,26 @@ def train_model(config: SpeedrunConfig, root: Path, paths: dict[str, Path], toke
     model = model if model is not None else new_model(config, tokenizer)
     history: list[dict] = []
     steps_of = {"pretrain": config.pretrain_steps, "midtrain": config.midtrain_steps, "sft": config.sft_steps}
-    last, tokens_before, step_tokens = None, 0, config.batch_size * config.seq_len
+    last, tokens_before = None, 0
     for stage in STAGES:
         steps = steps_of[stage]
         if steps <= 0:
             continue
         last = stage
+        seq_len, batch_size = stage_shape(config, stage)
+        step_tokens = seq_len * batch_size
 
-        def point(step: int, stage=stage, steps=steps, before=tokens_before) -> None:
+        def point(step: int, stage=stage, steps=steps, before=tokens_before, step_tokens=step_tokens) -> None:
             if curve is None or stage == "sft" or (stage == "pretrain" and step < steps):
                 return
             weights = CWM.from_pretrained(latest_checkpoint(root / stage) / "model", device=config.device)
             curve.record(weights, stage=stage, step=step, tokens=before + step * step_tokens)
 
         weights = _stage_sources(config, stage, paths)
-        stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed)
+        stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=seq_len, seed=config.seed)
         trainer = Trainer(model, stream, stage_train_config(config, steps, stage), root / stage, tokenizer=tokenizer)
         trainer.resume()
-        _log(f"{stage}: {steps} steps on {weights}")
+        _log(f"{stage}: {steps} steps of {batch_size} x {seq_len} tokens on {weights}")
         trainer.train(progress=True, on_checkpoint=point)
         tokens_before += steps * step_tokens
         for line in (root / stage / "metrics.jsonl").read_text().splitlines():
@@ -339,11 +357,21 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
     if not config.time_budget or not docs:  # no budget, or every run already finished
         return {**key, "steps": recipe, "scale": 1.0}
     _log("measuring this machine's training and decoding speed, to fit the time budget")
-    weights = _stage_sources(config, STAGES[0], paths)
-    stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=config.seq_len, seed=config.seed + 1)
-    speed = measure_speed(lambda: new_model(config, tokenizer), stage_train_config(config, 1), stream,
-                          decode_batch=EVAL_BATCH)
-    seconds_left = seconds_left - speed.startup_seconds - speed.step_seconds * (1 + MEASURED_STEPS)  # measuring
+    stage_seconds, speeds = {}, {}
+    for stage in (stage for stage in STAGES if recipe[f"{stage}_steps"] > 0):
+        shape = stage_shape(config, stage)
+        if shape not in speeds:  # one measurement per sequence length the stages train at
+            weights = _stage_sources(config, stage, paths)
+            stream = PackedStream({k: docs[k] for k in weights}, weights, seq_len=shape[0], seed=config.seed + 1)
+            speeds[shape] = measure_speed(lambda: new_model(config, tokenizer), stage_train_config(config, 1, stage),
+                                          stream, decode_batch=EVAL_BATCH)
+            seconds_left -= speeds[shape].startup_seconds + speeds[shape].step_seconds * (1 + MEASURED_STEPS)
+        stage_seconds[stage] = speeds[shape].step_seconds
+    # every sequence length's start-up (compilation), the first measurement's decoding; a step's time averaged over
+    # the recipe's steps
+    speed = replace(next(iter(speeds.values())), startup_seconds=sum(s.startup_seconds for s in speeds.values()),
+                    step_seconds=sum(recipe[f"{stage}_steps"] * seconds for stage, seconds in stage_seconds.items())
+                    / sum(recipe.values()))
     evaluation = {"eval_traces": config.eval_traces, "cruxeval_limit": config.cruxeval_limit}
     eval_seconds = evaluation_seconds(config, paths, tokenizer, speed)
     allowed = EVAL_SHARE * seconds_left / runs
@@ -358,7 +386,9 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
     fitted = sum(steps.values())
     expected = runs * (speed.startup_seconds + fitted * speed.step_seconds + eval_seconds)
     plan = {**key, "steps": steps, "scale": round(max(scale, MIN_SCALE), 4), "fitted_scale": round(scale, 4),
-            "below_floor": below_floor, "evaluation": evaluation, "speed": speed.as_dict(), "machine": _machine(),
+            "below_floor": below_floor, "evaluation": evaluation, "speed": speed.as_dict(),
+            "stage_step_seconds": {stage: round(seconds, 4) for stage, seconds in stage_seconds.items()},
+            "machine": _machine(),
             "eval_seconds_estimate": round(eval_seconds, 1), "seconds_left": round(seconds_left, 1),
             "expected_seconds": round(expected, 1)}
     plan_file.write_text(json.dumps(plan, indent=1))
@@ -408,7 +438,8 @@ def run_one(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dic
     results.update(wall_seconds=round(time.monotonic() - start, 1),
                    eval_seconds=round(time.monotonic() - evaluation_start, 1), history=history, sources=sources,
                    difficulty=difficulty_profile(paths, config.eval_traces), config=asdict(config),
-                   curve=read_curve(root / "curve.jsonl"), window=window)
+                   curve=read_curve(root / "curve.jsonl"), window=window,
+                   stage_shapes={stage: stage_shape(config, stage) for stage in STAGES})
     results_file.write_text(json.dumps(results))
     return results
 

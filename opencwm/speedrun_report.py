@@ -48,7 +48,7 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         "",
         f"Total wall time: {total_seconds / 60:.1f} min for both runs. Model: `{config['preset']}` preset. "
         f"Steps: pretrain {config['pretrain_steps']}, midtrain {config['midtrain_steps']}, SFT "
-        f"{config.get('sft_steps', 0)}, each {config['batch_size']} x {config['seq_len']} tokens "
+        f"{config.get('sft_steps', 0)}, each {_step_shapes(main, config)} "
         f"({million_tokens:.1f}M tokens per run). Training programs: {config['train_programs']} "
         f"(difficulty {config['difficulty']}, {100 * config.get('hard_share', 0):.0f}% one level up); held-out: "
         f"{main.get('traces')} programs from another seed of the same generator, {main.get('frames')} frames "
@@ -104,10 +104,12 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
             return 1 if int(edge) <= config["seq_len"] else int(edge) // 2 + 1
 
         windowed = main.get("window")
+        longest = max([config["seq_len"], *(seq_len for seq_len, _ in (main.get("stage_shapes") or {}).values())])
         lines += [f"Frame exact match by where the frame ends in its trace (training sequences are "
-                  f"{config['seq_len']} tokens" + (f"; traces trained and scored in windows of {windowed} tokens, each "
-                                                   "starting with the source" if windowed else
-                                                   ": later positions were never trained") + "): " + ", ".join(
+                  f"{_step_shapes(main, config)}"
+                  + (f"; traces trained and scored in windows of {windowed} tokens, each starting with the source"
+                     if windowed else f": positions past {longest} were never trained") + "): "
+                  + ", ".join(
                       f"tokens {first_token(edge)}-{edge}: {fmt(right / total)} of {total}"
                       for edge, (right, total) in by_position.items()), ""]
     lines += ["Held-out difficulty (goal: as long as CruxEval's traces, median >= 7 and p95 >= 39 frames): "
@@ -137,6 +139,23 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         lines += ["![learning curve](learning_curve.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     return report
+
+
+def _step_shapes(main: dict, config: dict) -> str:
+    """What a training step holds, per stage where the stages differ: "4 x 512 tokens", or "4 x 512 tokens in
+    pretrain, 2 x 1024 in midtrain and sft"."""
+    shapes = {stage: tuple(shape) for stage, shape in (main.get("stage_shapes") or {}).items()}
+    if not shapes:  # a report of a run from before stages had their own lengths
+        return f"{config['batch_size']} x {config['seq_len']} tokens"
+    if len(set(shapes.values())) == 1:
+        seq_len, batch = next(iter(shapes.values()))
+        return f"{batch} x {seq_len} tokens"
+    by_shape: dict[tuple, list[str]] = {}
+    for stage, shape in shapes.items():
+        by_shape.setdefault(shape, []).append(stage)
+    parts = [f"{b} x {s}" + (" tokens" if i == 0 else "") + " in " + " and ".join(stages)
+             for i, ((s, b), stages) in enumerate(by_shape.items())]
+    return ", ".join(parts)
 
 
 def _plots(out: Path, main: dict, ablation: dict | None) -> None:

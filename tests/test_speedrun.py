@@ -145,6 +145,7 @@ def test_each_speedrun_stage_is_an_opencwm_train_command(tmp_path):
         SpeedrunConfig,
         _stage_sources,
         source_path,
+        stage_shape,
         stage_train_config,
         training_documents,
     )
@@ -175,3 +176,7 @@ def test_each_speedrun_stage_is_an_opencwm_train_command(tmp_path):
         assert (sft.lr, sft.muon_lr) == pytest.approx((config.lr / 3, config.muon_lr / 3))
         assert (midtrain.lr, midtrain.muon_lr) == (config.lr, config.muon_lr)
         assert stage_train_config(config, 100, "pretrain").decay_fraction == 0
+    # the sequences README's commands give: drills in 4 x 512 tokens, midtraining and SFT in 2 x 1024 (as many tokens)
+    config = SpeedrunConfig()
+    assert [stage_shape(config, stage) for stage in STAGES] == [(512, 4), (1024, 2), (1024, 2)]
+    assert [stage_train_config(config, 100, stage).batch_size for stage in STAGES] == [4, 2, 2]
