@@ -56,6 +56,10 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     assert all(if_right[kind] >= report["frame_exact_match"] for kind in ("line", "value", "name"))
     assert "Frame exact match if one kind of token were always right" in (tmp_path / "report.md").read_text()
     results = json.loads((tmp_path / "traces" / "results.json").read_text())
+    # midtraining and SFT read sequences twice the run's length, at its tokens per step; each stage's step is timed
+    assert results["stage_shapes"] == {"pretrain": [256, 2], "midtrain": [512, 1], "sft": [512, 1]}
+    assert set(plan["stage_step_seconds"]) == {"pretrain", "midtrain", "sft"}
+    assert "2 x 256 tokens in pretrain, 1 x 512 in midtrain and sft" in (tmp_path / "report.md").read_text()
     by_position = report["frame_exact_match_by_position"]  # buckets double from the training sequence length
     assert all(int(edge) / results["config"]["seq_len"] in (1, 2, 4, 8, 16, 32) for edge in by_position)
     assert sum(total for _, total in by_position.values()) == results["frames"]
@@ -87,6 +91,12 @@ def test_speedrun_end_to_end_at_toy_size(tmp_path):
     assert row["steps"] == {"pretrain": 0, "midtrain": 0, "sft": 3} and row["init"].endswith("midtrain")
     assert {"frame_exact_match", "output_exact_match_direct", "output_exact_match_chat"} <= set(row)
     assert not (tmp_path / "sweep" / "sft_only" / "pretrain").exists()  # no stage trained but SFT
+    # tokens per frame by vocabulary size, on the run's data: a larger vocabulary gives no more tokens
+    sizes = subprocess.run([sys.executable, "benchmarks/vocab_tokens.py", "--data", str(tmp_path / "shared"),
+                            "--sizes", "300,600", "--no-record"], capture_output=True, text=True, timeout=600)
+    assert sizes.returncode == 0, sizes.stderr[-3000:]
+    medians = [float(line.split("frame median ")[1].split(",")[0]) for line in sizes.stdout.splitlines()]
+    assert len(medians) == 2 and medians[1] <= medians[0]
 
 
 def test_repository_traces_are_used_when_the_package_is_installed_and_never_in_the_ablation():
