@@ -211,7 +211,8 @@ def _stage_settings(config: SpeedrunConfig, stage: str) -> dict:
 
 def stage_shape(config: SpeedrunConfig, stage: str) -> tuple[int, int]:
     """(sequence length, sequences per step) of a stage: the run's ``seq_len`` times the stage's ``length_factor``
-    (1 unless set), with as many sequences as keep the run's tokens per step (at least one)."""
+    (1 unless set), with as many sequences as keep the run's tokens per step (at least one; fewer tokens where the
+    factor does not divide the run's batch)."""
     factor = _stage_settings(config, stage).get("length_factor", 1)
     return config.seq_len * factor, max(1, config.batch_size // factor)
 

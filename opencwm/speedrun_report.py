@@ -11,6 +11,9 @@ KEYS = ("frame_exact_match", "frame_token_accuracy", "trace_exact_match", "outpu
         "copying_accuracy", "copying_accuracy_vocab", "wall_seconds")
 
 
+STEP_KEYS = {"pretrain": "pretrain_steps", "midtrain": "midtrain_steps", "sft": "sft_steps"}
+
+
 def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: float, plan: dict | None = None) -> dict:
     report = {key: main.get(key) for key in KEYS}
     report["wall_seconds"] = round(total_seconds, 1)
@@ -41,8 +44,9 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
         rows.append(f"| {key} | {fmt(main.get(key))} | {fmt((ablation or {}).get(key))} | {goals.get(key, '')} |")
     difficulty = main.get("difficulty") or {}
     config = main["config"]
-    steps = config["pretrain_steps"] + config["midtrain_steps"] + config.get("sft_steps", 0)
-    million_tokens = steps * config["batch_size"] * config["seq_len"] / 1e6
+    shapes = main.get("stage_shapes") or {stage: (config["seq_len"], config["batch_size"]) for stage in STEP_KEYS}
+    million_tokens = sum(config.get(key, 0) * shapes[stage][0] * shapes[stage][1]
+                         for stage, key in STEP_KEYS.items()) / 1e6
     lines = [
         "# opencwm CPU speedrun",
         "",

@@ -193,6 +193,14 @@ def copy_drill_documents(directory: str | Path, tokenizer: Tokenizer) -> list[Do
     return copy_drills(alphabet)
 
 
+def text_drill_documents(directory: str | Path, tokenizer: Tokenizer) -> list[Document]:
+    """The ``text_drills`` view of a dataset: ``text_drills`` over its tokenized texts."""
+    drills = text_drills([document.tokens for document in documents(directory, tokenizer)])
+    if not drills:
+        raise DatasetError(f"{directory}: no text to draw copy drills from")
+    return drills
+
+
 def documents(directory: str | Path, tokenizer: Tokenizer, limit: int | None = None, *,
               direct: bool = False) -> list[Document]:
     """Tokenized training documents of a dataset; ``direct=True`` gives a trace dataset's direct-answer view."""
@@ -229,10 +237,7 @@ def source_documents(name: str, directory: str | Path, tokenizer: Tokenizer, *, 
     if name == "copy_drills":
         return copy_drill_documents(directory, tokenizer)
     if name == "text_drills":
-        drills = text_drills([document.tokens for document in documents(directory, tokenizer)])
-        if not drills:
-            raise DatasetError(f"{directory}: no text to draw copy drills from")
-        return drills
+        return text_drill_documents(directory, tokenizer)
     if is_windowed(name):
         return windowed_documents(directory, tokenizer, window)
     return documents(directory, tokenizer)
