@@ -316,6 +316,10 @@ def prepare(config: SpeedrunConfig) -> tuple[dict[str, Path], object]:
 
 
 MIN_SCALE = 0.1  # the plan's floor: below a tenth of the recipe's steps a run learns nothing worth reporting
+# The drills' floor in a scaled plan: induction heads form at a number of drill steps, not a share of them (~600 at
+# 4 x 512; 700 from scratch copied 85% of held-out tokens, 545 on a slow machine 9%, and that run's frames were 0.9%
+# exact): a slower machine gives up midtraining steps before it gives up the heads.
+MIN_DRILL_STEPS = 700
 EVAL_SHARE = 0.3  # at most this share of a run's time goes to evaluation; beyond it the evaluation is scaled down
 MIN_EVAL = {"eval_traces": 20, "cruxeval_limit": 10}  # fewer items say nothing (figures move by 5+ points)
 
@@ -329,6 +333,25 @@ def _machine() -> str:
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return f"{model}, {os.cpu_count()} CPUs"
+
+
+def scaled_steps(recipe: dict[str, int], stage_seconds: dict[str, float], scale: float) -> dict[str, int]:
+    """The recipe's steps (``{stage}_steps``) for the training time of ``scale`` times the recipe's, each stage's
+    step taking ``stage_seconds[stage]``: every stage scaled alike, except that pretraining (the copy drills) keeps
+    ``MIN_DRILL_STEPS`` (all of its steps when the recipe has fewer) and the later stages share the time left, where
+    that leaves each at least ``MIN_SCALE`` of its steps; otherwise every stage is scaled alike."""
+    steps = {name: max(1, round(value * scale)) if value > 0 else 0 for name, value in recipe.items()}
+    floor = min(recipe["pretrain_steps"], MIN_DRILL_STEPS)
+    if steps["pretrain_steps"] >= floor:
+        return steps
+    later = [stage for stage in STAGES[1:] if recipe[f"{stage}_steps"] > 0]
+    seconds = scale * sum(recipe[f"{stage}_steps"] * stage_seconds[stage] for stage in stage_seconds)
+    later_seconds = sum(recipe[f"{stage}_steps"] * stage_seconds[stage] for stage in later)
+    later_scale = (seconds - floor * stage_seconds["pretrain"]) / later_seconds if later_seconds else 1.0
+    if later_scale < MIN_SCALE:
+        return steps
+    return {**steps, "pretrain_steps": floor,
+            **{f"{stage}_steps": max(1, round(recipe[f"{stage}_steps"] * min(1.0, later_scale))) for stage in later}}
 
 
 def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: dict[str, list], *,
@@ -383,11 +406,14 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
     scale = fit_scale(sum(recipe.values()), seconds_left=seconds_left, runs=runs, speed=speed,
                       eval_seconds=eval_seconds)
     below_floor = scale < MIN_SCALE
-    steps = {name: max(1, round(value * max(scale, MIN_SCALE))) if value > 0 else 0 for name, value in recipe.items()}
+    steps = scaled_steps(recipe, stage_seconds, max(scale, MIN_SCALE))
+    drill_floor = steps["pretrain_steps"] > round(recipe["pretrain_steps"] * max(scale, MIN_SCALE))
     fitted = sum(steps.values())
-    expected = runs * (speed.startup_seconds + fitted * speed.step_seconds + eval_seconds)
+    train_seconds = sum(steps[f"{stage}_steps"] * seconds for stage, seconds in stage_seconds.items())
+    expected = runs * (speed.startup_seconds + train_seconds + eval_seconds)
     plan = {**key, "steps": steps, "scale": round(max(scale, MIN_SCALE), 4), "fitted_scale": round(scale, 4),
-            "below_floor": below_floor, "evaluation": evaluation, "speed": speed.as_dict(),
+            "below_floor": below_floor, "drill_floor": drill_floor, "evaluation": evaluation,
+            "speed": speed.as_dict(),
             "stage_step_seconds": {stage: round(seconds, 4) for stage, seconds in stage_seconds.items()},
             "machine": _machine(),
             "eval_seconds_estimate": round(eval_seconds, 1), "seconds_left": round(seconds_left, 1),
@@ -397,7 +423,8 @@ def plan_steps(config: SpeedrunConfig, paths: dict[str, Path], tokenizer, docs: 
          f"{speed.startup_seconds:.0f} s), evaluation about {eval_seconds:.0f} s per run on "
          f"{evaluation['eval_traces']} held-out traces and {evaluation['cruxeval_limit']} CruxEval items: "
          + ("the whole recipe fits" if scale >= 1 else
-            f"{fitted} of the recipe's {sum(recipe.values())} steps per run fit the {config.time_budget:.0f} s budget"))
+            f"{fitted} of the recipe's {sum(recipe.values())} steps per run fit the {config.time_budget:.0f} s budget"
+            + (f", the drills kept at {steps['pretrain_steps']} steps (MIN_DRILL_STEPS)" if drill_floor else "")))
     if below_floor:
         print("\n".join([
             "", "!" * 100,

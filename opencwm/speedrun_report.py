@@ -70,7 +70,9 @@ def write_report(out: Path, main: dict, ablation: dict | None, total_seconds: fl
                   "run. " + ("The whole recipe fits." if plan["scale"] >= 1 else
                              f"Steps scaled by {plan['scale']:.3f} to fit: {sum(plan['steps'].values())} of the "
                              f"recipe's {recipe} per run (a faster machine trains more of the recipe and scores "
-                             "higher).")
+                             "higher)." + (f" The copy drills kept their floor of {plan['steps']['pretrain_steps']} "
+                                           "steps (the heads form at a number of steps); the later stages gave up "
+                                           "the difference." if plan.get("drill_floor") else ""))
                   + (f" **Below the floor**: only {plan['fitted_scale']:.1%} of the recipe fitted the budget, so "
                      f"the floor of {plan['scale']:.0%} was trained and the run overran its budget."
                      if plan.get("below_floor") else "")
