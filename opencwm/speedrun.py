@@ -60,8 +60,8 @@ class SpeedrunConfig:
     # EPYC, same 420 s of training: 77.1% of held-out frame tokens at 4 x 512 against 75.5% at 8 x 512, which
     # trains 12% more tokens per second; benchmarks/RESULTS.md, recipe_sweep)
     batch_size: int = 4
-    pretrain_steps: int = 1050  # copy drills: the heads form at ~600 steps (scaled to a slow CPU, they may not)
-    midtrain_steps: int = 650
+    pretrain_steps: int = 400  # copy drills: the heads form at ~225 steps at AdamW x10 (never scaled below 400)
+    midtrain_steps: int = 1300
     sft_steps: int = 100
     lr: float = option(3e-3, "AdamW's learning rate: embeddings, output head, norms (everything with adamw)")
     optimizer: str = option("muon", "muon (for the blocks' matrices, from zero residual projections) or adamw")
@@ -157,8 +157,9 @@ def _package_dir(name: str) -> Path | None:
 
 STAGES = ("pretrain", "midtrain", "sft")
 # Pretraining is copy drills alone, at a constant learning rate: induction heads (copying from the context) form in
-# ~600 steps of them and never on code and traces at a CPU's budget, nor on drills mixed in with them; a tenth of
-# drills in the later stages keeps the heads (SFT without them lost them in 66 steps). Both runs get the same drills.
+# ~225 steps of them (AdamW's rate x10, ``STAGE_SETTINGS``) and never on code and traces at a CPU's budget, nor on
+# drills mixed in with them; a tenth of drills in the later stages keeps the heads (SFT without them lost them in 66
+# steps). Both runs get the same drills.
 # Midtraining gives traces three quarters of its tokens (frames exact 4.8% -> 6.2% over 0.55 with code beside them,
 # direct answers 11% -> 12%); SFT keeps half its tokens on traces, at a third of the rates (``STAGE_SETTINGS``): 4.5%
 # after it where the former SFT left 2.2% (``benchmarks/recipe_variants_{midtrain,sft}.json``, RESULTS.md).
@@ -198,10 +199,16 @@ def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
 
 
 # per stage, over the common settings; ``lr_factor`` scales both learning rates (the run's ``lr`` and ``muon_lr``),
+# ``adamw_lr_factor`` AdamW's alone (embeddings, output head, norms),
 # ``length_factor`` the sequence length at the run's tokens per step (``stage_shape``). Midtraining and SFT read
 # sequences twice the drills' length, 2 x 1024 tokens a step: frames exact 5.5% -> 7.8% over 4 x 512 at equal tokens,
 # frames ending past token 1024 of their trace 2.3% -> 4.5% (``benchmarks/recipe_variants_seq_len.json``, RESULTS.md).
-STAGE_SETTINGS = {"pretrain": {"schedule": "wsd", "decay_fraction": 0.0}, "midtrain": {"length_factor": 2},
+# The drills train AdamW's parameters (embeddings, output head, norms) at ten times the run's rate: the heads form at
+# ~225 steps instead of ~600 (at 500 drill steps: 90% copying at x3, 7% at x1, 2% with both rates x2), and 400
+# drill steps then 1120 of midtraining reach frames exact 26.8% where 939 and 581 reached 7.8%, at equal tokens
+# (``benchmarks/recipe_variants_{drill_lr,fast_drills}.json``, RESULTS.md).
+STAGE_SETTINGS = {"pretrain": {"schedule": "wsd", "decay_fraction": 0.0, "adamw_lr_factor": 10},
+                  "midtrain": {"length_factor": 2},
                   "sft": {"lr_factor": 1 / 3, "length_factor": 2}}
 
 
@@ -222,8 +229,10 @@ def stage_train_config(config: SpeedrunConfig, steps: int, stage: str = "midtrai
 
     settings = _stage_settings(config, stage)
     factor = settings.pop("lr_factor", 1.0)
+    adamw_factor = settings.pop("adamw_lr_factor", 1.0)
     settings.pop("length_factor", None)
-    return TrainConfig(**{**dict(steps=steps, batch_size=stage_shape(config, stage)[1], lr=config.lr * factor,
+    return TrainConfig(**{**dict(steps=steps, batch_size=stage_shape(config, stage)[1],
+                                 lr=config.lr * factor * adamw_factor,
                                  schedule=config.schedule, optimizer=config.optimizer,
                                  muon_lr=config.muon_lr * factor, min_lr_ratio=0.05,
                                  warmup_steps=min(30, steps // 5), checkpoint_every=max(50, steps // 4),
@@ -316,10 +325,10 @@ def prepare(config: SpeedrunConfig) -> tuple[dict[str, Path], object]:
 
 
 MIN_SCALE = 0.1  # the plan's floor: below a tenth of the recipe's steps a run learns nothing worth reporting
-# The drills' floor in a scaled plan: induction heads form at a number of drill steps, not a share of them (~600 at
-# 4 x 512; 700 from scratch copied 85% of held-out tokens, 545 on a slow machine 9%, and that run's frames were 0.9%
+# The drills' floor in a scaled plan: induction heads form at a number of drill steps, not a share of them (~225 at
+# 4 x 512 and AdamW x10, ~600 at x1, where 545 steps on a slowed machine copied 9% and that run's frames were 0.9%
 # exact): a slower machine gives up midtraining steps before it gives up the heads.
-MIN_DRILL_STEPS = 700
+MIN_DRILL_STEPS = 400
 EVAL_SHARE = 0.3  # at most this share of a run's time goes to evaluation; beyond it the evaluation is scaled down
 MIN_EVAL = {"eval_traces": 20, "cruxeval_limit": 10}  # fewer items say nothing (figures move by 5+ points)
 
@@ -335,13 +344,14 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs"
 
 
-def scaled_steps(recipe: dict[str, int], stage_seconds: dict[str, float], scale: float) -> dict[str, int]:
+def scaled_steps(recipe: dict[str, int], stage_seconds: dict[str, float], scale: float, *,
+                 drill_floor: int = MIN_DRILL_STEPS) -> dict[str, int]:
     """The recipe's steps (``{stage}_steps``) for the training time of ``scale`` times the recipe's, each stage's
     step taking ``stage_seconds[stage]``: every stage scaled alike, except that pretraining (the copy drills) keeps
-    ``MIN_DRILL_STEPS`` (all of its steps when the recipe has fewer) and the later stages share the time left, where
-    that leaves each at least ``MIN_SCALE`` of its steps; otherwise every stage is scaled alike."""
+    ``drill_floor`` steps (all of its steps when the recipe has fewer) and the later stages share the time left,
+    where that leaves each at least ``MIN_SCALE`` of its steps; otherwise every stage is scaled alike."""
     steps = {name: max(1, round(value * scale)) if value > 0 else 0 for name, value in recipe.items()}
-    floor = min(recipe["pretrain_steps"], MIN_DRILL_STEPS)
+    floor = min(recipe["pretrain_steps"], drill_floor)
     if steps["pretrain_steps"] >= floor:
         return steps
     later = [stage for stage in STAGES[1:] if recipe[f"{stage}_steps"] > 0]

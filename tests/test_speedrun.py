@@ -126,23 +126,26 @@ def test_the_plan_keeps_the_recipe_without_a_budget_and_a_negative_budget_is_ref
 
 
 def test_a_slow_machine_gives_up_midtraining_steps_before_the_drills_that_form_the_heads():
-    from opencwm.speedrun import MIN_DRILL_STEPS, scaled_steps
+    from opencwm.speedrun import MIN_DRILL_STEPS, SpeedrunConfig, scaled_steps
 
     recipe = {"pretrain_steps": 1050, "midtrain_steps": 650, "sft_steps": 100}
     seconds = {"pretrain": 0.4, "midtrain": 0.5, "sft": 0.5}
     budget = lambda steps: sum(steps[f"{stage}_steps"] * s for stage, s in seconds.items())
+    scaled = lambda recipe, scale: scaled_steps(recipe, seconds, scale, drill_floor=700)
     # a fast machine scales every stage alike, the drills staying above their floor
-    assert scaled_steps(recipe, seconds, 0.9) == {"pretrain_steps": 945, "midtrain_steps": 585, "sft_steps": 90}
+    assert scaled(recipe, 0.9) == {"pretrain_steps": 945, "midtrain_steps": 585, "sft_steps": 90}
     # a slow one keeps the drills' floor, the rest scaled to the same time: (0.5 * 795 - 700 * 0.4) / 375 = 0.313
-    slow = scaled_steps(recipe, seconds, 0.5)
-    assert slow == {"pretrain_steps": MIN_DRILL_STEPS, "midtrain_steps": 204, "sft_steps": 31}
+    slow = scaled(recipe, 0.5)
+    assert slow == {"pretrain_steps": 700, "midtrain_steps": 204, "sft_steps": 31}
     assert budget(slow) == pytest.approx(0.5 * budget(recipe), rel=0.01)
     # too slow to keep the floor and a tenth of the later stages: every stage alike again
-    assert scaled_steps(recipe, seconds, 0.3) == {"pretrain_steps": 315, "midtrain_steps": 195, "sft_steps": 30}
+    assert scaled(recipe, 0.3) == {"pretrain_steps": 315, "midtrain_steps": 195, "sft_steps": 30}
     # a recipe with fewer drills than the floor keeps them all; one without drills is scaled alike
-    assert scaled_steps({**recipe, "pretrain_steps": 400}, seconds, 0.5)["pretrain_steps"] == 400
-    assert scaled_steps({**recipe, "pretrain_steps": 0}, seconds, 0.5) == {
+    assert scaled({**recipe, "pretrain_steps": 400}, 0.5)["pretrain_steps"] == 400
+    assert scaled({**recipe, "pretrain_steps": 0}, 0.5) == {
         "pretrain_steps": 0, "midtrain_steps": 325, "sft_steps": 50}
+    # the speedrun's recipe never scales its drills: they are the floor
+    assert SpeedrunConfig().pretrain_steps == MIN_DRILL_STEPS
 
 
 def test_a_device_that_is_not_cpu_or_cuda_is_one_line_and_exit_2_before_any_work(tmp_path):
@@ -205,7 +208,8 @@ def test_each_speedrun_stage_is_an_opencwm_train_command(tmp_path):
         sft, midtrain = stage_train_config(config, 100, "sft"), stage_train_config(config, 100, "midtrain")
         assert (sft.lr, sft.muon_lr) == pytest.approx((config.lr / 3, config.muon_lr / 3))
         assert (midtrain.lr, midtrain.muon_lr) == (config.lr, config.muon_lr)
-        assert stage_train_config(config, 100, "pretrain").decay_fraction == 0
+        pretrain = stage_train_config(config, 100, "pretrain")  # drills: constant, AdamW at ten times the rate
+        assert pretrain.decay_fraction == 0 and (pretrain.lr, pretrain.muon_lr) == (10 * config.lr, config.muon_lr)
     # the sequences README's commands give: drills in 4 x 512 tokens, midtraining and SFT in 2 x 1024 (as many tokens)
     config = SpeedrunConfig()
     assert [stage_shape(config, stage) for stage in STAGES] == [(512, 4), (1024, 2), (1024, 2)]
