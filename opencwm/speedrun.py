@@ -199,17 +199,20 @@ def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
 
 
 # per stage, over the common settings; ``lr_factor`` scales both learning rates (the run's ``lr`` and ``muon_lr``),
-# ``adamw_lr_factor`` AdamW's alone (embeddings, output head, norms),
+# ``adamw_lr_factor`` AdamW's alone beside Muon (embeddings, output head, norms),
 # ``length_factor`` the sequence length at the run's tokens per step (``stage_shape``). Midtraining and SFT read
 # sequences twice the drills' length, 2 x 1024 tokens a step: frames exact 5.5% -> 7.8% over 4 x 512 at equal tokens,
 # frames ending past token 1024 of their trace 2.3% -> 4.5% (``benchmarks/recipe_variants_seq_len.json``, RESULTS.md).
-# The drills train AdamW's parameters (embeddings, output head, norms) at ten times the run's rate: the heads form at
-# ~225 steps instead of ~600 (at 500 drill steps: 90% copying at x3, 7% at x1, 2% with both rates x2), and 400
-# drill steps then 1120 of midtraining reach frames exact 26.8% where 939 and 581 reached 7.8%, at equal tokens
-# (``benchmarks/recipe_variants_{drill_lr,fast_drills}.json``, RESULTS.md).
+# The drills and midtraining train AdamW's parameters (embeddings, output head, norms) at ten times the run's rate:
+# the heads form at ~225 drill steps instead of ~600 (at 500 steps: 90% copying at x3, 7% at x1, 2% with both rates
+# x2), and 400 drill steps then 1120 of midtraining reach frames exact 26.8% where 939 and 581 reached 7.8%, at
+# equal tokens; after those 400 drill steps, 581 of midtraining reach 10.6% / 13.3% / 15.5% at AdamW x1 / x3 / x10;
+# SFT at x10 (a third of it) answers in chat 10% where x1 answered 0%, frames exact 15.0% and 16.1%
+# (``benchmarks/recipe_variants_{drill_lr,fast_drills,fast_sft}.json``, RESULTS.md). Only beside Muon: with
+# ``--optimizer adamw`` AdamW trains every matrix too, at the run's rate.
 STAGE_SETTINGS = {"pretrain": {"schedule": "wsd", "decay_fraction": 0.0, "adamw_lr_factor": 10},
-                  "midtrain": {"length_factor": 2},
-                  "sft": {"lr_factor": 1 / 3, "length_factor": 2}}
+                  "midtrain": {"length_factor": 2, "adamw_lr_factor": 10},
+                  "sft": {"lr_factor": 1 / 3, "length_factor": 2, "adamw_lr_factor": 10}}
 
 
 def _stage_settings(config: SpeedrunConfig, stage: str) -> dict:
@@ -230,6 +233,7 @@ def stage_train_config(config: SpeedrunConfig, steps: int, stage: str = "midtrai
     settings = _stage_settings(config, stage)
     factor = settings.pop("lr_factor", 1.0)
     adamw_factor = settings.pop("adamw_lr_factor", 1.0)
+    adamw_factor = adamw_factor if config.optimizer == "muon" else 1.0  # AdamW alone: every matrix at the run's rate
     settings.pop("length_factor", None)
     return TrainConfig(**{**dict(steps=steps, batch_size=stage_shape(config, stage)[1],
                                  lr=config.lr * factor * adamw_factor,

@@ -143,8 +143,9 @@ def copy_drills(alphabet: list[int], *, count: int = COPY_DRILLS, lengths: tuple
     back predicts the later copies, so training on them grows induction heads (a head that finds the earlier
     occurrence of the current token, and one that copies what followed it). On the 246 token ids of the speedrun's
     traces the tiny model goes from 12% to 85% copying between 500 and 600 steps of drills alone (Muon; AdamW had
-    not started at 1000), where the corpus never grows them within a CPU budget, nor do drills mixed half and half
-    with it (``benchmarks/induction_probe.py``, RESULTS.md)."""
+    not started at 1000), and at ~225 with AdamW's parameters (embeddings, output head, norms) at ten times the rate,
+    as the speedrun trains them; the corpus never grows them within a CPU budget, nor do drills mixed half and half
+    with it (``benchmarks/induction_probe.py``, ``benchmarks/recipe_variants_drill_lr.json``, RESULTS.md)."""
     import random
 
     rng = random.Random(seed)
