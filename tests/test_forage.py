@@ -439,7 +439,9 @@ def test_hostile_agent_commands_touch_nothing_on_the_host(env, tasks, tmp_path, 
     assert "No such file" in actions[2]["observation"] and ".bashrc" not in actions[2]["observation"]
     assert actions[3]["status"] == "disk" and "wrote 1" in actions[3]["observation"]
     assert actions[4]["status"] == "memory", actions[4]
-    assert actions[5]["status"] in ("ok", "timeout", "killed")
+    # the fork bomb: killed at the command's time limit, or over before it (a loaded machine), then reported as
+    # "disk" since /tmp is still full from the action before (2026-12-08, make test: "disk")
+    assert actions[5]["status"] in ("ok", "timeout", "killed", "disk"), actions[5]
     assert "ok" in actions[6]["observation"] and "fixed.txt" in row["diff"]
     assert "listed-ok" in actions[7]["observation"]  # coreutils work in the shell (gVisor: a runsc with statx)
     assert not pwned.exists()  # the host computed the diff without running what the agent planted
