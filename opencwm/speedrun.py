@@ -203,15 +203,16 @@ def new_model(config: SpeedrunConfig, tokenizer, **preset_overrides):
 # ``length_factor`` the sequence length at the run's tokens per step (``stage_shape``). Midtraining and SFT read
 # sequences twice the drills' length, 2 x 1024 tokens a step: frames exact 5.5% -> 7.8% over 4 x 512 at equal tokens,
 # frames ending past token 1024 of their trace 2.3% -> 4.5% (``benchmarks/recipe_variants_seq_len.json``, RESULTS.md).
-# The drills and midtraining train AdamW's parameters (embeddings, output head, norms) at ten times the run's rate:
-# the heads form at ~225 drill steps instead of ~600 (at 500 steps: 90% copying at x3, 7% at x1, 2% with both rates
-# x2), and 400 drill steps then 1120 of midtraining reach frames exact 26.8% where 939 and 581 reached 7.8%, at
-# equal tokens; after those 400 drill steps, 581 of midtraining reach 10.6% / 13.3% / 15.5% at AdamW x1 / x3 / x10;
-# SFT at x10 (a third of it) answers in chat 10% where x1 answered 0%, frames exact 15.0% and 16.1%
+# Every stage trains AdamW's parameters (embeddings, output head, norms) faster than the run's rate: the drills at
+# ten times it, where the heads form at ~225 steps instead of ~600 (at 500 steps: 90% copying at x3, 7% at x1, 2%
+# with both rates x2); 400 drill steps then 1120 of midtraining reach frames exact 26.8% where 939 and 581 reached
+# 7.8%, at equal tokens. Midtraining at three times it: after those drills, 1120 steps reach 26.8% / 31.2% / 24.1%
+# at AdamW x1 / x3 / x10 (the last in a make run), 581 steps 10.6% / 13.3% / 15.5%. SFT at ten times it (a third
+# of that): chat answers 10% where x1 answered 0%, frames exact 15.0% and 16.1%
 # (``benchmarks/recipe_variants_{drill_lr,fast_drills,fast_sft}.json``, RESULTS.md). Only beside Muon: with
 # ``--optimizer adamw`` AdamW trains every matrix too, at the run's rate.
 STAGE_SETTINGS = {"pretrain": {"schedule": "wsd", "decay_fraction": 0.0, "adamw_lr_factor": 10},
-                  "midtrain": {"length_factor": 2, "adamw_lr_factor": 10},
+                  "midtrain": {"length_factor": 2, "adamw_lr_factor": 3},
                   "sft": {"lr_factor": 1 / 3, "length_factor": 2, "adamw_lr_factor": 10}}
 
 

@@ -204,11 +204,12 @@ def test_each_speedrun_stage_is_an_opencwm_train_command(tmp_path):
             for _ in range(3):
                 mine, theirs = recipe.next_batch(4), command.next_batch(4)
                 assert all(torch.equal(mine[key], theirs[key]) for key in mine), (traces, stage)
-        # the rates README's commands give: AdamW at ten times the run's rate beside Muon (--lr 0.03), SFT at a third
-        # of those (--lr 0.01 --muon-lr 0.00667), the drills constant
+        # the rates README's commands give, AdamW's beside Muon's: the drills (constant) at ten times the run's rate
+        # (--lr 0.03), midtraining at three times (--lr 0.009), SFT at a third of ten times (--lr 0.01 --muon-lr
+        # 0.00667)
         sft, midtrain = stage_train_config(config, 100, "sft"), stage_train_config(config, 100, "midtrain")
         assert (sft.lr, sft.muon_lr) == pytest.approx((10 * config.lr / 3, config.muon_lr / 3))
-        assert (midtrain.lr, midtrain.muon_lr) == (10 * config.lr, config.muon_lr)
+        assert (midtrain.lr, midtrain.muon_lr) == pytest.approx((3 * config.lr, config.muon_lr))
         pretrain = stage_train_config(config, 100, "pretrain")
         assert pretrain.decay_fraction == 0 and (pretrain.lr, pretrain.muon_lr) == (10 * config.lr, config.muon_lr)
     adamw = SpeedrunConfig(optimizer="adamw")  # AdamW alone trains every matrix: the run's rate
