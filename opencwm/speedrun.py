@@ -63,7 +63,8 @@ class SpeedrunConfig:
     pretrain_steps: int = 400  # copy drills: the heads form at ~225 steps at AdamW x10 (never scaled below 400)
     midtrain_steps: int = 1300
     sft_steps: int = 100
-    lr: float = option(3e-3, "AdamW's learning rate: embeddings, output head, norms (everything with adamw)")
+    lr: float = option(3e-3, "AdamW's learning rate: embeddings, output head, norms (everything with adamw); "
+                             "beside Muon the stages train at multiples of it (drills and SFT x10, midtraining x3)")
     optimizer: str = option("muon", "muon (for the blocks' matrices, from zero residual projections) or adamw")
     muon_lr: float = option(0.02, "Muon's learning rate")
     schedule: str = option("cosine", "per stage: warmup, then cosine decay (lower final loss than WSD here) or wsd")
@@ -233,8 +234,8 @@ def stage_train_config(config: SpeedrunConfig, steps: int, stage: str = "midtrai
 
     settings = _stage_settings(config, stage)
     factor = settings.pop("lr_factor", 1.0)
-    adamw_factor = settings.pop("adamw_lr_factor", 1.0)
-    adamw_factor = adamw_factor if config.optimizer == "muon" else 1.0  # AdamW alone: every matrix at the run's rate
+    adamw_factor = settings.pop("adamw_lr_factor", 1.0) if config.optimizer == "muon" else 1.0  # AdamW alone: x1
+    settings.pop("adamw_lr_factor", None)
     settings.pop("length_factor", None)
     return TrainConfig(**{**dict(steps=steps, batch_size=stage_shape(config, stage)[1],
                                  lr=config.lr * factor * adamw_factor,
